@@ -1,0 +1,49 @@
+// A Node.js http server as an rcluster worker: it listens on the socket the
+// master passed at fd 3 and drains on SIGTERM without losing a request.
+//
+//   rcluster --listen 127.0.0.1:8080 -- node examples/node/server.js
+//
+// No dependencies. GET /sleep/<ms> answers after <ms>, to watch a drain.
+'use strict';
+
+const http = require('http');
+const net = require('net');
+
+// While draining, how long an idle keep-alive connection stays open for a
+// request that may already be on its way (closing it at once races with a
+// client that is sending, which then sees a reset).
+const DRAIN_GRACE_MS = 500;
+
+const id = process.env.RCLUSTER_WORKER_ID ?? '-';
+const greeting = `hello from node worker ${id} (pid ${process.pid})\n`;
+let draining = false;
+
+const server = http.createServer((req, res) => {
+  const m = /^\/sleep\/(\d+)$/.exec(req.url);
+  const delay = m ? Math.min(Number(m[1]), 60000) : 0;
+  req.resume();
+  setTimeout(() => {
+    const headers = {
+      'Content-Type': 'text/plain',
+      'Content-Length': Buffer.byteLength(greeting),
+    };
+    // Tell keep-alive clients to reconnect (to a worker that is not leaving).
+    if (draining) headers.Connection = 'close';
+    res.writeHead(200, headers);
+    res.end(greeting);
+  }, delay);
+});
+
+function drain() {
+  if (draining) return;
+  draining = true;
+  // Stop accepting now; queued connections go to the other workers, which
+  // share the socket. net.Server's close, not http.Server's: since Node 19
+  // the latter also closes idle keep-alive connections at once.
+  net.Server.prototype.close.call(server, () => process.exit(0));
+  setTimeout(() => server.closeIdleConnections(), DRAIN_GRACE_MS).unref();
+}
+
+for (const signal of ['SIGTERM', 'SIGINT', 'SIGQUIT']) process.on(signal, drain);
+
+server.listen({ fd: 3 });

@@ -1,0 +1,314 @@
+//! The command line: clap definitions, with an `RCLUSTER_*` environment
+//! variable behind every option (for containers), turned into a [`Config`].
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum, error::ErrorKind};
+
+use crate::config::{self, Config, LogFormat};
+use crate::error::Error;
+use crate::listen::ListenSpec;
+use crate::supervisor::event::ReadyRule;
+
+const AFTER_HELP: &str = "\
+Signals to the master:
+  HUP         rolling reload: replace every worker, zero downtime
+  TERM, INT   graceful stop: workers drain up to --stop-timeout (a second one is immediate)
+  QUIT        immediate stop
+  TTIN, TTOU  one worker more / less
+
+Each worker gets its listeners at fd 3, 4, ... with LISTEN_FDS, LISTEN_PID and
+LISTEN_FDNAMES (systemd socket activation), RCLUSTER_WORKER_ID (its slot) and
+RCLUSTER_GENERATION.
+
+Example:
+  rcluster --workers auto --listen 127.0.0.1:8080 -- node server.js";
+
+/// A preforking master for network servers in any language: binds the
+/// sockets once, runs one worker per CPU that inherits them, restarts
+/// crashed workers, reloads with zero downtime on HUP and stops gracefully
+/// on TERM.
+#[derive(Debug, Parser)]
+#[command(name = "rcluster", version, after_help = AFTER_HELP)]
+#[command(override_usage = "rcluster [OPTIONS] -- COMMAND [ARGS...]")]
+struct Args {
+    /// How many workers: `auto` (the CPUs available to this process,
+    /// cgroup-aware) or a number
+    #[arg(short, long, env = "RCLUSTER_WORKERS", value_name = "auto|N",
+          default_value = "auto", value_parser = parse_workers)]
+    workers: usize,
+
+    /// Address to listen on, repeatable: 127.0.0.1:8080, :8080 (all IPv4
+    /// interfaces), [::1]:8080, unix:/path/app.sock; prefix NAME= to name it
+    #[arg(
+        short,
+        long,
+        env = "RCLUSTER_LISTEN",
+        value_name = "[NAME=]ADDR",
+        value_delimiter = ','
+    )]
+    listen: Vec<ListenSpec>,
+
+    /// Listen backlog (capped by the kernel's net.core.somaxconn)
+    #[arg(long, env = "RCLUSTER_BACKLOG", value_name = "N",
+          default_value_t = config::DEFAULT_BACKLOG,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    backlog: u32,
+
+    /// Signal a worker receives to stop (QUIT for nginx-style servers)
+    #[arg(long, env = "RCLUSTER_STOP_SIGNAL", value_name = "SIG",
+          default_value = "TERM", value_parser = parse_signal)]
+    stop_signal: i32,
+
+    /// How long a stopping worker may drain before SIGKILL
+    #[arg(long, env = "RCLUSTER_STOP_TIMEOUT", value_name = "DUR",
+          default_value = "30s", value_parser = parse_duration)]
+    stop_timeout: Duration,
+
+    /// A worker that lived this long is restarted at once; quicker crashes
+    /// back off from 100ms, doubling, up to 10s
+    #[arg(long, env = "RCLUSTER_MIN_UPTIME", value_name = "DUR",
+          default_value = "1s", value_parser = parse_duration)]
+    min_uptime: Duration,
+
+    /// Give up (exit 1) after N quick crashes in a row of one worker;
+    /// default: never give up
+    #[arg(long, env = "RCLUSTER_MAX_RESTARTS", value_name = "N")]
+    max_restarts: Option<u32>,
+
+    /// Write the master's pid here (removed on exit)
+    #[arg(long, env = "RCLUSTER_PID_FILE", value_name = "PATH")]
+    pid_file: Option<PathBuf>,
+
+    /// Log format on stderr
+    #[arg(long, env = "RCLUSTER_LOG_FORMAT", value_enum, default_value_t = Format::Human)]
+    log_format: Format,
+
+    /// Least severe level logged
+    #[arg(long, env = "RCLUSTER_LOG_LEVEL", value_enum, default_value_t = Level::Info)]
+    log_level: Level,
+
+    /// The server to run, and its arguments
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Level {
+    Critical,
+    Error,
+    Warning,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// What parsing the command line came to.
+pub enum Parsed {
+    Run(Box<Config>),
+    /// `--help` or `--version`: print this and exit 0.
+    Print(String),
+}
+
+pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error> {
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            return Ok(Parsed::Print(e.render().to_string()));
+        }
+        Err(e) => return Err(Error::Usage(one_line(&e))),
+    };
+    if args.command.is_empty() {
+        return Err(Error::Usage(
+            "no command given: put the server after --, e.g. \
+             rcluster --listen 127.0.0.1:8080 -- ./server"
+                .into(),
+        ));
+    }
+    Ok(Parsed::Run(Box::new(Config {
+        workers: args.workers,
+        listen: args.listen,
+        backlog: args.backlog,
+        stop_signal: args.stop_signal,
+        stop_timeout: args.stop_timeout,
+        min_uptime: args.min_uptime,
+        max_restarts: args.max_restarts,
+        ready: ReadyRule::Exec,
+        ready_timeout: config::DEFAULT_READY_TIMEOUT,
+        reload_batch: config::DEFAULT_RELOAD_BATCH,
+        watchdog: None,
+        pid_file: args.pid_file,
+        log_format: match args.log_format {
+            Format::Human => LogFormat::Human,
+            Format::Json => LogFormat::Json,
+        },
+        log_level: match args.log_level {
+            Level::Critical => slog::Level::Critical,
+            Level::Error => slog::Level::Error,
+            Level::Warning => slog::Level::Warning,
+            Level::Info => slog::Level::Info,
+            Level::Debug => slog::Level::Debug,
+            Level::Trace => slog::Level::Trace,
+        },
+        command: args.command,
+    })))
+}
+
+/// clap's first line ("invalid value 'x' for '--workers <auto|N>': ..."),
+/// without its usage block: one line that names the input and the fix.
+fn one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first}; see 'rcluster --help'")
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    let invalid = || {
+        format!(
+            "expected auto or a number from 1 to {}",
+            config::MAX_WORKERS
+        )
+    };
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(num_cpus::get().max(1));
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=config::MAX_WORKERS).contains(&n) => Ok(n),
+        _ => Err(invalid()),
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|_| "expected a duration such as 500ms, 30s or 2m".to_string())
+}
+
+/// `TERM`, `SIGTERM`, `term` or `15`.
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    let invalid = || "expected a signal name such as TERM, QUIT or INT".to_string();
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|sig| sig as i32)
+            .map_err(|_| invalid());
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|sig| sig as i32)
+        .map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_args(args: &[&str]) -> Result<Parsed, Error> {
+        parse(
+            std::iter::once("rcluster")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+        )
+    }
+
+    fn config(args: &[&str]) -> Config {
+        match parse_args(args) {
+            Ok(Parsed::Run(config)) => *config,
+            Ok(Parsed::Print(text)) => panic!("printed {text}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn usage_error(args: &[&str]) -> String {
+        match parse_args(args) {
+            Err(e @ Error::Usage(_)) => e.to_string(),
+            Err(e) => panic!("not a usage error: {e}"),
+            Ok(_) => panic!("{args:?} parsed"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&["--", "./server"]);
+        assert!(c.workers >= 1);
+        assert_eq!(c.backlog, 2048);
+        assert_eq!(c.stop_signal, libc::SIGTERM);
+        assert_eq!(c.stop_timeout, Duration::from_secs(30));
+        assert_eq!(c.min_uptime, Duration::from_secs(1));
+        assert_eq!(c.max_restarts, None);
+        assert_eq!(c.command, [OsString::from("./server")]);
+    }
+
+    #[test]
+    fn values() {
+        let c = config(&[
+            "-w",
+            "3",
+            "-l",
+            "web=127.0.0.1:0",
+            "--listen",
+            "unix:/tmp/x.sock",
+            "--stop-signal",
+            "quit",
+            "--stop-timeout",
+            "500ms",
+            "--min-uptime",
+            "2m",
+            "--max-restarts",
+            "3",
+            "--",
+            "node",
+            "server.js",
+        ]);
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.stop_signal, libc::SIGQUIT);
+        assert_eq!(c.stop_timeout, Duration::from_millis(500));
+        assert_eq!(c.min_uptime, Duration::from_secs(120));
+        assert_eq!(c.max_restarts, Some(3));
+        assert_eq!(c.command.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_name_the_input_and_the_valid_forms() {
+        let e = usage_error(&["--workers", "0", "--", "x"]);
+        assert!(
+            e.contains("'0'") && e.contains("expected auto or a number"),
+            "{e}"
+        );
+        let e = usage_error(&["--stop-timeout", "30", "--", "x"]);
+        assert!(e.contains("500ms, 30s or 2m"), "{e}");
+        let e = usage_error(&["--stop-signal", "NOPE", "--", "x"]);
+        assert!(e.contains("TERM, QUIT"), "{e}");
+        let e = usage_error(&["--bogus", "--", "x"]);
+        assert!(
+            e.contains("--bogus") && e.contains("rcluster --help"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
+        let e = usage_error(&["--listen", "8080", "--", "x"]);
+        assert!(e.contains("127.0.0.1:8080"), "{e}");
+        let e = usage_error(&["--workers", "2"]);
+        assert!(e.contains("no command given"), "{e}");
+    }
+
+    #[test]
+    fn signals_parse_in_every_usual_spelling() {
+        for s in ["TERM", "SIGTERM", "term", "15"] {
+            assert_eq!(parse_signal(s), Ok(libc::SIGTERM), "{s}");
+        }
+        assert!(parse_signal("99").is_err());
+    }
+}

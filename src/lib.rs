@@ -1,0 +1,55 @@
+//! rcluster: a preforking master/worker runtime for network servers.
+//!
+//! The `rcluster` binary binds the listening sockets once, runs one worker
+//! per CPU that inherits them, restarts crashed workers with backoff,
+//! replaces every worker without dropping a request on `SIGHUP`, and stops
+//! gracefully on `SIGTERM`. Workers may be written in any language: they
+//! take their sockets the systemd way and may say "ready" the systemd way.
+//!
+//! This library is for Rust workers: [`worker`] takes the inherited
+//! sockets and handles the stop signal.
+//!
+//! # What a worker receives
+//!
+//! | variable | value |
+//! |---|---|
+//! | `LISTEN_FDS` | how many listeners, at fds 3, 4, … |
+//! | `LISTEN_PID` | the worker's own pid (systemd checks it; so does [`worker::listeners`]) |
+//! | `LISTEN_FDNAMES` | the listeners' names, `:`-separated (`tcp-0` unless named) |
+//! | `RCLUSTER_WORKER_ID` | the worker's slot, `0..workers`, stable across restarts |
+//! | `RCLUSTER_GENERATION` | bumped by every reload |
+
+pub mod worker;
+
+// The binary's modules. Public so `main.rs` can reach them; not a stable API.
+#[doc(hidden)]
+pub mod cli;
+#[doc(hidden)]
+pub mod log;
+#[doc(hidden)]
+pub mod master;
+
+pub(crate) mod config;
+pub(crate) mod error;
+pub(crate) mod listen;
+pub(crate) mod pidfile;
+pub(crate) mod reap;
+pub(crate) mod record;
+pub(crate) mod signals;
+pub(crate) mod spawn;
+pub(crate) mod supervisor;
+
+/// Opens `/dev/null` on any of fds 0, 1 and 2 that is closed, so a socket
+/// bound later can never land there and become a worker's stdin.
+#[doc(hidden)]
+pub fn ensure_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: fcntl on a small integer only queries it.
+        let closed = unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1;
+        if closed {
+            // SAFETY: open returns the lowest free fd, which is `fd`; it is
+            // deliberately left open for the life of the process.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}

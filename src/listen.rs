@@ -1,0 +1,302 @@
+//! Listening sockets: what `--listen` says ([`ListenSpec`]), binding it
+//! once in the master with socket2 ([`Listener`]), and the socket file a
+//! Unix listener leaves behind.
+//!
+//! Every worker shares the master's sockets, so all workers accept from one
+//! kernel queue: a worker that stops loses no queued connection, because the
+//! master keeps its copy of each socket open (see DESIGN.md, pitfalls).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::error::Error;
+
+const FORMS: &str = "expected 127.0.0.1:8080, :8080, [::1]:8080 or unix:/path/app.sock, \
+                     optionally prefixed with NAME=";
+
+/// One `--listen` value: `[NAME=]ADDR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSpec {
+    pub name: Option<String>,
+    pub addr: ListenAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Names travel in `LISTEN_FDNAMES`, separated by `:`; systemd allows
+/// letters, digits and a little punctuation.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+impl FromStr for ListenSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ListenSpec, String> {
+        // A name never contains ':' and an address always does, so the first
+        // '=' before any ':' separates them.
+        let (name, addr) = match s.split_once('=') {
+            Some((name, addr)) if !name.contains(':') => (Some(name), addr),
+            _ => (None, s),
+        };
+        if let Some(name) = name.filter(|n| !valid_name(n)) {
+            return Err(format!(
+                "bad listener name '{name}': use letters, digits, '_', '-' or '.'"
+            ));
+        }
+        let addr = if let Some(path) = addr.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(FORMS.into());
+            }
+            ListenAddr::Unix(PathBuf::from(path))
+        } else if let Some(port) = addr.strip_prefix(':') {
+            let port: u16 = port.parse().map_err(|_| FORMS.to_string())?;
+            ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], port)))
+        } else {
+            ListenAddr::Tcp(addr.parse().map_err(|_| FORMS.to_string())?)
+        };
+        Ok(ListenSpec {
+            name: name.map(str::to_string),
+            addr,
+        })
+    }
+}
+
+/// A bound, listening socket owned by the master.
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    socket: Socket,
+    /// The address actually bound (port 0 resolved), for logs and tests.
+    pub local: String,
+    /// A Unix socket file this process created; held to be removed on drop.
+    _socket_file: Option<SocketFile>,
+}
+
+impl Listener {
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+fn describe(addr: &SockAddr) -> String {
+    match (addr.as_socket(), addr.as_pathname()) {
+        (Some(tcp), _) => tcp.to_string(),
+        (None, Some(path)) => format!("unix:{}", path.display()),
+        (None, None) => "unix:(unnamed)".into(),
+    }
+}
+
+/// Binds every spec, in order. Names default to `tcp-<i>` / `unix-<i>`,
+/// where `i` is the listener's position (fd `3 + i` in a worker).
+pub fn bind_all(specs: &[ListenSpec], backlog: u32) -> Result<Vec<Listener>, Error> {
+    let backlog = backlog.min(somaxconn()).min(i32::MAX as u32) as i32;
+    let mut listeners: Vec<Listener> = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let name = spec.name.clone().unwrap_or_else(|| match spec.addr {
+            ListenAddr::Tcp(_) => format!("tcp-{i}"),
+            ListenAddr::Unix(_) => format!("unix-{i}"),
+        });
+        if listeners.iter().any(|l| l.name == name) {
+            return Err(Error::Usage(format!(
+                "two listeners are named '{name}'; give each --listen a different NAME="
+            )));
+        }
+        let bind_error = |cause: String| Error::Bind {
+            addr: spec.addr.to_string(),
+            cause,
+        };
+        let (socket, unix_file) = match &spec.addr {
+            ListenAddr::Tcp(addr) => (
+                bind_tcp(*addr, backlog).map_err(|e| bind_error(tcp_cause(&e)))?,
+                None,
+            ),
+            ListenAddr::Unix(path) => {
+                let (socket, file) = bind_unix(path, backlog).map_err(bind_error)?;
+                (socket, Some(file))
+            }
+        };
+        let local = describe(&socket.local_addr().map_err(|e| bind_error(e.to_string()))?);
+        listeners.push(Listener {
+            name,
+            socket,
+            local,
+            _socket_file: unix_file,
+        });
+    }
+    Ok(listeners)
+}
+
+fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `[::]` means IPv6 only; bind 0.0.0.0 as well for both.
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket)
+}
+
+fn tcp_cause(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            "address already in use (another process listens there; stop it or pick another port)"
+                .into()
+        }
+        io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need root or \
+             CAP_NET_BIND_SERVICE; pick a port above 1023)"
+            .into(),
+        io::ErrorKind::AddrNotAvailable => {
+            "address not available (no interface of this machine has it)".into()
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, SocketFile), String> {
+    remove_if_stale(path)?;
+    let addr = SockAddr::unix(path).map_err(|e| format!("bad socket path: {e}"))?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| e.to_string())?;
+    socket.bind(&addr).map_err(|e| match e.kind() {
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (the directory is not writable by this user)".to_string()
+        }
+        io::ErrorKind::NotFound => "its directory does not exist".to_string(),
+        _ => e.to_string(),
+    })?;
+    let file = SocketFile::new(path).map_err(|e| e.to_string())?;
+    socket.listen(backlog).map_err(|e| e.to_string())?;
+    Ok((socket, file))
+}
+
+/// A socket file left by a crashed server is removed; a live one (something
+/// answers on it) or a file that is not a socket is never touched.
+fn remove_if_stale(path: &Path) -> Result<(), String> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err("the path exists and is not a socket; remove it or pick another path".into());
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err("a server is already listening on it (is another rcluster running?)".into()),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket: {e}"))
+        }
+        Err(e) => Err(format!("cannot tell whether it is in use: {e}")),
+    }
+}
+
+/// The socket file of a Unix listener, removed when the master that created
+/// it drops it. Workers never drop it: exec'd workers do not run our
+/// destructors, and forked ones (cluster mode) are not the owner.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    owner: u32,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn new(path: &Path) -> io::Result<SocketFile> {
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            owner: std::process::id(),
+            ino: std::fs::symlink_metadata(path)?.ino(),
+        })
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino);
+        if std::process::id() == self.owner && ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The kernel silently caps the backlog at `net.core.somaxconn`.
+fn somaxconn() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> Result<ListenSpec, String> {
+        s.parse()
+    }
+
+    #[test]
+    fn parses_every_documented_form() {
+        assert_eq!(
+            spec("127.0.0.1:8080").unwrap().addr,
+            ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            spec(":8080").unwrap().addr,
+            ListenAddr::Tcp("0.0.0.0:8080".parse().unwrap())
+        );
+        assert_eq!(
+            spec("[::1]:8080").unwrap().addr,
+            ListenAddr::Tcp("[::1]:8080".parse().unwrap())
+        );
+        assert_eq!(
+            spec("unix:/run/app.sock").unwrap().addr,
+            ListenAddr::Unix("/run/app.sock".into())
+        );
+        let named = spec("web=127.0.0.1:0").unwrap();
+        assert_eq!(named.name.as_deref(), Some("web"));
+        assert_eq!(
+            spec("admin=unix:/a=b.sock").unwrap().addr,
+            ListenAddr::Unix("/a=b.sock".into())
+        );
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_bind() {
+        for bad in [
+            "8080",
+            "localhost:80",
+            "1.2.3.4",
+            ":http",
+            "unix:",
+            "a:b=1.2.3.4:5",
+            "x y=:80",
+        ] {
+            assert!(spec(bad).is_err(), "{bad}");
+        }
+    }
+}

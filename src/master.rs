@@ -1,0 +1,248 @@
+//! The shell around the [`Supervisor`]: one thread, one `mio::Poll`. It turns
+//! signals, exec pipes and deadlines into [`Event`]s, and carries out the
+//! [`Action`]s that come back. It is the only code that reads the clock.
+//!
+//! It never sleeps and never ticks: the poll timeout is the supervisor's
+//! next deadline, or none, so an idle master wakes up zero times a second.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::listen::{self, Listener};
+use crate::log::Log;
+use crate::pidfile::PidFile;
+use crate::reap;
+use crate::record::Record;
+use crate::signals;
+use crate::spawn::{self, Template};
+use crate::supervisor::Supervisor;
+use crate::supervisor::event::{Action, Event, Pid, errno_name};
+
+const SIGNALS: Token = Token(0);
+/// Exec pipes are registered as `EXEC_BASE + pid`: a live child's pid is
+/// unique, so no table of tokens is needed.
+const EXEC_BASE: usize = 16;
+
+/// How the master ended: the exit code, and the line for stderr if any.
+pub type Outcome = (u8, Option<String>);
+
+/// Binds, starts the workers and supervises them until the master stops.
+/// Bad input (command, address, pid file) fails here, before any fork.
+pub fn run(config: &Config, log: &Log) -> Result<Outcome, Error> {
+    let command = spawn::resolve(&config.command)?;
+    let listeners = listen::bind_all(&config.listen, config.backlog)?;
+    let _pid_file = config
+        .pid_file
+        .as_deref()
+        .map(PidFile::create)
+        .transpose()?;
+    log.emit(&Record::Started {
+        pid: std::process::id(),
+        workers: config.workers,
+        version: env!("CARGO_PKG_VERSION"),
+    });
+    for listener in &listeners {
+        log.emit(&Record::Listening {
+            name: listener.name.clone(),
+            addr: listener.local.clone(),
+        });
+    }
+    let fds = listeners.iter().map(Listener::fd).collect();
+    let names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
+    let template = Template::new(command, fds, &names, Vec::new());
+    let mut master = Master::new(Supervisor::new(config.policy()), template, log)?;
+    let outcome = master.run();
+    drop(listeners);
+    outcome
+}
+
+struct Master<'a> {
+    poll: Poll,
+    signals: Signals,
+    supervisor: Supervisor,
+    template: Template,
+    /// Read ends of the exec pipes of workers whose exec is not confirmed.
+    exec_pipes: HashMap<Pid, OwnedFd>,
+    log: &'a Log,
+    outcome: Option<Outcome>,
+}
+
+impl<'a> Master<'a> {
+    fn new(supervisor: Supervisor, template: Template, log: &'a Log) -> Result<Master<'a>, Error> {
+        let poll = Poll::new().map_err(|e| Error::os("creating the event loop", e))?;
+        let mut signals =
+            signals::register().map_err(|e| Error::os("registering signal handlers", e))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| Error::os("registering signal handlers", e))?;
+        Ok(Master {
+            poll,
+            signals,
+            supervisor,
+            template,
+            exec_pipes: HashMap::new(),
+            log,
+            outcome: None,
+        })
+    }
+
+    fn run(&mut self) -> Result<Outcome, Error> {
+        let mut events = Events::with_capacity(256);
+        self.dispatch(Event::Start, Instant::now());
+        loop {
+            if let Some(outcome) = self.outcome.take() {
+                return Ok(outcome);
+            }
+            // mio rounds a sub-millisecond timeout up, never down to a busy 0.
+            let timeout = self
+                .supervisor
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(Error::os("waiting for events (epoll_wait)", e));
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.on_signals(now),
+                    Token(t) if t >= EXEC_BASE => {
+                        self.on_exec_pipe(Pid::from_raw((t - EXEC_BASE) as i32), now)
+                    }
+                    Token(_) => {}
+                }
+            }
+            if self.supervisor.next_deadline().is_some_and(|d| d <= now) {
+                self.dispatch(Event::Timeout, now);
+            }
+        }
+    }
+
+    fn on_signals(&mut self, now: Instant) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
+            match signals::classify(signal) {
+                Some(signal) => self.dispatch(Event::Signal(signal), now),
+                None => self.reap(now),
+            }
+        }
+    }
+
+    fn reap(&mut self, now: Instant) {
+        for (pid, exit) in reap::reap_all() {
+            // The exec pipe of a child that died young still holds its
+            // errno: report the exec before the exit, so the log says
+            // "could not exec (ENOENT)", not "exited with code 127".
+            if self.exec_pipes.contains_key(&pid) {
+                self.on_exec_pipe(pid, now);
+            }
+            if self.supervisor.is_worker(pid) {
+                self.dispatch(Event::Exited { pid, exit }, now);
+            } else {
+                self.log.emit(&Record::OrphanReaped { pid, exit });
+            }
+        }
+    }
+
+    fn on_exec_pipe(&mut self, pid: Pid, now: Instant) {
+        let Some(pipe) = self.exec_pipes.get(&pid) else {
+            return;
+        };
+        let mut buf = [0u8; 4];
+        let result = match nix::unistd::read(pipe.as_fd(), &mut buf) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(i32::from_ne_bytes(buf)),
+            Err(nix::errno::Errno::EAGAIN) => return,
+            Err(e) => Err(e as i32),
+        };
+        if let Some(pipe) = self.exec_pipes.remove(&pid) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pipe.as_raw_fd()));
+        }
+        self.dispatch(Event::Exec { pid, result }, now);
+    }
+
+    /// Feeds one event to the supervisor and carries out its actions. A
+    /// spawn's answer is fed back before the next action runs.
+    fn dispatch(&mut self, event: Event, now: Instant) {
+        for action in self.supervisor.handle(event, now) {
+            self.execute(action, now);
+        }
+    }
+
+    fn execute(&mut self, action: Action, now: Instant) {
+        match action {
+            Action::Spawn { slot, generation } => {
+                let event = match self.template.spawn(slot, generation) {
+                    Ok((pid, pipe)) => {
+                        self.watch_exec_pipe(pid, pipe);
+                        Event::Spawned {
+                            slot,
+                            generation,
+                            pid,
+                        }
+                    }
+                    Err(e) => Event::SpawnFailed {
+                        slot,
+                        generation,
+                        error: format!("fork failed: {}", io_errno(&e)),
+                    },
+                };
+                self.dispatch(event, now);
+            }
+            Action::Signal { pid, signal } => {
+                // SAFETY: plain syscall. ESRCH means it already exited; its
+                // exit is on its way through SIGCHLD.
+                unsafe { libc::kill(pid.as_raw(), signal) };
+            }
+            Action::KillGroup { pid } => {
+                // SAFETY: plain syscalls on our own child's group.
+                unsafe {
+                    if libc::kill(-pid.as_raw(), libc::SIGKILL) != 0 {
+                        libc::kill(pid.as_raw(), libc::SIGKILL);
+                    }
+                }
+            }
+            Action::Log(record) => self.log.emit(&record),
+            Action::NotifyManager(_) => {}
+            Action::Exit { code, error } => self.outcome = Some((code, error)),
+        }
+    }
+
+    fn watch_exec_pipe(&mut self, pid: Pid, pipe: OwnedFd) {
+        let token = Token(EXEC_BASE + pid.as_raw() as usize);
+        let registered = self.poll.registry().register(
+            &mut SourceFd(&pipe.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        );
+        match registered {
+            Ok(()) => {
+                self.exec_pipes.insert(pid, pipe);
+            }
+            // Without the pipe the exec is confirmed by nothing; the worker
+            // still runs and its exit is still reaped.
+            Err(e) => self.log.emit(&Record::OsError {
+                op: format!("watching the exec pipe of pid {pid}"),
+                error: e.to_string(),
+            }),
+        }
+    }
+}
+
+fn io_errno(e: &io::Error) -> String {
+    e.raw_os_error()
+        .map(errno_name)
+        .unwrap_or_else(|| e.to_string())
+}

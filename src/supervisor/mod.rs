@@ -1,0 +1,823 @@
+//! The supervisor: every policy decision rcluster makes, as a pure state
+//! machine. It holds the slots, the workers, the reload plan and the
+//! shutdown phase; it is fed [`Event`]s with the current instant and answers
+//! with [`Action`]s for the shell to carry out.
+//!
+//! It performs no syscalls and never reads the clock, so every decision is
+//! unit-tested with fake instants (see `tests.rs`). The shell that runs it is
+//! [`crate::master`].
+//!
+//! After each event the supervisor *reconciles*: it compares what exists with
+//! what should exist (one ready worker of the target generation per slot) and
+//! emits the actions that close the gap, within the limits of backoff, the
+//! reload batch size and the shutdown phase.
+
+pub mod backoff;
+pub mod event;
+pub mod reload;
+pub mod slot;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::record::{Next, Record, human};
+use backoff::Restart;
+use event::{
+    Action, Event, Exit, Generation, ManagerState, MasterSignal, NotifyMsg, Pid, Policy, ReadyRule,
+    SlotId, errno_name,
+};
+use reload::{ReloadOutcome, ReloadPlan};
+use slot::{Slot, StopReason, Worker, WorkerState};
+
+/// How long a worker that missed its watchdog may take to die of `SIGABRT`
+/// (and write its core) before its process group gets `SIGKILL`.
+pub const WATCHDOG_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Exit code when `--max-restarts` is used up.
+pub const EXIT_GAVE_UP: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Stopping {
+        forced: bool,
+        code: u8,
+        error: Option<String>,
+    },
+    Done,
+}
+
+/// A worker that failed: exited or was killed without being asked to stop.
+struct Failure {
+    slot: SlotId,
+    generation: Generation,
+    pid: Option<Pid>,
+    was_ready: bool,
+    uptime: Duration,
+    /// How it failed, for the reload-aborted record: "exited with code 1 after 5ms".
+    cause: String,
+}
+
+#[derive(Debug)]
+pub struct Supervisor {
+    policy: Policy,
+    slots: Vec<Slot>,
+    workers: BTreeMap<Pid, Worker>,
+    /// The generation every new worker gets; raised by each reload.
+    target: Generation,
+    reload: Option<ReloadPlan>,
+    last_reload: Option<ReloadOutcome>,
+    phase: Phase,
+    started: Option<Instant>,
+    /// Whether "all workers ready" was announced (once, at start-up).
+    announced_ready: bool,
+    /// The actions of the event being handled.
+    actions: Vec<Action>,
+}
+
+impl Supervisor {
+    pub fn new(policy: Policy) -> Supervisor {
+        Supervisor {
+            slots: (0..policy.workers.max(1)).map(|_| Slot::new()).collect(),
+            policy,
+            workers: BTreeMap::new(),
+            target: 1,
+            reload: None,
+            last_reload: None,
+            phase: Phase::Running,
+            started: None,
+            announced_ready: false,
+            actions: Vec::new(),
+        }
+    }
+
+    /// Handles one event at `now` and returns what the shell must do, in order.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        if self.phase == Phase::Done {
+            return Vec::new();
+        }
+        match event {
+            Event::Start => {
+                self.started.get_or_insert(now);
+            }
+            Event::Signal(signal) => self.on_signal(signal, now),
+            Event::Spawned {
+                slot,
+                generation,
+                pid,
+            } => self.on_spawned(slot, generation, pid, now),
+            Event::SpawnFailed {
+                slot,
+                generation,
+                error,
+            } => self.on_spawn_failed(slot, generation, error, now),
+            Event::Exec { pid, result } => self.on_exec(pid, result, now),
+            Event::Exited { pid, exit } => self.on_exited(pid, exit, now),
+            Event::Notify { pid, msg } => self.on_notify(pid, msg, now),
+            Event::Timeout => {}
+        }
+        self.expire(now);
+        self.reconcile(now);
+        std::mem::take(&mut self.actions)
+    }
+
+    /// When the supervisor next needs to act if nothing happens; `None` means
+    /// it can sleep until the next signal or message.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let workers = self.workers.values().filter_map(|w| w.state.deadline());
+        let restarts = self
+            .slots
+            .iter()
+            .filter(|_| self.phase == Phase::Running)
+            .filter_map(|s| s.restart_at);
+        workers.chain(restarts).min()
+    }
+
+    /// Whether this pid is one of our workers (the shell uses it to tell
+    /// workers from orphans and to resolve notify senders).
+    pub fn is_worker(&self, pid: Pid) -> bool {
+        self.workers.contains_key(&pid)
+    }
+
+    #[cfg(test)]
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    #[cfg(test)]
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    #[cfg(test)]
+    pub fn reload_in_progress(&self) -> Option<&ReloadPlan> {
+        self.reload.as_ref()
+    }
+
+    #[cfg(test)]
+    pub fn last_reload(&self) -> Option<&ReloadOutcome> {
+        self.last_reload.as_ref()
+    }
+
+    // ---- events ------------------------------------------------------------
+
+    fn on_signal(&mut self, signal: MasterSignal, now: Instant) {
+        let running = self.phase == Phase::Running;
+        match signal {
+            MasterSignal::Reload if running => self.start_reload(now),
+            MasterSignal::Reload => self.ignored("SIGHUP", "the master is stopping"),
+            MasterSignal::Stop => match self.phase {
+                Phase::Running => self.begin_stop(true, 0, None, now),
+                Phase::Stopping { forced: false, .. } => self.force_stop(),
+                Phase::Stopping { forced: true, .. } | Phase::Done => {}
+            },
+            MasterSignal::StopNow => match self.phase {
+                Phase::Running => self.begin_stop(false, 0, None, now),
+                Phase::Stopping { forced: false, .. } => self.force_stop(),
+                Phase::Stopping { forced: true, .. } | Phase::Done => {}
+            },
+            MasterSignal::ScaleUp if running => {
+                self.slots.push(Slot::new());
+                self.log(Record::Scaled {
+                    workers: self.slots.len(),
+                });
+            }
+            MasterSignal::ScaleDown if running && self.slots.len() > 1 => {
+                self.slots.pop();
+                let gone = self.slots.len();
+                for pid in self.attached(gone).map(|w| w.pid).collect::<Vec<_>>() {
+                    self.stop(pid, StopReason::ScaledDown, now);
+                }
+                self.log(Record::Scaled {
+                    workers: self.slots.len(),
+                });
+            }
+            MasterSignal::ScaleDown if running => self.ignored("SIGTTOU", "already at one worker"),
+            MasterSignal::ScaleUp => self.ignored("SIGTTIN", "the master is stopping"),
+            MasterSignal::ScaleDown => self.ignored("SIGTTOU", "the master is stopping"),
+        }
+    }
+
+    fn on_spawned(&mut self, slot: SlotId, generation: Generation, pid: Pid, now: Instant) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.spawning = false;
+        }
+        self.workers.insert(
+            pid,
+            Worker {
+                pid,
+                slot,
+                generation,
+                started: now,
+                state: WorkerState::Spawned {
+                    ready_by: now + self.policy.ready_timeout,
+                },
+                exec_error: None,
+            },
+        );
+        self.log(Record::WorkerSpawned {
+            slot,
+            pid,
+            generation,
+        });
+        if self.phase != Phase::Running {
+            self.stop(pid, StopReason::Shutdown, now);
+        } else if slot >= self.slots.len() {
+            self.stop(pid, StopReason::ScaledDown, now);
+        }
+    }
+
+    fn on_spawn_failed(
+        &mut self,
+        slot: SlotId,
+        generation: Generation,
+        error: String,
+        now: Instant,
+    ) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.spawning = false;
+        }
+        self.log(Record::SpawnFailed {
+            slot,
+            error: error.clone(),
+        });
+        self.on_failure(
+            Failure {
+                slot,
+                generation,
+                pid: None,
+                was_ready: false,
+                uptime: Duration::ZERO,
+                cause: format!("could not be started: {error}"),
+            },
+            now,
+        );
+    }
+
+    fn on_exec(&mut self, pid: Pid, result: Result<(), i32>, now: Instant) {
+        let rule = self.policy.ready;
+        let Some(worker) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        match (result, &worker.state) {
+            (Ok(()), &WorkerState::Spawned { ready_by }) => match rule {
+                ReadyRule::Exec => self.become_ready(pid, now),
+                ReadyRule::Notify => {
+                    worker.state = WorkerState::Booting {
+                        ready_by,
+                        ready_at: None,
+                    }
+                }
+                ReadyRule::Delay(delay) => {
+                    worker.state = WorkerState::Booting {
+                        ready_by,
+                        ready_at: Some(now + delay),
+                    }
+                }
+            },
+            // READY=1 can overtake the exec pipe's EOF; a stopped worker's
+            // exec no longer matters.
+            (
+                Ok(()),
+                WorkerState::Booting { .. }
+                | WorkerState::Ready { .. }
+                | WorkerState::Draining { .. }
+                | WorkerState::Killed { .. },
+            ) => {}
+            // The child exits 127 right after; its exit record says why.
+            (Err(errno), _) => worker.exec_error = Some(errno),
+        }
+    }
+
+    fn on_exited(&mut self, pid: Pid, exit: Exit, now: Instant) {
+        let Some(worker) = self.workers.remove(&pid) else {
+            return;
+        };
+        let uptime = now.saturating_duration_since(worker.started);
+        // The exit record comes first; what it decides (an aborted reload,
+        // giving up) is logged after it.
+        let at = self.actions.len();
+        let (next, killed_by_us) = match worker.state {
+            WorkerState::Draining { why, .. } => (Next::Stopped(why), false),
+            WorkerState::Killed { why } => (Next::Stopped(why), true),
+            WorkerState::Spawned { .. }
+            | WorkerState::Booting { .. }
+            | WorkerState::Ready { .. } => {
+                let cause = match worker.exec_error {
+                    Some(errno) => format!("could not exec the command ({})", errno_name(errno)),
+                    None => format!("{exit} after {}", human(uptime)),
+                };
+                let failure = Failure {
+                    slot: worker.slot,
+                    generation: worker.generation,
+                    pid: Some(pid),
+                    was_ready: worker.state.is_ready(),
+                    uptime,
+                    cause,
+                };
+                (self.on_failure(failure, now), false)
+            }
+        };
+        let record = Record::WorkerExited {
+            slot: worker.slot,
+            pid,
+            generation: worker.generation,
+            exit,
+            exec_error: worker.exec_error,
+            uptime,
+            next,
+            killed_by_us,
+        };
+        self.actions.insert(at, Action::Log(record));
+    }
+
+    fn on_notify(&mut self, pid: Pid, msg: NotifyMsg, now: Instant) {
+        let Some(worker) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let slot = worker.slot;
+        match (msg, &worker.state) {
+            (NotifyMsg::Ready, WorkerState::Spawned { .. } | WorkerState::Booting { .. }) => {
+                self.become_ready(pid, now)
+            }
+            (
+                NotifyMsg::Ready,
+                WorkerState::Ready { .. }
+                | WorkerState::Draining { .. }
+                | WorkerState::Killed { .. },
+            ) => {}
+            // A worker that decides to stop (e.g. after N requests) says so:
+            // its replacement starts now instead of after its exit.
+            (NotifyMsg::Stopping, WorkerState::Ready { .. }) => {
+                worker.state = WorkerState::Draining {
+                    kill_at: now + self.policy.stop_timeout,
+                    why: StopReason::WorkerStopping,
+                };
+                self.log(Record::WorkerStopping { slot, pid });
+            }
+            (
+                NotifyMsg::Stopping,
+                WorkerState::Spawned { .. }
+                | WorkerState::Booting { .. }
+                | WorkerState::Draining { .. }
+                | WorkerState::Killed { .. },
+            ) => {}
+            (NotifyMsg::Watchdog, WorkerState::Ready { since, .. }) => {
+                let since = *since;
+                worker.state = WorkerState::Ready {
+                    since,
+                    watchdog_by: self.policy.watchdog.map(|d| now + d),
+                };
+            }
+            (
+                NotifyMsg::Watchdog,
+                WorkerState::Spawned { .. }
+                | WorkerState::Booting { .. }
+                | WorkerState::Draining { .. }
+                | WorkerState::Killed { .. },
+            ) => {}
+            (NotifyMsg::Status(status), _) => self.log(Record::WorkerStatus { slot, pid, status }),
+        }
+    }
+
+    // ---- deadlines ---------------------------------------------------------
+
+    fn expire(&mut self, now: Instant) {
+        let due: Vec<Worker> = self
+            .workers
+            .values()
+            .filter(|w| w.state.deadline().is_some_and(|d| d <= now))
+            .cloned()
+            .collect();
+        for worker in due {
+            match worker.state {
+                WorkerState::Booting {
+                    ready_at: Some(at), ..
+                } if at <= now => self.become_ready(worker.pid, now),
+                WorkerState::Spawned { .. } | WorkerState::Booting { .. } => {
+                    self.not_ready(&worker, now)
+                }
+                WorkerState::Ready { .. } => self.watchdog_missed(&worker, now),
+                WorkerState::Draining { why, .. } => {
+                    self.log(Record::StopTimeout {
+                        slot: worker.slot,
+                        pid: worker.pid,
+                        timeout: self.policy.stop_timeout,
+                    });
+                    self.kill(worker.pid, why);
+                }
+                WorkerState::Killed { .. } => {}
+            }
+        }
+    }
+
+    fn not_ready(&mut self, worker: &Worker, now: Instant) {
+        let timeout = self.policy.ready_timeout;
+        self.log(Record::NotReady {
+            slot: worker.slot,
+            pid: worker.pid,
+            timeout,
+        });
+        self.kill(worker.pid, StopReason::NotReady { timeout });
+        let failure = Failure {
+            slot: worker.slot,
+            generation: worker.generation,
+            pid: Some(worker.pid),
+            was_ready: false,
+            uptime: now.saturating_duration_since(worker.started),
+            cause: format!("was not ready within {} (--ready-timeout)", human(timeout)),
+        };
+        self.on_failure(failure, now);
+    }
+
+    fn watchdog_missed(&mut self, worker: &Worker, now: Instant) {
+        let Some(timeout) = self.policy.watchdog else {
+            return;
+        };
+        self.log(Record::WatchdogTimeout {
+            slot: worker.slot,
+            pid: worker.pid,
+            timeout,
+        });
+        self.actions.push(Action::Signal {
+            pid: worker.pid,
+            signal: libc::SIGABRT,
+        });
+        self.set_state(
+            worker.pid,
+            WorkerState::Draining {
+                kill_at: now + WATCHDOG_KILL_GRACE.min(self.policy.stop_timeout),
+                why: StopReason::Watchdog { timeout },
+            },
+        );
+        let failure = Failure {
+            slot: worker.slot,
+            generation: worker.generation,
+            pid: Some(worker.pid),
+            was_ready: true,
+            uptime: now.saturating_duration_since(worker.started),
+            cause: format!("sent no WATCHDOG=1 for {}", human(timeout)),
+        };
+        self.on_failure(failure, now);
+    }
+
+    // ---- decisions ---------------------------------------------------------
+
+    /// Decides what follows a failed worker: abort the reload it belonged
+    /// to, restart its slot (now or after backoff), or give up.
+    fn on_failure(&mut self, failure: Failure, now: Instant) -> Next {
+        if self.phase != Phase::Running || failure.slot >= self.slots.len() {
+            return Next::NotRestarted;
+        }
+        // Any worker started during the reload (a replacement, or a crash
+        // restart, which also runs the new release) that fails before it is
+        // ready stops the reload.
+        let is_new = self
+            .reload
+            .as_ref()
+            .is_some_and(|plan| failure.generation > plan.from && !failure.was_ready);
+        if is_new {
+            self.abort_reload(&failure, now);
+        }
+        if self.slots[failure.slot].spawning || self.attached(failure.slot).next().is_some() {
+            return Next::SlotServed;
+        }
+        let policy = &self.policy;
+        let slot = &mut self.slots[failure.slot];
+        match slot
+            .backoff
+            .on_crash(failure.uptime, policy.min_uptime, policy.max_restarts)
+        {
+            Restart::Now => {
+                slot.restart_at = None;
+                Next::Restart {
+                    delay: Duration::ZERO,
+                    attempt: 0,
+                }
+            }
+            Restart::After { delay, attempt } => {
+                slot.restart_at = Some(now + delay);
+                Next::Restart { delay, attempt }
+            }
+            Restart::GiveUp { crashes } => {
+                let max_restarts = self.policy.max_restarts.unwrap_or_default();
+                let record = Record::GivingUp {
+                    slot: failure.slot,
+                    crashes,
+                    max_restarts,
+                };
+                let error = record.to_string();
+                self.log(record);
+                self.begin_stop(true, EXIT_GAVE_UP, Some(error), now);
+                Next::GiveUp
+            }
+        }
+    }
+
+    fn start_reload(&mut self, now: Instant) {
+        self.target += 1;
+        let generation = self.target;
+        match &mut self.reload {
+            Some(plan) => {
+                plan.target = generation;
+                self.log(Record::ReloadRetargeted { generation });
+            }
+            None => {
+                self.reload = Some(ReloadPlan {
+                    from: generation - 1,
+                    target: generation,
+                    started: now,
+                });
+                self.log(Record::ReloadStarted {
+                    generation,
+                    workers: self.slots.len(),
+                });
+                self.actions
+                    .push(Action::NotifyManager(ManagerState::Reloading));
+            }
+        }
+    }
+
+    /// A new worker failed: stop the reload where it is. Replacements that
+    /// are not ready yet are stopped; every old worker keeps serving.
+    fn abort_reload(&mut self, failure: &Failure, now: Instant) {
+        let Some(plan) = self.reload.take() else {
+            return;
+        };
+        let unfinished: Vec<Pid> = self
+            .workers
+            .values()
+            .filter(|w| w.state.is_attached() && !w.state.is_ready())
+            .filter(|w| w.generation > plan.from && self.has_older(w))
+            .map(|w| w.pid)
+            .collect();
+        for pid in unfinished {
+            self.stop(pid, StopReason::ReloadAborted, now);
+        }
+        let old_serving = self
+            .workers
+            .values()
+            .filter(|w| w.state.is_ready() && w.generation < plan.target)
+            .count();
+        self.log(Record::ReloadAborted {
+            generation: plan.target,
+            slot: failure.slot,
+            pid: failure.pid,
+            cause: failure.cause.clone(),
+            old_serving,
+        });
+        self.last_reload = Some(ReloadOutcome::Aborted {
+            generation: plan.target,
+            cause: failure.cause.clone(),
+        });
+        self.actions
+            .push(Action::NotifyManager(ManagerState::Ready));
+    }
+
+    fn begin_stop(&mut self, graceful: bool, code: u8, error: Option<String>, now: Instant) {
+        self.phase = Phase::Stopping {
+            forced: !graceful,
+            code,
+            error,
+        };
+        self.reload = None;
+        self.log(Record::StopRequested {
+            graceful,
+            timeout: self.policy.stop_timeout,
+        });
+        self.actions
+            .push(Action::NotifyManager(ManagerState::Stopping));
+        let pids: Vec<Pid> = self.workers.keys().copied().collect();
+        for pid in pids {
+            if graceful {
+                self.stop(pid, StopReason::Shutdown, now);
+            } else {
+                self.kill(pid, StopReason::Shutdown);
+            }
+        }
+    }
+
+    /// The second `TERM`, or `QUIT` during a graceful stop: no more waiting.
+    fn force_stop(&mut self) {
+        if let Phase::Stopping { forced, .. } = &mut self.phase {
+            *forced = true;
+        }
+        self.log(Record::StopRequested {
+            graceful: false,
+            timeout: Duration::ZERO,
+        });
+        let pids: Vec<Pid> = self.workers.keys().copied().collect();
+        for pid in pids {
+            self.kill(pid, StopReason::Shutdown);
+        }
+    }
+
+    // ---- reconciliation ----------------------------------------------------
+
+    fn reconcile(&mut self, now: Instant) {
+        match &self.phase {
+            Phase::Running => {}
+            Phase::Stopping { code, error, .. } => {
+                if self.workers.is_empty() && !self.slots.iter().any(|s| s.spawning) {
+                    let (code, error) = (*code, error.clone());
+                    self.phase = Phase::Done;
+                    self.log(Record::Stopped { code });
+                    self.actions.push(Action::Exit { code, error });
+                }
+                return;
+            }
+            Phase::Done => return,
+        }
+        for slot in 0..self.slots.len() {
+            self.retire_replaced(slot, now);
+            let s = &self.slots[slot];
+            let empty = !s.spawning && self.attached(slot).next().is_none();
+            if empty && s.restart_at.is_none_or(|at| at <= now) {
+                self.spawn(slot);
+            }
+        }
+        self.advance_reload(now);
+        self.announce_ready(now);
+    }
+
+    /// Once a slot's newest worker is ready, the older ones in that slot drain.
+    fn retire_replaced(&mut self, slot: SlotId, now: Instant) {
+        let Some(newest) = self
+            .attached(slot)
+            .filter(|w| w.state.is_ready())
+            .max_by_key(|w| (w.generation, w.started))
+        else {
+            return;
+        };
+        let by = newest.generation;
+        let key = (newest.generation, newest.started);
+        let older: Vec<Pid> = self
+            .attached(slot)
+            .filter(|w| (w.generation, w.started) < key)
+            .map(|w| w.pid)
+            .collect();
+        for pid in older {
+            self.stop(pid, StopReason::Replaced { by }, now);
+        }
+    }
+
+    /// Starts replacements, `--reload-batch` slots at a time, and notices
+    /// when every slot has a ready worker of the target generation.
+    fn advance_reload(&mut self, now: Instant) {
+        let Some(plan) = self.reload.clone() else {
+            return;
+        };
+        let current = |sup: &Supervisor, slot: SlotId| {
+            let attached: Vec<&Worker> = sup.attached(slot).collect();
+            let settled = !sup.slots[slot].spawning && attached.len() == 1;
+            settled.then(|| attached[0].clone())
+        };
+        let done = (0..self.slots.len()).all(|slot| {
+            current(self, slot).is_some_and(|w| w.state.is_ready() && w.generation >= plan.target)
+        });
+        if done {
+            self.reload = None;
+            let duration = now.saturating_duration_since(plan.started);
+            self.log(Record::ReloadComplete {
+                generation: plan.target,
+                duration,
+            });
+            self.last_reload = Some(ReloadOutcome::Complete {
+                generation: plan.target,
+                duration,
+            });
+            self.actions
+                .push(Action::NotifyManager(ManagerState::Ready));
+            return;
+        }
+        let replacing = |sup: &Supervisor, slot: SlotId| {
+            sup.attached(slot).count() + usize::from(sup.slots[slot].spawning) > 1
+        };
+        let mut in_flight = (0..self.slots.len())
+            .filter(|&s| replacing(self, s))
+            .count();
+        for slot in 0..self.slots.len() {
+            if in_flight >= self.policy.reload_batch {
+                break;
+            }
+            let stale = current(self, slot)
+                .is_some_and(|w| w.state.is_ready() && w.generation < plan.target);
+            if stale {
+                self.spawn(slot);
+                in_flight += 1;
+            }
+        }
+    }
+
+    fn announce_ready(&mut self, now: Instant) {
+        if self.announced_ready {
+            return;
+        }
+        let all_ready =
+            (0..self.slots.len()).all(|slot| self.attached(slot).any(|w| w.state.is_ready()));
+        if all_ready {
+            self.announced_ready = true;
+            let startup = now.saturating_duration_since(self.started.unwrap_or(now));
+            self.log(Record::WorkersReady {
+                workers: self.slots.len(),
+                startup,
+            });
+            self.actions
+                .push(Action::NotifyManager(ManagerState::Ready));
+        }
+    }
+
+    // ---- helpers -----------------------------------------------------------
+
+    /// The workers a slot has: starting or serving, not draining.
+    fn attached(&self, slot: SlotId) -> impl Iterator<Item = &Worker> {
+        self.workers
+            .values()
+            .filter(move |w| w.slot == slot && w.state.is_attached())
+    }
+
+    /// Whether `worker`'s slot also has an older attached worker (so
+    /// `worker` is a replacement).
+    fn has_older(&self, worker: &Worker) -> bool {
+        self.attached(worker.slot)
+            .any(|w| w.generation < worker.generation)
+    }
+
+    fn spawn(&mut self, slot: SlotId) {
+        let s = &mut self.slots[slot];
+        s.spawning = true;
+        s.restart_at = None;
+        self.actions.push(Action::Spawn {
+            slot,
+            generation: self.target,
+        });
+    }
+
+    fn become_ready(&mut self, pid: Pid, now: Instant) {
+        let watchdog_by = self.policy.watchdog.map(|d| now + d);
+        let Some(worker) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        worker.state = WorkerState::Ready {
+            since: now,
+            watchdog_by,
+        };
+        let record = Record::WorkerReady {
+            slot: worker.slot,
+            pid,
+            generation: worker.generation,
+            startup: now.saturating_duration_since(worker.started),
+        };
+        self.log(record);
+    }
+
+    /// Sends the stop signal to a worker that is starting or serving; it
+    /// then drains, detached from its slot, until exit or `--stop-timeout`.
+    fn stop(&mut self, pid: Pid, why: StopReason, now: Instant) {
+        let Some(worker) = self.workers.get(&pid) else {
+            return;
+        };
+        if !worker.state.is_attached() {
+            return;
+        }
+        self.actions.push(Action::Signal {
+            pid,
+            signal: self.policy.stop_signal,
+        });
+        self.set_state(
+            pid,
+            WorkerState::Draining {
+                kill_at: now + self.policy.stop_timeout,
+                why,
+            },
+        );
+    }
+
+    /// `SIGKILL`s a worker's process group, once.
+    fn kill(&mut self, pid: Pid, why: StopReason) {
+        let Some(worker) = self.workers.get(&pid) else {
+            return;
+        };
+        if matches!(worker.state, WorkerState::Killed { .. }) {
+            return;
+        }
+        self.actions.push(Action::KillGroup { pid });
+        self.set_state(pid, WorkerState::Killed { why });
+    }
+
+    fn set_state(&mut self, pid: Pid, state: WorkerState) {
+        if let Some(worker) = self.workers.get_mut(&pid) {
+            worker.state = state;
+        }
+    }
+
+    fn ignored(&mut self, signal: &'static str, why: &'static str) {
+        self.log(Record::SignalIgnored { signal, why });
+    }
+
+    fn log(&mut self, record: Record) {
+        self.actions.push(Action::Log(record));
+    }
+}

@@ -1,0 +1,139 @@
+//! The master's record of its workers: [`Slot`] (a stable position with its
+//! restart backoff) and [`Worker`] (one process, in one [`WorkerState`]).
+//!
+//! Not to be confused with [`crate::worker`], the library that runs *inside*
+//! a worker process.
+
+use std::time::{Duration, Instant};
+
+use super::backoff::Backoff;
+use super::event::{Generation, Pid, SlotId};
+
+/// A stable position `0..workers`. Its worker may come and go; the slot
+/// remembers how often it crashed and when it may start the next one.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub backoff: Backoff,
+    /// No worker is started for this slot before this instant (backoff).
+    pub restart_at: Option<Instant>,
+    /// A `Spawn` action is out and its `Spawned` answer not yet seen.
+    pub spawning: bool,
+}
+
+impl Slot {
+    pub fn new() -> Slot {
+        Slot {
+            backoff: Backoff::default(),
+            restart_at: None,
+            spawning: false,
+        }
+    }
+}
+
+/// One worker process as the master sees it.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub pid: Pid,
+    pub slot: SlotId,
+    pub generation: Generation,
+    pub started: Instant,
+    pub state: WorkerState,
+    /// The errno the exec pipe carried, so the exit can say why.
+    pub exec_error: Option<i32>,
+}
+
+/// Where a worker is in its life. A worker leaves the map when it is reaped,
+/// from whichever state it was in.
+///
+/// `Spawned`, `Booting` and `Ready` workers are *attached* to their slot:
+/// they are what the slot has. `Draining` and `Killed` workers are detached
+/// (nginx's "exiting"), so the slot's replacement can start and serve while
+/// they finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Forked; exec not yet confirmed.
+    Spawned { ready_by: Instant },
+    /// Exec succeeded; waiting for `READY=1` or for `ready_at` (delay rule).
+    Booting {
+        ready_by: Instant,
+        ready_at: Option<Instant>,
+    },
+    /// Serving. `watchdog_by` is when the next `WATCHDOG=1` is due.
+    Ready {
+        since: Instant,
+        watchdog_by: Option<Instant>,
+    },
+    /// Sent its stop signal; `SIGKILL` at `kill_at` if still running.
+    Draining { kill_at: Instant, why: StopReason },
+    /// Its process group was sent `SIGKILL`; waiting to reap it.
+    Killed { why: StopReason },
+}
+
+impl WorkerState {
+    pub fn is_attached(&self) -> bool {
+        match self {
+            WorkerState::Spawned { .. }
+            | WorkerState::Booting { .. }
+            | WorkerState::Ready { .. } => true,
+            WorkerState::Draining { .. } | WorkerState::Killed { .. } => false,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self, WorkerState::Ready { .. })
+    }
+
+    /// The next instant at which this state changes by itself.
+    pub fn deadline(&self) -> Option<Instant> {
+        match *self {
+            WorkerState::Spawned { ready_by } => Some(ready_by),
+            WorkerState::Booting { ready_by, ready_at } => {
+                Some(ready_at.map_or(ready_by, |at| at.min(ready_by)))
+            }
+            WorkerState::Ready { watchdog_by, .. } => watchdog_by,
+            WorkerState::Draining { kill_at, .. } => Some(kill_at),
+            WorkerState::Killed { .. } => None,
+        }
+    }
+}
+
+/// Why the master stopped a worker; its exit log says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A reload replaced it with a worker of this generation.
+    Replaced {
+        by: Generation,
+    },
+    ScaledDown,
+    Shutdown,
+    /// A reload was aborted while this (new, not yet ready) worker started.
+    ReloadAborted,
+    /// It sent no `WATCHDOG=1` for this long.
+    Watchdog {
+        timeout: Duration,
+    },
+    /// It was not ready within `--ready-timeout`.
+    NotReady {
+        timeout: Duration,
+    },
+    /// It said `STOPPING=1` on its own.
+    WorkerStopping,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Replaced { by } => write!(f, "replaced by generation {by}"),
+            StopReason::ScaledDown => f.write_str("scaled down"),
+            StopReason::Shutdown => f.write_str("shutdown"),
+            StopReason::ReloadAborted => f.write_str("reload aborted"),
+            StopReason::Watchdog { timeout } => {
+                write!(f, "no watchdog ping for {}", crate::record::human(*timeout))
+            }
+            StopReason::NotReady { timeout } => {
+                write!(f, "not ready within {}", crate::record::human(*timeout))
+            }
+            StopReason::WorkerStopping => f.write_str("it said STOPPING=1"),
+        }
+    }
+}

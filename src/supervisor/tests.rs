@@ -1,0 +1,725 @@
+//! Every policy decision, with fake instants and no processes.
+
+use std::time::{Duration, Instant};
+
+use super::event::*;
+use super::*;
+use crate::record::{Next, Record};
+
+const TERM: i32 = libc::SIGTERM;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn policy(workers: usize) -> Policy {
+    Policy {
+        workers,
+        stop_signal: TERM,
+        stop_timeout: ms(30_000),
+        min_uptime: ms(1000),
+        max_restarts: None,
+        ready: ReadyRule::Exec,
+        ready_timeout: ms(60_000),
+        reload_batch: 1,
+        watchdog: None,
+    }
+}
+
+/// A supervisor driven the way the shell drives it: `Spawn` actions are
+/// answered at once with `Spawned` and a fresh pid.
+struct Sim {
+    sup: Supervisor,
+    t0: Instant,
+    now: Instant,
+    next_pid: i32,
+}
+
+impl Sim {
+    fn new(policy: Policy) -> Sim {
+        let t0 = Instant::now();
+        Sim {
+            sup: Supervisor::new(policy),
+            t0,
+            now: t0,
+            next_pid: 100,
+        }
+    }
+
+    /// Starts and confirms exec of every initial worker; returns their pids.
+    fn started(policy: Policy) -> (Sim, Vec<Pid>) {
+        let mut sim = Sim::new(policy);
+        let acts = sim.feed(Event::Start);
+        let pids = spawned(&acts);
+        for &pid in &pids {
+            sim.exec_ok(pid);
+        }
+        (sim, pids)
+    }
+
+    fn at(&mut self, millis: u64) -> &mut Sim {
+        self.now = self.t0 + ms(millis);
+        self
+    }
+
+    /// Handles `event` as the shell does: each `Spawn` is answered with
+    /// `Spawned` before the next action.
+    fn feed(&mut self, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        for action in self.sup.handle(event, self.now) {
+            let spawn = match action {
+                Action::Spawn { slot, generation } => Some((slot, generation)),
+                _ => None,
+            };
+            out.push(action);
+            if let Some((slot, generation)) = spawn {
+                let pid = Pid::from_raw(self.next_pid);
+                self.next_pid += 1;
+                out.extend(self.feed(Event::Spawned {
+                    slot,
+                    generation,
+                    pid,
+                }));
+            }
+        }
+        out
+    }
+
+    fn exec_ok(&mut self, pid: Pid) -> Vec<Action> {
+        self.feed(Event::Exec {
+            pid,
+            result: Ok(()),
+        })
+    }
+
+    fn exit(&mut self, pid: Pid, code: i32) -> Vec<Action> {
+        self.feed(Event::Exited {
+            pid,
+            exit: Exit::Code(code),
+        })
+    }
+
+    fn signal(&mut self, signal: MasterSignal) -> Vec<Action> {
+        self.feed(Event::Signal(signal))
+    }
+
+    fn notify(&mut self, pid: Pid, msg: NotifyMsg) -> Vec<Action> {
+        self.feed(Event::Notify { pid, msg })
+    }
+
+    fn timeout(&mut self) -> Vec<Action> {
+        self.feed(Event::Timeout)
+    }
+
+    fn deadline_ms(&self) -> Option<u64> {
+        self.sup
+            .next_deadline()
+            .map(|d| d.duration_since(self.t0).as_millis() as u64)
+    }
+
+    /// Pid of the attached worker of `slot` with the highest generation.
+    fn pid_of(&self, slot: SlotId) -> Pid {
+        self.sup
+            .workers()
+            .filter(|w| w.slot == slot && w.state.is_attached())
+            .max_by_key(|w| w.generation)
+            .map(|w| w.pid)
+            .expect("slot has a worker")
+    }
+
+    /// Workers starting or ready: never more than N + batch in a reload.
+    fn live(&self) -> usize {
+        self.sup.workers().filter(|w| w.state.is_attached()).count()
+    }
+}
+
+fn spawned(actions: &[Action]) -> Vec<Pid> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Log(Record::WorkerSpawned { pid, .. }) => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spawns(actions: &[Action]) -> Vec<(SlotId, Generation)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { slot, generation } => Some((*slot, *generation)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn signalled(actions: &[Action]) -> Vec<(Pid, i32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Signal { pid, signal } => Some((*pid, *signal)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn killed(actions: &[Action]) -> Vec<Pid> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::KillGroup { pid } => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+fn records(actions: &[Action], name: &str) -> Vec<Record> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Log(r) if r.name() == name => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn exit_next(actions: &[Action]) -> Next {
+    match records(actions, "worker exited").as_slice() {
+        [Record::WorkerExited { next, .. }] => *next,
+        other => panic!("expected one exit record, got {other:?}"),
+    }
+}
+
+fn exit_code(actions: &[Action]) -> Option<u8> {
+    actions.iter().find_map(|a| match a {
+        Action::Exit { code, .. } => Some(*code),
+        _ => None,
+    })
+}
+
+// ---- start-up ----------------------------------------------------------------
+
+#[test]
+fn start_spawns_one_worker_per_slot_and_announces_ready_once() {
+    let mut sim = Sim::new(policy(3));
+    let acts = sim.feed(Event::Start);
+    assert_eq!(spawns(&acts), [(0, 1), (1, 1), (2, 1)]);
+    let pids = spawned(&acts);
+    sim.at(5);
+    assert!(records(&sim.exec_ok(pids[0]), "workers ready").is_empty());
+    sim.exec_ok(pids[1]);
+    let acts = sim.exec_ok(pids[2]);
+    assert_eq!(
+        records(&acts, "workers ready"),
+        [Record::WorkersReady {
+            workers: 3,
+            startup: ms(5)
+        }]
+    );
+    assert!(acts.contains(&Action::NotifyManager(ManagerState::Ready)));
+    assert_eq!(
+        sim.deadline_ms(),
+        None,
+        "an idle master has nothing to wake up for"
+    );
+}
+
+#[test]
+fn workers_are_at_least_one() {
+    let mut sim = Sim::new(policy(0));
+    assert_eq!(spawns(&sim.feed(Event::Start)), [(0, 1)]);
+}
+
+// ---- restarts ----------------------------------------------------------------
+
+#[test]
+fn a_worker_that_stayed_up_is_restarted_at_once_in_its_slot() {
+    let (mut sim, pids) = Sim::started(policy(2));
+    sim.at(5_000);
+    let acts = sim.feed(Event::Exited {
+        pid: pids[1],
+        exit: Exit::Signaled {
+            signal: libc::SIGKILL,
+            core_dumped: false,
+        },
+    });
+    assert_eq!(spawns(&acts), [(1, 1)]);
+    assert_eq!(
+        exit_next(&acts),
+        Next::Restart {
+            delay: Duration::ZERO,
+            attempt: 0
+        }
+    );
+    let text = records(&acts, "worker exited")[0].to_string();
+    assert!(text.contains("killed by SIGKILL after 5.0s"), "{text}");
+    assert!(text.contains("not sent by rcluster"), "{text}");
+    assert!(text.ends_with("restarting now"), "{text}");
+}
+
+#[test]
+fn quick_crashes_back_off_doubling_and_capped() {
+    let (mut sim, pids) = Sim::started(policy(1));
+    let mut pid = pids[0];
+    let mut t = 0;
+    let mut delays = Vec::new();
+    for _ in 0..10 {
+        t += 10;
+        let acts = sim.at(t).exit(pid, 1);
+        assert!(spawns(&acts).is_empty(), "no restart before the delay");
+        let Next::Restart { delay, .. } = exit_next(&acts) else {
+            panic!("expected a restart");
+        };
+        delays.push(delay.as_millis() as u64);
+        assert_eq!(sim.deadline_ms(), Some(t + delay.as_millis() as u64));
+        t += delay.as_millis() as u64;
+        let acts = sim.at(t).timeout();
+        assert_eq!(spawns(&acts), [(0, 1)]);
+        pid = spawned(&acts)[0];
+        sim.exec_ok(pid);
+    }
+    assert_eq!(
+        delays,
+        [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]
+    );
+}
+
+#[test]
+fn a_deadline_wakeup_before_the_delay_does_not_restart() {
+    let (mut sim, pids) = Sim::started(policy(1));
+    sim.at(10).exit(pids[0], 1);
+    assert!(spawns(&sim.at(50).timeout()).is_empty());
+    assert_eq!(spawns(&sim.at(110).timeout()), [(0, 1)]);
+}
+
+#[test]
+fn max_restarts_gives_up_with_a_non_zero_exit_after_stopping_the_rest() {
+    let mut p = policy(2);
+    p.max_restarts = Some(2);
+    let (mut sim, pids) = Sim::started(p);
+    let mut pid = pids[0];
+    let mut t = 0;
+    for _ in 0..2 {
+        t += 10;
+        sim.at(t).exit(pid, 3);
+        t += 10_000;
+        pid = spawned(&sim.at(t).timeout())[0];
+    }
+    t += 10;
+    let acts = sim.at(t).exit(pid, 3);
+    assert_eq!(exit_next(&acts), Next::GiveUp);
+    assert_eq!(records(&acts, "giving up").len(), 1);
+    assert_eq!(
+        signalled(&acts),
+        [(pids[1], TERM)],
+        "the healthy worker drains"
+    );
+    assert_eq!(exit_code(&acts), None, "not before the others are gone");
+    let acts = sim.exit(pids[1], 0);
+    assert_eq!(exit_code(&acts), Some(EXIT_GAVE_UP));
+    let Some(Action::Exit {
+        error: Some(error), ..
+    }) = acts.last()
+    else {
+        panic!("expected an exit with a message");
+    };
+    assert!(error.contains("--max-restarts 2"), "{error}");
+}
+
+#[test]
+fn exec_failure_is_reported_with_its_errno_and_backs_off() {
+    let mut sim = Sim::new(policy(1));
+    let pid = spawned(&sim.feed(Event::Start))[0];
+    sim.feed(Event::Exec {
+        pid,
+        result: Err(libc::ENOENT),
+    });
+    let acts = sim.exit(pid, 127);
+    let text = records(&acts, "worker exited")[0].to_string();
+    assert!(
+        text.contains("could not exec the command (ENOENT)"),
+        "{text}"
+    );
+    assert!(matches!(exit_next(&acts), Next::Restart { attempt: 1, .. }));
+}
+
+#[test]
+fn fork_failure_backs_off_like_a_crash() {
+    let mut sim = Sim::new(policy(1));
+    sim.feed(Event::Start);
+    let pid = sim.pid_of(0);
+    sim.exec_ok(pid);
+    sim.at(10).exit(pid, 1);
+    let acts = sim.feed(Event::SpawnFailed {
+        slot: 0,
+        generation: 1,
+        error: "fork failed: EAGAIN".into(),
+    });
+    assert_eq!(records(&acts, "spawn failed").len(), 1);
+    assert!(spawns(&acts).is_empty());
+    assert!(sim.deadline_ms().is_some());
+}
+
+// ---- stopping ----------------------------------------------------------------
+
+#[test]
+fn term_drains_every_worker_then_exits_zero() {
+    let (mut sim, pids) = Sim::started(policy(2));
+    let acts = sim.signal(MasterSignal::Stop);
+    assert_eq!(signalled(&acts), [(pids[0], TERM), (pids[1], TERM)]);
+    assert!(acts.contains(&Action::NotifyManager(ManagerState::Stopping)));
+    assert_eq!(sim.deadline_ms(), Some(30_000));
+    let acts = sim.at(100).exit(pids[0], 0);
+    assert!(
+        spawns(&acts).is_empty(),
+        "a stopping master restarts nothing"
+    );
+    assert_eq!(exit_next(&acts), Next::Stopped(StopReason::Shutdown));
+    let acts = sim.exit(pids[1], 0);
+    assert_eq!(exit_code(&acts), Some(0));
+    assert!(sim.feed(Event::Timeout).is_empty(), "done means done");
+}
+
+#[test]
+fn a_worker_that_ignores_its_stop_signal_is_killed_after_the_stop_timeout() {
+    let (mut sim, pids) = Sim::started(policy(1));
+    sim.signal(MasterSignal::Stop);
+    assert!(killed(&sim.at(29_999).timeout()).is_empty());
+    let acts = sim.at(30_000).timeout();
+    assert_eq!(killed(&acts), [pids[0]]);
+    assert_eq!(records(&acts, "stop timeout").len(), 1);
+    assert_eq!(sim.deadline_ms(), None, "SIGKILL is sent once");
+    let acts = sim.feed(Event::Exited {
+        pid: pids[0],
+        exit: Exit::Signaled {
+            signal: libc::SIGKILL,
+            core_dumped: false,
+        },
+    });
+    assert_eq!(exit_code(&acts), Some(0));
+    assert!(
+        !records(&acts, "worker exited")[0]
+            .to_string()
+            .contains("not sent by rcluster")
+    );
+}
+
+#[test]
+fn a_second_term_kills_at_once() {
+    let (mut sim, pids) = Sim::started(policy(2));
+    sim.signal(MasterSignal::Stop);
+    let acts = sim.signal(MasterSignal::Stop);
+    assert_eq!(killed(&acts), pids);
+    assert!(killed(&sim.signal(MasterSignal::Stop)).is_empty());
+}
+
+#[test]
+fn quit_kills_at_once() {
+    let (mut sim, pids) = Sim::started(policy(2));
+    let acts = sim.signal(MasterSignal::StopNow);
+    assert_eq!(killed(&acts), pids);
+    assert!(signalled(&acts).is_empty());
+}
+
+#[test]
+fn a_crash_while_stopping_is_not_restarted() {
+    let (mut sim, pids) = Sim::started(policy(2));
+    sim.signal(MasterSignal::Stop);
+    let acts = sim.feed(Event::Exited {
+        pid: pids[0],
+        exit: Exit::Signaled {
+            signal: libc::SIGSEGV,
+            core_dumped: true,
+        },
+    });
+    assert!(spawns(&acts).is_empty());
+}
+
+// ---- scaling -----------------------------------------------------------------
+
+#[test]
+fn ttin_adds_a_slot_and_ttou_drains_the_last_but_never_the_only_one() {
+    let (mut sim, pids) = Sim::started(policy(1));
+    let acts = sim.signal(MasterSignal::ScaleUp);
+    assert_eq!(spawns(&acts), [(1, 1)]);
+    let added = sim.pid_of(1);
+    sim.exec_ok(added);
+    let acts = sim.signal(MasterSignal::ScaleDown);
+    assert_eq!(signalled(&acts), [(added, TERM)]);
+    assert_eq!(
+        exit_next(&sim.exit(added, 0)),
+        Next::Stopped(StopReason::ScaledDown)
+    );
+    let acts = sim.signal(MasterSignal::ScaleDown);
+    assert!(signalled(&acts).is_empty());
+    assert_eq!(records(&acts, "signal ignored").len(), 1);
+    assert_eq!(sim.sup.slot_count(), 1);
+    assert!(sim.sup.is_worker(pids[0]));
+}
+
+// ---- reload ------------------------------------------------------------------
+
+#[test]
+fn reload_replaces_one_slot_at_a_time_and_only_after_the_new_one_is_ready() {
+    let mut p = policy(3);
+    p.ready = ReadyRule::Notify;
+    let mut sim = Sim::new(p);
+    let pids = spawned(&sim.feed(Event::Start));
+    for &pid in &pids {
+        sim.exec_ok(pid);
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    let acts = sim.at(1000).signal(MasterSignal::Reload);
+    assert_eq!(records(&acts, "reload started").len(), 1);
+    assert!(acts.contains(&Action::NotifyManager(ManagerState::Reloading)));
+    assert_eq!(spawns(&acts), [(0, 2)]);
+    let new0 = spawned(&acts)[0];
+    let acts = sim.exec_ok(new0);
+    assert!(
+        signalled(&acts).is_empty(),
+        "exec alone is not ready in notify mode"
+    );
+    let acts = sim.at(1500).notify(new0, NotifyMsg::Ready);
+    assert_eq!(signalled(&acts), [(pids[0], TERM)]);
+    assert_eq!(
+        spawns(&acts),
+        [(1, 2)],
+        "the next slot starts without waiting for the drain"
+    );
+    let new1 = spawned(&acts)[0];
+    sim.exec_ok(new1);
+    let acts = sim.notify(new1, NotifyMsg::Ready);
+    let new2 = spawned(&acts)[0];
+    sim.exec_ok(new2);
+    let acts = sim.at(2000).notify(new2, NotifyMsg::Ready);
+    assert_eq!(
+        records(&acts, "reload complete"),
+        [Record::ReloadComplete {
+            generation: 2,
+            duration: ms(1000)
+        }]
+    );
+    assert!(acts.contains(&Action::NotifyManager(ManagerState::Ready)));
+    assert!(sim.sup.reload_in_progress().is_none());
+    let exit = sim.exit(pids[0], 0);
+    assert_eq!(
+        exit_next(&exit),
+        Next::Stopped(StopReason::Replaced { by: 2 })
+    );
+    assert!(spawns(&exit).is_empty());
+}
+
+#[test]
+fn reload_batch_two_replaces_two_slots_at_once() {
+    let mut p = policy(4);
+    p.reload_batch = 2;
+    let (mut sim, _) = Sim::started(p);
+    let acts = sim.signal(MasterSignal::Reload);
+    assert_eq!(spawns(&acts), [(0, 2), (1, 2)]);
+    assert_eq!(sim.live(), 6);
+}
+
+#[test]
+fn a_hup_storm_is_one_plan_that_ends_at_the_last_generation() {
+    let mut p = policy(3);
+    p.reload_batch = 1;
+    let (mut sim, _) = Sim::started(p);
+    let mut started = 0;
+    let mut retargeted = 0;
+    for _ in 0..20 {
+        let acts = sim.signal(MasterSignal::Reload);
+        started += records(&acts, "reload started").len();
+        retargeted += records(&acts, "reload retargeted").len();
+        assert!(sim.live() <= 4);
+    }
+    assert_eq!((started, retargeted), (1, 19));
+    // Confirm every exec as it comes; the plan must settle.
+    let mut complete = 0;
+    for _ in 0..100 {
+        let starting: Vec<Pid> = sim
+            .sup
+            .workers()
+            .filter(|w| matches!(w.state, WorkerState::Spawned { .. }))
+            .map(|w| w.pid)
+            .collect();
+        if starting.is_empty() {
+            break;
+        }
+        for pid in starting {
+            complete += records(&sim.exec_ok(pid), "reload complete").len();
+            assert!(sim.live() <= 4, "never more than N + batch workers");
+        }
+    }
+    assert_eq!(complete, 1);
+    let gens: Vec<Generation> = sim
+        .sup
+        .workers()
+        .filter(|w| w.state.is_attached())
+        .map(|w| w.generation)
+        .collect();
+    assert_eq!(gens, [21, 21, 21]);
+}
+
+#[test]
+fn a_new_worker_that_cannot_exec_aborts_the_reload_and_keeps_the_old_ones() {
+    let (mut sim, pids) = Sim::started(policy(2));
+    let acts = sim.signal(MasterSignal::Reload);
+    let new = spawned(&acts)[0];
+    sim.feed(Event::Exec {
+        pid: new,
+        result: Err(libc::ENOENT),
+    });
+    let acts = sim.exit(new, 127);
+    let aborted = records(&acts, "reload aborted");
+    assert_eq!(aborted.len(), 1);
+    let text = aborted[0].to_string();
+    assert!(
+        text.contains("could not exec the command (ENOENT)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 workers of older generations keep serving"),
+        "{text}"
+    );
+    assert_eq!(exit_next(&acts), Next::SlotServed);
+    assert!(signalled(&acts).is_empty() && spawns(&acts).is_empty());
+    assert!(pids.iter().all(|&p| sim.sup.is_worker(p)));
+    assert!(matches!(
+        sim.sup.last_reload(),
+        Some(ReloadOutcome::Aborted { generation: 2, .. })
+    ));
+    // The next HUP tries again.
+    let acts = sim.signal(MasterSignal::Reload);
+    assert_eq!(spawns(&acts), [(0, 3)]);
+}
+
+#[test]
+fn a_new_worker_that_exits_early_aborts_the_reload() {
+    let mut p = policy(2);
+    p.ready = ReadyRule::Notify;
+    let mut sim = Sim::new(p);
+    let pids = spawned(&sim.feed(Event::Start));
+    for &pid in &pids {
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    let new = spawned(&sim.signal(MasterSignal::Reload))[0];
+    sim.exec_ok(new);
+    let acts = sim.at(20).exit(new, 1);
+    assert_eq!(records(&acts, "reload aborted").len(), 1);
+    assert!(signalled(&acts).is_empty());
+    // Crash restarts keep going while the reload is aborted.
+    let acts = sim.at(5000).exit(pids[1], 1);
+    assert_eq!(spawns(&acts), [(1, 2)]);
+}
+
+#[test]
+fn a_new_worker_that_is_never_ready_is_killed_and_the_reload_aborted() {
+    let mut p = policy(2);
+    p.ready = ReadyRule::Notify;
+    p.ready_timeout = ms(3000);
+    let mut sim = Sim::new(p);
+    let pids = spawned(&sim.feed(Event::Start));
+    for &pid in &pids {
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    sim.at(1000);
+    let new = spawned(&sim.signal(MasterSignal::Reload))[0];
+    sim.exec_ok(new);
+    assert_eq!(sim.deadline_ms(), Some(4000));
+    let acts = sim.at(4000).timeout();
+    assert_eq!(killed(&acts), [new]);
+    assert_eq!(records(&acts, "worker not ready").len(), 1);
+    assert_eq!(records(&acts, "reload aborted").len(), 1);
+    assert!(signalled(&acts).is_empty() && spawns(&acts).is_empty());
+    let acts = sim.feed(Event::Exited {
+        pid: new,
+        exit: Exit::Signaled {
+            signal: libc::SIGKILL,
+            core_dumped: false,
+        },
+    });
+    assert!(matches!(
+        exit_next(&acts),
+        Next::Stopped(StopReason::NotReady { .. })
+    ));
+    assert!(spawns(&acts).is_empty());
+}
+
+#[test]
+fn aborting_with_batch_two_stops_the_other_unfinished_replacement() {
+    let mut p = policy(2);
+    p.reload_batch = 2;
+    p.ready = ReadyRule::Notify;
+    let mut sim = Sim::new(p);
+    let pids = spawned(&sim.feed(Event::Start));
+    for &pid in &pids {
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    let new = spawned(&sim.signal(MasterSignal::Reload));
+    let acts = sim.exit(new[0], 1);
+    assert_eq!(signalled(&acts), [(new[1], TERM)]);
+    assert!(pids.iter().all(|&p| sim.sup.is_worker(p)));
+}
+
+#[test]
+fn delay_rule_is_ready_after_the_delay() {
+    let mut p = policy(1);
+    p.ready = ReadyRule::Delay(ms(500));
+    let mut sim = Sim::new(p);
+    let pid = spawned(&sim.feed(Event::Start))[0];
+    sim.exec_ok(pid);
+    assert_eq!(sim.deadline_ms(), Some(500));
+    assert!(records(&sim.at(499).timeout(), "worker ready").is_empty());
+    assert_eq!(records(&sim.at(500).timeout(), "worker ready").len(), 1);
+}
+
+#[test]
+fn ready_may_arrive_before_the_exec_pipe_closes() {
+    let mut p = policy(1);
+    p.ready = ReadyRule::Notify;
+    let mut sim = Sim::new(p);
+    let pid = spawned(&sim.feed(Event::Start))[0];
+    assert_eq!(
+        records(&sim.notify(pid, NotifyMsg::Ready), "worker ready").len(),
+        1
+    );
+    sim.exec_ok(pid);
+    assert!(sim.sup.workers().all(|w| w.state.is_ready()));
+}
+
+#[test]
+fn a_worker_that_misses_its_watchdog_is_aborted_and_replaced() {
+    let mut p = policy(1);
+    p.watchdog = Some(ms(2000));
+    let (mut sim, pids) = Sim::started(p);
+    sim.at(1500).notify(pids[0], NotifyMsg::Watchdog);
+    assert_eq!(sim.deadline_ms(), Some(3500));
+    let acts = sim.at(3500).timeout();
+    assert_eq!(signalled(&acts), [(pids[0], libc::SIGABRT)]);
+    assert_eq!(records(&acts, "watchdog timeout").len(), 1);
+    assert_eq!(spawns(&acts), [(0, 1)], "replaced at once");
+    let acts = sim
+        .at(3500 + WATCHDOG_KILL_GRACE.as_millis() as u64)
+        .timeout();
+    assert_eq!(killed(&acts), [pids[0]]);
+}
+
+#[test]
+fn a_worker_that_says_stopping_is_replaced_before_it_exits() {
+    let (mut sim, pids) = Sim::started(policy(1));
+    let acts = sim.notify(pids[0], NotifyMsg::Stopping);
+    assert_eq!(spawns(&acts), [(0, 1)]);
+    assert_eq!(
+        exit_next(&sim.exit(pids[0], 0)),
+        Next::Stopped(StopReason::WorkerStopping)
+    );
+}
+
+#[test]
+fn status_messages_are_logged_and_unknown_senders_ignored() {
+    let (mut sim, pids) = Sim::started(policy(1));
+    let acts = sim.notify(pids[0], NotifyMsg::Status("warming up".into()));
+    assert_eq!(records(&acts, "worker status").len(), 1);
+    assert!(sim.notify(Pid::from_raw(1), NotifyMsg::Ready).is_empty());
+    assert!(sim.exit(Pid::from_raw(1), 0).is_empty());
+}

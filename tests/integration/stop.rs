@@ -1,0 +1,114 @@
+//! Stopping: graceful on TERM (requests in flight finish), forced after the
+//! stop timeout or a second TERM, immediate on QUIT; no worker outlives a
+//! master killed with SIGKILL.
+
+use std::time::Duration;
+
+use crate::support::{Master, example, http, is_gone, wait_until};
+
+#[test]
+fn term_lets_a_request_in_flight_finish_then_exits_zero() {
+    let hello = example("hello");
+    let mut master = Master::start(&["-w", "2", "-l", "127.0.0.1:0", "--", &hello]);
+    let addr = master.listening();
+    master.ready_workers();
+    // Prove the connection is established with a worker, then start a slow
+    // request on it and stop the master while it runs.
+    let mut conn = http::Conn::new(http::connect(addr).unwrap()).unwrap();
+    assert_eq!(conn.request("/", false).unwrap().status, 200);
+    let slow = std::thread::spawn(move || conn.request("/sleep/1500", false));
+    master.signal(libc::SIGTERM);
+    master.expect_msg("stop requested");
+    let response = slow
+        .join()
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(response.status, 200);
+    assert!(
+        response.close,
+        "a draining worker closes the connection after it"
+    );
+    let status = master.wait_exit();
+    assert_eq!(status.code(), Some(0));
+    let log = master.log_text();
+    assert!(!log.contains("SIGKILL"), "nothing was killed:\n{log}");
+}
+
+#[test]
+fn a_worker_that_ignores_its_stop_signal_is_killed_after_the_stop_timeout() {
+    let worker = example("test_worker");
+    let mut master = Master::start(&[
+        "-w",
+        "2",
+        "--stop-timeout",
+        "300ms",
+        "--",
+        &worker,
+        "--ignore-stop",
+    ]);
+    master.ready_workers();
+    master.signal(libc::SIGTERM);
+    master.expect_msg("stop timeout");
+    let exited = master.expect_msg("worker exited");
+    assert_eq!(exited["signal"], "SIGKILL");
+    assert_eq!(exited["killed_by_rcluster"], true);
+    assert_eq!(master.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn a_second_term_stops_at_once() {
+    let worker = example("test_worker");
+    let mut master = Master::start(&[
+        "-w",
+        "2",
+        "--stop-timeout",
+        "1h",
+        "--",
+        &worker,
+        "--ignore-stop",
+    ]);
+    master.ready_workers();
+    master.signal(libc::SIGTERM);
+    master.expect("graceful stop", |r| {
+        r["msg"] == "stop requested" && r["graceful"] == true
+    });
+    master.signal(libc::SIGTERM);
+    master.expect("forced stop", |r| {
+        r["msg"] == "stop requested" && r["graceful"] == false
+    });
+    assert_eq!(master.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn quit_stops_at_once() {
+    let worker = example("test_worker");
+    let mut master = Master::start(&[
+        "-w",
+        "2",
+        "--stop-timeout",
+        "1h",
+        "--",
+        &worker,
+        "--ignore-stop",
+    ]);
+    let workers = master.ready_workers();
+    master.signal(libc::SIGQUIT);
+    assert_eq!(master.wait_exit().code(), Some(0));
+    assert!(workers.iter().all(|&(_, pid)| is_gone(pid)));
+}
+
+#[test]
+fn no_worker_outlives_a_master_killed_with_sigkill() {
+    let worker = example("test_worker");
+    let mut master = Master::start(&["-w", "3", "--", &worker, "--ignore-stop"]);
+    let workers = master.ready_workers();
+    master.signal(libc::SIGKILL);
+    master.wait_exit();
+    let all_gone = wait_until(Duration::from_secs(2), || {
+        workers.iter().all(|&(_, pid)| is_gone(pid))
+    });
+    assert!(
+        all_gone,
+        "workers still running 2 s after the master died: {workers:?}"
+    );
+}

@@ -1,0 +1,347 @@
+//! The harness: start the real `rcluster` binary, read its JSON log, talk
+//! HTTP to its workers, and clean up every process it started.
+
+pub mod http;
+pub mod load;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use serde_json::Value;
+
+/// Generous: a 2-core machine running the suite in parallel is slow.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn rcluster_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rcluster"))
+}
+
+/// An example binary (`hello`, `test_worker`), built by `cargo test`; built
+/// here once if missing (e.g. `cargo test --test integration`).
+pub fn example(name: &str) -> String {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let path = rcluster_bin()
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join(name);
+    if !path.exists() {
+        BUILT.get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--examples"])
+                .status()
+                .expect("running cargo build --examples");
+            assert!(status.success(), "cargo build --examples failed");
+        });
+    }
+    assert!(
+        path.exists(),
+        "{} is missing: run cargo build --examples",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+/// A directory removed when dropped, for Unix sockets and flag files.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("rcluster-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Pids of workers the log reported spawned and not yet exited, shared with
+/// the log thread so `Drop` can kill them even after a panic.
+type LivePids = Arc<Mutex<BTreeSet<i32>>>;
+
+/// A running master. Dropping it kills the master's process group and each
+/// worker's (workers lead their own groups), then reaps the master; if the
+/// test is failing, it prints the log.
+pub struct Master {
+    child: Child,
+    pub pid: i32,
+    records: Receiver<Value>,
+    live: LivePids,
+    lines: Arc<Mutex<Vec<String>>>,
+    status: Option<ExitStatus>,
+}
+
+impl Master {
+    /// `rcluster --log-format json ARGS`, with stderr captured.
+    pub fn start(args: &[&str]) -> Master {
+        Master::start_with(args, |_| {})
+    }
+
+    pub fn start_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Master {
+        let mut cmd = Command::new(rcluster_bin());
+        cmd.arg("--log-format")
+            .arg("json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        setup(&mut cmd);
+        let mut child = cmd.spawn().expect("starting rcluster");
+        let pid = child.id() as i32;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, records) = crossbeam_channel::unbounded();
+        let live = LivePids::default();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (live2, lines2) = (Arc::clone(&live), Arc::clone(&lines));
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                lines2.lock().unwrap().push(line.clone());
+                // Workers share the master's stderr: only JSON lines are records.
+                let Ok(record) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let pid = record["pid"].as_i64().unwrap_or(0) as i32;
+                match record["msg"].as_str() {
+                    Some("worker spawned") => {
+                        live2.lock().unwrap().insert(pid);
+                    }
+                    Some("worker exited") => {
+                        live2.lock().unwrap().remove(&pid);
+                    }
+                    _ => {}
+                }
+                if tx.send(record).is_err() {
+                    break;
+                }
+            }
+        });
+        Master {
+            child,
+            pid,
+            records,
+            live,
+            lines,
+            status: None,
+        }
+    }
+
+    /// Waits for the next record matching `pred`, skipping others.
+    pub fn expect(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.expect_within(what, WAIT, pred)
+    }
+
+    pub fn expect_within(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.records.recv_deadline(deadline) {
+                Ok(record) if pred(&record) => return record,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!("timed out waiting for {what}"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("rcluster's log ended while waiting for {what}")
+                }
+            }
+        }
+    }
+
+    /// Waits for the next record whose `msg` is `msg`.
+    pub fn expect_msg(&mut self, msg: &str) -> Value {
+        self.expect(msg, |r| r["msg"] == msg)
+    }
+
+    /// Collects every record until one matching `until` (inclusive).
+    pub fn collect_until(&mut self, what: &str, until: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.records.recv_deadline(deadline) {
+                Ok(record) => {
+                    let done = until(&record);
+                    seen.push(record);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("timed out or log ended waiting for {what}"),
+            }
+        }
+    }
+
+    /// The address of the `index`th TCP listener, from its `listening` record.
+    pub fn listening(&mut self) -> SocketAddr {
+        let record = self.expect_msg("listening");
+        record["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("listening record without a TCP addr: {record}"))
+    }
+
+    /// Waits until the initial workers are ready; returns (slot, pid) of each.
+    pub fn ready_workers(&mut self) -> Vec<(u64, i32)> {
+        let records = self.collect_until("workers ready", |r| r["msg"] == "workers ready");
+        let mut workers: Vec<(u64, i32)> = records
+            .iter()
+            .filter(|r| r["msg"] == "worker ready")
+            .map(|r| {
+                (
+                    r["slot"].as_u64().unwrap(),
+                    r["pid"].as_i64().unwrap() as i32,
+                )
+            })
+            .collect();
+        workers.sort();
+        workers
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling the master we started.
+        unsafe { libc::kill(self.pid, signal) };
+    }
+
+    /// Waits for the master to exit (bounded), returning its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("waiting for rcluster") {
+                self.status = Some(status);
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("rcluster did not exit within {WAIT:?}");
+    }
+
+    /// Every line rcluster and its workers wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let running = self.status.is_none() && matches!(self.child.try_wait(), Ok(None));
+        // SAFETY: signalling processes this test started, by pid.
+        unsafe {
+            if running {
+                libc::kill(-self.pid, libc::SIGKILL);
+            }
+            for &pid in self.live.lock().unwrap().iter() {
+                libc::kill(-pid, libc::SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- rcluster log ----\n{}\n----", self.log_text());
+        }
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` is gone: no such process, or a zombie nobody reaped yet.
+pub fn is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+/// A variable from a process's environment.
+pub fn environ(pid: i32, key: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0).find_map(|entry| {
+        let entry = String::from_utf8_lossy(entry);
+        entry
+            .strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix('='))
+            .map(str::to_string)
+    })
+}
+
+/// The fds a process has open, sorted.
+pub fn open_fds(pid: i32) -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("reading /proc/<pid>/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    fds
+}
+
+pub fn fd_target(pid: i32, fd: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Runs rcluster to completion (for inputs it must refuse) and returns its
+/// exit code and stderr.
+pub fn run_to_exit(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(rcluster_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("starting rcluster");
+    let pid = child.id() as i32;
+    let exited = wait_until(WAIT, || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        // SAFETY: killing the process group we started.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let output = child
+        .wait_with_output()
+        .expect("collecting rcluster's output");
+    assert!(exited, "rcluster {args:?} did not exit");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
