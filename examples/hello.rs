@@ -8,7 +8,8 @@
 //! curl 127.0.0.1:8080/sleep/2000 # the same, two seconds later
 //! ```
 //!
-//! On its stop signal it stops accepting at once (queued connections go to
+//! It says `READY=1` (sd_notify) once it can accept, so `rcluster --ready
+//! notify` waits for it. On its stop signal it stops accepting at once (queued connections go to
 //! the other workers, which share the socket), answers every request in
 //! flight, answers a request that arrives on a keep-alive connection within
 //! a short grace with `Connection: close`, closes idle connections politely,
@@ -25,7 +26,8 @@ use rcluster::worker::{self, Shutdown};
 /// While draining, how long an idle keep-alive connection stays open for a
 /// request that may already be on its way. Closing at once races with a
 /// client that is sending (it would see a reset); this grace closes that
-/// window for every client that sends without pausing.
+/// window for every client that sends without pausing. `HELLO_DRAIN_GRACE_MS`
+/// overrides it.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// How long a polite close waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(1);
@@ -35,6 +37,12 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 fn main() -> Result<(), Box<dyn Error>> {
     let listener = worker::listeners()?.take_tcp(0)?;
     let shutdown = worker::shutdown()?;
+    let grace = std::env::var("HELLO_DRAIN_GRACE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(DRAIN_GRACE, Duration::from_millis);
+    // Connections queue in the shared socket until we accept: ready now.
+    worker::ready()?;
     let greeting = format!(
         "hello from worker {} (pid {})\n",
         worker::id().map_or("-".into(), |id| id.to_string()),
@@ -46,7 +54,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         while let Some(conn) = shutdown.accept(&listener)? {
             let (shutdown, greeting) = (&shutdown, greeting.as_str());
             scope.spawn(move || {
-                let _ = serve(conn, shutdown, greeting);
+                let _ = serve(conn, shutdown, greeting, grace);
             });
         }
         Ok(())
@@ -60,7 +68,7 @@ struct Request {
     sleep: Option<Duration>,
 }
 
-fn serve(conn: TcpStream, shutdown: &Shutdown, greeting: &str) -> io::Result<()> {
+fn serve(conn: TcpStream, shutdown: &Shutdown, greeting: &str, grace: Duration) -> io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut conn = conn;
     loop {
@@ -69,7 +77,7 @@ fn serve(conn: TcpStream, shutdown: &Shutdown, greeting: &str) -> io::Result<()>
             shutdown.wait(&conn, None)?;
         }
         if shutdown.requested() {
-            conn.set_read_timeout(Some(DRAIN_GRACE))?;
+            conn.set_read_timeout(Some(grace))?;
         }
         let request = match read_request(&mut reader) {
             Ok(Some(request)) => request,
@@ -81,14 +89,15 @@ fn serve(conn: TcpStream, shutdown: &Shutdown, greeting: &str) -> io::Result<()>
             thread::sleep(delay);
         }
         let close = request.close || shutdown.requested();
-        write!(
-            conn,
+        // One write: a response split over several small writes waits on
+        // Nagle's algorithm for the client's delayed ACK (40 ms).
+        let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{}",
             greeting.len(),
             if close { "close" } else { "keep-alive" },
             greeting
-        )?;
-        conn.flush()?;
+        );
+        conn.write_all(response.as_bytes())?;
         if close {
             return close_politely(conn);
         }

@@ -14,7 +14,8 @@ use crate::supervisor::event::ReadyRule;
 
 const AFTER_HELP: &str = "\
 Signals to the master:
-  HUP         rolling reload: replace every worker, zero downtime
+  HUP         rolling reload: replace every worker, --reload-batch at a time, each
+              old one drained only once its replacement is ready
   TERM, INT   graceful stop: workers drain up to --stop-timeout (a second one is immediate)
   QUIT        immediate stop
   TTIN, TTOU  one worker more / less
@@ -77,6 +78,29 @@ struct Args {
     /// default: never give up
     #[arg(long, env = "RCLUSTER_MAX_RESTARTS", value_name = "N")]
     max_restarts: Option<u32>,
+
+    /// When a new worker counts as ready: `exec` (once exec succeeded),
+    /// `notify` (when it sends READY=1 to $NOTIFY_SOCKET) or `delay:DUR`
+    #[arg(long, env = "RCLUSTER_READY", value_name = "MODE",
+          default_value = "exec", value_parser = parse_ready)]
+    ready: ReadyRule,
+
+    /// A new worker not ready within this is killed; during a reload, the
+    /// reload is aborted and the old workers keep serving
+    #[arg(long, env = "RCLUSTER_READY_TIMEOUT", value_name = "DUR",
+          default_value = "60s", value_parser = parse_duration)]
+    ready_timeout: Duration,
+
+    /// How many workers a reload replaces at a time
+    #[arg(long, env = "RCLUSTER_RELOAD_BATCH", value_name = "N",
+          default_value_t = config::DEFAULT_RELOAD_BATCH,
+          value_parser = parse_batch)]
+    reload_batch: usize,
+
+    /// Kill and replace a ready worker that sends no WATCHDOG=1 for this
+    /// long (workers get WATCHDOG_USEC and WATCHDOG_PID)
+    #[arg(long, env = "RCLUSTER_WATCHDOG", value_name = "DUR", value_parser = parse_duration)]
+    watchdog: Option<Duration>,
 
     /// Write the master's pid here (removed on exit)
     #[arg(long, env = "RCLUSTER_PID_FILE", value_name = "PATH")]
@@ -141,10 +165,10 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
         stop_timeout: args.stop_timeout,
         min_uptime: args.min_uptime,
         max_restarts: args.max_restarts,
-        ready: ReadyRule::Exec,
-        ready_timeout: config::DEFAULT_READY_TIMEOUT,
-        reload_batch: config::DEFAULT_RELOAD_BATCH,
-        watchdog: None,
+        ready: args.ready,
+        ready_timeout: args.ready_timeout,
+        reload_batch: args.reload_batch,
+        watchdog: args.watchdog,
         pid_file: args.pid_file,
         log_format: match args.log_format {
             Format::Human => LogFormat::Human,
@@ -184,6 +208,29 @@ fn parse_workers(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=config::MAX_WORKERS).contains(&n) => Ok(n),
         _ => Err(invalid()),
+    }
+}
+
+fn parse_batch(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=config::MAX_WORKERS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a number from 1 to {}",
+            config::MAX_WORKERS
+        )),
+    }
+}
+
+/// `exec`, `notify` or `delay:DUR`.
+fn parse_ready(s: &str) -> Result<ReadyRule, String> {
+    match s {
+        "exec" => Ok(ReadyRule::Exec),
+        "notify" => Ok(ReadyRule::Notify),
+        _ => s
+            .strip_prefix("delay:")
+            .and_then(|d| humantime::parse_duration(d).ok())
+            .map(ReadyRule::Delay)
+            .ok_or_else(|| "expected exec, notify or delay:DUR (e.g. delay:2s)".to_string()),
     }
 }
 
@@ -248,6 +295,10 @@ mod tests {
         assert_eq!(c.stop_timeout, Duration::from_secs(30));
         assert_eq!(c.min_uptime, Duration::from_secs(1));
         assert_eq!(c.max_restarts, None);
+        assert_eq!(c.ready, ReadyRule::Exec);
+        assert_eq!(c.ready_timeout, Duration::from_secs(60));
+        assert_eq!(c.reload_batch, 1);
+        assert_eq!(c.watchdog, None);
         assert_eq!(c.command, [OsString::from("./server")]);
     }
 
@@ -279,6 +330,34 @@ mod tests {
         assert_eq!(c.min_uptime, Duration::from_secs(120));
         assert_eq!(c.max_restarts, Some(3));
         assert_eq!(c.command.len(), 2);
+    }
+
+    #[test]
+    fn readiness_options() {
+        let c = config(&[
+            "--ready",
+            "delay:1500ms",
+            "--ready-timeout",
+            "5s",
+            "--reload-batch",
+            "2",
+            "--watchdog",
+            "10s",
+            "--",
+            "x",
+        ]);
+        assert_eq!(c.ready, ReadyRule::Delay(Duration::from_millis(1500)));
+        assert_eq!(c.ready_timeout, Duration::from_secs(5));
+        assert_eq!(c.reload_batch, 2);
+        assert_eq!(c.watchdog, Some(Duration::from_secs(10)));
+        assert_eq!(
+            config(&["--ready", "notify", "--", "x"]).ready,
+            ReadyRule::Notify
+        );
+        let e = usage_error(&["--ready", "soon", "--", "x"]);
+        assert!(e.contains("exec, notify or delay:DUR"), "{e}");
+        let e = usage_error(&["--reload-batch", "0", "--", "x"]);
+        assert!(e.contains("from 1 to"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,6 @@ use crate::listen::ListenSpec;
 use crate::supervisor::event::{Policy, ReadyRule};
 
 pub const DEFAULT_BACKLOG: u32 = 2048;
-pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_RELOAD_BATCH: usize = 1;
 /// More workers than this is a typo, not a deployment.
 pub const MAX_WORKERS: usize = 4096;

@@ -32,6 +32,7 @@ pub mod master;
 pub(crate) mod config;
 pub(crate) mod error;
 pub(crate) mod listen;
+pub(crate) mod notify;
 pub(crate) mod pidfile;
 pub(crate) mod reap;
 pub(crate) mod record;

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use std::str::FromStr;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::error::Error;
+use crate::worker::ListenersError;
 
 const FORMS: &str = "expected 127.0.0.1:8080, :8080, [::1]:8080 or unix:/path/app.sock, \
                      optionally prefixed with NAME=";
@@ -102,6 +103,37 @@ impl Listener {
     pub fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
     }
+
+    /// Wraps a socket the master was given (systemd socket activation).
+    fn adopt(name: String, fd: OwnedFd) -> io::Result<Listener> {
+        let socket = Socket::from(fd);
+        socket.set_cloexec(true)?;
+        let local = describe(&socket.local_addr()?);
+        Ok(Listener {
+            name,
+            socket,
+            local,
+            _socket_file: None,
+        })
+    }
+}
+
+/// The sockets systemd passed to this process (`LISTEN_FDS`, with
+/// `LISTEN_PID` naming us), adopted instead of binding. Sockets meant for
+/// another process are left alone, as systemd's own library does.
+pub fn adopt_inherited() -> Result<Vec<Listener>, Error> {
+    let error = |cause: String| Error::Bind {
+        addr: "the sockets passed in LISTEN_FDS".into(),
+        cause,
+    };
+    match crate::worker::listeners() {
+        Ok(listeners) => listeners
+            .into_fds()
+            .map(|(name, fd)| Listener::adopt(name, fd).map_err(|e| error(e.to_string())))
+            .collect(),
+        Err(ListenersError::NotActivated | ListenersError::WrongPid { .. }) => Ok(Vec::new()),
+        Err(e) => Err(error(e.to_string())),
+    }
 }
 
 fn describe(addr: &SockAddr) -> String {
@@ -112,12 +144,17 @@ fn describe(addr: &SockAddr) -> String {
     }
 }
 
-/// Binds every spec, in order. Names default to `tcp-<i>` / `unix-<i>`,
-/// where `i` is the listener's position (fd `3 + i` in a worker).
-pub fn bind_all(specs: &[ListenSpec], backlog: u32) -> Result<Vec<Listener>, Error> {
+/// Binds every spec, in order, after the `listeners` already held. Names
+/// default to `tcp-<i>` / `unix-<i>`, where `i` is the listener's position
+/// (fd `3 + i` in a worker).
+pub fn bind_all(
+    specs: &[ListenSpec],
+    backlog: u32,
+    mut listeners: Vec<Listener>,
+) -> Result<Vec<Listener>, Error> {
     let backlog = backlog.min(somaxconn()).min(i32::MAX as u32) as i32;
-    let mut listeners: Vec<Listener> = Vec::with_capacity(specs.len());
-    for (i, spec) in specs.iter().enumerate() {
+    let first = listeners.len();
+    for (i, spec) in (first..).zip(specs) {
         let name = spec.name.clone().unwrap_or_else(|| match spec.addr {
             ListenAddr::Tcp(_) => format!("tcp-{i}"),
             ListenAddr::Unix(_) => format!("unix-{i}"),

@@ -18,15 +18,17 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::listen::{self, Listener};
 use crate::log::Log;
+use crate::notify::{self, Datagram, Manager, NotifySocket};
 use crate::pidfile::PidFile;
 use crate::reap;
 use crate::record::Record;
 use crate::signals;
-use crate::spawn::{self, Template};
+use crate::spawn::{self, Template, Value};
 use crate::supervisor::Supervisor;
 use crate::supervisor::event::{Action, Event, Pid, errno_name};
 
 const SIGNALS: Token = Token(0);
+const NOTIFY: Token = Token(1);
 /// Exec pipes are registered as `EXEC_BASE + pid`: a live child's pid is
 /// unique, so no table of tokens is needed.
 const EXEC_BASE: usize = 16;
@@ -38,12 +40,13 @@ pub type Outcome = (u8, Option<String>);
 /// Bad input (command, address, pid file) fails here, before any fork.
 pub fn run(config: &Config, log: &Log) -> Result<Outcome, Error> {
     let command = spawn::resolve(&config.command)?;
-    let listeners = listen::bind_all(&config.listen, config.backlog)?;
+    let listeners = listen::bind_all(&config.listen, config.backlog, listen::adopt_inherited()?)?;
     let _pid_file = config
         .pid_file
         .as_deref()
         .map(PidFile::create)
         .transpose()?;
+    let notify = NotifySocket::bind().map_err(|e| Error::os("creating the notify socket", e))?;
     log.emit(&Record::Started {
         pid: std::process::id(),
         workers: config.workers,
@@ -57,9 +60,22 @@ pub fn run(config: &Config, log: &Log) -> Result<Outcome, Error> {
     }
     let fds = listeners.iter().map(Listener::fd).collect();
     let names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
-    let template = Template::new(command, fds, &names, Vec::new());
-    let mut master = Master::new(Supervisor::new(config.policy()), template, log)?;
+    let mut vars = vec![(
+        "NOTIFY_SOCKET".to_string(),
+        Value::Text(notify.path().to_string_lossy().into_owned()),
+    )];
+    if let Some(watchdog) = config.watchdog {
+        vars.push((
+            "WATCHDOG_USEC".to_string(),
+            Value::Text(watchdog.as_micros().to_string()),
+        ));
+        vars.push(("WATCHDOG_PID".to_string(), Value::OwnPid));
+    }
+    let template = Template::new(command, fds, &names, vars);
+    let supervisor = Supervisor::new(config.policy());
+    let mut master = Master::new(supervisor, template, notify, log)?;
     let outcome = master.run();
+    drop(master);
     drop(listeners);
     outcome
 }
@@ -69,6 +85,9 @@ struct Master<'a> {
     signals: Signals,
     supervisor: Supervisor,
     template: Template,
+    notify: NotifySocket,
+    /// systemd, when rcluster runs under it with `Type=notify`.
+    manager: Option<Manager>,
     /// Read ends of the exec pipes of workers whose exec is not confirmed.
     exec_pipes: HashMap<Pid, OwnedFd>,
     log: &'a Log,
@@ -76,18 +95,28 @@ struct Master<'a> {
 }
 
 impl<'a> Master<'a> {
-    fn new(supervisor: Supervisor, template: Template, log: &'a Log) -> Result<Master<'a>, Error> {
+    fn new(
+        supervisor: Supervisor,
+        template: Template,
+        mut notify: NotifySocket,
+        log: &'a Log,
+    ) -> Result<Master<'a>, Error> {
         let poll = Poll::new().map_err(|e| Error::os("creating the event loop", e))?;
         let mut signals =
             signals::register().map_err(|e| Error::os("registering signal handlers", e))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| Error::os("registering signal handlers", e))?;
+        poll.registry()
+            .register(notify.source(), NOTIFY, Interest::READABLE)
+            .map_err(|e| Error::os("registering the notify socket", e))?;
         Ok(Master {
             poll,
             signals,
             supervisor,
             template,
+            notify,
+            manager: Manager::from_env(),
             exec_pipes: HashMap::new(),
             log,
             outcome: None,
@@ -115,6 +144,7 @@ impl<'a> Master<'a> {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signals(now),
+                    NOTIFY => self.on_notify(now),
                     Token(t) if t >= EXEC_BASE => {
                         self.on_exec_pipe(Pid::from_raw((t - EXEC_BASE) as i32), now)
                     }
@@ -135,6 +165,58 @@ impl<'a> Master<'a> {
                 None => self.reap(now),
             }
         }
+    }
+
+    /// Drains the notify socket (edge-triggered: until it would block).
+    fn on_notify(&mut self, now: Instant) {
+        loop {
+            match self.notify.recv() {
+                Ok(Some(datagram)) => self.on_datagram(datagram, now),
+                Ok(None) => return,
+                Err(e) => {
+                    self.log.emit(&Record::OsError {
+                        op: "reading the notify socket".into(),
+                        error: e.to_string(),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, datagram: Datagram, now: Instant) {
+        let Some(worker) = self.sender_worker(&datagram) else {
+            let pid = datagram.sender.unwrap_or(Pid::from_raw(0));
+            self.log.emit(&Record::NotifyIgnored {
+                pid,
+                why: "not sent by a worker or a process it started".into(),
+            });
+            return;
+        };
+        for msg in datagram.messages {
+            self.dispatch(Event::Notify { pid: worker, msg }, now);
+        }
+    }
+
+    /// The worker a datagram speaks for: its sender or, for helpers such as
+    /// `systemd-notify` that a worker runs, the sender's nearest ancestor
+    /// that is a worker. A sender that already exited is found through
+    /// `MAINPID=` (the known `systemd-notify` race).
+    fn sender_worker(&self, datagram: &Datagram) -> Option<Pid> {
+        const MAX_DEPTH: usize = 32;
+        for start in [datagram.sender, datagram.main_pid].into_iter().flatten() {
+            let mut pid = start;
+            for _ in 0..MAX_DEPTH {
+                if self.supervisor.is_worker(pid) {
+                    return Some(pid);
+                }
+                match notify::parent_of(pid) {
+                    Some(parent) if parent.as_raw() > 1 => pid = parent,
+                    _ => break,
+                }
+            }
+        }
+        None
     }
 
     fn reap(&mut self, now: Instant) {
@@ -215,7 +297,16 @@ impl<'a> Master<'a> {
                 }
             }
             Action::Log(record) => self.log.emit(&record),
-            Action::NotifyManager(_) => {}
+            Action::NotifyManager(state) => {
+                if let Some(manager) = &self.manager
+                    && let Err(e) = manager.tell(state)
+                {
+                    self.log.emit(&Record::OsError {
+                        op: "notifying systemd (NOTIFY_SOCKET)".into(),
+                        error: e.to_string(),
+                    });
+                }
+            }
             Action::Exit { code, error } => self.outcome = Some((code, error)),
         }
     }

@@ -22,6 +22,7 @@ pub mod msg {
     pub const WORKER_EXITED: &str = "worker exited";
     pub const WORKER_STATUS: &str = "worker status";
     pub const WORKER_STOPPING: &str = "worker stopping";
+    pub const WORKER_DRAINING: &str = "worker draining";
     pub const SPAWN_FAILED: &str = "spawn failed";
     pub const NOT_READY: &str = "worker not ready";
     pub const WATCHDOG_TIMEOUT: &str = "watchdog timeout";
@@ -101,6 +102,12 @@ pub enum Record {
     WorkerStopping {
         slot: SlotId,
         pid: Pid,
+    },
+    /// The master sent a worker its stop signal.
+    WorkerDraining {
+        slot: SlotId,
+        pid: Pid,
+        why: StopReason,
     },
     SpawnFailed {
         slot: SlotId,
@@ -186,6 +193,7 @@ impl Record {
             WorkerExited { .. } => msg::WORKER_EXITED,
             WorkerStatus { .. } => msg::WORKER_STATUS,
             WorkerStopping { .. } => msg::WORKER_STOPPING,
+            WorkerDraining { .. } => msg::WORKER_DRAINING,
             SpawnFailed { .. } => msg::SPAWN_FAILED,
             NotReady { .. } => msg::NOT_READY,
             WatchdogTimeout { .. } => msg::WATCHDOG_TIMEOUT,
@@ -317,6 +325,9 @@ impl fmt::Display for Record {
                 "{} said STOPPING=1; starting its replacement",
                 worker(*slot, *pid)
             ),
+            WorkerDraining { slot, pid, why } => {
+                write!(f, "{} draining ({why})", worker(*slot, *pid))
+            }
             SpawnFailed { slot, error } => write!(f, "could not start worker {slot}: {error}"),
             NotReady { slot, pid, timeout } => write!(
                 f,
@@ -503,6 +514,11 @@ impl KV for Record {
             WorkerStopping { slot, pid } => {
                 emit_slot(s, *slot)?;
                 emit_pid(s, *pid)
+            }
+            WorkerDraining { slot, pid, why } => {
+                emit_slot(s, *slot)?;
+                emit_pid(s, *pid)?;
+                s.emit_str("reason", &why.to_string())
             }
             SpawnFailed { slot, error } => {
                 emit_slot(s, *slot)?;

@@ -231,6 +231,53 @@ fn check_listening(
     }
 }
 
+impl Listeners {
+    /// The raw sockets with their names, for the master adopting sockets
+    /// systemd passed to it.
+    pub(crate) fn into_fds(self) -> impl Iterator<Item = (String, OwnedFd)> {
+        self.entries
+            .into_iter()
+            .filter_map(|(name, fd)| Some((name, fd?)))
+    }
+}
+
+/// Tells the master (or systemd) this worker is ready to serve: `READY=1`.
+///
+/// Returns whether a message was sent: `false`, doing nothing, when no
+/// `NOTIFY_SOCKET` is set (the worker runs on its own).
+pub fn ready() -> io::Result<bool> {
+    crate::notify::notify("READY=1")
+}
+
+/// Says the worker is stopping on its own: `STOPPING=1`. Under rcluster its
+/// replacement starts at once.
+pub fn stopping() -> io::Result<bool> {
+    crate::notify::notify("STOPPING=1")
+}
+
+/// A free-form status line the master logs: `STATUS=...`.
+pub fn status(status: &str) -> io::Result<bool> {
+    let line: String = status.chars().filter(|&c| c != '\n').collect();
+    crate::notify::notify(&format!("STATUS={line}"))
+}
+
+/// A liveness ping: `WATCHDOG=1`. With `--watchdog DUR` a worker must send
+/// one at least every DUR ([`watchdog_interval`] says how often to).
+pub fn watchdog() -> io::Result<bool> {
+    crate::notify::notify("WATCHDOG=1")
+}
+
+/// Half the watchdog timeout (`WATCHDOG_USEC`), as systemd recommends, if a
+/// watchdog is set for this process (`WATCHDOG_PID`).
+pub fn watchdog_interval() -> Option<Duration> {
+    let pid: u32 = std::env::var("WATCHDOG_PID").ok()?.parse().ok()?;
+    if pid != std::process::id() {
+        return None;
+    }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    Some(Duration::from_micros(usec) / 2)
+}
+
 /// This worker's slot (`RCLUSTER_WORKER_ID`), if run by rcluster.
 pub fn id() -> Option<usize> {
     std::env::var("RCLUSTER_WORKER_ID").ok()?.parse().ok()

@@ -6,6 +6,7 @@
 // No dependencies. GET /sleep/<ms> answers after <ms>, to watch a drain.
 'use strict';
 
+const { execFile } = require('child_process');
 const http = require('http');
 const net = require('net');
 
@@ -46,4 +47,16 @@ function drain() {
 
 for (const signal of ['SIGTERM', 'SIGINT', 'SIGQUIT']) process.on(signal, drain);
 
-server.listen({ fd: 3 });
+// READY=1 over the sd_notify protocol once the server accepts, so that
+// `rcluster --ready notify` replaces an old worker only after this one is up.
+// Node has no Unix datagram sockets, so systemd's own helper sends it;
+// MAINPID names this process, because the helper may have exited by the
+// time the master reads its message.
+function ready() {
+  if (!process.env.NOTIFY_SOCKET) return;
+  execFile('systemd-notify', ['--ready', `--pid=${process.pid}`], (err) => {
+    if (err) console.error(`node worker ${id}: systemd-notify failed: ${err.message}`);
+  });
+}
+
+server.listen({ fd: 3 }, ready);

@@ -33,8 +33,6 @@ pub enum MasterSignal {
 }
 
 /// A message a worker sent over the sd_notify protocol.
-// The master's notify socket (readiness, issue #3) constructs these.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotifyMsg {
     Ready,
@@ -120,7 +118,6 @@ pub enum Event {
         exit: Exit,
     },
     /// A worker (or a process it started) spoke on `NOTIFY_SOCKET`.
-    #[allow(dead_code)]
     Notify {
         pid: Pid,
         msg: NotifyMsg,

@@ -782,10 +782,12 @@ impl Supervisor {
         if !worker.state.is_attached() {
             return;
         }
+        let slot = worker.slot;
         self.actions.push(Action::Signal {
             pid,
             signal: self.policy.stop_signal,
         });
+        self.log(Record::WorkerDraining { slot, pid, why });
         self.set_state(
             pid,
             WorkerState::Draining {

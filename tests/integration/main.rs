@@ -5,8 +5,11 @@
 mod support;
 
 mod cli_errors;
+mod drain;
 mod listen;
 mod node;
+mod notify;
+mod reload;
 mod restart;
 mod scale;
 mod start;

@@ -97,7 +97,21 @@ impl Master {
     }
 
     pub fn start_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Master {
-        let mut cmd = Command::new(rcluster_bin());
+        Master::start_via(rcluster_bin(), &[], args, setup)
+    }
+
+    /// `PROGRAM PRE_ARGS rcluster --log-format json ARGS`: for a wrapper
+    /// that execs rcluster (e.g. to set `LISTEN_PID` to its pid).
+    pub fn start_via(
+        program: impl AsRef<std::ffi::OsStr>,
+        pre_args: &[&str],
+        args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Master {
+        let mut cmd = Command::new(program);
+        if !pre_args.is_empty() {
+            cmd.args(pre_args).arg(rcluster_bin());
+        }
         cmd.arg("--log-format")
             .arg("json")
             .args(args)

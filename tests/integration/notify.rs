@@ -1,0 +1,115 @@
+//! The notify protocol around rcluster: the watchdog for workers, and
+//! rcluster itself under systemd (its readiness, and sockets it is given).
+
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+
+use crate::support::{Master, TempDir, WAIT, environ, example, http, path_str};
+
+#[test]
+fn a_worker_that_stops_pinging_the_watchdog_is_replaced() {
+    let worker = example("test_worker");
+    let mut master = Master::start(&[
+        "-w",
+        "1",
+        "--watchdog",
+        "400ms",
+        "--",
+        &worker,
+        "--watchdog-for",
+        "1000",
+    ]);
+    let (slot, pid) = master.ready_workers()[0];
+    assert_eq!(environ(pid, "WATCHDOG_USEC").as_deref(), Some("400000"));
+    assert_eq!(environ(pid, "WATCHDOG_PID"), Some(pid.to_string()));
+    let timeout = master.expect_msg("watchdog timeout");
+    assert_eq!(timeout["pid"], pid);
+    let spawned = master.expect_msg("worker spawned");
+    assert_eq!(spawned["slot"], slot);
+    assert_ne!(spawned["pid"], pid);
+    let exited = master.expect(&format!("pid {pid} exit"), |r| {
+        r["msg"] == "worker exited" && r["pid"] == pid
+    });
+    assert_eq!(exited["signal"], "SIGABRT");
+}
+
+/// Reads datagrams until one contains `what`.
+fn expect_datagram(socket: &UnixDatagram, what: &str) -> String {
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "no {what} from rcluster");
+        socket.set_read_timeout(Some(left)).unwrap();
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.contains(what) {
+            return text;
+        }
+    }
+}
+
+#[test]
+fn under_systemd_rcluster_reports_ready_reloading_and_stopping() {
+    let dir = TempDir::new("systemd-notify");
+    let path = dir.path("notify");
+    let systemd = UnixDatagram::bind(&path).unwrap();
+    let worker = example("test_worker");
+    let mut master = Master::start_with(&["-w", "2", "--", &worker], |cmd| {
+        cmd.env("NOTIFY_SOCKET", &path);
+    });
+    let workers = master.ready_workers();
+    expect_datagram(&systemd, "READY=1");
+    // Workers get rcluster's own socket, never systemd's.
+    let theirs = environ(workers[0].1, "NOTIFY_SOCKET").unwrap();
+    assert_ne!(theirs, path_str(&path));
+    master.signal(libc::SIGHUP);
+    let reloading = expect_datagram(&systemd, "RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    expect_datagram(&systemd, "READY=1");
+    master.signal(libc::SIGTERM);
+    expect_datagram(&systemd, "STOPPING=1");
+    assert_eq!(master.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn sockets_passed_with_listen_fds_are_adopted_instead_of_bound() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    let hello = example("hello");
+    // systemd-style: the socket at fd 3, LISTEN_PID naming rcluster itself.
+    let mut master = Master::start_via(
+        "sh",
+        &[
+            "-c",
+            "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web exec \"$@\"",
+            "sh",
+        ],
+        &["-w", "2", "--", &hello],
+        |cmd| unsafe {
+            cmd.pre_exec(move || {
+                // dup2(3, 3) keeps FD_CLOEXEC, so clear it explicitly.
+                if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        },
+    );
+    let listening = master.expect_msg("listening");
+    assert_eq!(listening["name"], "web");
+    assert_eq!(listening["addr"], addr.to_string());
+    let workers = master.ready_workers();
+    assert_eq!(
+        environ(workers[0].1, "LISTEN_FDNAMES").as_deref(),
+        Some("web")
+    );
+    drop(listener);
+    let response = http::get(addr, "/").expect("served on the adopted socket");
+    assert_eq!(response.status, 200);
+}

@@ -1,0 +1,309 @@
+//! Rolling reloads: every worker replaced under load without one failed
+//! request; a bad release (crashes, never ready) aborts the reload and the
+//! old workers keep serving; HUP storms coalesce into one plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::load::Load;
+use crate::support::{Master, TempDir, environ, example, path_str};
+
+/// The latest ready worker of each slot, from the records seen.
+fn apply_ready(current: &mut BTreeMap<u64, (i32, u64)>, records: &[Value]) {
+    for r in records.iter().filter(|r| r["msg"] == "worker ready") {
+        let slot = r["slot"].as_u64().unwrap();
+        let pid = r["pid"].as_i64().unwrap() as i32;
+        let generation = r["generation"].as_u64().unwrap();
+        current.insert(slot, (pid, generation));
+    }
+}
+
+fn reload_under_load(workers: usize, keep_alive: bool) {
+    let hello = example("hello");
+    let n = workers.to_string();
+    let mut master = Master::start(&[
+        "-w",
+        &n,
+        "--ready",
+        "notify",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        &hello,
+    ]);
+    let addr = master.listening();
+    let mut current: BTreeMap<u64, (i32, u64)> = master
+        .ready_workers()
+        .into_iter()
+        .map(|(slot, pid)| (slot, (pid, 1)))
+        .collect();
+    let load = Load::start(addr, 32, keep_alive);
+    load.wait_for_more(200);
+    for target in 2..=11u64 {
+        let before: BTreeSet<i32> = current.values().map(|w| w.0).collect();
+        master.signal(libc::SIGHUP);
+        let records = master.collect_until("reload complete", |r| r["msg"] == "reload complete");
+        let started = records
+            .iter()
+            .find(|r| r["msg"] == "reload started")
+            .expect("reload started");
+        assert_eq!(started["generation"], target);
+        assert_eq!(started["workers"], workers);
+        assert_eq!(records.last().unwrap()["generation"], target);
+        apply_ready(&mut current, &records);
+        assert_eq!(current.len(), workers);
+        for (slot, &(pid, generation)) in &current {
+            assert_eq!(generation, target, "slot {slot} after reload {target}");
+            assert!(!before.contains(&pid), "slot {slot} still has pid {pid}");
+            assert_eq!(
+                environ(pid, "RCLUSTER_GENERATION"),
+                Some(target.to_string())
+            );
+        }
+        // Traffic flows between reloads, so each one happens under load.
+        load.wait_for_more(100);
+    }
+    let stats = load.finish();
+    assert_eq!(
+        stats.failed, 0,
+        "failed requests during reloads: {:?}",
+        stats.errors
+    );
+    assert!(
+        stats.ok > 1000,
+        "too little load to mean anything: {stats:?}"
+    );
+    eprintln!(
+        "reload under load, {workers} workers, keep-alive {keep_alive}: {} ok, 0 failed",
+        stats.ok
+    );
+}
+
+#[test]
+fn reload_under_load_2_workers_keep_alive() {
+    reload_under_load(2, true);
+}
+
+#[test]
+fn reload_under_load_2_workers_connection_close() {
+    reload_under_load(2, false);
+}
+
+#[test]
+fn reload_under_load_4_workers_keep_alive() {
+    reload_under_load(4, true);
+}
+
+#[test]
+fn reload_under_load_4_workers_connection_close() {
+    reload_under_load(4, false);
+}
+
+/// `sh -c` that runs `bad` instead of hello while FLAG says `bad`: how a
+/// test deploys a bad release (einhorn's version-file trick).
+fn release_switch(flag: &std::path::Path, bad: &str) -> String {
+    format!(
+        "if [ \"$(cat {})\" = bad ]; then {bad}; fi; exec {}",
+        path_str(flag),
+        example("hello")
+    )
+}
+
+fn assert_old_workers_kept(master: &mut Master, aborted: &Value, old: &BTreeSet<i32>) {
+    assert_eq!(aborted["old_serving"], old.len());
+    let log = master.log_text();
+    for pid in old {
+        assert!(
+            !log.contains(&format!("\"pid\":{pid},\"reason\"")),
+            "old worker {pid} was stopped:\n{log}"
+        );
+        assert!(!crate::support::is_gone(*pid), "old worker {pid} is gone");
+    }
+}
+
+#[test]
+fn a_release_that_crashes_on_start_aborts_the_reload_and_the_old_workers_keep_serving() {
+    let dir = TempDir::new("crash-release");
+    let flag = dir.path("release");
+    std::fs::write(&flag, "good").unwrap();
+    let script = release_switch(&flag, "echo 'bad release' >&2; exit 1");
+    let mut master = Master::start(&[
+        "-w",
+        "2",
+        "--ready",
+        "notify",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let addr = master.listening();
+    let old: BTreeSet<i32> = master.ready_workers().into_iter().map(|w| w.1).collect();
+    let load = Load::start(addr, 8, true);
+    load.wait_for_more(100);
+
+    std::fs::write(&flag, "bad").unwrap();
+    master.signal(libc::SIGHUP);
+    let aborted = master.expect_msg("reload aborted");
+    let cause = aborted["cause"].as_str().unwrap();
+    assert!(cause.contains("exited with code 1"), "{cause}");
+    assert_eq!(aborted["generation"], 2);
+    load.wait_for_more(100);
+    assert_old_workers_kept(&mut master, &aborted, &old);
+
+    std::fs::write(&flag, "good").unwrap();
+    master.signal(libc::SIGHUP);
+    let complete = master.expect_msg("reload complete");
+    assert_eq!(complete["generation"], 3);
+    load.wait_for_more(100);
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+}
+
+#[test]
+fn a_release_that_never_says_ready_is_aborted_after_the_ready_timeout() {
+    let dir = TempDir::new("hang-release");
+    let flag = dir.path("release");
+    std::fs::write(&flag, "good").unwrap();
+    let script = release_switch(&flag, &format!("exec {}", example("test_worker")));
+    let mut master = Master::start(&[
+        "-w",
+        "2",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "1s",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let addr = master.listening();
+    let old: BTreeSet<i32> = master.ready_workers().into_iter().map(|w| w.1).collect();
+    let load = Load::start(addr, 8, false);
+    load.wait_for_more(100);
+
+    std::fs::write(&flag, "bad").unwrap();
+    master.signal(libc::SIGHUP);
+    let not_ready = master.expect_msg("worker not ready");
+    assert!(!old.contains(&(not_ready["pid"].as_i64().unwrap() as i32)));
+    let aborted = master.expect_msg("reload aborted");
+    let cause = aborted["cause"].as_str().unwrap();
+    assert!(cause.contains("was not ready within 1.0s"), "{cause}");
+    let exited = master.expect_msg("worker exited");
+    assert_eq!(exited["pid"], not_ready["pid"]);
+    assert_eq!(exited["signal"], "SIGKILL");
+    load.wait_for_more(100);
+    assert_old_workers_kept(&mut master, &aborted, &old);
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+}
+
+#[test]
+fn a_hup_storm_settles_on_the_latest_generation_without_overshooting() {
+    let hello = example("hello");
+    let batch = 1;
+    let mut master = Master::start(&[
+        "-w",
+        "2",
+        "--ready",
+        "notify",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        &hello,
+    ]);
+    let addr = master.listening();
+    master.ready_workers();
+    let load = Load::start(addr, 16, true);
+    load.wait_for_more(100);
+    for _ in 0..20 {
+        master.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A marker: the master handles every pending signal in signal-number
+    // order, so TTIN's record comes after every HUP has been handled.
+    master.signal(libc::SIGTTIN);
+    let mut records = master.collect_until("scaled up", |r| r["msg"] == "scaled");
+    master.signal(libc::SIGTTOU);
+    records.extend(master.collect_until("scaled down", |r| r["msg"] == "scaled"));
+    let latest = records
+        .iter()
+        .filter(|r| r["msg"] == "reload started" || r["msg"] == "reload retargeted")
+        .filter_map(|r| r["generation"].as_u64())
+        .max()
+        .expect("at least one reload");
+    let settled = |r: &Value| r["msg"] == "reload complete" && r["generation"] == latest;
+    if !records.iter().any(settled) {
+        records.extend(master.collect_until("the last reload complete", settled));
+    }
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+
+    // Replay the log: starting or ready workers never exceed slots + batch.
+    let mut live: BTreeSet<i64> = BTreeSet::new();
+    let mut slots = 2u64;
+    let mut current = BTreeMap::new();
+    for r in &records {
+        let pid = r["pid"].as_i64().unwrap_or(0);
+        match r["msg"].as_str().unwrap() {
+            "worker spawned" => {
+                live.insert(pid);
+            }
+            "worker draining" | "worker exited" | "worker not ready" => {
+                live.remove(&pid);
+            }
+            "scaled" => slots = r["workers"].as_u64().unwrap(),
+            _ => {}
+        }
+        assert!(
+            live.len() as u64 <= slots + batch,
+            "{} live with {slots} slots at {r}",
+            live.len()
+        );
+    }
+    apply_ready(&mut current, &records);
+    current.retain(|&slot, _| slot < 2);
+    assert!(
+        current.values().all(|&(_, g)| g == latest),
+        "{current:?} not all at {latest}"
+    );
+    assert_eq!(live.len(), 2, "exactly N workers remain: {live:?}");
+}
+
+#[test]
+fn the_old_worker_is_not_stopped_before_the_new_one_says_ready() {
+    let worker = example("test_worker");
+    let mut master = Master::start(&[
+        "-w",
+        "1",
+        "--ready",
+        "notify",
+        "--",
+        &worker,
+        "--ready-after",
+        "500",
+    ]);
+    let old = master.ready_workers()[0].1;
+    master.signal(libc::SIGHUP);
+    let records = master.collect_until("reload complete", |r| r["msg"] == "reload complete");
+    let position = |msg: &str, pred: &dyn Fn(&Value) -> bool| {
+        records
+            .iter()
+            .position(|r| r["msg"] == msg && pred(r))
+            .unwrap_or_else(|| panic!("no {msg}"))
+    };
+    let new_ready = position("worker ready", &|r| r["pid"] != old);
+    let old_draining = position("worker draining", &|r| r["pid"] == old);
+    assert!(
+        new_ready < old_draining,
+        "the old worker drained before its replacement was ready"
+    );
+    assert!(records[new_ready]["startup_ms"].as_u64().unwrap() >= 500);
+}
