@@ -3,44 +3,22 @@
 //!
 //! ```text
 //! cargo build --release --example hello
-//! rcluster --listen 127.0.0.1:8080 -- target/release/examples/hello
+//! rcluster --ready notify --listen 127.0.0.1:8080 -- target/release/examples/hello
 //! curl 127.0.0.1:8080/           # hello from worker 0 (pid 4121)
 //! curl 127.0.0.1:8080/sleep/2000 # the same, two seconds later
 //! ```
 //!
-//! It says `READY=1` (sd_notify) once it can accept, so `rcluster --ready
-//! notify` waits for it. On its stop signal it stops accepting at once (queued connections go to
-//! the other workers, which share the socket), answers every request in
-//! flight, answers a request that arrives on a keep-alive connection within
-//! a short grace with `Connection: close`, closes idle connections politely,
-//! and exits 0.
+//! It takes its socket from rcluster (fd 3), says `READY=1` once it can
+//! accept, and drains on its stop signal (see `shared/http.rs`).
 
-use std::error::Error;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown as Half, TcpStream};
-use std::thread;
-use std::time::{Duration, Instant};
+#[path = "shared/http.rs"]
+mod http;
 
-use rcluster::worker::{self, Shutdown};
+use rcluster::worker;
 
-/// While draining, how long an idle keep-alive connection stays open for a
-/// request that may already be on its way. Closing at once races with a
-/// client that is sending (it would see a reset); this grace closes that
-/// window for every client that sends without pausing. `HELLO_DRAIN_GRACE_MS`
-/// overrides it.
-const DRAIN_GRACE: Duration = Duration::from_millis(500);
-/// How long a polite close waits for the client to close its side.
-const LINGER: Duration = Duration::from_secs(1);
-const MAX_HEADER_LINES: usize = 100;
-const MAX_SLEEP: Duration = Duration::from_secs(60);
-
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = worker::listeners()?.take_tcp(0)?;
     let shutdown = worker::shutdown()?;
-    let grace = std::env::var("HELLO_DRAIN_GRACE_MS")
-        .ok()
-        .and_then(|ms| ms.parse().ok())
-        .map_or(DRAIN_GRACE, Duration::from_millis);
     // Connections queue in the shared socket until we accept: ready now.
     worker::ready()?;
     let greeting = format!(
@@ -48,123 +26,6 @@ fn main() -> Result<(), Box<dyn Error>> {
         worker::id().map_or("-".into(), |id| id.to_string()),
         std::process::id()
     );
-    // The scope returns once every connection thread has finished: that is
-    // the drain.
-    thread::scope(|scope| -> io::Result<()> {
-        while let Some(conn) = shutdown.accept(&listener)? {
-            let (shutdown, greeting) = (&shutdown, greeting.as_str());
-            scope.spawn(move || {
-                let _ = serve(conn, shutdown, greeting, grace);
-            });
-        }
-        Ok(())
-    })?;
+    http::serve(&listener, &shutdown, &greeting)?;
     Ok(())
-}
-
-struct Request {
-    /// The client asked to close (or speaks HTTP/1.0 without keep-alive).
-    close: bool,
-    sleep: Option<Duration>,
-}
-
-fn serve(conn: TcpStream, shutdown: &Shutdown, greeting: &str, grace: Duration) -> io::Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut conn = conn;
-    loop {
-        if reader.buffer().is_empty() && !shutdown.requested() {
-            // Idle between requests: wake for the next one or for the stop.
-            shutdown.wait(&conn, None)?;
-        }
-        if shutdown.requested() {
-            conn.set_read_timeout(Some(grace))?;
-        }
-        let request = match read_request(&mut reader) {
-            Ok(Some(request)) => request,
-            Ok(None) => return Ok(()),
-            Err(e) if is_timeout(&e) => return close_politely(conn),
-            Err(e) => return Err(e),
-        };
-        if let Some(delay) = request.sleep {
-            thread::sleep(delay);
-        }
-        let close = request.close || shutdown.requested();
-        // One write: a response split over several small writes waits on
-        // Nagle's algorithm for the client's delayed ACK (40 ms).
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{}",
-            greeting.len(),
-            if close { "close" } else { "keep-alive" },
-            greeting
-        );
-        conn.write_all(response.as_bytes())?;
-        if close {
-            return close_politely(conn);
-        }
-    }
-}
-
-/// Reads one request head (and skips its body). `None`: the client closed
-/// the connection between requests.
-fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace().skip(1);
-    let path = parts.next().unwrap_or("/");
-    let sleep = path
-        .strip_prefix("/sleep/")
-        .and_then(|ms| ms.parse().ok())
-        .map(|ms| Duration::from_millis(ms).min(MAX_SLEEP));
-    let mut close = parts.next() != Some("HTTP/1.1");
-    let mut body = 0u64;
-    for _ in 0..MAX_HEADER_LINES {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(None);
-        }
-        let header = line.trim_end();
-        if header.is_empty() {
-            io::copy(&mut reader.by_ref().take(body), &mut io::sink())?;
-            return Ok(Some(Request { close, sleep }));
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("connection") {
-                close = value.eq_ignore_ascii_case("close")
-                    || (close && !value.eq_ignore_ascii_case("keep-alive"));
-            } else if name.eq_ignore_ascii_case("content-length") {
-                body = value.parse().unwrap_or(0);
-            }
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "too many header lines",
-    ))
-}
-
-/// Closes without destroying the last response: closing a socket that
-/// still has unread input sends a reset, which can overtake the response.
-/// So: send FIN, read until the client closes (or `LINGER` passes), close.
-fn close_politely(mut conn: TcpStream) -> io::Result<()> {
-    conn.shutdown(Half::Write)?;
-    let deadline = Instant::now() + LINGER;
-    let mut buf = [0u8; 4096];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        conn.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    Ok(())
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }

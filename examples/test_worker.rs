@@ -3,57 +3,172 @@
 //! `READY=1` unless asked to.
 //!
 //! ```text
-//! test_worker                   wait for the stop signal, exit 0
-//! test_worker --exit CODE       exit at once with CODE
-//! test_worker --ignore-stop     ignore the stop signal (until SIGKILL)
-//! test_worker --ready-after MS  say READY=1 after MS milliseconds
-//! test_worker --watchdog-for MS say READY=1, then WATCHDOG=1 as often as
-//!                               WATCHDOG_USEC asks, for MS milliseconds only
+//! test_worker                     wait for the stop signal, exit 0
+//! test_worker --exit CODE         exit at once with CODE
+//! test_worker --ignore-stop       ignore the stop signal (until SIGKILL)
+//! test_worker --ready-after MS    say READY=1 after MS milliseconds
+//! test_worker --watchdog-for MS   say READY=1, then WATCHDOG=1 as often as
+//!                                 WATCHDOG_USEC asks, for MS milliseconds only
+//!
+//! The worker library, printing what it got on stdout:
+//! test_worker --listeners [--take-tcp NAME] [--take-unix NAME]
+//! test_worker --notify            print whether ready() sent anything
+//! test_worker --exit-task FILE [--hang-task] [--exit-deadline MS] [--panic-after MS]
+//!
+//! Cluster mode (this process becomes the master, JSON logs, 2 workers):
+//! test_worker --cluster [--panic-once FILE] [--thread-first]
 //! ```
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-use rcluster::worker;
+use rcluster::{Cluster, ReadyRule, worker};
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn flag(&self, name: &str) -> bool {
+        self.0.iter().any(|a| a == name)
+    }
+
+    fn value(&self, name: &str) -> Option<&str> {
+        let at = self.0.iter().position(|a| a == name)?;
+        self.0.get(at + 1).map(String::as_str)
+    }
+
+    fn millis(&self, name: &str) -> Option<Duration> {
+        self.value(name)
+            .map(|v| Duration::from_millis(v.parse().expect("a number of milliseconds")))
+    }
+}
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| args.iter().position(|a| a == name);
-    let millis = |name: &str| {
-        flag(name)
-            .and_then(|i| args.get(i + 1))
-            .map(|v| v.parse::<u64>().expect("a number"))
-    };
-
-    if let Some(code) = millis("--exit") {
-        std::process::exit(code as i32);
+    let args = Args(std::env::args().skip(1).collect());
+    if let Some(code) = args.value("--exit") {
+        std::process::exit(code.parse().expect("--exit takes a number"));
     }
-    if flag("--ignore-stop").is_some() {
+    if args.flag("--listeners") {
+        return print_listeners(&args);
+    }
+    if args.flag("--notify") {
+        println!("sent: {}", worker::ready().expect("sending READY=1"));
+        return;
+    }
+    if let Some(file) = args.value("--exit-task") {
+        return exit_tasks(&args, file);
+    }
+    if args.flag("--cluster") {
+        return cluster(&args);
+    }
+    if args.flag("--ignore-stop") {
         for &sig in worker::STOP_SIGNALS {
             // SAFETY: setting a disposition to SIG_IGN.
             unsafe { libc::signal(sig, libc::SIG_IGN) };
         }
         worker::ready().expect("notify");
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
+        sleep_forever();
     }
     let shutdown = worker::shutdown().expect("installing stop handlers");
-    let never = std::net::UdpSocket::bind("127.0.0.1:0").expect("a socket to wait on");
-    let wait = |timeout| shutdown.wait(&never, Some(timeout)).expect("waiting");
-    if let Some(ms) = millis("--ready-after") {
-        wait(Duration::from_millis(ms));
+    if let Some(delay) = args.millis("--ready-after") {
+        shutdown.wait_for_stop(Some(delay)).expect("waiting");
         worker::ready().expect("notify");
     }
-    if let Some(ms) = millis("--watchdog-for") {
+    if let Some(period) = args.millis("--watchdog-for") {
         worker::ready().expect("notify");
         let interval = worker::watchdog_interval().expect("WATCHDOG_USEC is set");
-        let until = Instant::now() + Duration::from_millis(ms);
+        let until = Instant::now() + period;
         while Instant::now() < until && !shutdown.requested() {
             worker::watchdog().expect("notify");
-            wait(interval);
+            shutdown.wait_for_stop(Some(interval)).expect("waiting");
         }
     }
-    shutdown
-        .wait(&never, None)
-        .expect("waiting for the stop signal");
+    while !shutdown
+        .wait_for_stop(None)
+        .expect("waiting for the stop signal")
+    {}
+}
+
+fn sleep_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn print_listeners(args: &Args) {
+    let mut listeners = match worker::listeners() {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            println!("error: {e}");
+            return;
+        }
+    };
+    println!("ok: {}", listeners.names().collect::<Vec<_>>().join(","));
+    if let Some(name) = args.value("--take-tcp") {
+        match listeners.take_tcp(name) {
+            Ok(l) => println!("tcp {name}: {}", l.local_addr().expect("an address")),
+            Err(e) => println!("error: {e}"),
+        }
+    }
+    if let Some(name) = args.value("--take-unix") {
+        match listeners.take_unix(name) {
+            Ok(_) => println!("unix {name}"),
+            Err(e) => println!("error: {e}"),
+        }
+    }
+}
+
+fn exit_tasks(args: &Args, file: &str) {
+    if let Some(deadline) = args.millis("--exit-deadline") {
+        worker::set_exit_deadline(deadline);
+    }
+    let file = file.to_string();
+    worker::on_exit(move |reason| {
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .expect("opening the task file");
+        writeln!(out, "ran {reason:?}").expect("writing the task file");
+    })
+    .expect("registering an exit task");
+    if args.flag("--hang-task") {
+        worker::on_exit(|_| sleep_forever()).expect("registering an exit task");
+    }
+    println!("tasks registered");
+    if let Some(delay) = args.millis("--panic-after") {
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            panic!("a worker thread panicked");
+        });
+    }
+    sleep_forever();
+}
+
+fn cluster(args: &Args) {
+    if args.flag("--thread-first") {
+        std::thread::spawn(sleep_forever);
+    }
+    let panic_once = args.value("--panic-once").map(str::to_string);
+    let result = Cluster::builder()
+        .workers(2)
+        .listen("127.0.0.1:0")
+        .ready(ReadyRule::Notify)
+        .min_uptime(Duration::ZERO)
+        .json_logs(true)
+        .run(|worker| {
+            if let Some(file) = &panic_once
+                && std::fs::remove_file(file).is_ok()
+            {
+                panic!("worker {} panics once", worker.id());
+            }
+            let shutdown = worker.shutdown();
+            let listener = worker.listeners().take_tcp(0).expect("the listener");
+            assert!(listener.local_addr().is_ok());
+            worker.ready().expect("notify");
+            while !shutdown.wait_for_stop(None).expect("waiting") {}
+        });
+    if let Err(e) = result {
+        eprintln!("test_worker: {e}");
+        std::process::exit(e.exit_code().into());
+    }
 }

@@ -1,5 +1,5 @@
 //! The command line: clap definitions, with an `RCLUSTER_*` environment
-//! variable behind every option (for containers), turned into a [`Config`].
+//! variable behind every option (for containers), turned into a `Config`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;

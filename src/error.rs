@@ -20,12 +20,24 @@ pub enum Error {
     PidFile { path: PathBuf, source: io::Error },
     #[error("{op} failed: {source}")]
     Os { op: String, source: io::Error },
+    /// Cluster mode forks without exec: only the calling thread survives in
+    /// the child, so the process must not have started others.
+    #[error(
+        "Cluster::run must be called before any other thread starts: this process has \
+         {count} threads, and a forked worker would get only the calling one"
+    )]
+    Threads { count: usize },
+    /// `--max-restarts` was used up; the message says which worker and how.
+    #[error("{0}")]
+    GaveUp(String),
 }
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
+            Error::GaveUp(_) => 1,
             Error::Usage(_) => 64,
+            Error::Threads { .. } => 70,
             Error::Bind { .. } | Error::Os { .. } => 71,
             Error::PidFile { .. } => 73,
             Error::NotExecutable { .. } => 126,

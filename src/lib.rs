@@ -6,8 +6,10 @@
 //! gracefully on `SIGTERM`. Workers may be written in any language: they
 //! take their sockets the systemd way and may say "ready" the systemd way.
 //!
-//! This library is for Rust workers: [`worker`] takes the inherited
-//! sockets and handles the stop signal.
+//! This library is for Rust programs: [`worker`] is for a server run by
+//! rcluster (or systemd): it takes the inherited sockets, says ready, and
+//! handles the stop signal. [`Cluster`] makes a program its own cluster,
+//! forking workers that run a closure, like Node's `cluster` module.
 //!
 //! # What a worker receives
 //!
@@ -18,8 +20,19 @@
 //! | `LISTEN_FDNAMES` | the listeners' names, `:`-separated (`tcp-0` unless named) |
 //! | `RCLUSTER_WORKER_ID` | the worker's slot, `0..workers`, stable across restarts |
 //! | `RCLUSTER_GENERATION` | bumped by every reload |
+//! | `NOTIFY_SOCKET` | where [`worker::ready`] sends `READY=1` |
+//! | `WATCHDOG_USEC`, `WATCHDOG_PID` | with `--watchdog` |
+//!
+//! and, for servers written for other managers, `SERVER_STARTER_PORT`,
+//! `SERVER_STARTER_GENERATION`, `EINHORN_FD_COUNT`, `EINHORN_FD_<n>` and
+//! `NODE_APP_INSTANCE`.
 
+pub mod cluster;
 pub mod worker;
+
+pub use cluster::{Cluster, ClusterBuilder, Workers};
+pub use error::Error;
+pub use supervisor::event::ReadyRule;
 
 // The binary's modules. Public so `main.rs` can reach them; not a stable API.
 #[doc(hidden)]
@@ -30,7 +43,7 @@ pub mod log;
 pub mod master;
 
 pub(crate) mod config;
-pub(crate) mod error;
+pub mod error;
 pub(crate) mod listen;
 pub(crate) mod notify;
 pub(crate) mod pidfile;

@@ -20,12 +20,7 @@ fn main() -> ExitCode {
     };
     let log = rcluster::log::Log::new(config.log_format, config.log_level);
     match rcluster::master::run(&config, &log) {
-        Ok((code, error)) => {
-            if let Some(error) = error {
-                eprintln!("rcluster: {error}");
-            }
-            ExitCode::from(code)
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rcluster: {e}");
             ExitCode::from(e.exit_code())

@@ -1,6 +1,6 @@
-//! The shell around the [`Supervisor`]: one thread, one `mio::Poll`. It turns
-//! signals, exec pipes and deadlines into [`Event`]s, and carries out the
-//! [`Action`]s that come back. It is the only code that reads the clock.
+//! The shell around the `Supervisor`: one thread, one `mio::Poll`. It turns
+//! signals, exec pipes and deadlines into `Event`s, and carries out the
+//! `Action`s that come back. It is the only code that reads the clock.
 //!
 //! It never sleeps and never ticks: the poll timeout is the supervisor's
 //! next deadline, or none, so an idle master wakes up zero times a second.
@@ -14,6 +14,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::cluster::{self, ForkLauncher};
 use crate::config::Config;
 use crate::error::Error;
 use crate::listen::{self, Listener};
@@ -23,9 +24,9 @@ use crate::pidfile::PidFile;
 use crate::reap;
 use crate::record::Record;
 use crate::signals;
-use crate::spawn::{self, Template, Value};
+use crate::spawn::{self, Command, Template};
 use crate::supervisor::Supervisor;
-use crate::supervisor::event::{Action, Event, Pid, errno_name};
+use crate::supervisor::event::{Action, Event, Generation, Pid, SlotId, errno_name};
 
 const SIGNALS: Token = Token(0);
 const NOTIFY: Token = Token(1);
@@ -33,13 +34,30 @@ const NOTIFY: Token = Token(1);
 /// unique, so no table of tokens is needed.
 const EXEC_BASE: usize = 16;
 
-/// How the master ended: the exit code, and the line for stderr if any.
-pub type Outcome = (u8, Option<String>);
-
-/// Binds, starts the workers and supervises them until the master stops.
-/// Bad input (command, address, pid file) fails here, before any fork.
-pub fn run(config: &Config, log: &Log) -> Result<Outcome, Error> {
+/// Binds, starts the workers (`config.command`, fork + exec) and supervises
+/// them until the master stops. Bad input (command, address, pid file)
+/// fails here, before any fork.
+pub fn run(config: &Config, log: &Log) -> Result<(), Error> {
     let command = spawn::resolve(&config.command)?;
+    serve(config, log, Work::Exec(command))
+}
+
+/// What a worker runs.
+pub(crate) enum Work<'f> {
+    /// fork + exec of a command (the `rcluster` binary).
+    Exec(Command),
+    /// fork, then this closure in the child ([`crate::Cluster`]); it
+    /// returns the child's exit code.
+    Fork(&'f dyn Fn(cluster::Worker) -> i32),
+}
+
+/// How this master starts workers.
+enum Launcher<'f> {
+    Exec(Template),
+    Fork(ForkLauncher<'f>),
+}
+
+pub(crate) fn serve(config: &Config, log: &Log, work: Work<'_>) -> Result<(), Error> {
     let listeners = listen::bind_all(&config.listen, config.backlog, listen::adopt_inherited()?)?;
     let _pid_file = config
         .pid_file
@@ -58,22 +76,21 @@ pub fn run(config: &Config, log: &Log) -> Result<Outcome, Error> {
             addr: listener.local.clone(),
         });
     }
-    let fds = listeners.iter().map(Listener::fd).collect();
-    let names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
-    let mut vars = vec![(
-        "NOTIFY_SOCKET".to_string(),
-        Value::Text(notify.path().to_string_lossy().into_owned()),
-    )];
-    if let Some(watchdog) = config.watchdog {
-        vars.push((
-            "WATCHDOG_USEC".to_string(),
-            Value::Text(watchdog.as_micros().to_string()),
-        ));
-        vars.push(("WATCHDOG_PID".to_string(), Value::OwnPid));
-    }
-    let template = Template::new(command, fds, &names, vars);
+    let notify_vars = spawn::notify_vars(notify.path(), config.watchdog);
+    let launcher = match work {
+        Work::Exec(command) => {
+            let mut vars = spawn::listen_vars(&listeners);
+            vars.extend(notify_vars);
+            let fds = listeners.iter().map(Listener::fd).collect();
+            Launcher::Exec(Template::new(command, fds, vars))
+        }
+        Work::Fork(work) => {
+            let sockets = listeners.iter().map(|l| (l.name.clone(), l.fd())).collect();
+            Launcher::Fork(ForkLauncher::new(work, sockets, notify_vars))
+        }
+    };
     let supervisor = Supervisor::new(config.policy());
-    let mut master = Master::new(supervisor, template, notify, log)?;
+    let mut master = Master::new(supervisor, launcher, notify, log)?;
     let outcome = master.run();
     drop(master);
     drop(listeners);
@@ -84,20 +101,21 @@ struct Master<'a> {
     poll: Poll,
     signals: Signals,
     supervisor: Supervisor,
-    template: Template,
+    launcher: Launcher<'a>,
     notify: NotifySocket,
     /// systemd, when rcluster runs under it with `Type=notify`.
     manager: Option<Manager>,
     /// Read ends of the exec pipes of workers whose exec is not confirmed.
     exec_pipes: HashMap<Pid, OwnedFd>,
     log: &'a Log,
-    outcome: Option<Outcome>,
+    /// Set by the supervisor's `Exit` action: how the master ends.
+    outcome: Option<Result<(), Error>>,
 }
 
 impl<'a> Master<'a> {
     fn new(
         supervisor: Supervisor,
-        template: Template,
+        launcher: Launcher<'a>,
         mut notify: NotifySocket,
         log: &'a Log,
     ) -> Result<Master<'a>, Error> {
@@ -114,7 +132,7 @@ impl<'a> Master<'a> {
             poll,
             signals,
             supervisor,
-            template,
+            launcher,
             notify,
             manager: Manager::from_env(),
             exec_pipes: HashMap::new(),
@@ -123,12 +141,12 @@ impl<'a> Master<'a> {
         })
     }
 
-    fn run(&mut self) -> Result<Outcome, Error> {
+    fn run(&mut self) -> Result<(), Error> {
         let mut events = Events::with_capacity(256);
         self.dispatch(Event::Start, Instant::now());
         loop {
             if let Some(outcome) = self.outcome.take() {
-                return Ok(outcome);
+                return outcome;
             }
             // mio rounds a sub-millisecond timeout up, never down to a busy 0.
             let timeout = self
@@ -220,7 +238,17 @@ impl<'a> Master<'a> {
     }
 
     fn reap(&mut self, now: Instant) {
-        for (pid, exit) in reap::reap_all() {
+        let reaped = match self.launcher {
+            Launcher::Exec(_) => reap::reap_all(),
+            // A library must not reap children the host program started.
+            Launcher::Fork(_) => self
+                .supervisor
+                .worker_pids()
+                .into_iter()
+                .filter_map(|pid| Some((pid, reap::reap_pid(pid)?)))
+                .collect(),
+        };
+        for (pid, exit) in reaped {
             // The exec pipe of a child that died young still holds its
             // errno: report the exec before the exit, so the log says
             // "could not exec (ENOENT)", not "exited with code 127".
@@ -265,24 +293,7 @@ impl<'a> Master<'a> {
 
     fn execute(&mut self, action: Action, now: Instant) {
         match action {
-            Action::Spawn { slot, generation } => {
-                let event = match self.template.spawn(slot, generation) {
-                    Ok((pid, pipe)) => {
-                        self.watch_exec_pipe(pid, pipe);
-                        Event::Spawned {
-                            slot,
-                            generation,
-                            pid,
-                        }
-                    }
-                    Err(e) => Event::SpawnFailed {
-                        slot,
-                        generation,
-                        error: format!("fork failed: {}", io_errno(&e)),
-                    },
-                };
-                self.dispatch(event, now);
-            }
+            Action::Spawn { slot, generation } => self.spawn(slot, generation, now),
             Action::Signal { pid, signal } => {
                 // SAFETY: plain syscall. ESRCH means it already exited; its
                 // exit is on its way through SIGCHLD.
@@ -307,7 +318,77 @@ impl<'a> Master<'a> {
                     });
                 }
             }
-            Action::Exit { code, error } => self.outcome = Some((code, error)),
+            Action::Exit { code: 0, .. } => self.outcome = Some(Ok(())),
+            Action::Exit { error, .. } => {
+                let error = error.unwrap_or_else(|| "the master gave up".into());
+                self.outcome = Some(Err(Error::GaveUp(error)));
+            }
+        }
+    }
+
+    fn spawn(&mut self, slot: SlotId, generation: Generation, now: Instant) {
+        let spawned = match &mut self.launcher {
+            Launcher::Exec(template) => template
+                .spawn(slot, generation)
+                .map(|(pid, pipe)| (pid, Some(pipe))),
+            Launcher::Fork(fork) => {
+                // What the forked child must drop of the master before it
+                // runs the worker: the signal handlers' actions (so its own
+                // can be installed) and the fds of the event loop.
+                let (signals, poll_fd, notify_fd) = (
+                    &mut self.signals,
+                    self.poll.as_raw_fd(),
+                    self.notify.as_raw_fd(),
+                );
+                let forget_master = move || {
+                    drop(std::mem::replace(
+                        signals,
+                        Signals::new(std::iter::empty::<i32>())?,
+                    ));
+                    // SAFETY: the child never uses these fds again.
+                    unsafe {
+                        libc::close(poll_fd);
+                        libc::close(notify_fd);
+                    }
+                    Ok(())
+                };
+                fork.spawn(slot, generation, forget_master)
+                    .map(|pid| (pid, None))
+            }
+        };
+        match spawned {
+            Ok((pid, pipe)) => {
+                let forked = pipe.is_none();
+                if let Some(pipe) = pipe {
+                    self.watch_exec_pipe(pid, pipe);
+                }
+                self.dispatch(
+                    Event::Spawned {
+                        slot,
+                        generation,
+                        pid,
+                    },
+                    now,
+                );
+                // Without exec, the fork itself is the start.
+                if forked {
+                    self.dispatch(
+                        Event::Exec {
+                            pid,
+                            result: Ok(()),
+                        },
+                        now,
+                    );
+                }
+            }
+            Err(e) => self.dispatch(
+                Event::SpawnFailed {
+                    slot,
+                    generation,
+                    error: format!("fork failed: {}", io_errno(&e)),
+                },
+                now,
+            ),
         }
     }
 

@@ -142,6 +142,12 @@ impl NotifySocket {
     }
 }
 
+impl AsRawFd for NotifySocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
 impl Drop for NotifySocket {
     fn drop(&mut self) {
         if std::process::id() == self.owner {

@@ -26,6 +26,19 @@ pub fn reap_all() -> Vec<(Pid, Exit)> {
     }
 }
 
+/// Reaps one known child if it has exited. Cluster mode reaps only its own
+/// workers: the host program may own other children.
+pub fn reap_pid(pid: Pid) -> Option<Exit> {
+    let mut status = 0;
+    // SAFETY: plain syscall with a valid pointer.
+    let got = unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::WNOHANG) };
+    if got == pid.as_raw() {
+        decode(status)
+    } else {
+        None
+    }
+}
+
 fn decode(status: i32) -> Option<Exit> {
     if libc::WIFEXITED(status) {
         Some(Exit::Code(libc::WEXITSTATUS(status)))

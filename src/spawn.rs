@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use libc::c_char;
 use nix::fcntl::OFlag;
@@ -18,10 +19,12 @@ use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
 use nix::unistd::{AccessFlags, access};
 
 use crate::error::Error;
+use crate::listen::Listener;
 use crate::supervisor::event::{Generation, Pid, SlotId};
 
-/// Variables rcluster sets for each worker; inherited values are dropped so
-/// a worker never sees its master's (e.g. systemd's `LISTEN_FDS`).
+/// Variables rcluster sets for workers; inherited values are dropped so a
+/// worker never sees its master's (e.g. systemd's `LISTEN_FDS`). `EINHORN_FD_<n>`
+/// is matched by prefix.
 pub const WORKER_VARS: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
@@ -31,7 +34,71 @@ pub const WORKER_VARS: &[&str] = &[
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
+    "SERVER_STARTER_PORT",
+    "SERVER_STARTER_GENERATION",
+    "EINHORN_FD_COUNT",
+    "NODE_APP_INSTANCE",
 ];
+
+fn is_worker_var(key: &OsStr) -> bool {
+    WORKER_VARS.iter().any(|v| OsStr::new(v) == key) || key.as_bytes().starts_with(b"EINHORN_FD_")
+}
+
+/// The sockets, in every protocol servers already read: systemd's
+/// `LISTEN_FDS` (the worker's own pid goes in `LISTEN_PID`), server_starter's
+/// `SERVER_STARTER_PORT` (`addr=fd;path=fd`) and einhorn's `EINHORN_FD_*`.
+pub fn listen_vars(listeners: &[Listener]) -> Vec<(String, Value)> {
+    let text = |k: &str, v: String| (k.to_string(), Value::Text(v));
+    let fd = |i: usize| (3 + i).to_string();
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    let server_starter: Vec<String> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            format!(
+                "{}={}",
+                l.local.strip_prefix("unix:").unwrap_or(&l.local),
+                fd(i)
+            )
+        })
+        .collect();
+    let mut vars = vec![
+        text("LISTEN_FDS", listeners.len().to_string()),
+        ("LISTEN_PID".to_string(), Value::OwnPid),
+        text("LISTEN_FDNAMES", names.join(":")),
+        text("SERVER_STARTER_PORT", server_starter.join(";")),
+        text("EINHORN_FD_COUNT", listeners.len().to_string()),
+    ];
+    vars.extend((0..listeners.len()).map(|i| text(&format!("EINHORN_FD_{i}"), fd(i))));
+    vars
+}
+
+/// Where to say `READY=1`, and the watchdog if one is set.
+pub fn notify_vars(socket: &Path, watchdog: Option<Duration>) -> Vec<(String, Value)> {
+    let mut vars = vec![(
+        "NOTIFY_SOCKET".to_string(),
+        Value::Text(socket.to_string_lossy().into_owned()),
+    )];
+    if let Some(watchdog) = watchdog {
+        vars.push((
+            "WATCHDOG_USEC".to_string(),
+            Value::Text(watchdog.as_micros().to_string()),
+        ));
+        vars.push(("WATCHDOG_PID".to_string(), Value::OwnPid));
+    }
+    vars
+}
+
+/// What differs between workers: the slot (also as PM2's
+/// `NODE_APP_INSTANCE`) and the generation (also as server_starter's).
+pub fn slot_vars(slot: SlotId, generation: Generation) -> [(&'static str, String); 4] {
+    [
+        ("RCLUSTER_WORKER_ID", slot.to_string()),
+        ("NODE_APP_INSTANCE", slot.to_string()),
+        ("RCLUSTER_GENERATION", generation.to_string()),
+        ("SERVER_STARTER_GENERATION", generation.to_string()),
+    ]
+}
 
 /// The program to run, resolved against `PATH` before anything is forked,
 /// so a typo fails at once with 127 instead of a restart loop.
@@ -129,19 +196,9 @@ pub struct Template {
 }
 
 impl Template {
-    pub fn new(
-        command: Command,
-        fds: Vec<RawFd>,
-        names: &[String],
-        extra: Vec<(String, Value)>,
-    ) -> Template {
-        let ours: Vec<&str> = WORKER_VARS
-            .iter()
-            .copied()
-            .chain(extra.iter().map(|(k, _)| k.as_str()))
-            .collect();
+    pub fn new(command: Command, fds: Vec<RawFd>, vars: Vec<(String, Value)>) -> Template {
         let inherited = std::env::vars_os()
-            .filter(|(k, _)| !ours.iter().any(|o| OsStr::new(o) == k))
+            .filter(|(k, _)| !is_worker_var(k))
             .filter_map(|(k, v)| {
                 let mut entry = k.into_vec();
                 entry.push(b'=');
@@ -149,12 +206,6 @@ impl Template {
                 CString::new(entry).ok()
             })
             .collect();
-        let mut vars = vec![
-            ("LISTEN_FDS".to_string(), Value::Text(fds.len().to_string())),
-            ("LISTEN_PID".to_string(), Value::OwnPid),
-            ("LISTEN_FDNAMES".to_string(), Value::Text(names.join(":"))),
-        ];
-        vars.extend(extra);
         Template {
             command,
             inherited,
@@ -205,16 +256,7 @@ impl Template {
             .map(|c| c.as_bytes_with_nul().to_vec())
             .collect();
         let mut pid_entries = Vec::new();
-        let slot_vars = [
-            (
-                "RCLUSTER_WORKER_ID".to_string(),
-                Value::Text(slot.to_string()),
-            ),
-            (
-                "RCLUSTER_GENERATION".to_string(),
-                Value::Text(generation.to_string()),
-            ),
-        ];
+        let slot_vars = slot_vars(slot, generation).map(|(k, v)| (k.to_string(), Value::Text(v)));
         for (key, value) in self.vars.iter().chain(slot_vars.iter()) {
             let mut entry = format!("{key}=").into_bytes();
             match value {

@@ -141,6 +141,10 @@ impl Supervisor {
         self.workers.contains_key(&pid)
     }
 
+    pub fn worker_pids(&self) -> Vec<Pid> {
+        self.workers.keys().copied().collect()
+    }
+
     #[cfg(test)]
     pub fn workers(&self) -> impl Iterator<Item = &Worker> {
         self.workers.values()

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 
-use crate::support::{Master, example, http};
+use crate::support::{Master, WAIT, example, http, wait_until};
 
 #[test]
 fn an_idle_keep_alive_connection_is_closed_politely_on_stop() {
@@ -50,10 +50,16 @@ fn a_request_arriving_during_the_drain_is_answered_with_connection_close() {
     master.expect("the old worker draining", |r| {
         r["msg"] == "worker draining" && r["pid"] == old
     });
-    let response = conn.request("/", false).expect("answered during the drain");
-    assert_eq!(response.status, 200);
-    assert_eq!(response.pid(), Some(old));
-    assert!(response.close, "told to reconnect");
+    // The master has sent the signal; the worker may not have run its
+    // handler yet, and until it has, it answers as usual. Every request is
+    // answered, by the old worker, until one says to reconnect.
+    let told_to_reconnect = wait_until(WAIT, || {
+        let response = conn.request("/", false).expect("answered during the drain");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.pid(), Some(old));
+        response.close
+    });
+    assert!(told_to_reconnect, "never told to reconnect");
     master.expect("the old worker exit", |r| {
         r["msg"] == "worker exited" && r["pid"] == old
     });

@@ -5,9 +5,12 @@
 mod support;
 
 mod cli_errors;
+mod cluster;
+mod compat;
 mod drain;
+mod examples;
+mod library;
 mod listen;
-mod node;
 mod notify;
 mod reload;
 mod restart;

@@ -8,19 +8,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::load::Load;
-use crate::support::{Master, TempDir, environ, example, path_str};
+use crate::support::{Master, TempDir, apply_ready, example, path_str, reload_under_load};
 
-/// The latest ready worker of each slot, from the records seen.
-fn apply_ready(current: &mut BTreeMap<u64, (i32, u64)>, records: &[Value]) {
-    for r in records.iter().filter(|r| r["msg"] == "worker ready") {
-        let slot = r["slot"].as_u64().unwrap();
-        let pid = r["pid"].as_i64().unwrap() as i32;
-        let generation = r["generation"].as_u64().unwrap();
-        current.insert(slot, (pid, generation));
-    }
-}
-
-fn reload_under_load(workers: usize, keep_alive: bool) {
+fn hello_reload_under_load(workers: usize, keep_alive: bool) {
     let hello = example("hello");
     let n = workers.to_string();
     let mut master = Master::start(&[
@@ -33,72 +23,31 @@ fn reload_under_load(workers: usize, keep_alive: bool) {
         "--",
         &hello,
     ]);
-    let addr = master.listening();
-    let mut current: BTreeMap<u64, (i32, u64)> = master
-        .ready_workers()
-        .into_iter()
-        .map(|(slot, pid)| (slot, (pid, 1)))
-        .collect();
-    let load = Load::start(addr, 32, keep_alive);
-    load.wait_for_more(200);
-    for target in 2..=11u64 {
-        let before: BTreeSet<i32> = current.values().map(|w| w.0).collect();
-        master.signal(libc::SIGHUP);
-        let records = master.collect_until("reload complete", |r| r["msg"] == "reload complete");
-        let started = records
-            .iter()
-            .find(|r| r["msg"] == "reload started")
-            .expect("reload started");
-        assert_eq!(started["generation"], target);
-        assert_eq!(started["workers"], workers);
-        assert_eq!(records.last().unwrap()["generation"], target);
-        apply_ready(&mut current, &records);
-        assert_eq!(current.len(), workers);
-        for (slot, &(pid, generation)) in &current {
-            assert_eq!(generation, target, "slot {slot} after reload {target}");
-            assert!(!before.contains(&pid), "slot {slot} still has pid {pid}");
-            assert_eq!(
-                environ(pid, "RCLUSTER_GENERATION"),
-                Some(target.to_string())
-            );
-        }
-        // Traffic flows between reloads, so each one happens under load.
-        load.wait_for_more(100);
-    }
-    let stats = load.finish();
-    assert_eq!(
-        stats.failed, 0,
-        "failed requests during reloads: {:?}",
-        stats.errors
-    );
-    assert!(
-        stats.ok > 1000,
-        "too little load to mean anything: {stats:?}"
-    );
+    let stats = reload_under_load(&mut master, workers, keep_alive, 10, true);
     eprintln!(
-        "reload under load, {workers} workers, keep-alive {keep_alive}: {} ok, 0 failed",
-        stats.ok
+        "hello, {workers} workers, keep-alive {keep_alive}: {} served, {} failed",
+        stats.ok, stats.failed
     );
 }
 
 #[test]
 fn reload_under_load_2_workers_keep_alive() {
-    reload_under_load(2, true);
+    hello_reload_under_load(2, true);
 }
 
 #[test]
 fn reload_under_load_2_workers_connection_close() {
-    reload_under_load(2, false);
+    hello_reload_under_load(2, false);
 }
 
 #[test]
 fn reload_under_load_4_workers_keep_alive() {
-    reload_under_load(4, true);
+    hello_reload_under_load(4, true);
 }
 
 #[test]
 fn reload_under_load_4_workers_connection_close() {
-    reload_under_load(4, false);
+    hello_reload_under_load(4, false);
 }
 
 /// `sh -c` that runs `bad` instead of hello while FLAG says `bad`: how a

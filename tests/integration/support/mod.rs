@@ -4,7 +4,7 @@
 pub mod http;
 pub mod load;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -112,14 +112,23 @@ impl Master {
         if !pre_args.is_empty() {
             cmd.args(pre_args).arg(rcluster_bin());
         }
-        cmd.arg("--log-format")
-            .arg("json")
-            .args(args)
-            .stdin(Stdio::null())
+        cmd.arg("--log-format").arg("json").args(args);
+        setup(&mut cmd);
+        Master::spawn(cmd)
+    }
+
+    /// A program that is its own master (cluster mode), logging JSON.
+    pub fn start_program(program: &str, args: &[&str]) -> Master {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Master::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Master {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
-        setup(&mut cmd);
         let mut child = cmd.spawn().expect("starting rcluster");
         let pid = child.id() as i32;
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -277,6 +286,73 @@ impl Drop for Master {
     }
 }
 
+/// The latest ready worker of each slot, from the records seen.
+pub fn apply_ready(current: &mut BTreeMap<u64, (i32, u64)>, records: &[Value]) {
+    for r in records.iter().filter(|r| r["msg"] == "worker ready") {
+        let slot = r["slot"].as_u64().unwrap();
+        let pid = r["pid"].as_i64().unwrap() as i32;
+        let generation = r["generation"].as_u64().unwrap();
+        current.insert(slot, (pid, generation));
+    }
+}
+
+/// Sends `reloads` HUPs, each after the previous reload completed, while 32
+/// connections request continuously; checks that every reload replaced
+/// every worker (and, for exec'd workers, that each one's environment has
+/// the new generation) and that not one request failed. The master must
+/// have just been started (its `listening` record unread).
+pub fn reload_under_load(
+    master: &mut Master,
+    workers: usize,
+    keep_alive: bool,
+    reloads: u64,
+    exec_workers: bool,
+) -> load::Stats {
+    let addr = master.listening();
+    let mut current: BTreeMap<u64, (i32, u64)> = master
+        .ready_workers()
+        .into_iter()
+        .map(|(slot, pid)| (slot, (pid, 1)))
+        .collect();
+    let load = load::Load::start(addr, 32, keep_alive);
+    load.wait_for_more(200);
+    for target in 2..=reloads + 1 {
+        let before: BTreeSet<i32> = current.values().map(|w| w.0).collect();
+        master.signal(libc::SIGHUP);
+        let records = master.collect_until("reload complete", |r| r["msg"] == "reload complete");
+        let started = records
+            .iter()
+            .find(|r| r["msg"] == "reload started")
+            .expect("reload started");
+        assert_eq!(started["generation"], target);
+        assert_eq!(started["workers"], workers);
+        assert_eq!(records.last().unwrap()["generation"], target);
+        apply_ready(&mut current, &records);
+        assert_eq!(current.len(), workers);
+        for (slot, &(pid, generation)) in &current {
+            assert_eq!(generation, target, "slot {slot} after reload {target}");
+            assert!(!before.contains(&pid), "slot {slot} still has pid {pid}");
+            // /proc shows the environment a process was exec'd with, so a
+            // forked worker's (cluster mode) is its master's.
+            if exec_workers {
+                assert_eq!(
+                    environ(pid, "RCLUSTER_GENERATION"),
+                    Some(target.to_string())
+                );
+            }
+        }
+        // Traffic flows between reloads, so each one happens under load.
+        load.wait_for_more(100);
+    }
+    let stats = load.finish();
+    assert_eq!(
+        stats.failed, 0,
+        "failed requests during reloads: {:?}",
+        stats.errors
+    );
+    stats
+}
+
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -350,6 +426,31 @@ pub fn run_to_exit(args: &[&str]) -> (i32, String) {
         .wait_with_output()
         .expect("collecting rcluster's output");
     assert!(exited, "rcluster {args:?} did not exit");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Runs a program to completion (bounded) and returns its exit code and
+/// stderr.
+pub fn run_program_to_exit(program: &str, args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("starting the program");
+    let pid = child.id() as i32;
+    let exited = wait_until(WAIT, || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        // SAFETY: killing the process group we started.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let output = child.wait_with_output().expect("collecting the output");
+    assert!(exited, "{program} {args:?} did not exit");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stderr).into_owned(),

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""An HTTP server in Python (standard library only) as an rcluster worker.
+
+It serves on the socket the master passed at fd 3, says READY=1 over the
+sd_notify protocol, and drains on SIGTERM without losing a request:
+
+    rcluster --ready notify --listen 127.0.0.1:8080 -- python3 examples/python/server.py
+
+GET /sleep/<ms> answers after <ms>, to watch a drain.
+"""
+
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# While draining, how long an idle keep-alive connection stays open for a
+# request that may already be on its way (closing at once races with a client
+# that is sending, which then sees a reset).
+DRAIN_GRACE = 0.5
+
+WORKER = os.environ.get("RCLUSTER_WORKER_ID", "-")
+GREETING = f"hello from python worker {WORKER} (pid {os.getpid()})\n".encode()
+draining = threading.Event()
+
+
+def sd_notify(state):
+    """Sends one sd_notify datagram; a no-op without NOTIFY_SOCKET."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(state.encode(), path)
+    return True
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    connections = set()
+    connections_lock = threading.Lock()
+
+    def setup(self):
+        super().setup()
+        self.idle = True
+        with Handler.connections_lock:
+            Handler.connections.add(self)
+
+    def finish(self):
+        with Handler.connections_lock:
+            Handler.connections.discard(self)
+        super().finish()
+
+    def handle_one_request(self):
+        self.idle = True
+        super().handle_one_request()
+
+    def parse_request(self):
+        self.idle = False
+        return super().parse_request()
+
+    def do_GET(self):
+        match = re.fullmatch(r"/sleep/(\d+)", self.path)
+        if match:
+            time.sleep(min(int(match.group(1)), 60000) / 1000)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(GREETING)))
+        if draining.is_set():
+            # Tell keep-alive clients to reconnect (to a worker not leaving).
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(GREETING)
+
+    def log_message(self, *args):
+        pass
+
+
+def close_idle_connections():
+    with Handler.connections_lock:
+        idle = [h for h in Handler.connections if h.idle]
+    for handler in idle:
+        try:
+            handler.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def main():
+    listener = socket.socket(fileno=3)
+    # Every worker is woken for each connection; the ones that lose the race
+    # must not block in accept() (they could no longer stop).
+    listener.setblocking(False)
+    server = ThreadingHTTPServer(listener.getsockname(), Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = listener
+    server.daemon_threads = False  # server_close() waits for requests in flight
+
+    def stop(signum, frame):
+        draining.set()
+        # shutdown() waits for serve_forever() to return: not from here.
+        threading.Thread(target=server.shutdown).start()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, stop)
+
+    sd_notify("READY=1")
+    server.serve_forever()  # returns once stop() ran: accepting stops here
+    time.sleep(DRAIN_GRACE)
+    close_idle_connections()
+    server.server_close()  # joins the request threads
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

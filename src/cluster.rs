@@ -1,0 +1,441 @@
+//! In-process cluster mode, like Node's `cluster` module: the calling
+//! process becomes the master (the same supervisor, signals, restarts and
+//! rolling reloads as the `rcluster` binary) and each worker runs a closure
+//! in a forked child.
+//!
+//! ```no_run
+//! use rcluster::{Cluster, Workers};
+//!
+//! fn main() -> Result<(), rcluster::Error> {
+//!     Cluster::builder()
+//!         .workers(Workers::Auto)
+//!         .listen("127.0.0.1:8080")
+//!         .run(|worker| {
+//!             let listener = worker.listeners().take_tcp(0)?;
+//!             let shutdown = worker.shutdown();
+//!             worker.ready()?;
+//!             while let Some(conn) = shutdown.accept(&listener)? {
+//!                 // serve `conn`
+//! #               drop(conn);
+//!             }
+//!             Ok::<(), Box<dyn std::error::Error>>(())
+//!         })
+//! }
+//! ```
+//!
+//! # Fork safety
+//!
+//! Workers are forked without exec, and `fork` copies only the calling
+//! thread. So [`ClusterBuilder::run`] must be called before the program
+//! starts any thread (no async runtime, no thread pool yet: start those in
+//! the closure) and refuses to start otherwise. Everything else the program
+//! made before `run` (its memory, open files) is shared with every worker,
+//! as after any fork. A reload forks fresh workers from the master, so it
+//! runs the code the master was started with: deploy new code by restarting
+//! the master (or use the `rcluster` binary, whose reload execs what is on
+//! disk).
+//!
+//! In the worker, the stop signals terminate the process until the closure
+//! calls [`Worker::shutdown`]; from then on they only set the shutdown
+//! request, and the worker exits when the closure returns.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+
+use crate::config::{self, Config, LogFormat};
+use crate::error::Error;
+use crate::listen::ListenSpec;
+use crate::log::Log;
+use crate::master::{self, Work};
+use crate::spawn::{self, Value};
+use crate::supervisor::event::{Generation, Pid, ReadyRule, SlotId};
+use crate::worker::{self, Listeners, Shutdown};
+
+/// How many workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One per CPU available to this process (affinity and cgroup quota).
+    Auto,
+    Fixed(usize),
+}
+
+impl From<usize> for Workers {
+    fn from(n: usize) -> Workers {
+        Workers::Fixed(n)
+    }
+}
+
+/// The entry point of cluster mode; see the [module docs](self).
+pub struct Cluster;
+
+impl Cluster {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            workers: Workers::Auto,
+            listen: Vec::new(),
+            backlog: config::DEFAULT_BACKLOG,
+            stop_signal: libc::SIGTERM,
+            stop_timeout: Duration::from_secs(30),
+            min_uptime: Duration::from_secs(1),
+            max_restarts: None,
+            ready: ReadyRule::Exec,
+            ready_timeout: Duration::from_secs(60),
+            reload_batch: config::DEFAULT_RELOAD_BATCH,
+            watchdog: None,
+            pid_file: None,
+            log_format: LogFormat::Human,
+            log_level: slog::Level::Info,
+        }
+    }
+}
+
+/// The options of the `rcluster` binary, as a builder. Defaults are the
+/// binary's.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ClusterBuilder {
+    workers: Workers,
+    listen: Vec<String>,
+    backlog: u32,
+    stop_signal: i32,
+    stop_timeout: Duration,
+    min_uptime: Duration,
+    max_restarts: Option<u32>,
+    ready: ReadyRule,
+    ready_timeout: Duration,
+    reload_batch: usize,
+    watchdog: Option<Duration>,
+    pid_file: Option<PathBuf>,
+    log_format: LogFormat,
+    log_level: slog::Level,
+}
+
+impl ClusterBuilder {
+    pub fn workers(mut self, workers: impl Into<Workers>) -> Self {
+        self.workers = workers.into();
+        self
+    }
+
+    /// An address to listen on, as `--listen` takes it: `127.0.0.1:8080`,
+    /// `[::1]:8080`, `unix:/path/app.sock`, optionally `NAME=ADDR`.
+    /// Checked by [`run`](Self::run).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen.push(addr.to_string());
+        self
+    }
+
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// The signal a worker gets to stop (default `SIGTERM`).
+    pub fn stop_signal(mut self, signal: i32) -> Self {
+        self.stop_signal = signal;
+        self
+    }
+
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    pub fn min_uptime(mut self, uptime: Duration) -> Self {
+        self.min_uptime = uptime;
+        self
+    }
+
+    pub fn max_restarts(mut self, max: u32) -> Self {
+        self.max_restarts = Some(max);
+        self
+    }
+
+    /// When a worker counts as ready. `ReadyRule::Exec` means as soon as it
+    /// is forked; with `ReadyRule::Notify` the closure calls
+    /// [`Worker::ready`].
+    pub fn ready(mut self, rule: ReadyRule) -> Self {
+        self.ready = rule;
+        self
+    }
+
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    pub fn reload_batch(mut self, batch: usize) -> Self {
+        self.reload_batch = batch.max(1);
+        self
+    }
+
+    pub fn watchdog(mut self, timeout: Duration) -> Self {
+        self.watchdog = Some(timeout);
+        self
+    }
+
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// JSON lines on stderr instead of sentences.
+    pub fn json_logs(mut self, json: bool) -> Self {
+        self.log_format = if json {
+            LogFormat::Json
+        } else {
+            LogFormat::Human
+        };
+        self
+    }
+
+    /// Becomes the master and runs until stopped (`TERM`, `INT`, `QUIT`);
+    /// each worker runs `work` in a forked child and exits with what it
+    /// returns (0 for `()` or `Ok`, 1 for `Err`, 101 for a panic).
+    ///
+    /// Returns `Err` at once, forking nothing, if the process already has
+    /// more than one thread or an address cannot be bound; and when
+    /// `max_restarts` is used up.
+    pub fn run<F, R>(self, work: F) -> Result<(), Error>
+    where
+        F: Fn(Worker) -> R,
+        R: WorkerExit,
+    {
+        let count = thread_count();
+        if count > 1 {
+            return Err(Error::Threads { count });
+        }
+        let workers = match self.workers {
+            Workers::Auto => num_cpus::get().max(1),
+            Workers::Fixed(n) => n.clamp(1, config::MAX_WORKERS),
+        };
+        let listen = self
+            .listen
+            .iter()
+            .map(|addr| {
+                addr.parse::<ListenSpec>()
+                    .map_err(|e| Error::Usage(format!("cannot listen on '{addr}': {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = Config {
+            workers,
+            listen,
+            backlog: self.backlog,
+            stop_signal: self.stop_signal,
+            stop_timeout: self.stop_timeout,
+            min_uptime: self.min_uptime,
+            max_restarts: self.max_restarts,
+            ready: self.ready,
+            ready_timeout: self.ready_timeout,
+            reload_batch: self.reload_batch,
+            watchdog: self.watchdog,
+            pid_file: self.pid_file,
+            log_format: self.log_format,
+            log_level: self.log_level,
+            command: Vec::<OsString>::new(),
+        };
+        let log = Log::new(config.log_format, config.log_level);
+        let work = move |worker: Worker| work(worker).exit_code();
+        master::serve(&config, &log, Work::Fork(&work))
+    }
+}
+
+/// How a worker closure's result becomes its exit code.
+pub trait WorkerExit {
+    fn exit_code(self) -> i32;
+}
+
+impl WorkerExit for () {
+    fn exit_code(self) -> i32 {
+        0
+    }
+}
+
+impl<E: fmt::Display> WorkerExit for Result<(), E> {
+    fn exit_code(self) -> i32 {
+        match self {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("worker {}: {e}", worker::id().unwrap_or_default());
+                1
+            }
+        }
+    }
+}
+
+/// What the closure gets in each worker.
+#[derive(Debug)]
+pub struct Worker {
+    id: SlotId,
+    generation: Generation,
+    sockets: Vec<(String, RawFd)>,
+    shutdown: Shutdown,
+}
+
+impl Worker {
+    /// The slot, `0..workers`, stable across restarts.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The listeners, in `listen` order, named as `listen` named them;
+    /// fresh copies on every call.
+    ///
+    /// # Panics
+    ///
+    /// If the process runs out of file descriptors copying them.
+    pub fn listeners(&self) -> Listeners {
+        let entries = self
+            .sockets
+            .iter()
+            .map(|(name, fd)| {
+                // SAFETY: the master's listeners outlive every worker.
+                let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
+                let owned = fd
+                    .try_clone_to_owned()
+                    .unwrap_or_else(|e| panic!("copying listener {name}: {e}"));
+                (name.clone(), owned)
+            })
+            .collect();
+        Listeners::from_fds(entries)
+    }
+
+    /// The stop request. From the first call on, the stop signals no longer
+    /// terminate the worker: the closure decides when to return.
+    pub fn shutdown(&self) -> Shutdown {
+        worker::take_over_stop();
+        self.shutdown.clone()
+    }
+
+    /// `READY=1`, for [`ReadyRule::Notify`].
+    pub fn ready(&self) -> io::Result<bool> {
+        worker::ready()
+    }
+}
+
+/// Forks workers that run a closure (no exec).
+pub(crate) struct ForkLauncher<'f> {
+    work: &'f dyn Fn(Worker) -> i32,
+    sockets: Vec<(String, RawFd)>,
+    vars: Vec<(String, Value)>,
+    parent: libc::pid_t,
+}
+
+impl<'f> ForkLauncher<'f> {
+    pub fn new(
+        work: &'f dyn Fn(Worker) -> i32,
+        sockets: Vec<(String, RawFd)>,
+        vars: Vec<(String, Value)>,
+    ) -> ForkLauncher<'f> {
+        ForkLauncher {
+            work,
+            sockets,
+            vars,
+            parent: std::process::id() as libc::pid_t,
+        }
+    }
+
+    /// Forks a worker. In the child, `forget_master` drops what belongs to
+    /// the master, then the closure runs and the child exits; only the
+    /// parent returns.
+    pub fn spawn(
+        &self,
+        slot: SlotId,
+        generation: Generation,
+        forget_master: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<Pid> {
+        // Blocked across fork so no signal reaches the child before it has
+        // dropped the master's handlers (see spawn.rs).
+        let mut old = SigSet::empty();
+        pthread_sigmask(
+            SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut old),
+        )?;
+        // SAFETY: the master has one thread (checked by `run`), so the child
+        // may allocate and lock freely.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            self.run_child(slot, generation, forget_master);
+        }
+        let fork_error = io::Error::last_os_error();
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+        if pid < 0 {
+            return Err(fork_error);
+        }
+        // SAFETY: plain syscall on our own child (see spawn.rs).
+        unsafe { libc::setpgid(pid, pid) };
+        Ok(Pid::from_raw(pid))
+    }
+
+    fn run_child(
+        &self,
+        slot: SlotId,
+        generation: Generation,
+        forget_master: impl FnOnce() -> io::Result<()>,
+    ) -> ! {
+        let setup = || -> io::Result<Shutdown> {
+            // SAFETY: plain syscalls in our own process.
+            unsafe {
+                libc::setpgid(0, 0);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != self.parent {
+                    libc::_exit(1);
+                }
+            }
+            forget_master()?;
+            worker::restore_default_stop()?;
+            let shutdown = worker::install_shutdown()?;
+            // SAFETY: this child has exactly one thread (fork copies only
+            // the caller's, and the master had one), so nothing reads the
+            // environment concurrently.
+            unsafe {
+                for key in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+                    std::env::remove_var(key);
+                }
+                for (key, value) in &self.vars {
+                    match value {
+                        Value::Text(text) => std::env::set_var(key, text),
+                        Value::OwnPid => std::env::set_var(key, std::process::id().to_string()),
+                    }
+                }
+                for (key, value) in spawn::slot_vars(slot, generation) {
+                    std::env::set_var(key, value);
+                }
+            }
+            pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            Ok(shutdown)
+        };
+        let code = match setup() {
+            Ok(shutdown) => {
+                let worker = Worker {
+                    id: slot,
+                    generation,
+                    sockets: self.sockets.clone(),
+                    shutdown,
+                };
+                panic::catch_unwind(AssertUnwindSafe(|| (self.work)(worker))).unwrap_or(101)
+            }
+            Err(e) => {
+                eprintln!("worker {slot}: cannot start: {e}");
+                70
+            }
+        };
+        std::process::exit(code)
+    }
+}
+
+/// Threads in this process, from `/proc/self/task`.
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(1, |dir| dir.count())
+}

@@ -1,0 +1,251 @@
+//! Learning when to stop: the stop signals (`TERM`, `INT`, `QUIT`) become a
+//! flag, a readable fd that `poll` can wait on beside a socket, and, for
+//! threads that `select!`, a crossbeam channel.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// The signals that ask a worker to stop.
+pub const STOP_SIGNALS: &[i32] = &[libc::SIGTERM, libc::SIGINT, libc::SIGQUIT];
+
+/// Learns when the worker is asked to stop (`SIGTERM`, `SIGINT` or
+/// `SIGQUIT`), and waits for sockets *or* that request, so a server can
+/// stop accepting the moment it is told to.
+///
+/// Cheap to clone; every clone sees the same request.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    inner: Arc<ShutdownInner>,
+}
+
+#[derive(Debug)]
+struct ShutdownInner {
+    /// Readable from the first stop signal on; never drained, so every
+    /// waiter sees it.
+    wake: UnixStream,
+    signal: Arc<AtomicUsize>,
+    /// Channels waiting for the signal; `None` once it has been delivered.
+    waiters: Mutex<Option<Vec<Sender<i32>>>>,
+}
+
+/// What [`Shutdown::wait`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The fd is readable (or closed by the peer).
+    Readable,
+    /// The stop signal arrived.
+    Shutdown,
+    TimedOut,
+}
+
+/// Until a worker asks for [`shutdown`], its stop signals keep their
+/// default action (terminate). In cluster mode this is what a forked worker
+/// starts with; an exec'd worker has the real default anyway.
+static DEFAULT_STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Makes the stop signals terminate the process until [`shutdown`] is
+/// called: a forked worker inherits the master's handlers, not defaults.
+pub(crate) fn restore_default_stop() -> io::Result<()> {
+    let enabled = DEFAULT_STOP.get_or_init(|| Arc::new(AtomicBool::new(true)));
+    for &sig in STOP_SIGNALS {
+        signal_hook::flag::register_conditional_default(sig, Arc::clone(enabled))?;
+    }
+    Ok(())
+}
+
+/// Installs the stop-signal handlers (once per process) and returns a handle.
+/// From then on the stop signals only set the request: the program decides
+/// when to exit.
+pub fn shutdown() -> io::Result<Shutdown> {
+    let shutdown = install()?;
+    take_over_stop();
+    Ok(shutdown)
+}
+
+/// Turns off the default action [`restore_default_stop`] kept.
+pub(crate) fn take_over_stop() {
+    if let Some(enabled) = DEFAULT_STOP.get() {
+        enabled.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Registers the handlers that record the stop request, without taking
+/// over the stop signals' default action.
+pub(crate) fn install() -> io::Result<Shutdown> {
+    static SHUTDOWN: OnceLock<Shutdown> = OnceLock::new();
+    if let Some(shutdown) = SHUTDOWN.get() {
+        return Ok(shutdown.clone());
+    }
+    let (wake, notify) = UnixStream::pair()?;
+    wake.set_nonblocking(true)?;
+    notify.set_nonblocking(true)?;
+    let signal = Arc::new(AtomicUsize::new(0));
+    // The flag before the pipe, for each signal: a waiter that wakes on the
+    // pipe must find the flag set (see `wait`).
+    for &sig in STOP_SIGNALS {
+        signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
+        signal_hook::low_level::pipe::register(sig, notify.try_clone()?)?;
+    }
+    let shutdown = Shutdown {
+        inner: Arc::new(ShutdownInner {
+            wake,
+            signal,
+            waiters: Mutex::new(Some(Vec::new())),
+        }),
+    };
+    Ok(SHUTDOWN.get_or_init(|| shutdown).clone())
+}
+
+impl Shutdown {
+    /// The stop signal that arrived, if one has.
+    pub fn signal(&self) -> Option<i32> {
+        match self.inner.signal.load(Ordering::SeqCst) {
+            0 => None,
+            sig => Some(sig as i32),
+        }
+    }
+
+    pub fn requested(&self) -> bool {
+        self.signal().is_some()
+    }
+
+    /// A channel that yields the stop signal once, for a thread that waits
+    /// with `crossbeam_channel::select!` beside its own channels. Every
+    /// receiver made this way gets the signal.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let (jobs_tx, jobs) = crossbeam_channel::unbounded::<String>();
+    /// # drop(jobs_tx);
+    /// let stop = rcluster::worker::shutdown()?.receiver();
+    /// loop {
+    ///     crossbeam_channel::select! {
+    ///         recv(jobs) -> job => println!("{job:?}"),
+    ///         recv(stop) -> signal => break println!("stopping on signal {signal:?}"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn receiver(&self) -> Receiver<i32> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let mut waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        match waiters.as_mut() {
+            Some(list) => {
+                if list.is_empty() {
+                    let me = self.clone();
+                    // A thread of the worker's (never of the master's).
+                    let _ = std::thread::Builder::new()
+                        .name("rcluster-shutdown".into())
+                        .spawn(move || me.forward());
+                }
+                list.push(tx);
+            }
+            None => {
+                let _ = tx.send(self.signal().unwrap_or(libc::SIGTERM));
+            }
+        }
+        rx
+    }
+
+    /// Waits for the stop signal, then hands it to every receiver.
+    fn forward(&self) {
+        while !matches!(self.wait_for_stop(None), Ok(true)) {}
+        let signal = self.signal().unwrap_or(libc::SIGTERM);
+        let waiters = self
+            .inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        for tx in waiters.into_iter().flatten() {
+            let _ = tx.send(signal);
+        }
+    }
+
+    /// Waits until the stop signal arrives or `timeout` passes; true if it
+    /// arrived.
+    pub fn wait_for_stop(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        if self.requested() {
+            return Ok(true);
+        }
+        let mut fds = [PollFd::new(self.inner.wake.as_fd(), PollFlags::POLLIN)];
+        poll_fds(&mut fds, timeout)?;
+        Ok(self.requested())
+    }
+
+    /// Waits until `fd` is readable, the stop signal arrives, or `timeout`
+    /// passes (`None`: no limit). A stop request wins over a readable fd.
+    pub fn wait(&self, fd: impl AsFd, timeout: Option<Duration>) -> io::Result<Wait> {
+        // A signal that arrived while the handlers were being installed may
+        // have set the flag without writing the pipe: look before sleeping.
+        if self.requested() {
+            return Ok(Wait::Shutdown);
+        }
+        let mut fds = [
+            PollFd::new(fd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.inner.wake.as_fd(), PollFlags::POLLIN),
+        ];
+        if poll_fds(&mut fds, timeout)? == 0 {
+            return Ok(Wait::TimedOut);
+        }
+        let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[1]) || self.requested() {
+            Ok(Wait::Shutdown)
+        } else {
+            Ok(Wait::Readable)
+        }
+    }
+
+    /// Accepts the next connection, or returns `None` once the stop signal
+    /// has arrived: from then on the worker accepts nothing, and connections
+    /// still queued go to the other workers, which share the socket.
+    ///
+    /// Puts `listener` in non-blocking mode (another worker may take the
+    /// connection this one was woken for).
+    pub fn accept(&self, listener: &TcpListener) -> io::Result<Option<TcpStream>> {
+        listener.set_nonblocking(true)?;
+        loop {
+            if self.wait(listener, None)? == Wait::Shutdown {
+                return Ok(None);
+            }
+            match listener.accept() {
+                Ok((stream, _)) => return Ok(Some(stream)),
+                Err(e) if transient_accept_error(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// `poll(2)`, retried on `EINTR`; the number of ready fds (0: timed out).
+fn poll_fds(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usize> {
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        Some(t) => PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX),
+    };
+    loop {
+        match poll(fds, timeout) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(n) => return Ok(n as usize),
+        }
+    }
+}
+
+/// Errors after which the next accept may well succeed.
+fn transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+    ) || e.raw_os_error() == Some(libc::EPROTO)
+}
