@@ -159,13 +159,17 @@ impl<'a> Master<'a> {
                 return Err(Error::os("waiting for events (epoll_wait)", e));
             }
             let now = Instant::now();
+            // Exec pipes first: a worker's exec precedes anything it says,
+            // even when both land in one wakeup.
+            for event in events.iter() {
+                if let Token(t @ EXEC_BASE..) = event.token() {
+                    self.on_exec_pipe(Pid::from_raw((t - EXEC_BASE) as i32), now);
+                }
+            }
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signals(now),
                     NOTIFY => self.on_notify(now),
-                    Token(t) if t >= EXEC_BASE => {
-                        self.on_exec_pipe(Pid::from_raw((t - EXEC_BASE) as i32), now)
-                    }
                     Token(_) => {}
                 }
             }

@@ -17,6 +17,7 @@ pub mod msg {
     pub const STARTED: &str = "started";
     pub const LISTENING: &str = "listening";
     pub const WORKER_SPAWNED: &str = "worker spawned";
+    pub const WORKER_STARTED: &str = "worker started";
     pub const WORKER_READY: &str = "worker ready";
     pub const WORKERS_READY: &str = "workers ready";
     pub const WORKER_EXITED: &str = "worker exited";
@@ -71,6 +72,11 @@ pub enum Record {
         slot: SlotId,
         pid: Pid,
         generation: Generation,
+    },
+    /// Its exec succeeded (debug level: benchmarks time restarts with it).
+    WorkerStarted {
+        slot: SlotId,
+        pid: Pid,
     },
     WorkerReady {
         slot: SlotId,
@@ -188,6 +194,7 @@ impl Record {
             Started { .. } => msg::STARTED,
             Listening { .. } => msg::LISTENING,
             WorkerSpawned { .. } => msg::WORKER_SPAWNED,
+            WorkerStarted { .. } => msg::WORKER_STARTED,
             WorkerReady { .. } => msg::WORKER_READY,
             WorkersReady { .. } => msg::WORKERS_READY,
             WorkerExited { .. } => msg::WORKER_EXITED,
@@ -227,7 +234,7 @@ impl Record {
             | ReloadAborted { .. } => Level::Error,
             GivingUp { .. } => Level::Critical,
             StopTimeout { .. } | OsError { .. } => Level::Warning,
-            OrphanReaped { .. } | NotifyIgnored { .. } => Level::Debug,
+            WorkerStarted { .. } | OrphanReaped { .. } | NotifyIgnored { .. } => Level::Debug,
             _ => Level::Info,
         }
     }
@@ -271,6 +278,9 @@ impl fmt::Display for Record {
                 "{} spawned (generation {generation})",
                 worker(*slot, *pid)
             ),
+            WorkerStarted { slot, pid } => {
+                write!(f, "{} started (exec succeeded)", worker(*slot, *pid))
+            }
             WorkerReady {
                 slot, pid, startup, ..
             } => write!(f, "{} ready after {}", worker(*slot, *pid), human(*startup)),
@@ -511,7 +521,7 @@ impl KV for Record {
                 emit_pid(s, *pid)?;
                 s.emit_str("status", status)
             }
-            WorkerStopping { slot, pid } => {
+            WorkerStopping { slot, pid } | WorkerStarted { slot, pid } => {
                 emit_slot(s, *slot)?;
                 emit_pid(s, *pid)
             }

@@ -189,9 +189,8 @@ impl Supervisor {
                 });
             }
             MasterSignal::ScaleDown if running && self.slots.len() > 1 => {
-                self.slots.pop();
-                let gone = self.slots.len();
-                for pid in self.attached(gone).map(|w| w.pid).collect::<Vec<_>>() {
+                let gone = self.slots.pop().expect("more than one slot");
+                for pid in gone.attached {
                     self.stop(pid, StopReason::ScaledDown, now);
                 }
                 self.log(Record::Scaled {
@@ -207,6 +206,7 @@ impl Supervisor {
     fn on_spawned(&mut self, slot: SlotId, generation: Generation, pid: Pid, now: Instant) {
         if let Some(s) = self.slots.get_mut(slot) {
             s.spawning = false;
+            s.attached.push(pid);
         }
         self.workers.insert(
             pid,
@@ -261,26 +261,31 @@ impl Supervisor {
     }
 
     fn on_exec(&mut self, pid: Pid, result: Result<(), i32>, now: Instant) {
-        let rule = self.policy.ready;
-        let Some(worker) = self.workers.get_mut(&pid) else {
+        let Some(worker) = self.workers.get(&pid) else {
             return;
         };
-        match (result, &worker.state) {
-            (Ok(()), &WorkerState::Spawned { ready_by }) => match rule {
-                ReadyRule::Exec => self.become_ready(pid, now),
-                ReadyRule::Notify => {
-                    worker.state = WorkerState::Booting {
-                        ready_by,
-                        ready_at: None,
-                    }
+        let (slot, state) = (worker.slot, worker.state.clone());
+        match (result, state) {
+            (Ok(()), WorkerState::Spawned { ready_by }) => {
+                self.log(Record::WorkerStarted { slot, pid });
+                match self.policy.ready {
+                    ReadyRule::Exec => self.become_ready(pid, now),
+                    ReadyRule::Notify => self.set_state(
+                        pid,
+                        WorkerState::Booting {
+                            ready_by,
+                            ready_at: None,
+                        },
+                    ),
+                    ReadyRule::Delay(delay) => self.set_state(
+                        pid,
+                        WorkerState::Booting {
+                            ready_by,
+                            ready_at: Some(now + delay),
+                        },
+                    ),
                 }
-                ReadyRule::Delay(delay) => {
-                    worker.state = WorkerState::Booting {
-                        ready_by,
-                        ready_at: Some(now + delay),
-                    }
-                }
-            },
+            }
             // READY=1 can overtake the exec pipe's EOF; a stopped worker's
             // exec no longer matters.
             (
@@ -291,7 +296,11 @@ impl Supervisor {
                 | WorkerState::Killed { .. },
             ) => {}
             // The child exits 127 right after; its exit record says why.
-            (Err(errno), _) => worker.exec_error = Some(errno),
+            (Err(errno), _) => {
+                if let Some(worker) = self.workers.get_mut(&pid) {
+                    worker.exec_error = Some(errno);
+                }
+            }
         }
     }
 
@@ -299,6 +308,7 @@ impl Supervisor {
         let Some(worker) = self.workers.remove(&pid) else {
             return;
         };
+        self.detach(&worker);
         let uptime = now.saturating_duration_since(worker.started);
         // The exit record comes first; what it decides (an aborted reload,
         // giving up) is logged after it.
@@ -355,10 +365,11 @@ impl Supervisor {
             // A worker that decides to stop (e.g. after N requests) says so:
             // its replacement starts now instead of after its exit.
             (NotifyMsg::Stopping, WorkerState::Ready { .. }) => {
-                worker.state = WorkerState::Draining {
+                let draining = WorkerState::Draining {
                     kill_at: now + self.policy.stop_timeout,
                     why: StopReason::WorkerStopping,
                 };
+                self.set_state(pid, draining);
                 self.log(Record::WorkerStopping { slot, pid });
             }
             (
@@ -737,9 +748,18 @@ impl Supervisor {
 
     /// The workers a slot has: starting or serving, not draining.
     fn attached(&self, slot: SlotId) -> impl Iterator<Item = &Worker> {
-        self.workers
-            .values()
-            .filter(move |w| w.slot == slot && w.state.is_attached())
+        self.slots
+            .get(slot)
+            .into_iter()
+            .flat_map(|s| &s.attached)
+            .filter_map(|pid| self.workers.get(pid))
+    }
+
+    /// Takes a worker that stopped serving or exited out of its slot's index.
+    fn detach(&mut self, worker: &Worker) {
+        if let Some(slot) = self.slots.get_mut(worker.slot) {
+            slot.attached.retain(|&pid| pid != worker.pid);
+        }
     }
 
     /// Whether `worker`'s slot also has an older attached worker (so
@@ -813,9 +833,33 @@ impl Supervisor {
         self.set_state(pid, WorkerState::Killed { why });
     }
 
+    /// Every change of state that can detach a worker goes through here, so
+    /// the slot index stays exact.
     fn set_state(&mut self, pid: Pid, state: WorkerState) {
-        if let Some(worker) = self.workers.get_mut(&pid) {
-            worker.state = state;
+        let Some(worker) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let detached = !state.is_attached();
+        worker.state = state;
+        if detached {
+            let worker = worker.clone();
+            self.detach(&worker);
+        }
+    }
+
+    /// The slot index, recomputed the slow way: for tests.
+    #[cfg(test)]
+    pub fn check_index(&self) {
+        for (id, slot) in self.slots.iter().enumerate() {
+            let mut indexed = slot.attached.clone();
+            indexed.sort();
+            let scanned: Vec<Pid> = self
+                .workers
+                .values()
+                .filter(|w| w.slot == id && w.state.is_attached())
+                .map(|w| w.pid)
+                .collect();
+            assert_eq!(indexed, scanned, "slot {id}'s index");
         }
     }
 

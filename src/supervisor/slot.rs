@@ -18,6 +18,10 @@ pub struct Slot {
     pub restart_at: Option<Instant>,
     /// A `Spawn` action is out and its `Spawned` answer not yet seen.
     pub spawning: bool,
+    /// Its attached workers (at most two: during a replacement, the old and
+    /// the new). An index into the supervisor's workers, so that a decision
+    /// about one slot never scans every worker.
+    pub attached: Vec<Pid>,
 }
 
 impl Slot {
@@ -26,6 +30,7 @@ impl Slot {
             backoff: Backoff::default(),
             restart_at: None,
             spawning: false,
+            attached: Vec::new(),
         }
     }
 }

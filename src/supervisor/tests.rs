@@ -66,7 +66,9 @@ impl Sim {
     /// `Spawned` before the next action.
     fn feed(&mut self, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
-        for action in self.sup.handle(event, self.now) {
+        let actions = self.sup.handle(event, self.now);
+        self.sup.check_index();
+        for action in actions {
             let spawn = match action {
                 Action::Spawn { slot, generation } => Some((slot, generation)),
                 _ => None,

@@ -25,7 +25,8 @@ fn under_rcluster(name: &str, command: &[&str]) {
         let stats = reload_under_load(&mut master, 2, keep_alive, RELOADS, true);
         eprintln!(
             "{name}, 2 workers, keep-alive {keep_alive}: {} served, {} failed",
-            stats.ok, stats.failed
+            stats.ok(),
+            stats.failed()
         );
         master.signal(libc::SIGTERM);
         assert_eq!(master.wait_exit().code(), Some(0));
@@ -63,7 +64,8 @@ fn cluster_example_reloads_under_load_without_a_failed_request() {
         let stats = reload_under_load(&mut master, 2, keep_alive, RELOADS, false);
         eprintln!(
             "cluster (fork mode), 2 workers, keep-alive {keep_alive}: {} served, {} failed",
-            stats.ok, stats.failed
+            stats.ok(),
+            stats.failed()
         );
         master.signal(libc::SIGTERM);
         assert_eq!(master.wait_exit().code(), Some(0));

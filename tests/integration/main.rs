@@ -4,6 +4,12 @@
 
 mod support;
 
+// The benchmark, for its --quick run; its HTTP client and load generator
+// are the tests' too.
+#[path = "../../benches/reload/bench/mod.rs"]
+mod bench;
+
+mod bench_quick;
 mod cli_errors;
 mod cluster;
 mod compat;

@@ -26,7 +26,8 @@ fn hello_reload_under_load(workers: usize, keep_alive: bool) {
     let stats = reload_under_load(&mut master, workers, keep_alive, 10, true);
     eprintln!(
         "hello, {workers} workers, keep-alive {keep_alive}: {} served, {} failed",
-        stats.ok, stats.failed
+        stats.ok(),
+        stats.failed()
     );
 }
 
@@ -110,7 +111,7 @@ fn a_release_that_crashes_on_start_aborts_the_reload_and_the_old_workers_keep_se
     assert_eq!(complete["generation"], 3);
     load.wait_for_more(100);
     let stats = load.finish();
-    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+    assert_eq!(stats.failed(), 0, "{:?}", stats.errors);
 }
 
 #[test]
@@ -151,7 +152,7 @@ fn a_release_that_never_says_ready_is_aborted_after_the_ready_timeout() {
     load.wait_for_more(100);
     assert_old_workers_kept(&mut master, &aborted, &old);
     let stats = load.finish();
-    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+    assert_eq!(stats.failed(), 0, "{:?}", stats.errors);
 }
 
 #[test]
@@ -193,7 +194,7 @@ fn a_hup_storm_settles_on_the_latest_generation_without_overshooting() {
         records.extend(master.collect_until("the last reload complete", settled));
     }
     let stats = load.finish();
-    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+    assert_eq!(stats.failed(), 0, "{:?}", stats.errors);
 
     // Replay the log: starting or ready workers never exceed slots + batch.
     let mut live: BTreeSet<i64> = BTreeSet::new();

@@ -48,7 +48,7 @@ fn a_killed_worker_is_replaced_in_its_slot_while_the_service_answers() {
     load.wait_for_more(50);
     let stats = load.finish();
     assert!(
-        stats.failed <= 4,
+        stats.failed() <= 4,
         "only requests in flight in the killed worker may fail: {stats:?}"
     );
 }

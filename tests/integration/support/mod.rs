@@ -1,8 +1,7 @@
 //! The harness: start the real `rcluster` binary, read its JSON log, talk
 //! HTTP to its workers, and clean up every process it started.
 
-pub mod http;
-pub mod load;
+pub use crate::bench::{http, load};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -307,7 +306,7 @@ pub fn reload_under_load(
     keep_alive: bool,
     reloads: u64,
     exec_workers: bool,
-) -> load::Stats {
+) -> load::Samples {
     let addr = master.listening();
     let mut current: BTreeMap<u64, (i32, u64)> = master
         .ready_workers()
@@ -346,7 +345,8 @@ pub fn reload_under_load(
     }
     let stats = load.finish();
     assert_eq!(
-        stats.failed, 0,
+        stats.failed(),
+        0,
         "failed requests during reloads: {:?}",
         stats.errors
     );

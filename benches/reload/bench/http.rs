@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 client for tests: one request per connection, or
-//! keep-alive, with timeouts so nothing hangs.
+//! A minimal HTTP/1.1 client: one request per connection, or keep-alive,
+//! with timeouts so nothing hangs. Shared by the benchmark's load generator
+//! and the integration tests.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -26,9 +27,7 @@ impl Response {
 
 /// `GET path` on a fresh connection with `Connection: close`.
 pub fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
-    let stream = connect(addr)?;
-    let mut conn = Conn::new(stream)?;
-    conn.request(path, true)
+    Conn::new(connect(addr)?)?.request(path, true)
 }
 
 pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
@@ -53,11 +52,9 @@ impl<S: Read + Write> Conn<S> {
 
     pub fn request(&mut self, path: &str, close: bool) -> io::Result<Response> {
         let connection = if close { "close" } else { "keep-alive" };
-        write!(
-            self.reader.get_mut(),
-            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: {connection}\r\n\r\n"
-        )?;
-        self.reader.get_mut().flush()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: {connection}\r\n\r\n");
+        self.reader.get_mut().write_all(request.as_bytes())?;
         read_response(&mut self.reader)
     }
 }

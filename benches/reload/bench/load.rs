@@ -1,0 +1,219 @@
+//! The load generator: one thread per connection, each requesting as fast
+//! as the server answers, recording every request's start, latency and
+//! outcome. Shared by the benchmark and the integration tests.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::http::{Conn, Response, connect};
+
+/// No load runs longer than this, whatever its caller does.
+const MAX_RUN: Duration = Duration::from_secs(300);
+/// How long `wait_for_more` waits for progress.
+const PROGRESS_WAIT: Duration = Duration::from_secs(20);
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The connection was refused (nothing listening, or the queue full).
+    Refused,
+    /// Reset or closed before the whole response (EOF, ECONNRESET, EPIPE).
+    Reset,
+    Timeout,
+    /// Answered with a status other than 200.
+    BadStatus,
+    Other,
+}
+
+impl Outcome {
+    pub const FAILURES: [Outcome; 5] = [
+        Outcome::Refused,
+        Outcome::Reset,
+        Outcome::Timeout,
+        Outcome::BadStatus,
+        Outcome::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Refused => "refused",
+            Outcome::Reset => "reset",
+            Outcome::Timeout => "timeout",
+            Outcome::BadStatus => "bad status",
+            Outcome::Other => "other",
+        }
+    }
+
+    fn of(result: &io::Result<Response>) -> Outcome {
+        match result {
+            Ok(r) if r.status == 200 => Outcome::Ok,
+            Ok(_) => Outcome::BadStatus,
+            Err(e) => match e.kind() {
+                io::ErrorKind::ConnectionRefused => Outcome::Refused,
+                io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof => Outcome::Reset,
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Outcome::Timeout,
+                _ => Outcome::Other,
+            },
+        }
+    }
+}
+
+/// One request.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// When it started, after the load's epoch.
+    pub start: Duration,
+    pub latency: Duration,
+    pub outcome: Outcome,
+    /// The first request on a new connection (its latency includes the
+    /// connect and the server's accept).
+    pub fresh: bool,
+}
+
+impl Sample {
+    pub fn end(&self) -> Duration {
+        self.start + self.latency
+    }
+}
+
+/// Everything a load run recorded.
+#[derive(Debug, Default)]
+pub struct Samples {
+    /// Sorted by start.
+    pub samples: Vec<Sample>,
+    /// The first few failures' messages.
+    pub errors: Vec<String>,
+}
+
+impl Samples {
+    pub fn ok(&self) -> u64 {
+        self.count(Outcome::Ok)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.samples.len() as u64 - self.ok()
+    }
+
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.samples.iter().filter(|s| s.outcome == outcome).count() as u64
+    }
+}
+
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<Samples>>,
+}
+
+impl Load {
+    /// `connections` threads, each on its own connection; `keep_alive`
+    /// reuses a connection until the server says `Connection: close`.
+    pub fn start(addr: SocketAddr, connections: usize, keep_alive: bool) -> Load {
+        Load::start_at(addr, connections, keep_alive, Instant::now())
+    }
+
+    /// As `start`, with sample times counted from `epoch`.
+    pub fn start_at(
+        addr: SocketAddr,
+        connections: usize,
+        keep_alive: bool,
+        epoch: Instant,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let threads = (0..connections)
+            .map(|_| {
+                let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
+                std::thread::spawn(move || run(addr, keep_alive, epoch, &stop, &ok))
+            })
+            .collect();
+        Load { stop, ok, threads }
+    }
+
+    /// Successful requests so far, across threads.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Waits (bounded) until `n` more requests have succeeded.
+    pub fn wait_for_more(&self, n: u64) {
+        let target = self.ok() + n;
+        let deadline = Instant::now() + PROGRESS_WAIT;
+        while self.ok() < target {
+            assert!(
+                Instant::now() < deadline,
+                "the load made no progress ({} ok)",
+                self.ok()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn finish(self) -> Samples {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = Samples::default();
+        for thread in self.threads {
+            let samples = thread.join().expect("load thread panicked");
+            all.samples.extend(samples.samples);
+            all.errors.extend(samples.errors);
+        }
+        all.errors.truncate(10);
+        all.samples.sort_by_key(|s| s.start);
+        all
+    }
+}
+
+fn run(
+    addr: SocketAddr,
+    keep_alive: bool,
+    epoch: Instant,
+    stop: &AtomicBool,
+    ok: &AtomicU64,
+) -> Samples {
+    let mut out = Samples::default();
+    let mut conn = None;
+    while !stop.load(Ordering::SeqCst) && epoch.elapsed() < MAX_RUN {
+        let started = Instant::now();
+        let fresh = conn.is_none();
+        let result = (|| {
+            if conn.is_none() {
+                conn = Some(Conn::new(connect(addr)?)?);
+            }
+            conn.as_mut().expect("connected").request("/", !keep_alive)
+        })();
+        let outcome = Outcome::of(&result);
+        out.samples.push(Sample {
+            start: started - epoch,
+            latency: started.elapsed(),
+            outcome,
+            fresh,
+        });
+        match &result {
+            Ok(response) if outcome == Outcome::Ok => {
+                ok.fetch_add(1, Ordering::SeqCst);
+                if response.close || !keep_alive {
+                    conn = None;
+                }
+            }
+            _ => {
+                conn = None;
+                if out.errors.len() < 10 {
+                    out.errors.push(match result {
+                        Ok(response) => format!("status {}", response.status),
+                        Err(e) => e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,320 @@
+//! The reload benchmark: what users of a process manager care about, measured
+//! under load on 127.0.0.1 with rcluster (release build) and `hello`.
+//!
+//! - `steady`: throughput and latency percentiles with N workers;
+//! - `reload`: K rolling reloads under load: time from HUP to the first new
+//!   worker ready and to `reload complete`, requests served and failed by
+//!   class, latency of the requests that overlapped a reload;
+//! - `crash`: `kill -9` of a random worker every S ms under load: time to the
+//!   replacement exec'd and ready, failures, the longest silence;
+//! - `scale`: reload and restart cost at 8, 64 and 256 workers of a worker
+//!   that only says ready: per-worker reload time, master CPU per reload,
+//!   master RSS;
+//! - `idle`: the master's RSS, CPU ticks and wakeups over 10 s of nothing.
+//!
+//! Each runs in keep-alive and `Connection: close` modes where it applies.
+//! `--start-cmd`, `--reload-cmd` and `--addr` drive another process manager
+//! with the same load and report (steady and reload only).
+//!
+//! The load generator and HTTP client here are also the integration tests'
+//! (they include this module); some items are used only by one of the two.
+#![allow(dead_code)]
+
+pub mod http;
+pub mod load;
+pub mod procfs;
+pub mod report;
+pub mod scenarios;
+pub mod stats;
+pub mod target;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use report::Report;
+use scenarios::{Mode, Server};
+use target::Bins;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    Steady,
+    Reload,
+    Crash,
+    Scale,
+    Idle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Modes {
+    KeepAlive,
+    Close,
+    Both,
+}
+
+/// cargo bench --bench reload [-- OPTIONS]
+#[derive(Debug, Parser)]
+#[command(name = "reload-bench")]
+struct Args {
+    /// Scenarios to run, comma-separated
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "steady,reload,crash,scale,idle"
+    )]
+    scenario: Vec<Scenario>,
+    /// A few seconds per scenario (what the test suite runs)
+    #[arg(long)]
+    quick: bool,
+    /// Worker counts for steady and reload, comma-separated (crash uses the
+    /// first)
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<usize>,
+    /// Client connections, one thread each
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Reloads in the reload scenario
+    #[arg(long)]
+    reloads: Option<usize>,
+    /// Client connection mode
+    #[arg(long, value_enum, default_value_t = Modes::Both)]
+    mode: Modes,
+    /// Where the JSON and SVG go (default: target/bench)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Use the binaries in this directory (rcluster, examples/hello,
+    /// examples/test_worker) instead of building release ones
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Another process manager: the command that starts it...
+    #[arg(long, requires_all = ["reload_cmd", "addr"])]
+    start_cmd: Option<String>,
+    /// ...the command that reloads it (returns when the reload is done)...
+    #[arg(long, requires = "start_cmd")]
+    reload_cmd: Option<String>,
+    /// ...and the 127.0.0.1 address it serves on
+    #[arg(long, requires = "start_cmd")]
+    addr: Option<SocketAddr>,
+    /// Passed by `cargo bench`; ignored
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// The knobs of one run.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub scenarios: Vec<Scenario>,
+    pub modes: Vec<Mode>,
+    pub workers: Vec<usize>,
+    pub connections: usize,
+    pub steady: Duration,
+    pub reloads: usize,
+    /// Steady traffic before the first and after each reload.
+    pub gap: Duration,
+    pub crash: Duration,
+    pub crash_every: Duration,
+    pub scale_sizes: Vec<usize>,
+    pub scale_reloads: usize,
+    pub idle: Duration,
+}
+
+impl Opts {
+    /// The default run: every scenario, bounded to about a minute and a half.
+    pub fn full() -> Opts {
+        Opts {
+            scenarios: vec![
+                Scenario::Steady,
+                Scenario::Reload,
+                Scenario::Crash,
+                Scenario::Scale,
+                Scenario::Idle,
+            ],
+            modes: vec![Mode::KeepAlive, Mode::Close],
+            workers: vec![2, 4],
+            connections: 32,
+            steady: Duration::from_secs(5),
+            reloads: 10,
+            gap: Duration::from_millis(300),
+            crash: Duration::from_secs(10),
+            crash_every: Duration::from_millis(500),
+            scale_sizes: vec![8, 64, 256],
+            scale_reloads: 3,
+            idle: Duration::from_secs(10),
+        }
+    }
+
+    /// Every scenario for a few seconds: proves the bench works.
+    pub fn quick() -> Opts {
+        Opts {
+            steady: Duration::from_secs(1),
+            reloads: 2,
+            gap: Duration::from_millis(100),
+            crash: Duration::from_secs(1),
+            crash_every: Duration::from_millis(250),
+            scale_sizes: vec![8, 32],
+            scale_reloads: 1,
+            idle: Duration::from_secs(1),
+            connections: 8,
+            workers: vec![2],
+            ..Opts::full()
+        }
+    }
+}
+
+/// Runs the scenarios `opts` selects against `server`.
+pub fn run(opts: &Opts, server: &Server) -> Report {
+    let mut report = Report {
+        machine: machine(),
+        ..Report::default()
+    };
+    let bins = match server {
+        Server::Rcluster(bins) => Some(*bins),
+        Server::External { .. } => None,
+    };
+    for scenario in &opts.scenarios {
+        match (scenario, bins) {
+            (Scenario::Steady, _) => {
+                for &workers in &opts.workers {
+                    for &mode in &opts.modes {
+                        report
+                            .steady
+                            .push(scenarios::steady(opts, server, workers, mode));
+                    }
+                }
+            }
+            (Scenario::Reload, _) => {
+                for &workers in &opts.workers {
+                    for &mode in &opts.modes {
+                        report
+                            .reload
+                            .push(scenarios::reload(opts, server, workers, mode));
+                    }
+                }
+            }
+            (Scenario::Crash, Some(bins)) => {
+                report
+                    .crash
+                    .push(scenarios::crash(opts, bins, opts.workers[0], Mode::Close));
+            }
+            (Scenario::Scale, Some(bins)) => {
+                for &workers in &opts.scale_sizes {
+                    report.scale.push(scenarios::scale(opts, bins, workers));
+                }
+            }
+            (Scenario::Idle, Some(bins)) => report.idle = Some(scenarios::idle(bins, opts.idle)),
+            (Scenario::Crash | Scenario::Scale | Scenario::Idle, None) => {
+                eprintln!("skipping {scenario:?}: it needs rcluster's own log");
+            }
+        }
+    }
+    report
+}
+
+/// Prints the table and writes `reload.json` and `reload.svg` into `out`.
+pub fn write(report: &Report, out: &Path) -> Result<(PathBuf, PathBuf), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let json = out.join("reload.json");
+    let svg = out.join("reload.svg");
+    let text = serde_json::to_string_pretty(&report.json()).expect("JSON");
+    std::fs::write(&json, text).map_err(|e| format!("writing {}: {e}", json.display()))?;
+    report
+        .svg(&svg)
+        .map_err(|e| format!("drawing {}: {e}", svg.display()))?;
+    Ok((json, svg))
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut opts = if args.quick {
+        Opts::quick()
+    } else {
+        Opts::full()
+    };
+    opts.scenarios = args.scenario.clone();
+    if !args.workers.is_empty() {
+        opts.workers = args.workers.iter().map(|&n| n.max(1)).collect();
+    }
+    opts.connections = args.connections.max(1);
+    opts.reloads = args.reloads.unwrap_or(opts.reloads);
+    opts.modes = match args.mode {
+        Modes::KeepAlive => vec![Mode::KeepAlive],
+        Modes::Close => vec![Mode::Close],
+        Modes::Both => vec![Mode::KeepAlive, Mode::Close],
+    };
+    let bins = match &args.bin_dir {
+        Some(dir) => Ok(Bins::in_dir(dir)),
+        None => Bins::release(),
+    };
+    let bins = match bins {
+        Ok(bins) => bins,
+        Err(e) => {
+            eprintln!("reload bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match (&args.start_cmd, &args.reload_cmd, args.addr) {
+        (Some(start), Some(reload), Some(addr)) => Server::External {
+            start,
+            reload,
+            addr,
+        },
+        _ => Server::Rcluster(&bins),
+    };
+    let report = run(&opts, &server);
+    print!("{}", report.table());
+    let out = args.out.unwrap_or_else(default_out);
+    match write(&report, &out) {
+        Ok((json, svg)) => {
+            println!(
+                "\nraw figures: {}\npicture:     {}",
+                json.display(),
+                svg.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("reload bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_out() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("bench")
+}
+
+/// "2 CPUs (model), 23.5 GiB, Linux 6.1, 2026-11-23".
+fn machine() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_kib: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%F")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{} CPUs ({model}), {:.1} GiB, Linux {}, {date}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        mem_kib as f64 / 1024.0 / 1024.0,
+        read("/proc/sys/kernel/osrelease").trim()
+    )
+}

@@ -1,0 +1,493 @@
+//! The scenarios: what each one does to the server and what it measures.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+use super::Opts;
+use super::load::{Load, Outcome, Sample, Samples};
+use super::procfs;
+use super::stats::{self, Latency, failures, latency, median, overlaps};
+use super::target::{Bins, Event, External, Rcluster};
+
+/// How clients use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    KeepAlive,
+    Close,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::KeepAlive => "keep-alive",
+            Mode::Close => "close",
+        }
+    }
+}
+
+/// What the bench drives: rcluster, or another manager via commands.
+pub enum Server<'a> {
+    Rcluster(&'a Bins),
+    External {
+        start: &'a str,
+        reload: &'a str,
+        addr: SocketAddr,
+    },
+}
+
+/// rcluster with `hello` workers that say READY=1.
+fn hello_cluster(bins: &Bins, workers: usize, extra: &[&str]) -> Rcluster {
+    let n = workers.to_string();
+    let mut args = vec!["-w", &n, "--ready", "notify", "-l", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Rcluster::start(bins, &args, &[bins.hello.to_str().expect("utf-8 path")])
+}
+
+// ---- steady -----------------------------------------------------------------
+
+pub struct Steady {
+    pub mode: Mode,
+    pub workers: usize,
+    pub seconds: f64,
+    pub served: u64,
+    pub failed: Vec<(Outcome, u64)>,
+    pub latency: Latency,
+}
+
+impl Steady {
+    pub fn rps(&self) -> f64 {
+        self.served as f64 / self.seconds
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "mode": self.mode.name(),
+            "workers": self.workers,
+            "seconds": self.seconds,
+            "served": self.served,
+            "requests_per_second": self.rps(),
+            "failed": stats::failures_json(&self.failed),
+            "latency": self.latency.json(),
+        })
+    }
+}
+
+pub fn steady(opts: &Opts, server: &Server, workers: usize, mode: Mode) -> Steady {
+    let (_running, addr) = start(server, workers);
+    let epoch = Instant::now();
+    let load = Load::start_at(addr, opts.connections, mode == Mode::KeepAlive, epoch);
+    // Measured after a warm-up: the first requests pay for connecting.
+    load.wait_for_more(100);
+    let from = epoch.elapsed();
+    std::thread::sleep(opts.steady);
+    let to = epoch.elapsed();
+    let samples = load.finish();
+    let measured: Vec<Sample> = samples
+        .samples
+        .iter()
+        .filter(|s| s.start >= from && s.end() <= to)
+        .copied()
+        .collect();
+    Steady {
+        mode,
+        workers,
+        seconds: (to - from).as_secs_f64(),
+        served: measured.iter().filter(|s| s.outcome == Outcome::Ok).count() as u64,
+        failed: failures(&measured),
+        latency: latency(&measured),
+    }
+}
+
+/// What keeps the server alive for a scenario, and where it listens.
+enum Running {
+    Rcluster(Rcluster),
+    External(External),
+}
+
+fn start(server: &Server, workers: usize) -> (Running, SocketAddr) {
+    match server {
+        Server::Rcluster(bins) => {
+            let rcluster = hello_cluster(bins, workers, &[]);
+            let addr = rcluster.addr.expect("a TCP listener");
+            (Running::Rcluster(rcluster), addr)
+        }
+        Server::External {
+            start,
+            reload,
+            addr,
+        } => (
+            Running::External(External::start(start, reload, *addr)),
+            *addr,
+        ),
+    }
+}
+
+// ---- reload -----------------------------------------------------------------
+
+pub struct ReloadTiming {
+    /// HUP to the first new worker ready.
+    pub to_first_ready: Option<Duration>,
+    /// HUP to `reload complete` (or the reload command's return).
+    pub to_complete: Duration,
+    /// The new workers' own time from fork to ready, summed.
+    pub workers_own: Option<Duration>,
+}
+
+pub struct Reload {
+    pub mode: Mode,
+    pub workers: usize,
+    pub timings: Vec<ReloadTiming>,
+    pub served: u64,
+    pub failed: Vec<(Outcome, u64)>,
+    /// Requests that ran during a reload, and those that did not.
+    pub during: Latency,
+    pub outside: Latency,
+    /// Those during a reload on a connection that was already open: what
+    /// the reload costs a request that does not have to reconnect.
+    pub during_reused: Latency,
+    pub samples: Samples,
+    pub windows: Vec<(Duration, Duration)>,
+}
+
+impl Reload {
+    /// (reload duration − the new workers' own start-up time) / workers.
+    pub fn overhead_per_worker(&self) -> Option<Duration> {
+        let each: Option<Vec<Duration>> = self
+            .timings
+            .iter()
+            .map(|t| Some(t.to_complete.saturating_sub(t.workers_own?) / self.workers as u32))
+            .collect();
+        each.map(|v| median(&v))
+    }
+
+    pub fn json(&self) -> Value {
+        let ms = |d: Duration| stats::ms(d);
+        json!({
+            "mode": self.mode.name(),
+            "workers": self.workers,
+            "reloads": self.timings.iter().map(|t| json!({
+                "to_first_ready_ms": t.to_first_ready.map(ms),
+                "to_complete_ms": ms(t.to_complete),
+                "workers_own_ms": t.workers_own.map(ms),
+            })).collect::<Vec<_>>(),
+            "served": self.served,
+            "failed": stats::failures_json(&self.failed),
+            "latency_during_reloads": self.during.json(),
+            "latency_outside_reloads": self.outside.json(),
+            "latency_during_reloads_reused_connections": self.during_reused.json(),
+            "overhead_per_worker_ms": self.overhead_per_worker().map(ms),
+            "windows_ms": self.windows.iter().map(|(a, b)| [ms(*a), ms(*b)]).collect::<Vec<_>>(),
+            "series": stats::buckets_json(&stats::buckets(&self.samples.samples, Duration::from_millis(25))),
+        })
+    }
+}
+
+pub fn reload(opts: &Opts, server: &Server, workers: usize, mode: Mode) -> Reload {
+    let (mut running, addr) = start(server, workers);
+    let (epoch, epoch_wall) = (Instant::now(), SystemTime::now());
+    let load = Load::start_at(addr, opts.connections, mode == Mode::KeepAlive, epoch);
+    load.wait_for_more(100);
+    std::thread::sleep(opts.gap);
+    let mut timings = Vec::new();
+    let mut windows = Vec::new();
+    for round in 0..opts.reloads {
+        let hup = SystemTime::now();
+        let timing = match &mut running {
+            Running::Rcluster(rcluster) => {
+                let target = round as u64 + 2;
+                rcluster.signal(libc::SIGHUP);
+                let events =
+                    rcluster.collect_until("reload complete", |e| e.msg() == "reload complete");
+                let new_ready: Vec<_> = events
+                    .iter()
+                    .filter(|e| e.msg() == "worker ready" && e.u64("generation") == target)
+                    .collect();
+                let complete = events.last().expect("the complete event");
+                ReloadTiming {
+                    to_first_ready: new_ready.first().map(|e| e.since(hup)),
+                    to_complete: complete.since(hup),
+                    workers_own: Some(own_startup(&events, target)),
+                }
+            }
+            Running::External(external) => ReloadTiming {
+                to_first_ready: None,
+                to_complete: external.reload(),
+                workers_own: None,
+            },
+        };
+        let start = hup.duration_since(epoch_wall).unwrap_or_default();
+        windows.push((start, start + timing.to_complete));
+        timings.push(timing);
+        std::thread::sleep(opts.gap);
+    }
+    let samples = load.finish();
+    let (during, outside): (Vec<Sample>, Vec<Sample>) = samples
+        .samples
+        .iter()
+        .partition(|s| windows.iter().any(|w| overlaps(s, *w)));
+    Reload {
+        mode,
+        workers,
+        timings,
+        served: samples.ok(),
+        failed: failures(&samples.samples),
+        during: latency(&during),
+        outside: latency(&outside),
+        during_reused: latency(during.iter().filter(|s| !s.fresh)),
+        samples,
+        windows,
+    }
+}
+
+/// The new workers' own start-up time, spawned to ready, summed: the part
+/// of a reload that is the workers' and not the master's.
+fn own_startup(events: &[Event], generation: u64) -> Duration {
+    let of_target = |msg: &'static str| {
+        events
+            .iter()
+            .filter(move |e| e.msg() == msg && e.u64("generation") == generation)
+    };
+    of_target("worker ready")
+        .filter_map(|ready| {
+            let spawned = of_target("worker spawned").find(|s| s.pid() == ready.pid())?;
+            ready.at.duration_since(spawned.at).ok()
+        })
+        .sum()
+}
+
+// ---- crash ------------------------------------------------------------------
+
+pub struct KillTiming {
+    pub to_exec: Duration,
+    pub to_ready: Duration,
+}
+
+pub struct Crash {
+    pub mode: Mode,
+    pub every: Duration,
+    pub kills: Vec<KillTiming>,
+    pub kill_times: Vec<Duration>,
+    pub served: u64,
+    pub failed: Vec<(Outcome, u64)>,
+    pub longest_gap: Duration,
+    pub samples: Samples,
+}
+
+impl Crash {
+    pub fn json(&self) -> Value {
+        let ms = |d: Duration| stats::ms(d);
+        json!({
+            "mode": self.mode.name(),
+            "kill_every_ms": ms(self.every),
+            "kills": self.kills.iter().map(|k| json!({
+                "to_exec_ms": ms(k.to_exec),
+                "to_ready_ms": ms(k.to_ready),
+            })).collect::<Vec<_>>(),
+            "median_to_exec_ms": ms(median(&self.kills.iter().map(|k| k.to_exec).collect::<Vec<_>>())),
+            "median_to_ready_ms": ms(median(&self.kills.iter().map(|k| k.to_ready).collect::<Vec<_>>())),
+            "served": self.served,
+            "failed": stats::failures_json(&self.failed),
+            "longest_gap_ms": ms(self.longest_gap),
+            "kill_times_ms": self.kill_times.iter().map(|t| ms(*t)).collect::<Vec<_>>(),
+            "series": stats::buckets_json(&stats::buckets(&self.samples.samples, Duration::from_millis(25))),
+        })
+    }
+}
+
+/// A small xorshift: which worker to kill need not be cryptographic.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+pub fn crash(opts: &Opts, bins: &Bins, workers: usize, mode: Mode) -> Crash {
+    // Workers killed every `every` live longer than --min-uptime here, so
+    // each is restarted at once; quicker crashes back off by design.
+    let mut rcluster = hello_cluster(bins, workers, &["--min-uptime", "100ms"]);
+    let addr = rcluster.addr.expect("a TCP listener");
+    let (epoch, epoch_wall) = (Instant::now(), SystemTime::now());
+    let load = Load::start_at(addr, opts.connections, mode == Mode::KeepAlive, epoch);
+    load.wait_for_more(100);
+    let mut seed = epoch.elapsed().as_nanos() as u64 | 1;
+    let mut kills = Vec::new();
+    let mut kill_times = Vec::new();
+    let until = Instant::now() + opts.crash;
+    while Instant::now() < until {
+        std::thread::sleep(opts.crash_every);
+        let live = rcluster.live_workers();
+        if live.is_empty() {
+            continue;
+        }
+        let victim = live[next_random(&mut seed) as usize % live.len()];
+        let killed = SystemTime::now();
+        // SAFETY: killing a worker of the rcluster this bench started.
+        unsafe { libc::kill(victim, libc::SIGKILL) };
+        kill_times.push(killed.duration_since(epoch_wall).unwrap_or_default());
+        let mut slot = None;
+        let mut exec = None;
+        let events = rcluster.collect_until("the replacement ready", |e| {
+            if e.msg() == "worker exited" && e.pid() == victim {
+                slot = Some(e.u64("slot"));
+            }
+            let replacement = slot.is_some() && Some(e.u64("slot")) == slot;
+            if replacement && e.msg() == "worker started" {
+                exec = Some(e.since(killed));
+            }
+            replacement && e.msg() == "worker ready"
+        });
+        let ready = events.last().expect("the ready event").since(killed);
+        kills.push(KillTiming {
+            to_exec: exec.expect("a worker started record (debug level)"),
+            to_ready: ready,
+        });
+    }
+    let samples = load.finish();
+    rcluster.stop();
+    Crash {
+        mode,
+        every: opts.crash_every,
+        kills,
+        kill_times,
+        served: samples.ok(),
+        failed: failures(&samples.samples),
+        longest_gap: stats::longest_gap(&samples.samples),
+        samples,
+    }
+}
+
+// ---- scale ------------------------------------------------------------------
+
+pub struct ScaleRow {
+    pub workers: usize,
+    pub startup: Duration,
+    pub reload: Duration,
+    pub overhead_per_worker: Duration,
+    pub cpu_per_reload: Duration,
+    pub rss_kib: u64,
+    pub restart: Duration,
+}
+
+impl ScaleRow {
+    pub fn per_worker(&self) -> Duration {
+        self.reload / self.workers as u32
+    }
+
+    pub fn json(&self) -> Value {
+        let ms = |d: Duration| stats::ms(d);
+        json!({
+            "workers": self.workers,
+            "startup_ms": ms(self.startup),
+            "reload_ms": ms(self.reload),
+            "reload_per_worker_ms": ms(self.per_worker()),
+            "overhead_per_worker_ms": ms(self.overhead_per_worker),
+            "master_cpu_per_reload_ms": ms(self.cpu_per_reload),
+            "master_rss_kib": self.rss_kib,
+            "restart_ms": ms(self.restart),
+        })
+    }
+}
+
+/// Reload and restart cost as the worker count grows, with a tiny worker
+/// that only says READY=1 (so the master's own cost shows).
+pub fn scale(opts: &Opts, bins: &Bins, workers: usize) -> ScaleRow {
+    let started = Instant::now();
+    let worker = [
+        bins.test_worker.to_str().expect("utf-8 path"),
+        "--ready-after",
+        "0",
+    ];
+    let n = workers.to_string();
+    // --min-uptime 0s: the restart measured below is immediate, not backoff.
+    let mut rcluster = Rcluster::start(
+        bins,
+        &["-w", &n, "--ready", "notify", "--min-uptime", "0s"],
+        &worker,
+    );
+    let startup = started.elapsed();
+    let mut reloads = Vec::new();
+    let mut overheads = Vec::new();
+    let mut cpus = Vec::new();
+    for round in 0..opts.scale_reloads {
+        let target = round as u64 + 2;
+        let before = procfs::read(rcluster.pid);
+        let hup = SystemTime::now();
+        rcluster.signal(libc::SIGHUP);
+        let events = rcluster.collect_until("reload complete", |e| e.msg() == "reload complete");
+        let took = events.last().expect("complete").since(hup);
+        let own = own_startup(&events, target);
+        cpus.push(procfs::read(rcluster.pid).cpu.saturating_sub(before.cpu));
+        reloads.push(took);
+        overheads.push(took.saturating_sub(own) / workers as u32);
+    }
+    let rss_kib = procfs::read(rcluster.pid).rss_kib;
+    // Restart cost: one worker killed, to its replacement ready.
+    let victim = rcluster.live_workers()[0];
+    let killed = SystemTime::now();
+    // SAFETY: killing a worker of the rcluster this bench started.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let mut slot = None;
+    let events = rcluster.collect_until("the replacement ready", |e| {
+        if e.msg() == "worker exited" && e.pid() == victim {
+            slot = Some(e.u64("slot"));
+        }
+        slot.is_some() && e.msg() == "worker ready" && Some(e.u64("slot")) == slot
+    });
+    let restart = events.last().expect("ready").since(killed);
+    rcluster.stop();
+    ScaleRow {
+        workers,
+        startup,
+        reload: median(&reloads),
+        overhead_per_worker: median(&overheads),
+        cpu_per_reload: median(&cpus),
+        rss_kib,
+        restart,
+    }
+}
+
+// ---- idle -------------------------------------------------------------------
+
+pub struct Idle {
+    pub seconds: f64,
+    pub workers: usize,
+    pub ticks: u64,
+    pub cpu: Duration,
+    pub wakeups: u64,
+    pub rss_kib: u64,
+}
+
+impl Idle {
+    pub fn json(&self) -> Value {
+        json!({
+            "seconds": self.seconds,
+            "workers": self.workers,
+            "cpu_ticks": self.ticks,
+            "cpu_us": self.cpu.as_micros() as u64,
+            "wakeups": self.wakeups,
+            "master_rss_kib": self.rss_kib,
+        })
+    }
+}
+
+/// The master with nothing to do: it should not wake up at all.
+pub fn idle(bins: &Bins, period: Duration) -> Idle {
+    let workers = 2;
+    let worker = [bins.test_worker.to_str().expect("utf-8 path")];
+    let rcluster = Rcluster::start(bins, &["-w", &workers.to_string()], &worker);
+    let before = procfs::read(rcluster.pid);
+    std::thread::sleep(period);
+    let after = procfs::read(rcluster.pid);
+    rcluster.stop();
+    Idle {
+        seconds: period.as_secs_f64(),
+        workers,
+        ticks: after.ticks - before.ticks,
+        cpu: after.cpu.saturating_sub(before.cpu),
+        wakeups: after.voluntary_switches - before.voluntary_switches,
+        rss_kib: after.rss_kib,
+    }
+}
