@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum, error::ErrorKind};
 
-use crate::config::{self, Config, LogFormat};
+use crate::config::{self, Config, Control, LogFormat};
 use crate::error::Error;
 use crate::listen::ListenSpec;
 use crate::supervisor::event::ReadyRule;
@@ -19,6 +19,13 @@ Signals to the master:
   TERM, INT   graceful stop: workers drain up to --stop-timeout (a second one is immediate)
   QUIT        immediate stop
   TTIN, TTOU  one worker more / less
+  USR1        reopen --log-file
+
+Talking to a running master (through its control socket):
+  rcluster status [--json]     workers, generations, states, restarts
+  rcluster reload [--wait]     like HUP; --wait exits non-zero if the reload aborts
+  rcluster scale N             run N workers
+  rcluster stop [--wait]       like TERM
 
 Each worker gets its listeners at fd 3, 4, ... with LISTEN_FDS, LISTEN_PID and
 LISTEN_FDNAMES (systemd socket activation), RCLUSTER_WORKER_ID (its slot) and
@@ -106,6 +113,29 @@ struct Args {
     #[arg(long, env = "RCLUSTER_PID_FILE", value_name = "PATH")]
     pid_file: Option<PathBuf>,
 
+    /// The control socket for `rcluster status|reload|scale|stop`, or
+    /// `none`; default: beside the pid file, else $XDG_RUNTIME_DIR or /run
+    #[arg(long, env = "RCLUSTER_CONTROL", value_name = "PATH")]
+    control: Option<PathBuf>,
+
+    /// Run the workers as this user (rcluster binds first, as root)
+    #[arg(long, env = "RCLUSTER_USER", value_name = "USER")]
+    user: Option<String>,
+
+    /// Run the workers with this group (default: the user's)
+    #[arg(long, env = "RCLUSTER_GROUP", value_name = "GROUP")]
+    group: Option<String>,
+
+    /// Read the workers' stdout and stderr and write them line by line,
+    /// prefixed with the slot (`[2] ...`), or as JSON records
+    #[arg(long, env = "RCLUSTER_LOG_PREFIX")]
+    log_prefix: bool,
+
+    /// Log here instead of stderr (worker lines too, with --log-prefix);
+    /// reopened on SIGUSR1
+    #[arg(long, env = "RCLUSTER_LOG_FILE", value_name = "PATH")]
+    log_file: Option<PathBuf>,
+
     /// Log format on stderr
     #[arg(long, env = "RCLUSTER_LOG_FORMAT", value_enum, default_value_t = Format::Human)]
     log_format: Format,
@@ -169,7 +199,16 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
         ready_timeout: args.ready_timeout,
         reload_batch: args.reload_batch,
         watchdog: args.watchdog,
+        control: match args.control {
+            Some(path) if path.as_os_str() == "none" => Control::Off,
+            Some(path) => Control::At(path),
+            None => Control::Default(config::default_control_path(args.pid_file.as_deref())),
+        },
         pid_file: args.pid_file,
+        log_file: args.log_file,
+        log_prefix: args.log_prefix,
+        user: args.user,
+        group: args.group,
         log_format: match args.log_format {
             Format::Human => LogFormat::Human,
             Format::Json => LogFormat::Json,

@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
 
-use crate::config::{self, Config, LogFormat};
+use crate::config::{self, Config, Control, LogFormat};
 use crate::error::Error;
 use crate::listen::ListenSpec;
 use crate::log::Log;
@@ -90,6 +90,7 @@ impl Cluster {
             reload_batch: config::DEFAULT_RELOAD_BATCH,
             watchdog: None,
             pid_file: None,
+            control: None,
             log_format: LogFormat::Human,
             log_level: slog::Level::Info,
         }
@@ -113,6 +114,7 @@ pub struct ClusterBuilder {
     reload_batch: usize,
     watchdog: Option<Duration>,
     pid_file: Option<PathBuf>,
+    control: Option<PathBuf>,
     log_format: LogFormat,
     log_level: slog::Level,
 }
@@ -185,6 +187,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// A control socket for `rcluster status|reload|scale|stop --control
+    /// PATH` (cluster mode has none unless asked).
+    pub fn control(mut self, path: impl Into<PathBuf>) -> Self {
+        self.control = Some(path.into());
+        self
+    }
+
     /// JSON lines on stderr instead of sentences.
     pub fn json_logs(mut self, json: bool) -> Self {
         self.log_format = if json {
@@ -236,11 +245,20 @@ impl ClusterBuilder {
             reload_batch: self.reload_batch,
             watchdog: self.watchdog,
             pid_file: self.pid_file,
+            control: match self.control {
+                Some(path) => Control::At(path),
+                None => Control::Off,
+            },
             log_format: self.log_format,
             log_level: self.log_level,
+            log_file: None,
+            log_prefix: false,
+            user: None,
+            group: None,
             command: Vec::<OsString>::new(),
         };
-        let log = Log::new(config.log_format, config.log_level);
+        let log = Log::new(config.log_format, config.log_level, None)
+            .map_err(|e| Error::os("opening the log", e))?;
         let work = move |worker: Worker| work(worker).exit_code();
         master::serve(&config, &log, Work::Fork(&work))
     }

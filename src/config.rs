@@ -1,7 +1,7 @@
 //! The validated configuration of a master, and every default in one place.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::listen::ListenSpec;
@@ -18,6 +18,37 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the control socket goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    Off,
+    /// The default place: if it is taken (another master), run without.
+    Default(PathBuf),
+    /// `--control PATH`: it must work.
+    At(PathBuf),
+}
+
+/// The control socket's default path, the same for the master and the
+/// `status`/`reload`/`scale`/`stop` commands: beside the pid file
+/// (`app.pid` → `app.sock`), else `$XDG_RUNTIME_DIR/rcluster.sock`, else
+/// `/run/rcluster.sock`, else `/tmp/rcluster-<uid>.sock`.
+pub fn default_control_path(pid_file: Option<&Path>) -> PathBuf {
+    if let Some(pid_file) = pid_file {
+        return pid_file.with_extension("sock");
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from)
+        && dir.is_dir()
+    {
+        return dir.join("rcluster.sock");
+    }
+    let run = Path::new("/run");
+    if nix::unistd::access(run, nix::unistd::AccessFlags::W_OK).is_ok() {
+        return run.join("rcluster.sock");
+    }
+    // SAFETY: geteuid has no preconditions.
+    std::env::temp_dir().join(format!("rcluster-{}.sock", unsafe { libc::geteuid() }))
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub workers: usize,
@@ -32,8 +63,14 @@ pub struct Config {
     pub reload_batch: usize,
     pub watchdog: Option<Duration>,
     pub pid_file: Option<PathBuf>,
+    pub control: Control,
     pub log_format: LogFormat,
     pub log_level: slog::Level,
+    pub log_file: Option<PathBuf>,
+    /// Workers' stdout and stderr through the master, prefixed by slot.
+    pub log_prefix: bool,
+    pub user: Option<String>,
+    pub group: Option<String>,
     pub command: Vec<OsString>,
 }
 

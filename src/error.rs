@@ -27,6 +27,8 @@ pub enum Error {
          {count} threads, and a forked worker would get only the calling one"
     )]
     Threads { count: usize },
+    #[error("no such {kind}: {name} (check --user and --group)")]
+    NoSuchUser { kind: &'static str, name: String },
     /// `--max-restarts` was used up; the message says which worker and how.
     #[error("{0}")]
     GaveUp(String),
@@ -37,6 +39,7 @@ impl Error {
         match self {
             Error::GaveUp(_) => 1,
             Error::Usage(_) => 64,
+            Error::NoSuchUser { .. } => 67,
             Error::Threads { .. } => 70,
             Error::Bind { .. } | Error::Os { .. } => 71,
             Error::PidFile { .. } => 73,

@@ -38,19 +38,24 @@ pub use supervisor::event::ReadyRule;
 #[doc(hidden)]
 pub mod cli;
 #[doc(hidden)]
+pub mod client;
+#[doc(hidden)]
 pub mod log;
 #[doc(hidden)]
 pub mod master;
 
 pub(crate) mod config;
+pub(crate) mod control;
 pub mod error;
 pub(crate) mod listen;
 pub(crate) mod notify;
+pub(crate) mod output;
 pub(crate) mod pidfile;
 pub(crate) mod reap;
 pub(crate) mod record;
 pub(crate) mod signals;
 pub(crate) mod spawn;
+pub(crate) mod status;
 pub(crate) mod supervisor;
 
 /// Opens `/dev/null` on any of fds 0, 1 and 2 that is closed, so a socket

@@ -4,9 +4,16 @@
 use std::process::ExitCode;
 
 use rcluster::cli::{self, Parsed};
+use rcluster::client;
 
 fn main() -> ExitCode {
     rcluster::ensure_std_fds();
+    let is_client = std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| client::COMMANDS.iter().any(|c| a == *c));
+    if is_client {
+        return client::main(std::env::args_os());
+    }
     let config = match cli::parse(std::env::args_os()) {
         Ok(Parsed::Run(config)) => config,
         Ok(Parsed::Print(text)) => {
@@ -18,7 +25,22 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    let log = rcluster::log::Log::new(config.log_format, config.log_level);
+    let log = match rcluster::log::Log::new(
+        config.log_format,
+        config.log_level,
+        config.log_file.as_deref(),
+    ) {
+        Ok(log) => log,
+        Err(e) => {
+            let path = config
+                .log_file
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display();
+            eprintln!("rcluster: cannot open the log file {path}: {e}");
+            return ExitCode::from(73);
+        }
+    };
     match rcluster::master::run(&config, &log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

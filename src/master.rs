@@ -3,49 +3,61 @@
 //! `Action`s that come back. It is the only code that reads the clock.
 //!
 //! It never sleeps and never ticks: the poll timeout is the supervisor's
-//! next deadline, or none, so an idle master wakes up zero times a second.
+//! next deadline (or a control client's), or none, so an idle master wakes
+//! up zero times a second. Control requests (`control.rs`) and worker
+//! output (`--log-prefix`, `output.rs`) are served from the same loop.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::cluster::{self, ForkLauncher};
-use crate::config::Config;
+use serde_json::{Value, json};
+
+use crate::config::{Config, Control};
+use crate::control::{self, ControlServer, Request};
 use crate::error::Error;
 use crate::listen::{self, Listener};
 use crate::log::Log;
 use crate::notify::{self, Datagram, Manager, NotifySocket};
+use crate::output::{Output, Stream};
 use crate::pidfile::PidFile;
 use crate::reap;
 use crate::record::Record;
 use crate::signals;
-use crate::spawn::{self, Command, Template};
+use crate::spawn::{self, Command, Identity, Template};
+use crate::status::{self, MasterInfo};
 use crate::supervisor::Supervisor;
-use crate::supervisor::event::{Action, Event, Generation, Pid, SlotId, errno_name};
+use crate::supervisor::event::{Action, Event, Generation, MasterSignal, Pid, SlotId, errno_name};
 
 const SIGNALS: Token = Token(0);
 const NOTIFY: Token = Token(1);
-/// Exec pipes are registered as `EXEC_BASE + pid`: a live child's pid is
-/// unique, so no table of tokens is needed.
-const EXEC_BASE: usize = 16;
+const CONTROL: Token = Token(2);
+/// Exec pipes are registered as `EXEC_BASE + pid` (a live child's pid is
+/// unique and below 2^22, so no table of tokens is needed); control clients
+/// and output pipes as their base plus a number of their own.
+const EXEC_BASE: usize = 1 << 24;
+const CONTROL_BASE: usize = 2 << 24;
+const OUTPUT_BASE: usize = 3 << 24;
 
 /// Binds, starts the workers (`config.command`, fork + exec) and supervises
 /// them until the master stops. Bad input (command, address, pid file)
 /// fails here, before any fork.
 pub fn run(config: &Config, log: &Log) -> Result<(), Error> {
     let command = spawn::resolve(&config.command)?;
-    serve(config, log, Work::Exec(command))
+    let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
+    serve(config, log, Work::Exec(command, identity))
 }
 
 /// What a worker runs.
 pub(crate) enum Work<'f> {
-    /// fork + exec of a command (the `rcluster` binary).
-    Exec(Command),
+    /// fork + exec of a command (the `rcluster` binary), as this user.
+    Exec(Command, Option<Identity>),
     /// fork, then this closure in the child ([`crate::Cluster`]); it
     /// returns the child's exit code.
     Fork(&'f dyn Fn(cluster::Worker) -> i32),
@@ -65,6 +77,7 @@ pub(crate) fn serve(config: &Config, log: &Log, work: Work<'_>) -> Result<(), Er
         .map(PidFile::create)
         .transpose()?;
     let notify = NotifySocket::bind().map_err(|e| Error::os("creating the notify socket", e))?;
+    let control = open_control(&config.control, log)?;
     log.emit(&Record::Started {
         pid: std::process::id(),
         workers: config.workers,
@@ -78,23 +91,71 @@ pub(crate) fn serve(config: &Config, log: &Log, work: Work<'_>) -> Result<(), Er
     }
     let notify_vars = spawn::notify_vars(notify.path(), config.watchdog);
     let launcher = match work {
-        Work::Exec(command) => {
+        Work::Exec(command, identity) => {
             let mut vars = spawn::listen_vars(&listeners);
             vars.extend(notify_vars);
             let fds = listeners.iter().map(Listener::fd).collect();
-            Launcher::Exec(Template::new(command, fds, vars))
+            Launcher::Exec(Template::new(
+                command,
+                fds,
+                vars,
+                identity,
+                config.log_prefix,
+            ))
         }
         Work::Fork(work) => {
             let sockets = listeners.iter().map(|l| (l.name.clone(), l.fd())).collect();
             Launcher::Fork(ForkLauncher::new(work, sockets, notify_vars))
         }
     };
+    let info = MasterInfo {
+        started: Instant::now(),
+        listeners: listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.local.clone()))
+            .collect(),
+        control: control
+            .as_ref()
+            .map(|c| c.path().display().to_string())
+            .unwrap_or_default(),
+    };
     let supervisor = Supervisor::new(config.policy());
-    let mut master = Master::new(supervisor, launcher, notify, log)?;
+    let mut master = Master::new(supervisor, launcher, notify, control, info, log)?;
     let outcome = master.run();
     drop(master);
     drop(listeners);
     outcome
+}
+
+/// The control socket, if it should have one: `--control PATH` must work;
+/// the default place may be taken by another master (then say so and run
+/// without).
+fn open_control(setting: &Control, log: &Log) -> Result<Option<ControlServer>, Error> {
+    let (path, required) = match setting {
+        Control::Off => return Ok(None),
+        Control::At(path) => (path, true),
+        Control::Default(path) => (path, false),
+    };
+    match ControlServer::bind(path) {
+        Ok(control) => {
+            log.emit(&Record::Control {
+                path: path.display().to_string(),
+                error: None,
+            });
+            Ok(Some(control))
+        }
+        Err(e) if required => Err(Error::Bind {
+            addr: format!("the control socket {}", path.display()),
+            cause: e.to_string(),
+        }),
+        Err(e) => {
+            log.emit(&Record::Control {
+                path: path.display().to_string(),
+                error: Some(e.to_string()),
+            });
+            Ok(None)
+        }
+    }
 }
 
 struct Master<'a> {
@@ -105,6 +166,13 @@ struct Master<'a> {
     notify: NotifySocket,
     /// systemd, when rcluster runs under it with `Type=notify`.
     manager: Option<Manager>,
+    control: Option<ControlServer>,
+    info: MasterInfo,
+    /// Control clients waiting for the reload to end, or the master to stop.
+    reload_waiters: Vec<usize>,
+    stop_waiters: Vec<usize>,
+    /// The workers' output pipes, with `--log-prefix`.
+    output: Output,
     /// Read ends of the exec pipes of workers whose exec is not confirmed.
     exec_pipes: HashMap<Pid, OwnedFd>,
     log: &'a Log,
@@ -117,6 +185,8 @@ impl<'a> Master<'a> {
         supervisor: Supervisor,
         launcher: Launcher<'a>,
         mut notify: NotifySocket,
+        mut control: Option<ControlServer>,
+        info: MasterInfo,
         log: &'a Log,
     ) -> Result<Master<'a>, Error> {
         let poll = Poll::new().map_err(|e| Error::os("creating the event loop", e))?;
@@ -128,6 +198,11 @@ impl<'a> Master<'a> {
         poll.registry()
             .register(notify.source(), NOTIFY, Interest::READABLE)
             .map_err(|e| Error::os("registering the notify socket", e))?;
+        if let Some(control) = &mut control {
+            control
+                .register(poll.registry(), CONTROL, CONTROL_BASE)
+                .map_err(|e| Error::os("registering the control socket", e))?;
+        }
         Ok(Master {
             poll,
             signals,
@@ -135,6 +210,11 @@ impl<'a> Master<'a> {
             launcher,
             notify,
             manager: Manager::from_env(),
+            control,
+            info,
+            reload_waiters: Vec::new(),
+            stop_waiters: Vec::new(),
+            output: Output::new(OUTPUT_BASE),
             exec_pipes: HashMap::new(),
             log,
             outcome: None,
@@ -148,11 +228,20 @@ impl<'a> Master<'a> {
             if let Some(outcome) = self.outcome.take() {
                 return outcome;
             }
-            // mio rounds a sub-millisecond timeout up, never down to a busy 0.
-            let timeout = self
-                .supervisor
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
+            // mio rounds a sub-millisecond timeout up, never down to a busy
+            // 0. Output pipes with more to read get their turn at once.
+            let deadline = [
+                self.supervisor.next_deadline(),
+                self.control.as_ref().and_then(ControlServer::next_deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = if self.output.has_pending() {
+                Some(Duration::ZERO)
+            } else {
+                deadline.map(|d| d.saturating_duration_since(Instant::now()))
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
@@ -162,7 +251,7 @@ impl<'a> Master<'a> {
             // Exec pipes first: a worker's exec precedes anything it says,
             // even when both land in one wakeup.
             for event in events.iter() {
-                if let Token(t @ EXEC_BASE..) = event.token() {
+                if let Token(t @ EXEC_BASE..CONTROL_BASE) = event.token() {
                     self.on_exec_pipe(Pid::from_raw((t - EXEC_BASE) as i32), now);
                 }
             }
@@ -170,8 +259,19 @@ impl<'a> Master<'a> {
                 match event.token() {
                     SIGNALS => self.on_signals(now),
                     NOTIFY => self.on_notify(now),
+                    CONTROL => self.on_control_listener(now),
+                    token @ Token(CONTROL_BASE..OUTPUT_BASE) => self.on_control_client(token, now),
+                    token @ Token(OUTPUT_BASE..) => {
+                        if let Some(id) = self.output.owns(token) {
+                            self.output.read(id, self.poll.registry(), self.log);
+                        }
+                    }
                     Token(_) => {}
                 }
+            }
+            self.output.service_pending(self.poll.registry(), self.log);
+            if let Some(control) = &mut self.control {
+                control.expire(now, self.poll.registry());
             }
             if self.supervisor.next_deadline().is_some_and(|d| d <= now) {
                 self.dispatch(Event::Timeout, now);
@@ -182,9 +282,96 @@ impl<'a> Master<'a> {
     fn on_signals(&mut self, now: Instant) {
         let pending: Vec<i32> = self.signals.pending().collect();
         for signal in pending {
-            match signals::classify(signal) {
-                Some(signal) => self.dispatch(Event::Signal(signal), now),
-                None => self.reap(now),
+            match (signal, signals::classify(signal)) {
+                (_, Some(signal)) => self.dispatch(Event::Signal(signal), now),
+                (libc::SIGUSR1, None) => self.reopen_log(),
+                (_, None) => self.reap(now),
+            }
+        }
+    }
+
+    /// `SIGUSR1`: logrotate moved the log file; write to a fresh one.
+    fn reopen_log(&mut self) {
+        match self.log.reopen() {
+            Ok(true) => self.log.emit(&Record::LogReopened {
+                path: "--log-file".into(),
+            }),
+            Ok(false) => self.log.emit(&Record::SignalIgnored {
+                signal: "SIGUSR1",
+                why: "there is no --log-file to reopen",
+            }),
+            Err(e) => self.log.emit(&Record::OsError {
+                op: "reopening the log file".into(),
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    fn on_control_listener(&mut self, now: Instant) {
+        if let Some(control) = &mut self.control {
+            control.accept(self.poll.registry(), now);
+        }
+    }
+
+    fn on_control_client(&mut self, token: Token, now: Instant) {
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        let Some(id) = control.owns(token) else {
+            return;
+        };
+        if let Some(request) = control.on_event(id, self.poll.registry()) {
+            self.on_request(id, request, now);
+        }
+    }
+
+    /// Carries out a control request: the same events a signal makes.
+    fn on_request(&mut self, id: usize, request: Request, now: Instant) {
+        let running = self.supervisor.is_running();
+        let response = match request {
+            Request::Status => Some(status::to_json(&self.supervisor, &self.info, now)),
+            Request::Reload { .. } | Request::Scale { .. } if !running => {
+                Some(control::error("the master is stopping"))
+            }
+            Request::Reload { wait } => {
+                self.dispatch(Event::Signal(MasterSignal::Reload), now);
+                if wait {
+                    self.reload_waiters.push(id);
+                    None
+                } else {
+                    let generation = self.supervisor.target_generation();
+                    Some(json!({"ok": true, "generation": generation}))
+                }
+            }
+            Request::Scale { workers } => {
+                self.dispatch(Event::ScaleTo(workers), now);
+                Some(json!({"ok": true, "workers": workers}))
+            }
+            Request::Stop { wait } => {
+                if running {
+                    self.dispatch(Event::Signal(MasterSignal::Stop), now);
+                }
+                if wait {
+                    self.stop_waiters.push(id);
+                    None
+                } else {
+                    Some(json!({"ok": true}))
+                }
+            }
+        };
+        if let Some(control) = &mut self.control {
+            match response {
+                Some(response) => control.reply(id, &response, self.poll.registry()),
+                None => control.hold(id),
+            }
+        }
+    }
+
+    /// Answers every client waiting in `waiters`.
+    fn answer(&mut self, waiters: Vec<usize>, response: &Value) {
+        if let Some(control) = &mut self.control {
+            for id in waiters {
+                control.reply(id, response, self.poll.registry());
             }
         }
     }
@@ -311,7 +498,10 @@ impl<'a> Master<'a> {
                     }
                 }
             }
-            Action::Log(record) => self.log.emit(&record),
+            Action::Log(record) => {
+                self.log.emit(&record);
+                self.answer_reload_waiters(&record);
+            }
             Action::NotifyManager(state) => {
                 if let Some(manager) = &self.manager
                     && let Err(e) = manager.tell(state)
@@ -322,37 +512,79 @@ impl<'a> Master<'a> {
                     });
                 }
             }
-            Action::Exit { code: 0, .. } => self.outcome = Some(Ok(())),
-            Action::Exit { error, .. } => {
-                let error = error.unwrap_or_else(|| "the master gave up".into());
-                self.outcome = Some(Err(Error::GaveUp(error)));
+            Action::Exit { code, error } => {
+                let waiters = std::mem::take(&mut self.reload_waiters);
+                self.answer(waiters, &control::error("the master stopped"));
+                let waiters = std::mem::take(&mut self.stop_waiters);
+                self.answer(
+                    waiters,
+                    &json!({"ok": code == 0, "result": "stopped", "code": code}),
+                );
+                self.outcome = Some(match (code, error) {
+                    (0, _) => Ok(()),
+                    (_, error) => Err(Error::GaveUp(
+                        error.unwrap_or_else(|| "the master gave up".into()),
+                    )),
+                });
             }
         }
     }
 
+    /// `reload --wait` ends with the reload: complete, or aborted.
+    fn answer_reload_waiters(&mut self, record: &Record) {
+        let response = match record {
+            Record::ReloadComplete {
+                generation,
+                duration,
+            } => json!({
+                "ok": true,
+                "result": "complete",
+                "generation": generation,
+                "duration_ms": duration.as_millis() as u64,
+            }),
+            Record::ReloadAborted {
+                generation, cause, ..
+            } => json!({
+                "ok": false,
+                "result": "aborted",
+                "generation": generation,
+                "cause": cause,
+                "error": record.to_string(),
+            }),
+            _ => return,
+        };
+        let waiters = std::mem::take(&mut self.reload_waiters);
+        self.answer(waiters, &response);
+    }
+
     fn spawn(&mut self, slot: SlotId, generation: Generation, now: Instant) {
         let spawned = match &mut self.launcher {
-            Launcher::Exec(template) => template
-                .spawn(slot, generation)
-                .map(|(pid, pipe)| (pid, Some(pipe))),
+            Launcher::Exec(template) => template.spawn(slot, generation).map(|spawned| {
+                if let Some((stdout, stderr)) = spawned.output {
+                    self.watch_output(slot, spawned.pid, stdout, stderr);
+                }
+                (spawned.pid, Some(spawned.exec_pipe))
+            }),
             Launcher::Fork(fork) => {
                 // What the forked child must drop of the master before it
                 // runs the worker: the signal handlers' actions (so its own
                 // can be installed) and the fds of the event loop.
-                let (signals, poll_fd, notify_fd) = (
-                    &mut self.signals,
-                    self.poll.as_raw_fd(),
-                    self.notify.as_raw_fd(),
+                let mut fds = vec![self.poll.as_raw_fd(), self.notify.as_raw_fd()];
+                fds.extend(
+                    self.control
+                        .as_ref()
+                        .map(ControlServer::raw_fds)
+                        .unwrap_or_default(),
                 );
+                let signals = &mut self.signals;
                 let forget_master = move || {
                     drop(std::mem::replace(
                         signals,
                         Signals::new(std::iter::empty::<i32>())?,
                     ));
-                    // SAFETY: the child never uses these fds again.
-                    unsafe {
-                        libc::close(poll_fd);
-                        libc::close(notify_fd);
+                    for fd in fds {
+                        // SAFETY: the child never uses these fds again.
+                        unsafe { libc::close(fd) };
                     }
                     Ok(())
                 };
@@ -393,6 +625,20 @@ impl<'a> Master<'a> {
                 },
                 now,
             ),
+        }
+    }
+
+    fn watch_output(&mut self, slot: SlotId, pid: Pid, stdout: OwnedFd, stderr: OwnedFd) {
+        for (stream, fd) in [(Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
+            if let Err(e) = self
+                .output
+                .watch(self.poll.registry(), slot, pid, stream, fd)
+            {
+                self.log.emit(&Record::OsError {
+                    op: format!("watching the {} of pid {pid}", stream.name()),
+                    error: e.to_string(),
+                });
+            }
         }
     }
 

@@ -40,6 +40,9 @@ pub mod msg {
     pub const ORPHAN_REAPED: &str = "orphan reaped";
     pub const NOTIFY_IGNORED: &str = "notify ignored";
     pub const OS_ERROR: &str = "os error";
+    pub const WORKER_OUTPUT: &str = "worker output";
+    pub const LOG_REOPENED: &str = "log reopened";
+    pub const CONTROL: &str = "control socket";
 }
 
 /// What happens after a worker ended, as its exit record says.
@@ -184,6 +187,21 @@ pub enum Record {
         op: String,
         error: String,
     },
+    /// A line a worker wrote (`--log-prefix`, JSON logs).
+    WorkerOutput {
+        slot: SlotId,
+        pid: Pid,
+        stream: &'static str,
+        line: String,
+    },
+    LogReopened {
+        path: String,
+    },
+    /// Where the control socket listens, or why there is none.
+    Control {
+        path: String,
+        error: Option<String>,
+    },
 }
 
 impl Record {
@@ -217,6 +235,9 @@ impl Record {
             OrphanReaped { .. } => msg::ORPHAN_REAPED,
             NotifyIgnored { .. } => msg::NOTIFY_IGNORED,
             OsError { .. } => msg::OS_ERROR,
+            WorkerOutput { .. } => msg::WORKER_OUTPUT,
+            LogReopened { .. } => msg::LOG_REOPENED,
+            Control { .. } => msg::CONTROL,
         }
     }
 
@@ -234,6 +255,7 @@ impl Record {
             | ReloadAborted { .. } => Level::Error,
             GivingUp { .. } => Level::Critical,
             StopTimeout { .. } | OsError { .. } => Level::Warning,
+            Control { error: Some(_), .. } => Level::Warning,
             WorkerStarted { .. } | OrphanReaped { .. } | NotifyIgnored { .. } => Level::Debug,
             _ => Level::Info,
         }
@@ -413,6 +435,16 @@ impl fmt::Display for Record {
             OrphanReaped { pid, exit } => write!(f, "reaped orphan pid {pid}: {exit}"),
             NotifyIgnored { pid, why } => write!(f, "notify message from pid {pid} ignored: {why}"),
             OsError { op, error } => write!(f, "{op} failed: {error}"),
+            WorkerOutput { slot, line, .. } => write!(f, "[{slot}] {line}"),
+            LogReopened { path } => write!(f, "reopened the log file {path}"),
+            Control { path, error: None } => write!(f, "control socket at {path}"),
+            Control {
+                path,
+                error: Some(error),
+            } => write!(
+                f,
+                "no control socket: {path}: {error} (rcluster status needs one; pass --control PATH)"
+            ),
         }
     }
 }
@@ -601,6 +633,25 @@ impl KV for Record {
             OsError { op, error } => {
                 s.emit_str("op", op)?;
                 s.emit_str("error", error)
+            }
+            WorkerOutput {
+                slot,
+                pid,
+                stream,
+                line,
+            } => {
+                emit_slot(s, *slot)?;
+                emit_pid(s, *pid)?;
+                s.emit_str("stream", stream)?;
+                s.emit_str("line", line)
+            }
+            LogReopened { path } => s.emit_str("path", path),
+            Control { path, error } => {
+                s.emit_str("path", path)?;
+                match error {
+                    Some(error) => s.emit_str("error", error),
+                    None => Ok(()),
+                }
             }
         }
     }

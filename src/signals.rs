@@ -17,14 +17,15 @@ pub const HANDLED: &[i32] = &[
     libc::SIGTTIN,
     libc::SIGTTOU,
     libc::SIGCHLD,
+    libc::SIGUSR1,
 ];
 
 pub fn register() -> io::Result<Signals> {
     Signals::new(HANDLED)
 }
 
-/// What a signal asks the supervisor for; `None` for SIGCHLD, which the
-/// shell answers by reaping.
+/// What a signal asks the supervisor for; `None` for the two the shell
+/// answers itself: SIGCHLD (reap) and SIGUSR1 (reopen the log file).
 pub fn classify(signal: i32) -> Option<MasterSignal> {
     match signal {
         libc::SIGHUP => Some(MasterSignal::Reload),

@@ -181,24 +181,136 @@ pub enum Value {
     OwnPid,
 }
 
+/// The user and groups workers run as (`--user`, `--group`), resolved
+/// before anything is forked.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+    /// `USER`, `LOGNAME` and `HOME` for the worker, when a user is named.
+    vars: Vec<(String, Value)>,
+}
+
+impl Identity {
+    /// `None` when neither is given. A name that does not exist, or a
+    /// master that may not switch users, is an error now, not a restart
+    /// loop later.
+    pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Identity>, Error> {
+        use nix::unistd::{Gid, Group, Uid, User};
+        if user.is_none() && group.is_none() {
+            return Ok(None);
+        }
+        let no_such = |kind: &'static str, name: &str| Error::NoSuchUser {
+            kind,
+            name: name.to_string(),
+        };
+        let user = match user {
+            None => None,
+            Some(name) => {
+                let found = match name.parse::<u32>() {
+                    Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+                    Err(_) => User::from_name(name),
+                };
+                Some(found.ok().flatten().ok_or_else(|| no_such("user", name))?)
+            }
+        };
+        let group = match group {
+            None => None,
+            Some(name) => {
+                let found = match name.parse::<u32>() {
+                    Ok(gid) => Group::from_gid(Gid::from_raw(gid)),
+                    Err(_) => Group::from_name(name),
+                };
+                Some(found.ok().flatten().ok_or_else(|| no_such("group", name))?)
+            }
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::Usage(
+                "--user and --group need rcluster to run as root (it binds, then drops privileges)"
+                    .into(),
+            ));
+        }
+        let gid = group
+            .as_ref()
+            .map(|g| g.gid)
+            .or(user.as_ref().map(|u| u.gid))
+            .expect("a user or a group");
+        let groups = match &user {
+            Some(u) => {
+                let name = CString::new(u.name.as_bytes()).map_err(|_| no_such("user", &u.name))?;
+                nix::unistd::getgrouplist(&name, gid)
+                    .map_err(|e| Error::os(format!("listing the groups of {}", u.name), e.into()))?
+            }
+            None => vec![gid],
+        };
+        let vars = user
+            .as_ref()
+            .map(|u| {
+                let text = |k: &str, v: String| (k.to_string(), Value::Text(v));
+                vec![
+                    text("USER", u.name.clone()),
+                    text("LOGNAME", u.name.clone()),
+                    text("HOME", u.dir.to_string_lossy().into_owned()),
+                ]
+            })
+            .unwrap_or_default();
+        // SAFETY: getuid has no preconditions.
+        let uid = user.map_or(unsafe { libc::getuid() }, |u| u.uid.as_raw());
+        Ok(Some(Identity {
+            uid,
+            gid: gid.as_raw(),
+            groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+            vars,
+        }))
+    }
+
+    pub fn vars(&self) -> &[(String, Value)] {
+        &self.vars
+    }
+}
+
+/// A started worker: its pid, the read end of its exec pipe (EOF: exec
+/// succeeded; 4 bytes: the errno it failed with), and, with `--log-prefix`,
+/// the read ends of its stdout and stderr.
+pub struct Spawned {
+    pub pid: Pid,
+    pub exec_pipe: OwnedFd,
+    pub output: Option<(OwnedFd, OwnedFd)>,
+}
+
 /// What every worker of this master gets; [`Template::spawn`] adds the
 /// slot and generation.
 #[derive(Debug)]
 pub struct Template {
     command: Command,
-    /// The master's environment without [`WORKER_VARS`].
+    /// The master's environment without the variables rcluster sets.
     inherited: Vec<CString>,
     /// Listener fds, in order: they become fds 3, 4, … in the worker.
     fds: Vec<RawFd>,
     /// Variables set for every worker besides slot and generation.
     vars: Vec<(String, Value)>,
+    identity: Option<Identity>,
+    /// Give each worker pipes for stdout and stderr (`--log-prefix`).
+    capture_output: bool,
     parent: libc::pid_t,
 }
 
 impl Template {
-    pub fn new(command: Command, fds: Vec<RawFd>, vars: Vec<(String, Value)>) -> Template {
+    pub fn new(
+        command: Command,
+        fds: Vec<RawFd>,
+        mut vars: Vec<(String, Value)>,
+        identity: Option<Identity>,
+        capture_output: bool,
+    ) -> Template {
+        if let Some(identity) = &identity {
+            vars.extend(identity.vars().iter().cloned());
+        }
+        let ours = |k: &OsStr| is_worker_var(k) || vars.iter().any(|(v, _)| OsStr::new(v) == k);
         let inherited = std::env::vars_os()
-            .filter(|(k, _)| !is_worker_var(k))
+            .filter(|(k, _)| !ours(k))
             .filter_map(|(k, v)| {
                 let mut entry = k.into_vec();
                 entry.push(b'=');
@@ -211,15 +323,29 @@ impl Template {
             inherited,
             fds,
             vars,
+            identity,
+            capture_output,
             parent: std::process::id() as libc::pid_t,
         }
     }
 
-    /// Forks and execs a worker; returns its pid and the read end of its
-    /// exec pipe (EOF: exec succeeded; 4 bytes: the errno exec failed with).
-    pub fn spawn(&self, slot: SlotId, generation: Generation) -> io::Result<(Pid, OwnedFd)> {
+    /// Forks and execs a worker.
+    pub fn spawn(&self, slot: SlotId, generation: Generation) -> io::Result<Spawned> {
         let mut plan = self.plan(slot, generation);
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        // Output pipes: the master's ends never block it; the worker's are
+        // ordinary (a worker that outwrites the master waits, not the master).
+        let output = if self.capture_output {
+            let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+            let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+            for fd in [&out_read, &err_read] {
+                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+            }
+            plan.stdio = Some((out_write.as_raw_fd(), err_write.as_raw_fd()));
+            Some(((out_read, err_read), (out_write, err_write)))
+        } else {
+            None
+        };
         // Block every signal across fork: a signal arriving in the child
         // before it resets its dispositions would run the master's handler
         // there and write into the master's signal pipe (gunicorn#1910).
@@ -239,6 +365,7 @@ impl Template {
         let fork_error = io::Error::last_os_error();
         pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
         drop(write);
+        let output = output.map(|(reads, _writes_closed_here)| reads);
         if pid < 0 {
             return Err(fork_error);
         }
@@ -246,7 +373,11 @@ impl Template {
         // KillGroup right after fork always finds the group.
         // SAFETY: plain syscall on our own child.
         unsafe { libc::setpgid(pid, pid) };
-        Ok((Pid::from_raw(pid), read))
+        Ok(Spawned {
+            pid: Pid::from_raw(pid),
+            exec_pipe: read,
+            output,
+        })
     }
 
     fn plan(&self, slot: SlotId, generation: Generation) -> ChildPlan {
@@ -281,6 +412,8 @@ impl Template {
             _env: env,
             fds: self.fds.clone(),
             scratch: vec![-1; self.fds.len()],
+            stdio: None,
+            identity: self.identity.clone(),
             parent: self.parent,
             max_signal: libc::SIGRTMAX(),
         }
@@ -303,6 +436,9 @@ struct ChildPlan {
     _env: Vec<Vec<u8>>,
     fds: Vec<RawFd>,
     scratch: Vec<RawFd>,
+    /// Pipe write ends for the worker's stdout and stderr.
+    stdio: Option<(RawFd, RawFd)>,
+    identity: Option<Identity>,
     parent: libc::pid_t,
     max_signal: i32,
 }
@@ -334,11 +470,12 @@ unsafe fn exec_child(plan: &mut ChildPlan, err_fd: RawFd) -> ! {
         // Its own process group: Ctrl-C reaches only the master, and a
         // forced stop can kill the worker's children with it.
         libc::setpgid(0, 0);
-        // Die with the master. The master may already have died before the
-        // prctl, so check that our parent is still it (bubblewrap#730).
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if libc::getppid() != plan.parent {
-            libc::_exit(1);
+        // stdout and stderr first: their targets (1, 2) are below every
+        // listener, and the pipes' own fds may be clobbered after this.
+        if let Some((out, err)) = plan.stdio
+            && (libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0)
+        {
+            libc::_exit(127);
         }
         // Listener i goes to fd 3 + i. Copy every listener above the target
         // range first, so moving one never clobbers another (or the exec
@@ -361,6 +498,21 @@ unsafe fn exec_child(plan: &mut ChildPlan, err_fd: RawFd) -> ! {
             if libc::dup2(plan.scratch[i], 3 + i as i32) < 0 {
                 report_and_exit(err);
             }
+        }
+        // Drop privileges last but one: setuid clears the parent-death
+        // signal, which is why that comes after it.
+        if let Some(id) = &plan.identity
+            && (libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0
+                || libc::setgid(id.gid) < 0
+                || libc::setuid(id.uid) < 0)
+        {
+            report_and_exit(err);
+        }
+        // Die with the master. The master may already have died before the
+        // prctl, so check that our parent is still it (bubblewrap#730).
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != plan.parent {
+            libc::_exit(1);
         }
         // Whatever else is open (an fd our own parent leaked to us) closes
         // at exec. Older kernels lack close_range; our fds are CLOEXEC anyway.

@@ -102,13 +102,19 @@ def main():
     server.socket = listener
     server.daemon_threads = False  # server_close() waits for requests in flight
 
-    def stop(signum, frame):
-        draining.set()
-        # shutdown() waits for serve_forever() to return: not from here.
-        threading.Thread(target=server.shutdown).start()
+    # The stop signals are blocked in every thread and taken by one that
+    # waits for them. Not a Python signal handler: one runs in the main
+    # thread wherever it happens to be, and starting a thread from there can
+    # deadlock inside the threading module.
+    stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(signum, stop)
+    def stopper():
+        signal.sigwait(stop_signals)
+        draining.set()
+        server.shutdown()  # returns once serve_forever() has stopped accepting
+
+    threading.Thread(target=stopper, daemon=True).start()
 
     sd_notify("READY=1")
     server.serve_forever()  # returns once stop() ran: accepting stops here

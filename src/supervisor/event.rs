@@ -122,6 +122,8 @@ pub enum Event {
         pid: Pid,
         msg: NotifyMsg,
     },
+    /// `rcluster scale N`: run N workers.
+    ScaleTo(usize),
     /// The poll timed out: a deadline from `next_deadline` has passed.
     Timeout,
 }

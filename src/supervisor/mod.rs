@@ -116,6 +116,10 @@ impl Supervisor {
             Event::Exec { pid, result } => self.on_exec(pid, result, now),
             Event::Exited { pid, exit } => self.on_exited(pid, exit, now),
             Event::Notify { pid, msg } => self.on_notify(pid, msg, now),
+            Event::ScaleTo(workers) if self.phase == Phase::Running => {
+                self.set_workers(workers, now)
+            }
+            Event::ScaleTo(_) => self.ignored("scale", "the master is stopping"),
             Event::Timeout => {}
         }
         self.expire(now);
@@ -145,22 +149,32 @@ impl Supervisor {
         self.workers.keys().copied().collect()
     }
 
-    #[cfg(test)]
+    /// Whether the master is running (not stopping): reloads and scaling
+    /// are possible.
+    pub fn is_running(&self) -> bool {
+        self.phase == Phase::Running
+    }
+
     pub fn workers(&self) -> impl Iterator<Item = &Worker> {
         self.workers.values()
     }
 
-    #[cfg(test)]
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
     pub fn slot_count(&self) -> usize {
         self.slots.len()
     }
 
-    #[cfg(test)]
+    pub fn target_generation(&self) -> Generation {
+        self.target
+    }
+
     pub fn reload_in_progress(&self) -> Option<&ReloadPlan> {
         self.reload.as_ref()
     }
 
-    #[cfg(test)]
     pub fn last_reload(&self) -> Option<&ReloadOutcome> {
         self.last_reload.as_ref()
     }
@@ -182,25 +196,29 @@ impl Supervisor {
                 Phase::Stopping { forced: false, .. } => self.force_stop(),
                 Phase::Stopping { forced: true, .. } | Phase::Done => {}
             },
-            MasterSignal::ScaleUp if running => {
-                self.slots.push(Slot::new());
-                self.log(Record::Scaled {
-                    workers: self.slots.len(),
-                });
-            }
+            MasterSignal::ScaleUp if running => self.set_workers(self.slots.len() + 1, now),
             MasterSignal::ScaleDown if running && self.slots.len() > 1 => {
-                let gone = self.slots.pop().expect("more than one slot");
-                for pid in gone.attached {
-                    self.stop(pid, StopReason::ScaledDown, now);
-                }
-                self.log(Record::Scaled {
-                    workers: self.slots.len(),
-                });
+                self.set_workers(self.slots.len() - 1, now)
             }
             MasterSignal::ScaleDown if running => self.ignored("SIGTTOU", "already at one worker"),
             MasterSignal::ScaleUp => self.ignored("SIGTTIN", "the master is stopping"),
             MasterSignal::ScaleDown => self.ignored("SIGTTOU", "the master is stopping"),
         }
+    }
+
+    /// Adds slots, or removes the highest ones (their workers drain).
+    fn set_workers(&mut self, workers: usize, now: Instant) {
+        let workers = workers.max(1);
+        while self.slots.len() < workers {
+            self.slots.push(Slot::new());
+        }
+        while self.slots.len() > workers {
+            let gone = self.slots.pop().expect("more slots than wanted");
+            for pid in gone.attached {
+                self.stop(pid, StopReason::ScaledDown, now);
+            }
+        }
+        self.log(Record::Scaled { workers });
     }
 
     fn on_spawned(&mut self, slot: SlotId, generation: Generation, pid: Pid, now: Instant) {
@@ -309,6 +327,9 @@ impl Supervisor {
             return;
         };
         self.detach(&worker);
+        if let Some(slot) = self.slots.get_mut(worker.slot) {
+            slot.last_exit = Some(exit);
+        }
         let uptime = now.saturating_duration_since(worker.started);
         // The exit record comes first; what it decides (an aborted reload,
         // giving up) is logged after it.
@@ -501,6 +522,7 @@ impl Supervisor {
         }
         let policy = &self.policy;
         let slot = &mut self.slots[failure.slot];
+        slot.restarts += 1;
         match slot
             .backoff
             .on_crash(failure.uptime, policy.min_uptime, policy.max_restarts)

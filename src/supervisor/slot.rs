@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use super::backoff::Backoff;
-use super::event::{Generation, Pid, SlotId};
+use super::event::{Exit, Generation, Pid, SlotId};
 
 /// A stable position `0..workers`. Its worker may come and go; the slot
 /// remembers how often it crashed and when it may start the next one.
@@ -22,6 +22,10 @@ pub struct Slot {
     /// the new). An index into the supervisor's workers, so that a decision
     /// about one slot never scans every worker.
     pub attached: Vec<Pid>,
+    /// How many of its workers failed (each one restarted or given up on).
+    pub restarts: u32,
+    /// How its last worker ended.
+    pub last_exit: Option<Exit>,
 }
 
 impl Slot {
@@ -31,6 +35,8 @@ impl Slot {
             restart_at: None,
             spawning: false,
             attached: Vec::new(),
+            restarts: 0,
+            last_exit: None,
         }
     }
 }
@@ -86,6 +92,16 @@ impl WorkerState {
 
     pub fn is_ready(&self) -> bool {
         matches!(self, WorkerState::Ready { .. })
+    }
+
+    /// What `rcluster status` calls this state.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkerState::Spawned { .. } | WorkerState::Booting { .. } => "starting",
+            WorkerState::Ready { .. } => "ready",
+            WorkerState::Draining { .. } => "draining",
+            WorkerState::Killed { .. } => "killed",
+        }
     }
 
     /// The next instant at which this state changes by itself.

@@ -440,6 +440,19 @@ fn a_crash_while_stopping_is_not_restarted() {
 // ---- scaling -----------------------------------------------------------------
 
 #[test]
+fn scale_to_n_adds_or_drains_slots_and_counts_restarts() {
+    let (mut sim, pids) = Sim::started(policy(2));
+    let acts = sim.feed(Event::ScaleTo(4));
+    assert_eq!(spawns(&acts), [(2, 1), (3, 1)]);
+    let acts = sim.feed(Event::ScaleTo(1));
+    assert_eq!(signalled(&acts).len(), 3, "slots 1, 2 and 3 drain");
+    assert_eq!(records(&acts, "scaled"), [Record::Scaled { workers: 1 }]);
+    sim.at(5_000).exit(pids[0], 1);
+    assert_eq!(sim.sup.slots()[0].restarts, 1);
+    assert_eq!(sim.sup.slots()[0].last_exit, Some(Exit::Code(1)));
+}
+
+#[test]
 fn ttin_adds_a_slot_and_ttou_drains_the_last_but_never_the_only_one() {
     let (mut sim, pids) = Sim::started(policy(1));
     let acts = sim.signal(MasterSignal::ScaleUp);

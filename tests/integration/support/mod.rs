@@ -87,6 +87,9 @@ pub struct Master {
     live: LivePids,
     lines: Arc<Mutex<Vec<String>>>,
     status: Option<ExitStatus>,
+    /// Whether `Drop` kills the workers by pid (not when their pids are
+    /// from another pid namespace).
+    kill_workers: bool,
 }
 
 impl Master {
@@ -124,6 +127,9 @@ impl Master {
     }
 
     fn spawn(mut cmd: Command) -> Master {
+        // No control socket unless a test asks for one (--control PATH):
+        // parallel masters must not compete for the default path.
+        cmd.env("RCLUSTER_CONTROL", "none");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -165,7 +171,16 @@ impl Master {
             live,
             lines,
             status: None,
+            kill_workers: true,
         }
+    }
+
+    /// The master runs in its own pid namespace: the pids in its log are not
+    /// this namespace's, so `Drop` must not kill by them (killing the
+    /// master's group ends the namespace, and every worker with it).
+    pub fn in_pid_namespace(mut self) -> Master {
+        self.kill_workers = false;
+        self
     }
 
     /// Waits for the next record matching `pred`, skipping others.
@@ -198,7 +213,11 @@ impl Master {
     }
 
     /// Collects every record until one matching `until` (inclusive).
-    pub fn collect_until(&mut self, what: &str, until: impl Fn(&Value) -> bool) -> Vec<Value> {
+    pub fn collect_until(
+        &mut self,
+        what: &str,
+        mut until: impl FnMut(&Value) -> bool,
+    ) -> Vec<Value> {
         let mut seen = Vec::new();
         let deadline = Instant::now() + WAIT;
         loop {
@@ -273,7 +292,13 @@ impl Drop for Master {
             if running {
                 libc::kill(-self.pid, libc::SIGKILL);
             }
-            for &pid in self.live.lock().unwrap().iter() {
+            for &pid in self
+                .live
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|_| self.kill_workers)
+            {
                 libc::kill(-pid, libc::SIGKILL);
                 libc::kill(pid, libc::SIGKILL);
             }
@@ -428,6 +453,33 @@ pub fn run_to_exit(args: &[&str]) -> (i32, String) {
     assert!(exited, "rcluster {args:?} did not exit");
     (
         output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `rcluster ARGS` to completion (bounded): exit code, stdout, stderr.
+pub fn rcluster(args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(rcluster_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("starting rcluster");
+    let pid = child.id() as i32;
+    let exited = wait_until(WAIT, || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        // SAFETY: killing the process group we started.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let output = child
+        .wait_with_output()
+        .expect("collecting rcluster's output");
+    assert!(exited, "rcluster {args:?} did not exit");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }

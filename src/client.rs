@@ -1,0 +1,179 @@
+//! `rcluster status | reload | scale | stop`: the commands that talk to a
+//! running master through its control socket (`control.rs`).
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, error::ErrorKind};
+use serde_json::{Value, json};
+
+use crate::config::default_control_path;
+use crate::status;
+
+/// The subcommands' names: what `main` looks for in `argv[1]`.
+pub const COMMANDS: &[&str] = &["status", "reload", "scale", "stop"];
+
+/// Exit code when no master answers (sysexits' EX_UNAVAILABLE).
+pub const NO_MASTER: u8 = 69;
+/// `status` when the master answers but not every slot has a ready worker.
+pub const NOT_ALL_READY: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(name = "rcluster", version)]
+struct Client {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the master's control socket is.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The master's control socket (default: as the master's)
+    #[arg(long, env = "RCLUSTER_CONTROL", value_name = "PATH", global = true)]
+    control: Option<PathBuf>,
+    /// The master's pid file: the default socket is beside it
+    #[arg(long, env = "RCLUSTER_PID_FILE", value_name = "PATH", global = true)]
+    pid_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Workers, generations, states, restarts; exits 3 if a slot has no
+    /// ready worker (for readiness probes)
+    Status {
+        /// The raw JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Replace every worker, like HUP
+    Reload {
+        /// Wait until the reload completes; exit 1 if it aborts
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run N workers
+    Scale {
+        #[arg(value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_WORKERS as u64))]
+        workers: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop gracefully, like TERM
+    Stop {
+        /// Wait until the master has stopped
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+impl Target {
+    fn path(&self) -> PathBuf {
+        self.control
+            .clone()
+            .unwrap_or_else(|| default_control_path(self.pid_file.as_deref()))
+    }
+}
+
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let client = match Client::try_parse_from(args) {
+        Ok(client) => client,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            print!("{}", e.render());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            eprintln!(
+                "rcluster: {}; see 'rcluster help'",
+                first.strip_prefix("error: ").unwrap_or(first)
+            );
+            return ExitCode::from(64);
+        }
+    };
+    let (target, request, wait) = match &client.command {
+        Command::Status { target, .. } => (target, json!({"cmd": "status"}), false),
+        Command::Reload { wait, target } => (target, json!({"cmd": "reload", "wait": wait}), *wait),
+        Command::Scale { workers, target } => {
+            (target, json!({"cmd": "scale", "workers": workers}), false)
+        }
+        Command::Stop { wait, target } => (target, json!({"cmd": "stop", "wait": wait}), *wait),
+    };
+    let path = target.path();
+    let response = match ask(&path, &request, wait) {
+        Ok(response) => response,
+        Err(e) => {
+            eprintln!(
+                "rcluster: no master answers at {} ({e}); is it running? pass --control PATH",
+                path.display()
+            );
+            return ExitCode::from(NO_MASTER);
+        }
+    };
+    if response["ok"] != true {
+        let error = response["error"]
+            .as_str()
+            .unwrap_or("the master refused the request");
+        eprintln!("rcluster: {error}");
+        return ExitCode::FAILURE;
+    }
+    match client.command {
+        Command::Status { json: true, .. } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&response).unwrap_or_default()
+            )
+        }
+        Command::Status { json: false, .. } => print!("{}", status::table(&response)),
+        Command::Reload { wait: true, .. } => println!(
+            "reload complete: generation {} in {} ms",
+            response["generation"], response["duration_ms"]
+        ),
+        Command::Reload { wait: false, .. } => {
+            println!("reload started: generation {}", response["generation"])
+        }
+        Command::Scale { .. } => println!("scaling to {} workers", response["workers"]),
+        Command::Stop { wait: true, .. } => println!("stopped"),
+        Command::Stop { wait: false, .. } => println!("stopping"),
+    }
+    match client.command {
+        Command::Status { .. } if response["master"]["all_ready"] != true => {
+            ExitCode::from(NOT_ALL_READY)
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// Sends one request and reads the one-line response. A `wait` request has
+/// no read timeout: a reload may take as long as its workers do.
+fn ask(path: &Path, request: &Value, wait: bool) -> std::io::Result<Value> {
+    let mut stream = UnixStream::connect(path)?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout((!wait).then_some(Duration::from_secs(10)))?;
+    let mut line = request.to_string();
+    line.push('\n');
+    // A master that refuses us answers before reading: the answer is worth
+    // more than the error our write got.
+    let written = stream.write_all(line.as_bytes());
+    let mut response = String::new();
+    let read = BufReader::new(stream).read_line(&mut response);
+    if response.is_empty() {
+        written?;
+        read?;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "it closed the connection without answering",
+        ));
+    }
+    serde_json::from_str(&response).map_err(std::io::Error::other)
+}

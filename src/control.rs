@@ -1,0 +1,365 @@
+//! The control socket: a Unix stream socket (mode 0600, peers of another
+//! uid refused) that `rcluster status`, `reload`, `scale` and `stop` talk
+//! to, served inside the master's event loop. No threads: every connection
+//! is a non-blocking socket with its buffers and a deadline.
+//!
+//! The protocol is one JSON object per line, one request per connection:
+//!
+//! ```text
+//! → {"cmd":"status"}                  ← {"ok":true,"master":{…},"workers":[…],…}
+//! → {"cmd":"reload","wait":true}      ← {"ok":true,"result":"complete","generation":3,"duration_ms":41}
+//! → {"cmd":"scale","workers":8}       ← {"ok":true,"workers":8}
+//! → {"cmd":"stop","wait":false}       ← {"ok":true}
+//! ← {"ok":false,"error":"…"}          for anything malformed, too large or too slow
+//! ```
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mio::net::{UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+use nix::sys::socket::{getsockopt, sockopt};
+use serde_json::{Value, json};
+
+/// A request line longer than this is refused.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Connections beyond this are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send its request.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    Reload { wait: bool },
+    Scale { workers: usize },
+    Stop { wait: bool },
+}
+
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+    let wait = value["wait"].as_bool().unwrap_or(false);
+    match value["cmd"].as_str() {
+        Some("status") => Ok(Request::Status),
+        Some("reload") => Ok(Request::Reload { wait }),
+        Some("stop") => Ok(Request::Stop { wait }),
+        Some("scale") => match value["workers"].as_u64() {
+            Some(n) if n >= 1 && n <= crate::config::MAX_WORKERS as u64 => Ok(Request::Scale {
+                workers: n as usize,
+            }),
+            _ => Err(format!(
+                "scale needs \"workers\": a number from 1 to {}",
+                crate::config::MAX_WORKERS
+            )),
+        },
+        _ => Err("unknown request: \"cmd\" must be status, reload, scale or stop".into()),
+    }
+}
+
+pub fn error(message: impl Into<String>) -> Value {
+    json!({"ok": false, "error": message.into()})
+}
+
+/// One client.
+struct Conn {
+    stream: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// Closed once the output is flushed.
+    closing: bool,
+    /// Waiting for a reload or stop to finish: no deadline.
+    waiting: bool,
+    deadline: Instant,
+}
+
+/// The listening control socket and its clients.
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+    ino: u64,
+    owner: u32,
+    uid: u32,
+    base: usize,
+    conns: HashMap<usize, Conn>,
+    next_id: usize,
+}
+
+impl ControlServer {
+    /// Binds `path` with mode 0600. A stale socket file (nothing answers)
+    /// is replaced; a live one is an error.
+    pub fn bind(path: &Path) -> io::Result<ControlServer> {
+        if std::fs::symlink_metadata(path).is_ok() {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "another master answers on it",
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // umask, not chmod after bind: no moment in which others may connect.
+        // SAFETY: umask only swaps the process mask; the master has one thread.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let listener = bound?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(ControlServer {
+            listener,
+            path: path.to_path_buf(),
+            ino: std::fs::symlink_metadata(path)?.ino(),
+            owner: std::process::id(),
+            // SAFETY: geteuid has no preconditions.
+            uid: unsafe { libc::geteuid() },
+            base: 0,
+            conns: HashMap::new(),
+            next_id: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Registers the listener as `listen`; connections get `base + id`.
+    pub fn register(&mut self, registry: &Registry, listen: Token, base: usize) -> io::Result<()> {
+        self.base = base;
+        registry.register(&mut self.listener, listen, Interest::READABLE)
+    }
+
+    pub fn owns(&self, token: Token) -> Option<usize> {
+        let id = token.0.checked_sub(self.base)?;
+        self.conns.contains_key(&id).then_some(id)
+    }
+
+    /// The listener's and every client's fd (a forked worker closes them).
+    pub fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
+        std::iter::once(self.listener.as_raw_fd())
+            .chain(self.conns.values().map(|c| c.stream.as_raw_fd()))
+            .collect()
+    }
+
+    /// Accepts every waiting client. Peers of another uid (other than
+    /// root) get an error and are closed.
+    pub fn accept(&mut self, registry: &Registry, now: Instant) {
+        loop {
+            let (stream, _) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let peer = getsockopt(&stream, sockopt::PeerCredentials).map(|c| c.uid());
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1) % (1 << 24);
+            let mut conn = Conn {
+                stream,
+                input: Vec::new(),
+                output: Vec::new(),
+                closing: false,
+                waiting: false,
+                deadline: now + REQUEST_DEADLINE,
+            };
+            let token = Token(self.base + id);
+            if registry
+                .register(
+                    &mut conn.stream,
+                    token,
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            self.conns.insert(id, conn);
+            if self.conns.len() > MAX_CONNECTIONS {
+                self.reply(id, &error("too many control connections"), registry);
+            } else if !matches!(peer, Ok(uid) if uid == self.uid || uid == 0) {
+                self.reply(
+                    id,
+                    &error("permission denied: not the master's user"),
+                    registry,
+                );
+            }
+        }
+    }
+
+    /// Reads what a client sent; returns its request once a whole line is
+    /// in. Malformed and oversized requests are answered here.
+    pub fn on_event(&mut self, id: usize, registry: &Registry) -> Option<Request> {
+        let conn = self.conns.get_mut(&id)?;
+        if conn.closing || conn.waiting {
+            self.flush(id, registry);
+            return None;
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    // The client hung up before a whole request.
+                    self.close(id, registry);
+                    return None;
+                }
+                Ok(n) => conn.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.close(id, registry);
+                    return None;
+                }
+            }
+            if conn.input.contains(&b'\n') || conn.input.len() > MAX_REQUEST {
+                break;
+            }
+        }
+        let Some(end) = conn.input.iter().position(|&b| b == b'\n') else {
+            if conn.input.len() > MAX_REQUEST {
+                let message = format!("request too large (the limit is {MAX_REQUEST} bytes)");
+                self.reply(id, &error(message), registry);
+            }
+            return None;
+        };
+        match parse_request(&conn.input[..end]) {
+            Ok(request) => Some(request),
+            Err(message) => {
+                self.reply(id, &error(message), registry);
+                None
+            }
+        }
+    }
+
+    /// Keeps a connection open, without deadline, until [`reply`] is
+    /// called for it (reload --wait, stop --wait).
+    pub fn hold(&mut self, id: usize) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.waiting = true;
+        }
+    }
+
+    /// Sends one response line and closes the connection once it is out.
+    pub fn reply(&mut self, id: usize, response: &Value, registry: &Registry) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let mut line = response.to_string();
+        line.push('\n');
+        conn.output.extend_from_slice(line.as_bytes());
+        conn.closing = true;
+        conn.waiting = false;
+        self.flush(id, registry);
+    }
+
+    /// Writes what it can; a client that reads slowly is written to as its
+    /// socket drains (edge-triggered writable events).
+    fn flush(&mut self, id: usize, registry: &Registry) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        while !conn.output.is_empty() {
+            match conn.stream.write(&conn.output) {
+                Ok(0) => break,
+                Ok(n) => {
+                    conn.output.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    conn.output.clear();
+                    break;
+                }
+            }
+        }
+        if conn.closing {
+            self.close(id, registry);
+        }
+    }
+
+    fn close(&mut self, id: usize, registry: &Registry) {
+        if let Some(mut conn) = self.conns.remove(&id) {
+            let _ = registry.deregister(&mut conn.stream);
+        }
+    }
+
+    /// Closes clients that did not send a whole request in time, and those
+    /// whose response could not be written in time.
+    pub fn expire(&mut self, now: Instant, registry: &Registry) {
+        let late: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.waiting && c.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in late {
+            let unanswered = self.conns.get(&id).is_some_and(|c| !c.closing);
+            if unanswered {
+                self.reply(
+                    id,
+                    &error("incomplete request: no newline within 10s"),
+                    registry,
+                );
+            }
+            self.close(id, registry);
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter(|c| !c.waiting)
+            .map(|c| c.deadline)
+            .min()
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino);
+        if ours && std::process::id() == self.owner {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_request(br#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(br#"{"cmd":"reload","wait":true}"#),
+            Ok(Request::Reload { wait: true })
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"scale","workers":8}"#),
+            Ok(Request::Scale { workers: 8 })
+        );
+        assert!(
+            parse_request(br#"{"cmd":"scale","workers":0}"#)
+                .unwrap_err()
+                .contains("from 1")
+        );
+        assert!(
+            parse_request(b"status")
+                .unwrap_err()
+                .starts_with("malformed request")
+        );
+        assert!(
+            parse_request(br#"{"cmd":"dance"}"#)
+                .unwrap_err()
+                .contains("unknown request")
+        );
+    }
+}
