@@ -372,28 +372,12 @@ impl<'f> ForkLauncher<'f> {
         generation: Generation,
         forget_master: impl FnOnce() -> io::Result<()>,
     ) -> io::Result<Pid> {
-        // Blocked across fork so no signal reaches the child before it has
-        // dropped the master's handlers (see spawn.rs).
-        let mut old = SigSet::empty();
-        pthread_sigmask(
-            SigmaskHow::SIG_SETMASK,
-            Some(&SigSet::all()),
-            Some(&mut old),
-        )?;
         // SAFETY: the master has one thread (checked by `run`), so the child
         // may allocate and lock freely.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            self.run_child(slot, generation, forget_master);
+        match unsafe { spawn::fork_blocked() }? {
+            None => self.run_child(slot, generation, forget_master),
+            Some(pid) => Ok(pid),
         }
-        let fork_error = io::Error::last_os_error();
-        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
-        if pid < 0 {
-            return Err(fork_error);
-        }
-        // SAFETY: plain syscall on our own child (see spawn.rs).
-        unsafe { libc::setpgid(pid, pid) };
-        Ok(Pid::from_raw(pid))
     }
 
     fn run_child(

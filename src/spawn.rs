@@ -346,35 +346,17 @@ impl Template {
         } else {
             None
         };
-        // Block every signal across fork: a signal arriving in the child
-        // before it resets its dispositions would run the master's handler
-        // there and write into the master's signal pipe (gunicorn#1910).
-        let mut old = SigSet::empty();
-        pthread_sigmask(
-            SigmaskHow::SIG_SETMASK,
-            Some(&SigSet::all()),
-            Some(&mut old),
-        )?;
         // SAFETY: the master is single-threaded, and the child runs only
         // async-signal-safe code before exec or _exit.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
+        let pid = match unsafe { fork_blocked() }? {
             // SAFETY: in the child, with the plan built before fork.
-            unsafe { exec_child(&mut plan, write.as_raw_fd()) }
-        }
-        let fork_error = io::Error::last_os_error();
-        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+            None => unsafe { exec_child(&mut plan, write.as_raw_fd()) },
+            Some(pid) => pid,
+        };
         drop(write);
         let output = output.map(|(reads, _writes_closed_here)| reads);
-        if pid < 0 {
-            return Err(fork_error);
-        }
-        // The child sets its own group too; whichever runs first wins, so a
-        // KillGroup right after fork always finds the group.
-        // SAFETY: plain syscall on our own child.
-        unsafe { libc::setpgid(pid, pid) };
         Ok(Spawned {
-            pid: Pid::from_raw(pid),
+            pid,
             exec_pipe: read,
             output,
         })
@@ -418,6 +400,39 @@ impl Template {
             max_signal: libc::SIGRTMAX(),
         }
     }
+}
+
+/// Forks with every signal blocked. The child (`None`) goes on with them
+/// still blocked, so none of the master's handlers can run in it before it
+/// resets or drops them (they would write into the master's signal pipe,
+/// gunicorn#1910). The parent gets the pid, its mask back, and a child that
+/// already leads its own process group (the child sets it too; whichever
+/// runs first wins, so a `KillGroup` right after fork finds the group).
+///
+/// # Safety
+///
+/// The child may only do what is safe after `fork` in this process:
+/// async-signal-safe calls, unless the process has a single thread.
+pub(crate) unsafe fn fork_blocked() -> io::Result<Option<Pid>> {
+    let mut old = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )?;
+    // SAFETY: the caller vouches for the child's path.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        return Ok(None);
+    }
+    let fork_error = io::Error::last_os_error();
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    if pid < 0 {
+        return Err(fork_error);
+    }
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::setpgid(pid, pid) };
+    Ok(Some(Pid::from_raw(pid)))
 }
 
 /// Enough for any pid (`pid_max` is at most 2^22).

@@ -5,10 +5,10 @@
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::support::{TempDir, example, path_str, run_to_exit};
+use crate::support::{TempDir, example, path_str, rcluster};
 
 fn refused(args: &[&str], code: i32, says: &str) {
-    let (got, stderr) = run_to_exit(args);
+    let (got, _, stderr) = rcluster(args);
     assert_eq!(got, code, "rcluster {args:?}: {stderr}");
     assert!(stderr.starts_with("rcluster: "), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
@@ -127,8 +127,8 @@ fn an_unwritable_pid_file_exits_73() {
 
 #[test]
 fn help_and_version_exit_zero() {
-    let (code, _) = run_to_exit(&["--help"]);
+    let (code, _, _) = rcluster(&["--help"]);
     assert_eq!(code, 0);
-    let (code, _) = run_to_exit(&["--version"]);
+    let (code, _, _) = rcluster(&["--version"]);
     assert_eq!(code, 0);
 }

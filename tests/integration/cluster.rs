@@ -1,12 +1,11 @@
 //! `rcluster::Cluster`, the in-process fork mode, run by a real program
 //! (`test_worker --cluster`) since it takes over signals and children.
 
-use crate::support::{Master, TempDir, example, path_str, run_program_to_exit};
+use crate::support::{Master, TempDir, example, path_str, run};
 
 #[test]
 fn cluster_refuses_to_start_once_the_process_has_two_threads() {
-    let (code, stderr) =
-        run_program_to_exit(&example("test_worker"), &["--cluster", "--thread-first"]);
+    let (code, _, stderr) = run(example("test_worker"), &["--cluster", "--thread-first"]);
     assert_eq!(code, 70, "{stderr}");
     assert!(stderr.contains("this process has 2 threads"), "{stderr}");
     assert!(

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 
-use crate::support::{Master, TempDir, WAIT, example, path_str, rcluster};
+use crate::support::{Master, TempDir, WAIT, example, path_str, rcluster, release_switch};
 
 fn hello_with_control(dir: &TempDir, extra: &[&str]) -> (Master, String) {
     let control = path_str(&dir.path("control.sock")).to_string();
@@ -72,11 +72,7 @@ fn reload_wait_succeeds_and_a_bad_release_makes_it_fail() {
     let control = path_str(&dir.path("control.sock")).to_string();
     let flag = dir.path("release");
     std::fs::write(&flag, "good").unwrap();
-    let script = format!(
-        "if [ \"$(cat {})\" = bad ]; then exit 1; fi; exec {}",
-        path_str(&flag),
-        example("hello")
-    );
+    let script = release_switch(&flag, "exit 1");
     let mut master = Master::start(&[
         "-w",
         "2",

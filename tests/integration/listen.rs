@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::{UnixListener, UnixStream};
 
-use crate::support::{Master, TempDir, example, http, path_str, run_to_exit};
+use crate::support::{Master, TempDir, example, http, path_str, rcluster};
 
 #[test]
 fn a_unix_socket_listener_replaces_a_stale_file_and_removes_it_on_exit() {
@@ -24,7 +24,7 @@ fn a_unix_socket_listener_replaces_a_stale_file_and_removes_it_on_exit() {
     // The kernel queues a connection on the shared socket.
     UnixStream::connect(&sock).expect("the socket accepts connections");
     // A second master refuses the live socket and leaves it alone.
-    let (code, stderr) = run_to_exit(&["-l", &listen, "--", &worker]);
+    let (code, _, stderr) = rcluster(&["-l", &listen, "--", &worker]);
     assert_eq!(code, 71, "{stderr}");
     assert!(
         stderr.contains("a server is already listening on it"),

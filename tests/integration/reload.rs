@@ -3,12 +3,13 @@
 //! old workers keep serving; HUP storms coalesce into one plan.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::load::Load;
-use crate::support::{Master, TempDir, apply_ready, example, path_str, reload_under_load};
+use crate::support::{Master, TempDir, apply_ready, example, release_switch, reload_under_load};
 
 fn hello_reload_under_load(workers: usize, keep_alive: bool) {
     let hello = example("hello");
@@ -51,108 +52,102 @@ fn reload_under_load_4_workers_connection_close() {
     hello_reload_under_load(4, false);
 }
 
-/// `sh -c` that runs `bad` instead of hello while FLAG says `bad`: how a
-/// test deploys a bad release (einhorn's version-file trick).
-fn release_switch(flag: &std::path::Path, bad: &str) -> String {
-    format!(
-        "if [ \"$(cat {})\" = bad ]; then {bad}; fi; exec {}",
-        path_str(flag),
-        example("hello")
-    )
+/// Two workers serving under load, of a release that a flag file can turn
+/// bad (running `bad` instead of hello).
+struct Release {
+    master: Master,
+    flag: PathBuf,
+    old: BTreeSet<i32>,
+    load: Load,
+    _dir: TempDir,
 }
 
-fn assert_old_workers_kept(master: &mut Master, aborted: &Value, old: &BTreeSet<i32>) {
-    assert_eq!(aborted["old_serving"], old.len());
-    let log = master.log_text();
-    for pid in old {
-        assert!(
-            !log.contains(&format!("\"pid\":{pid},\"reason\"")),
-            "old worker {pid} was stopped:\n{log}"
-        );
-        assert!(!crate::support::is_gone(*pid), "old worker {pid} is gone");
+impl Release {
+    fn start(bad: &str, extra: &[&str], keep_alive: bool) -> Release {
+        let dir = TempDir::new("release");
+        let flag = dir.path("release");
+        std::fs::write(&flag, "good").unwrap();
+        let script = release_switch(&flag, bad);
+        let mut args = vec!["-w", "2", "--ready", "notify", "-l", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", &script]);
+        let mut master = Master::start(&args);
+        let addr = master.listening();
+        let old = master.ready_workers().into_iter().map(|w| w.1).collect();
+        let load = Load::start(addr, 8, keep_alive);
+        load.wait_for_more(100);
+        Release {
+            master,
+            flag,
+            old,
+            load,
+            _dir: dir,
+        }
+    }
+
+    /// Deploys `good` or `bad`, and reloads.
+    fn deploy(&mut self, release: &str) {
+        std::fs::write(&self.flag, release).unwrap();
+        self.master.signal(libc::SIGHUP);
+    }
+
+    /// After `aborted`: the old workers were never stopped, still run, and
+    /// still serve.
+    fn assert_old_workers_kept(&mut self, aborted: &Value) {
+        assert_eq!(aborted["old_serving"], self.old.len());
+        let log = self.master.log_text();
+        for pid in &self.old {
+            assert!(
+                !log.contains(&format!("\"pid\":{pid},\"reason\"")),
+                "old worker {pid} was stopped:\n{log}"
+            );
+            assert!(!crate::support::is_gone(*pid), "old worker {pid} is gone");
+        }
+        self.load.wait_for_more(100);
+    }
+
+    /// Not one request failed, all along.
+    fn finish(self) {
+        let stats = self.load.finish();
+        assert_eq!(stats.failed(), 0, "{:?}", stats.errors);
     }
 }
 
 #[test]
 fn a_release_that_crashes_on_start_aborts_the_reload_and_the_old_workers_keep_serving() {
-    let dir = TempDir::new("crash-release");
-    let flag = dir.path("release");
-    std::fs::write(&flag, "good").unwrap();
-    let script = release_switch(&flag, "echo 'bad release' >&2; exit 1");
-    let mut master = Master::start(&[
-        "-w",
-        "2",
-        "--ready",
-        "notify",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    let addr = master.listening();
-    let old: BTreeSet<i32> = master.ready_workers().into_iter().map(|w| w.1).collect();
-    let load = Load::start(addr, 8, true);
-    load.wait_for_more(100);
-
-    std::fs::write(&flag, "bad").unwrap();
-    master.signal(libc::SIGHUP);
-    let aborted = master.expect_msg("reload aborted");
+    let mut release = Release::start("echo 'bad release' >&2; exit 1", &[], true);
+    release.deploy("bad");
+    let aborted = release.master.expect_msg("reload aborted");
     let cause = aborted["cause"].as_str().unwrap();
     assert!(cause.contains("exited with code 1"), "{cause}");
     assert_eq!(aborted["generation"], 2);
-    load.wait_for_more(100);
-    assert_old_workers_kept(&mut master, &aborted, &old);
-
-    std::fs::write(&flag, "good").unwrap();
-    master.signal(libc::SIGHUP);
-    let complete = master.expect_msg("reload complete");
+    release.assert_old_workers_kept(&aborted);
+    // The next HUP, with the release fixed, completes.
+    release.deploy("good");
+    let complete = release.master.expect_msg("reload complete");
     assert_eq!(complete["generation"], 3);
-    load.wait_for_more(100);
-    let stats = load.finish();
-    assert_eq!(stats.failed(), 0, "{:?}", stats.errors);
+    release.finish();
 }
 
 #[test]
 fn a_release_that_never_says_ready_is_aborted_after_the_ready_timeout() {
-    let dir = TempDir::new("hang-release");
-    let flag = dir.path("release");
-    std::fs::write(&flag, "good").unwrap();
-    let script = release_switch(&flag, &format!("exec {}", example("test_worker")));
-    let mut master = Master::start(&[
-        "-w",
-        "2",
-        "--ready",
-        "notify",
-        "--ready-timeout",
-        "1s",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    let addr = master.listening();
-    let old: BTreeSet<i32> = master.ready_workers().into_iter().map(|w| w.1).collect();
-    let load = Load::start(addr, 8, false);
-    load.wait_for_more(100);
-
-    std::fs::write(&flag, "bad").unwrap();
-    master.signal(libc::SIGHUP);
-    let not_ready = master.expect_msg("worker not ready");
-    assert!(!old.contains(&(not_ready["pid"].as_i64().unwrap() as i32)));
-    let aborted = master.expect_msg("reload aborted");
+    let never_ready = format!("exec {}", example("test_worker"));
+    let mut release = Release::start(&never_ready, &["--ready-timeout", "1s"], false);
+    release.deploy("bad");
+    let not_ready = release.master.expect_msg("worker not ready");
+    assert!(
+        !release
+            .old
+            .contains(&(not_ready["pid"].as_i64().unwrap() as i32))
+    );
+    let aborted = release.master.expect_msg("reload aborted");
     let cause = aborted["cause"].as_str().unwrap();
     assert!(cause.contains("was not ready within 1.0s"), "{cause}");
-    let exited = master.expect_msg("worker exited");
+    let exited = release.master.expect_msg("worker exited");
     assert_eq!(exited["pid"], not_ready["pid"]);
     assert_eq!(exited["signal"], "SIGKILL");
-    load.wait_for_more(100);
-    assert_old_workers_kept(&mut master, &aborted, &old);
-    let stats = load.finish();
-    assert_eq!(stats.failed(), 0, "{:?}", stats.errors);
+    release.assert_old_workers_kept(&aborted);
+    release.finish();
 }
 
 #[test]

@@ -430,67 +430,12 @@ pub fn fd_target(pid: i32, fd: i32) -> String {
         .unwrap_or_default()
 }
 
-/// Runs rcluster to completion (for inputs it must refuse) and returns its
-/// exit code and stderr.
-pub fn run_to_exit(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(rcluster_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("starting rcluster");
-    let pid = child.id() as i32;
-    let exited = wait_until(WAIT, || matches!(child.try_wait(), Ok(Some(_))));
-    if !exited {
-        // SAFETY: killing the process group we started.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-    }
-    let output = child
-        .wait_with_output()
-        .expect("collecting rcluster's output");
-    assert!(exited, "rcluster {args:?} did not exit");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// `rcluster ARGS` to completion (bounded): exit code, stdout, stderr.
-pub fn rcluster(args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(rcluster_bin())
+/// Runs a program to completion (bounded): exit code, stdout, stderr.
+pub fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(program.as_ref())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("starting rcluster");
-    let pid = child.id() as i32;
-    let exited = wait_until(WAIT, || matches!(child.try_wait(), Ok(Some(_))));
-    if !exited {
-        // SAFETY: killing the process group we started.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-    }
-    let output = child
-        .wait_with_output()
-        .expect("collecting rcluster's output");
-    assert!(exited, "rcluster {args:?} did not exit");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// Runs a program to completion (bounded) and returns its exit code and
-/// stderr.
-pub fn run_program_to_exit(program: &str, args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
@@ -502,10 +447,27 @@ pub fn run_program_to_exit(program: &str, args: &[&str]) -> (i32, String) {
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
     let output = child.wait_with_output().expect("collecting the output");
-    assert!(exited, "{program} {args:?} did not exit");
+    assert!(exited, "{:?} {args:?} did not exit", program.as_ref());
     (
         output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `rcluster ARGS` to completion: a command, or a master that must refuse
+/// its input.
+pub fn rcluster(args: &[&str]) -> (i32, String, String) {
+    run(rcluster_bin(), args)
+}
+
+/// `sh -c` that runs `bad` instead of hello while `flag` says `bad`: how a
+/// test deploys a bad release (einhorn's version-file trick).
+pub fn release_switch(flag: &Path, bad: &str) -> String {
+    format!(
+        "if [ \"$(cat {})\" = bad ]; then {bad}; fi; exec {}",
+        path_str(flag),
+        example("hello")
     )
 }
 
