@@ -100,14 +100,15 @@ impl Log {
         })
     }
 
-    /// Opens the log file anew at its path; `Ok(false)` without one.
-    pub fn reopen(&self) -> io::Result<bool> {
+    /// Opens the log file anew at its path, which it returns; `Ok(None)`
+    /// without one.
+    pub fn reopen(&self) -> io::Result<Option<&Path>> {
         let Some(file) = &self.file else {
-            return Ok(false);
+            return Ok(None);
         };
         let fresh = LogFile::open(&file.path)?;
         *file.file.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
-        Ok(true)
+        Ok(Some(&file.path))
     }
 
     pub fn emit(&self, record: &Record) {

@@ -14,11 +14,10 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use serde_json::{Value, json};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::cluster::{self, ForkLauncher};
-use serde_json::{Value, json};
-
 use crate::config::{Config, Control};
 use crate::control::{self, ControlServer, Request};
 use crate::error::Error;
@@ -285,7 +284,8 @@ impl<'a> Master<'a> {
             match (signal, signals::classify(signal)) {
                 (_, Some(signal)) => self.dispatch(Event::Signal(signal), now),
                 (libc::SIGUSR1, None) => self.reopen_log(),
-                (_, None) => self.reap(now),
+                (libc::SIGCHLD, None) => self.reap(now),
+                (_, None) => {}
             }
         }
     }
@@ -293,10 +293,10 @@ impl<'a> Master<'a> {
     /// `SIGUSR1`: logrotate moved the log file; write to a fresh one.
     fn reopen_log(&mut self) {
         match self.log.reopen() {
-            Ok(true) => self.log.emit(&Record::LogReopened {
-                path: "--log-file".into(),
+            Ok(Some(path)) => self.log.emit(&Record::LogReopened {
+                path: path.display().to_string(),
             }),
-            Ok(false) => self.log.emit(&Record::SignalIgnored {
+            Ok(None) => self.log.emit(&Record::SignalIgnored {
                 signal: "SIGUSR1",
                 why: "there is no --log-file to reopen",
             }),

@@ -21,7 +21,27 @@ pub const HANDLED: &[i32] = &[
 ];
 
 pub fn register() -> io::Result<Signals> {
-    Signals::new(HANDLED)
+    registering(HANDLED, || Signals::new(HANDLED))
+}
+
+/// Runs `register` with `signals` blocked in this thread, so that one
+/// arriving while its handler is being installed waits (pending) until
+/// the handler can act on it. signal-hook installs the OS handler a moment
+/// before the action it runs is visible to it; a signal in that moment
+/// would otherwise be lost, and a worker would miss its TERM.
+pub fn registering<T>(signals: &[i32], register: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    for &signal in signals {
+        if let Ok(signal) = Signal::try_from(signal) {
+            set.add(signal);
+        }
+    }
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))?;
+    let registered = register();
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    registered
 }
 
 /// What a signal asks the supervisor for; `None` for the two the shell

@@ -487,8 +487,8 @@ unsafe fn exec_child(plan: &mut ChildPlan, err_fd: RawFd) -> ! {
         libc::setpgid(0, 0);
         // stdout and stderr first: their targets (1, 2) are below every
         // listener, and the pipes' own fds may be clobbered after this.
-        if let Some((out, err)) = plan.stdio
-            && (libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0)
+        if let Some((stdout, stderr)) = plan.stdio
+            && (libc::dup2(stdout, 1) < 0 || libc::dup2(stderr, 2) < 0)
         {
             libc::_exit(127);
         }

@@ -90,10 +90,13 @@ pub(crate) fn install() -> io::Result<Shutdown> {
     let signal = Arc::new(AtomicUsize::new(0));
     // The flag before the pipe, for each signal: a waiter that wakes on the
     // pipe must find the flag set (see `wait`).
-    for &sig in STOP_SIGNALS {
-        signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
-        signal_hook::low_level::pipe::register(sig, notify.try_clone()?)?;
-    }
+    crate::signals::registering(STOP_SIGNALS, || {
+        for &sig in STOP_SIGNALS {
+            signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
+            signal_hook::low_level::pipe::register(sig, notify.try_clone()?)?;
+        }
+        Ok(())
+    })?;
     let shutdown = Shutdown {
         inner: Arc::new(ShutdownInner {
             wake,

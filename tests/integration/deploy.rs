@@ -4,10 +4,9 @@
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 
-use crate::support::{Master, TempDir, WAIT, example, http, path_str};
+use crate::support::{Master, TempDir, WAIT, example, http, pass_as_fd_3, path_str};
 
 fn has(program: &str) -> bool {
     std::process::Command::new("sh")
@@ -41,14 +40,7 @@ fn systemd_socket_activation_hands_rcluster_its_socket_and_hears_it_is_ready() {
         "sh",
         &["-c", &wrapper, "sh"],
         &["-w", "2", "--", &hello],
-        |cmd| unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        },
+        |cmd| pass_as_fd_3(cmd, fd),
     );
     let response = http::get(addr, "/").expect("served on the socket systemd passed");
     assert_eq!(response.status, 200);

@@ -4,9 +4,8 @@
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
 
-use crate::support::{Master, TempDir, WAIT, environ, example, http, path_str};
+use crate::support::{Master, TempDir, WAIT, environ, example, http, pass_as_fd_3, path_str};
 
 #[test]
 fn a_worker_that_stops_pinging_the_watchdog_is_replaced() {
@@ -91,15 +90,7 @@ fn sockets_passed_with_listen_fds_are_adopted_instead_of_bound() {
             "sh",
         ],
         &["-w", "2", "--", &hello],
-        |cmd| unsafe {
-            cmd.pre_exec(move || {
-                // dup2(3, 3) keeps FD_CLOEXEC, so clear it explicitly.
-                if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        },
+        |cmd| pass_as_fd_3(cmd, fd),
     );
     let listening = master.expect_msg("listening");
     assert_eq!(listening["name"], "web");

@@ -1,6 +1,9 @@
 //! Stopping: graceful on TERM (requests in flight finish), forced after the
 //! stop timeout or a second TERM, immediate on QUIT; no worker outlives a
 //! master killed with SIGKILL.
+//!
+//! Workers started with `--ignore-stop` say READY=1 once they ignore their
+//! stop signal (`--ready notify`), so no stop can reach them before.
 
 use std::time::Duration;
 
@@ -40,6 +43,8 @@ fn a_worker_that_ignores_its_stop_signal_is_killed_after_the_stop_timeout() {
     let mut master = Master::start(&[
         "-w",
         "2",
+        "--ready",
+        "notify",
         "--stop-timeout",
         "300ms",
         "--",
@@ -61,6 +66,8 @@ fn a_second_term_stops_at_once() {
     let mut master = Master::start(&[
         "-w",
         "2",
+        "--ready",
+        "notify",
         "--stop-timeout",
         "1h",
         "--",
@@ -85,6 +92,8 @@ fn quit_stops_at_once() {
     let mut master = Master::start(&[
         "-w",
         "2",
+        "--ready",
+        "notify",
         "--stop-timeout",
         "1h",
         "--",
@@ -100,7 +109,15 @@ fn quit_stops_at_once() {
 #[test]
 fn no_worker_outlives_a_master_killed_with_sigkill() {
     let worker = example("test_worker");
-    let mut master = Master::start(&["-w", "3", "--", &worker, "--ignore-stop"]);
+    let mut master = Master::start(&[
+        "-w",
+        "3",
+        "--ready",
+        "notify",
+        "--",
+        &worker,
+        "--ignore-stop",
+    ]);
     let workers = master.ready_workers();
     master.signal(libc::SIGKILL);
     master.wait_exit();

@@ -471,6 +471,20 @@ pub fn release_switch(flag: &Path, bad: &str) -> String {
     )
 }
 
+/// Makes `fd` the child's fd 3, the way systemd passes a socket.
+pub fn pass_as_fd_3(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: dup2 and fcntl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2(3, 3) keeps FD_CLOEXEC, so clear it explicitly.
+            if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
