@@ -88,7 +88,7 @@ pub(crate) fn serve(config: &Config, log: &Log, work: Work<'_>) -> Result<(), Er
             addr: listener.local.clone(),
         });
     }
-    let notify_vars = spawn::notify_vars(notify.path(), config.watchdog);
+    let notify_vars = spawn::notify_vars(notify.address(), config.watchdog);
     let launcher = match work {
         Work::Exec(command, identity) => {
             let mut vars = spawn::listen_vars(&listeners);

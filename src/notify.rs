@@ -10,7 +10,6 @@ use std::io::{self, IoSliceMut};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 
@@ -46,54 +45,39 @@ pub fn parse(text: &str) -> (Vec<NotifyMsg>, Option<Pid>) {
     (messages, main_pid)
 }
 
-/// The master's `NOTIFY_SOCKET`, in a private directory removed on drop.
+/// The master's `NOTIFY_SOCKET`: a datagram socket in the abstract
+/// namespace (`@rcluster-<pid>-<n>` in the variable, as systemd writes it),
+/// so it leaves no file behind, even when the master is killed. Any process
+/// may send to it; which sender counts is decided by its pid, which the
+/// kernel vouches for.
 #[derive(Debug)]
 pub struct NotifySocket {
     socket: mio::net::UnixDatagram,
-    dir: PathBuf,
-    path: PathBuf,
-    owner: u32,
+    name: String,
 }
 
 impl NotifySocket {
-    /// Binds `notify.sock` in a fresh directory under `$XDG_RUNTIME_DIR` (or
-    /// the temp dir). The directory is world-searchable and the socket
-    /// world-writable, so workers running as another user can speak; who may
-    /// *count* is decided by the sender's pid, which the kernel vouches for.
     pub fn bind() -> io::Result<NotifySocket> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        let owner = std::process::id();
-        let dir = (0..100)
-            .map(|n| base.join(format!("rcluster-{owner}-{n}")))
-            .find(|dir| std::fs::create_dir(dir).is_ok())
-            .ok_or_else(|| io::Error::other(format!("no free directory in {}", base.display())))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        let path = dir.join("notify.sock");
-        let bound = mio::net::UnixDatagram::bind(&path).and_then(|socket| {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
-            setsockopt(&socket, sockopt::PassCred, &true)?;
-            Ok(socket)
-        });
-        match bound {
-            Ok(socket) => Ok(NotifySocket {
-                socket,
-                dir,
-                path,
-                owner,
-            }),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                Err(e)
+        let pid = std::process::id();
+        let mut last_error = None;
+        for n in 0..100 {
+            let name = format!("rcluster-{pid}-{n}");
+            let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+            match mio::net::UnixDatagram::bind_addr(&addr) {
+                Ok(socket) => {
+                    setsockopt(&socket, sockopt::PassCred, &true)?;
+                    return Ok(NotifySocket { socket, name });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
+                Err(e) => return Err(e),
             }
         }
+        Err(last_error.unwrap_or_else(|| io::Error::other("no free notify socket name")))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The `NOTIFY_SOCKET` value: `@` and the abstract name.
+    pub fn address(&self) -> String {
+        format!("@{}", self.name)
     }
 
     pub fn source(&mut self) -> &mut mio::net::UnixDatagram {
@@ -145,15 +129,6 @@ impl NotifySocket {
 impl AsRawFd for NotifySocket {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.socket.as_raw_fd()
-    }
-}
-
-impl Drop for NotifySocket {
-    fn drop(&mut self) {
-        if std::process::id() == self.owner {
-            let _ = std::fs::remove_file(&self.path);
-            let _ = std::fs::remove_dir(&self.dir);
-        }
     }
 }
 
@@ -248,13 +223,9 @@ mod tests {
     #[test]
     fn a_datagram_is_received_with_the_senders_pid() {
         let socket = NotifySocket::bind().unwrap();
+        assert!(socket.address().starts_with("@rcluster-"));
         let sender = UnixDatagram::unbound().unwrap();
-        send_to(
-            &sender,
-            socket.path().to_str().unwrap(),
-            "READY=1\nSTATUS=ok",
-        )
-        .unwrap();
+        send_to(&sender, &socket.address(), "READY=1\nSTATUS=ok").unwrap();
         let datagram = socket.recv().unwrap().expect("a datagram");
         assert_eq!(
             datagram.sender,
@@ -262,9 +233,6 @@ mod tests {
         );
         assert_eq!(datagram.messages[0], NotifyMsg::Ready);
         assert_eq!(socket.recv().unwrap(), None);
-        let dir = socket.path().parent().unwrap().to_path_buf();
-        drop(socket);
-        assert!(!dir.exists(), "the private directory is removed");
     }
 
     #[test]

@@ -74,11 +74,8 @@ pub fn listen_vars(listeners: &[Listener]) -> Vec<(String, Value)> {
 }
 
 /// Where to say `READY=1`, and the watchdog if one is set.
-pub fn notify_vars(socket: &Path, watchdog: Option<Duration>) -> Vec<(String, Value)> {
-    let mut vars = vec![(
-        "NOTIFY_SOCKET".to_string(),
-        Value::Text(socket.to_string_lossy().into_owned()),
-    )];
+pub fn notify_vars(socket: String, watchdog: Option<Duration>) -> Vec<(String, Value)> {
+    let mut vars = vec![("NOTIFY_SOCKET".to_string(), Value::Text(socket))];
     if let Some(watchdog) = watchdog {
         vars.push((
             "WATCHDOG_USEC".to_string(),

@@ -104,7 +104,14 @@ impl Rcluster {
     /// returns once every worker is ready.
     pub fn start(bins: &Bins, args: &[&str], worker: &[&str]) -> Rcluster {
         let mut child = Command::new(&bins.rcluster)
-            .args(["--log-format", "json", "--log-level", "debug"])
+            .args([
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+                "--control",
+                "none",
+            ])
             .args(args)
             .arg("--")
             .args(worker)
