@@ -81,14 +81,19 @@ fn a_port_it_may_not_bind_exits_71_saying_why() {
         return;
     }
     let bin = crate::support::rcluster_bin();
-    let output = std::process::Command::new("/usr/sbin/runuser")
-        .args(["-u", "nobody", "--"])
-        .arg(&bin)
-        .args(["--listen", "127.0.0.1:80", "--", "/bin/true"])
-        .output()
-        .expect("running runuser");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(71), "{stderr}");
+    let bin = path_str(&bin);
+    let args = [
+        "-u",
+        "nobody",
+        "--",
+        bin,
+        "--listen",
+        "127.0.0.1:80",
+        "--",
+        "/bin/true",
+    ];
+    let (code, _, stderr) = crate::support::run("/usr/sbin/runuser", &args);
+    assert_eq!(code, 71, "{stderr}");
     assert!(
         stderr.contains("cannot listen on 127.0.0.1:80: permission denied"),
         "{stderr}"

@@ -187,14 +187,18 @@ fn peers_of_another_user_are_refused() {
     // The socket is 0600: another user may not even connect to it. Open it
     // to all for a moment, to see the peer-credentials check refuse them.
     std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let output = std::process::Command::new("/usr/sbin/runuser")
-        .args(["-u", "nobody", "--"])
-        .arg(crate::support::rcluster_bin())
-        .args(["status", "--control", &control])
-        .output()
-        .expect("running runuser");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let bin = crate::support::rcluster_bin();
+    let args = [
+        "-u",
+        "nobody",
+        "--",
+        path_str(&bin),
+        "status",
+        "--control",
+        &control,
+    ];
+    let (code, _, stderr) = crate::support::run("/usr/sbin/runuser", &args);
+    assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("permission denied: not the master's user"),
         "{stderr}"

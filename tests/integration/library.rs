@@ -41,11 +41,17 @@ fn worker_says(args: &[&str], env: &[(&str, &str)], fds: &[RawFd], own_pid: bool
             Ok(())
         });
     }
-    let output = cmd
+    let mut child = cmd
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
         .expect("running test_worker");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    if exit_code_within(&mut child, WAIT).is_none() {
+        panic!("test_worker {args:?} did not exit");
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    out
 }
 
 #[test]
