@@ -326,18 +326,19 @@ mod tests {
     }
 
     #[test]
-    fn defaults() {
+    fn defaults_are_the_configs() {
         let c = config(&["--", "./server"]);
+        let d = Config::defaults();
         assert!(c.workers >= 1);
-        assert_eq!(c.backlog, 2048);
-        assert_eq!(c.stop_signal, libc::SIGTERM);
-        assert_eq!(c.stop_timeout, Duration::from_secs(30));
-        assert_eq!(c.min_uptime, Duration::from_secs(1));
-        assert_eq!(c.max_restarts, None);
-        assert_eq!(c.ready, ReadyRule::Exec);
-        assert_eq!(c.ready_timeout, Duration::from_secs(60));
-        assert_eq!(c.reload_batch, 1);
-        assert_eq!(c.watchdog, None);
+        assert_eq!(c.backlog, d.backlog);
+        assert_eq!(c.stop_signal, d.stop_signal);
+        assert_eq!(c.stop_timeout, d.stop_timeout);
+        assert_eq!(c.min_uptime, d.min_uptime);
+        assert_eq!(c.max_restarts, d.max_restarts);
+        assert_eq!(c.ready, d.ready);
+        assert_eq!(c.ready_timeout, d.ready_timeout);
+        assert_eq!(c.reload_batch, d.reload_batch);
+        assert_eq!(c.watchdog, d.watchdog);
         assert_eq!(c.command, [OsString::from("./server")]);
     }
 

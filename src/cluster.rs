@@ -39,7 +39,6 @@
 //! calls [`Worker::shutdown`]; from then on they only set the shutdown
 //! request, and the worker exits when the closure returns.
 
-use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -80,19 +79,7 @@ impl Cluster {
         ClusterBuilder {
             workers: Workers::Auto,
             listen: Vec::new(),
-            backlog: config::DEFAULT_BACKLOG,
-            stop_signal: libc::SIGTERM,
-            stop_timeout: Duration::from_secs(30),
-            min_uptime: Duration::from_secs(1),
-            max_restarts: None,
-            ready: ReadyRule::Exec,
-            ready_timeout: Duration::from_secs(60),
-            reload_batch: config::DEFAULT_RELOAD_BATCH,
-            watchdog: None,
-            pid_file: None,
-            control: None,
-            log_format: LogFormat::Human,
-            log_level: slog::Level::Info,
+            config: Config::defaults(),
         }
     }
 }
@@ -103,20 +90,9 @@ impl Cluster {
 #[must_use]
 pub struct ClusterBuilder {
     workers: Workers,
+    /// Parsed by `run`, so a bad address is an error there.
     listen: Vec<String>,
-    backlog: u32,
-    stop_signal: i32,
-    stop_timeout: Duration,
-    min_uptime: Duration,
-    max_restarts: Option<u32>,
-    ready: ReadyRule,
-    ready_timeout: Duration,
-    reload_batch: usize,
-    watchdog: Option<Duration>,
-    pid_file: Option<PathBuf>,
-    control: Option<PathBuf>,
-    log_format: LogFormat,
-    log_level: slog::Level,
+    config: Config,
 }
 
 impl ClusterBuilder {
@@ -134,28 +110,28 @@ impl ClusterBuilder {
     }
 
     pub fn backlog(mut self, backlog: u32) -> Self {
-        self.backlog = backlog;
+        self.config.backlog = backlog;
         self
     }
 
     /// The signal a worker gets to stop (default `SIGTERM`).
     pub fn stop_signal(mut self, signal: i32) -> Self {
-        self.stop_signal = signal;
+        self.config.stop_signal = signal;
         self
     }
 
     pub fn stop_timeout(mut self, timeout: Duration) -> Self {
-        self.stop_timeout = timeout;
+        self.config.stop_timeout = timeout;
         self
     }
 
     pub fn min_uptime(mut self, uptime: Duration) -> Self {
-        self.min_uptime = uptime;
+        self.config.min_uptime = uptime;
         self
     }
 
     pub fn max_restarts(mut self, max: u32) -> Self {
-        self.max_restarts = Some(max);
+        self.config.max_restarts = Some(max);
         self
     }
 
@@ -163,40 +139,40 @@ impl ClusterBuilder {
     /// is forked; with `ReadyRule::Notify` the closure calls
     /// [`Worker::ready`].
     pub fn ready(mut self, rule: ReadyRule) -> Self {
-        self.ready = rule;
+        self.config.ready = rule;
         self
     }
 
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
-        self.ready_timeout = timeout;
+        self.config.ready_timeout = timeout;
         self
     }
 
     pub fn reload_batch(mut self, batch: usize) -> Self {
-        self.reload_batch = batch.max(1);
+        self.config.reload_batch = batch.max(1);
         self
     }
 
     pub fn watchdog(mut self, timeout: Duration) -> Self {
-        self.watchdog = Some(timeout);
+        self.config.watchdog = Some(timeout);
         self
     }
 
     pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.pid_file = Some(path.into());
+        self.config.pid_file = Some(path.into());
         self
     }
 
     /// A control socket for `rcluster status|reload|scale|stop --control
     /// PATH` (cluster mode has none unless asked).
     pub fn control(mut self, path: impl Into<PathBuf>) -> Self {
-        self.control = Some(path.into());
+        self.config.control = Control::At(path.into());
         self
     }
 
     /// JSON lines on stderr instead of sentences.
     pub fn json_logs(mut self, json: bool) -> Self {
-        self.log_format = if json {
+        self.config.log_format = if json {
             LogFormat::Json
         } else {
             LogFormat::Human
@@ -235,27 +211,7 @@ impl ClusterBuilder {
         let config = Config {
             workers,
             listen,
-            backlog: self.backlog,
-            stop_signal: self.stop_signal,
-            stop_timeout: self.stop_timeout,
-            min_uptime: self.min_uptime,
-            max_restarts: self.max_restarts,
-            ready: self.ready,
-            ready_timeout: self.ready_timeout,
-            reload_batch: self.reload_batch,
-            watchdog: self.watchdog,
-            pid_file: self.pid_file,
-            control: match self.control {
-                Some(path) => Control::At(path),
-                None => Control::Off,
-            },
-            log_format: self.log_format,
-            log_level: self.log_level,
-            log_file: None,
-            log_prefix: false,
-            user: None,
-            group: None,
-            command: Vec::<OsString>::new(),
+            ..self.config
         };
         let log = Log::new(config.log_format, config.log_level, None)
             .map_err(|e| Error::os("opening the log", e))?;

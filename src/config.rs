@@ -9,6 +9,9 @@ use crate::supervisor::event::{Policy, ReadyRule};
 
 pub const DEFAULT_BACKLOG: u32 = 2048;
 pub const DEFAULT_RELOAD_BATCH: usize = 1;
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(1);
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// More workers than this is a typo, not a deployment.
 pub const MAX_WORKERS: usize = 4096;
 
@@ -75,6 +78,34 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every default (the command line spells the same ones as text, and
+    /// its tests check that they agree). No listeners, no command, one
+    /// worker, no control socket.
+    pub fn defaults() -> Config {
+        Config {
+            workers: 1,
+            listen: Vec::new(),
+            backlog: DEFAULT_BACKLOG,
+            stop_signal: libc::SIGTERM,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            min_uptime: DEFAULT_MIN_UPTIME,
+            max_restarts: None,
+            ready: ReadyRule::Exec,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            reload_batch: DEFAULT_RELOAD_BATCH,
+            watchdog: None,
+            pid_file: None,
+            control: Control::Off,
+            log_format: LogFormat::Human,
+            log_level: slog::Level::Info,
+            log_file: None,
+            log_prefix: false,
+            user: None,
+            group: None,
+            command: Vec::new(),
+        }
+    }
+
     /// The part of the configuration the supervisor decides with.
     pub fn policy(&self) -> Policy {
         Policy {
