@@ -162,7 +162,11 @@ fn cluster(args: &Args) {
                 panic!("worker {} panics once", worker.id());
             }
             let shutdown = worker.shutdown();
-            let listener = worker.listeners().take_tcp(0).expect("the listener");
+            let listener = worker
+                .listeners()
+                .expect("the listeners")
+                .take_tcp(0)
+                .expect("the listener");
             assert!(listener.local_addr().is_ok());
             worker.ready().expect("notify");
             while !shutdown.wait_for_stop(None).expect("waiting") {}

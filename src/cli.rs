@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum, error::ErrorKind};
 use crate::config::{self, Config, Control, LogFormat};
 use crate::error::Error;
 use crate::listen::ListenSpec;
-use crate::supervisor::event::ReadyRule;
+use crate::supervisor::policy::ReadyRule;
 
 const AFTER_HELP: &str = "\
 Signals to the master:

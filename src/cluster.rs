@@ -11,7 +11,7 @@
 //!         .workers(Workers::Auto)
 //!         .listen("127.0.0.1:8080")
 //!         .run(|worker| {
-//!             let listener = worker.listeners().take_tcp(0)?;
+//!             let listener = worker.listeners()?.take_tcp(0)?;
 //!             let shutdown = worker.shutdown();
 //!             worker.ready()?;
 //!             while let Some(conn) = shutdown.accept(&listener)? {
@@ -42,19 +42,18 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
-
 use crate::config::{self, Config, Control, LogFormat};
 use crate::error::Error;
+use crate::launch::fork::{self, ForkLauncher};
 use crate::listen::ListenSpec;
 use crate::log::Log;
-use crate::master::{self, Work};
-use crate::spawn::{self, Value};
-use crate::supervisor::event::{Generation, Pid, ReadyRule, SlotId};
+use crate::master;
+use crate::setup::Setup;
+use crate::supervisor::policy::ReadyRule;
+use crate::vocab::{Generation, SlotId};
 use crate::worker::{self, Listeners, Shutdown};
 
 /// How many workers.
@@ -196,6 +195,10 @@ impl ClusterBuilder {
         if count > 1 {
             return Err(Error::Threads { count });
         }
+        // Before the master opens anything: a worker closes every fd that
+        // is not in this list (or a listener).
+        let program_fds =
+            fork::open_fds().map_err(|e| Error::os("listing this process's open fds", e))?;
         let workers = match self.workers {
             Workers::Auto => num_cpus::get().max(1),
             Workers::Fixed(n) => n.clamp(1, config::MAX_WORKERS),
@@ -215,8 +218,26 @@ impl ClusterBuilder {
         };
         let log = Log::new(config.log_format, config.log_level, None)
             .map_err(|e| Error::os("opening the log", e))?;
-        let work = move |worker: Worker| work(worker).exit_code();
-        master::serve(&config, &log, Work::Fork(&work))
+        let setup = Setup::new(&config, &log)?;
+        let sockets: Vec<(String, RawFd)> = setup
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.fd()))
+            .collect();
+        let run = |slot, generation| match Worker::start(slot, generation, sockets.clone()) {
+            Ok(worker) => work(worker).exit_code(),
+            Err(e) => {
+                eprintln!("worker {slot}: cannot start: {e}");
+                70
+            }
+        };
+        let launcher = ForkLauncher::new(
+            &run,
+            program_fds,
+            &setup.listener_fds(),
+            setup.worker_vars(false),
+        );
+        master::serve(setup, launcher, &log)
     }
 }
 
@@ -253,6 +274,24 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Becomes a worker in a freshly forked child. Until the closure calls
+    /// [`shutdown`](Self::shutdown), a stop signal ends the process, as it
+    /// would without rcluster.
+    fn start(
+        id: SlotId,
+        generation: Generation,
+        sockets: Vec<(String, RawFd)>,
+    ) -> io::Result<Worker> {
+        worker::restore_default_stop()?;
+        let shutdown = worker::install_shutdown()?;
+        Ok(Worker {
+            id,
+            generation,
+            sockets,
+            shutdown,
+        })
+    }
+
     /// The slot, `0..workers`, stable across restarts.
     pub fn id(&self) -> usize {
         self.id
@@ -263,25 +302,19 @@ impl Worker {
     }
 
     /// The listeners, in `listen` order, named as `listen` named them;
-    /// fresh copies on every call.
-    ///
-    /// # Panics
-    ///
-    /// If the process runs out of file descriptors copying them.
-    pub fn listeners(&self) -> Listeners {
+    /// fresh copies on every call. Fails (with `EMFILE`, say) if the
+    /// process cannot open more fds.
+    pub fn listeners(&self) -> io::Result<Listeners> {
         let entries = self
             .sockets
             .iter()
             .map(|(name, fd)| {
                 // SAFETY: the master's listeners outlive every worker.
                 let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
-                let owned = fd
-                    .try_clone_to_owned()
-                    .unwrap_or_else(|e| panic!("copying listener {name}: {e}"));
-                (name.clone(), owned)
+                Ok((name.clone(), fd.try_clone_to_owned()?))
             })
-            .collect();
-        Listeners::from_fds(entries)
+            .collect::<io::Result<_>>()?;
+        Ok(Listeners::from_fds(entries))
     }
 
     /// The stop request. From the first call on, the stop signals no longer
@@ -294,102 +327,6 @@ impl Worker {
     /// `READY=1`, for [`ReadyRule::Notify`].
     pub fn ready(&self) -> io::Result<bool> {
         worker::ready()
-    }
-}
-
-/// Forks workers that run a closure (no exec).
-pub(crate) struct ForkLauncher<'f> {
-    work: &'f dyn Fn(Worker) -> i32,
-    sockets: Vec<(String, RawFd)>,
-    vars: Vec<(String, Value)>,
-    parent: libc::pid_t,
-}
-
-impl<'f> ForkLauncher<'f> {
-    pub fn new(
-        work: &'f dyn Fn(Worker) -> i32,
-        sockets: Vec<(String, RawFd)>,
-        vars: Vec<(String, Value)>,
-    ) -> ForkLauncher<'f> {
-        ForkLauncher {
-            work,
-            sockets,
-            vars,
-            parent: std::process::id() as libc::pid_t,
-        }
-    }
-
-    /// Forks a worker. In the child, `forget_master` drops what belongs to
-    /// the master, then the closure runs and the child exits; only the
-    /// parent returns.
-    pub fn spawn(
-        &self,
-        slot: SlotId,
-        generation: Generation,
-        forget_master: impl FnOnce() -> io::Result<()>,
-    ) -> io::Result<Pid> {
-        // SAFETY: the master has one thread (checked by `run`), so the child
-        // may allocate and lock freely.
-        match unsafe { spawn::fork_blocked() }? {
-            None => self.run_child(slot, generation, forget_master),
-            Some(pid) => Ok(pid),
-        }
-    }
-
-    fn run_child(
-        &self,
-        slot: SlotId,
-        generation: Generation,
-        forget_master: impl FnOnce() -> io::Result<()>,
-    ) -> ! {
-        let setup = || -> io::Result<Shutdown> {
-            // SAFETY: plain syscalls in our own process.
-            unsafe {
-                libc::setpgid(0, 0);
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if libc::getppid() != self.parent {
-                    libc::_exit(1);
-                }
-            }
-            forget_master()?;
-            worker::restore_default_stop()?;
-            let shutdown = worker::install_shutdown()?;
-            // SAFETY: this child has exactly one thread (fork copies only
-            // the caller's, and the master had one), so nothing reads the
-            // environment concurrently.
-            unsafe {
-                for key in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
-                    std::env::remove_var(key);
-                }
-                for (key, value) in &self.vars {
-                    match value {
-                        Value::Text(text) => std::env::set_var(key, text),
-                        Value::OwnPid => std::env::set_var(key, std::process::id().to_string()),
-                    }
-                }
-                for (key, value) in spawn::slot_vars(slot, generation) {
-                    std::env::set_var(key, value);
-                }
-            }
-            pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-            Ok(shutdown)
-        };
-        let code = match setup() {
-            Ok(shutdown) => {
-                let worker = Worker {
-                    id: slot,
-                    generation,
-                    sockets: self.sockets.clone(),
-                    shutdown,
-                };
-                panic::catch_unwind(AssertUnwindSafe(|| (self.work)(worker))).unwrap_or(101)
-            }
-            Err(e) => {
-                eprintln!("worker {slot}: cannot start: {e}");
-                70
-            }
-        };
-        std::process::exit(code)
     }
 }
 

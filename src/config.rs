@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::listen::ListenSpec;
-use crate::supervisor::event::{Policy, ReadyRule};
+use crate::supervisor::policy::{Policy, ReadyRule};
 
 pub const DEFAULT_BACKLOG: u32 = 2048;
 pub const DEFAULT_RELOAD_BATCH: usize = 1;

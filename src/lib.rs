@@ -26,13 +26,22 @@
 //! and, for servers written for other managers, `SERVER_STARTER_PORT`,
 //! `SERVER_STARTER_GENERATION`, `EINHORN_FD_COUNT`, `EINHORN_FD_<n>` and
 //! `NODE_APP_INSTANCE`.
+//!
+//! # How the code is laid out
+//!
+//! The policy is a pure state machine, `supervisor/`, fed events and
+//! answering with actions; `master.rs` is the single-threaded loop that
+//! turns signals, pipes, datagrams and deadlines into those events and
+//! carries the actions out; the syscalls live at the edge (`setup.rs`,
+//! `launch/`, `spawn/`, `reap.rs`, `signals.rs`, `listen.rs`, `notify.rs`,
+//! `control.rs`). `vocab.rs` holds the words they all share.
 
 pub mod cluster;
 pub mod worker;
 
 pub use cluster::{Cluster, ClusterBuilder, Workers};
 pub use error::Error;
-pub use supervisor::event::ReadyRule;
+pub use supervisor::policy::ReadyRule;
 
 // The binary's modules. Public so `main.rs` can reach them; not a stable API.
 #[doc(hidden)]
@@ -40,11 +49,18 @@ pub mod cli;
 #[doc(hidden)]
 pub mod client;
 #[doc(hidden)]
+pub mod launch;
+#[doc(hidden)]
 pub mod log;
 #[doc(hidden)]
 pub mod master;
+#[doc(hidden)]
+pub mod setup;
+#[doc(hidden)]
+pub mod spawn;
 
-pub(crate) mod config;
+#[doc(hidden)]
+pub mod config;
 pub(crate) mod control;
 pub mod error;
 pub(crate) mod listen;
@@ -52,11 +68,10 @@ pub(crate) mod notify;
 pub(crate) mod output;
 pub(crate) mod pidfile;
 pub(crate) mod reap;
-pub(crate) mod record;
 pub(crate) mod signals;
-pub(crate) mod spawn;
 pub(crate) mod status;
 pub(crate) mod supervisor;
+pub(crate) mod vocab;
 
 /// Opens `/dev/null` on any of fds 0, 1 and 2 that is closed, so a socket
 /// bound later can never land there and become a worker's stdin.

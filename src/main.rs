@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use rcluster::cli::{self, Parsed};
 use rcluster::client;
+use rcluster::launch::exec::ExecLauncher;
+use rcluster::log::Log;
+use rcluster::setup::Setup;
+use rcluster::spawn::command::{self, Identity};
 
 fn main() -> ExitCode {
     rcluster::ensure_std_fds();
@@ -25,7 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    let log = match rcluster::log::Log::new(
+    let log = match Log::new(
         config.log_format,
         config.log_level,
         config.log_file.as_deref(),
@@ -41,11 +45,28 @@ fn main() -> ExitCode {
             return ExitCode::from(73);
         }
     };
-    match rcluster::master::run(&config, &log) {
+    match run(&config, &log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rcluster: {e}");
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// The binary's master: everything that can be refused is checked before
+/// anything is forked (the command, the user, the addresses), then the
+/// workers are forked and exec'd.
+fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Error> {
+    let command = command::resolve(&config.command)?;
+    let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
+    let setup = Setup::new(config, log)?;
+    let launcher = ExecLauncher::new(
+        command,
+        setup.listener_fds(),
+        setup.worker_vars(true),
+        identity,
+        config.log_prefix,
+    );
+    rcluster::master::serve(setup, launcher, log)
 }

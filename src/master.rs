@@ -1,11 +1,12 @@
 //! The shell around the `Supervisor`: one thread, one `mio::Poll`. It turns
-//! signals, exec pipes and deadlines into `Event`s, and carries out the
-//! `Action`s that come back. It is the only code that reads the clock.
+//! signals, exec pipes, notify datagrams, control requests and deadlines
+//! into `Event`s, and carries out the `Action`s that come back. It is the
+//! only code that reads the clock.
 //!
 //! It never sleeps and never ticks: the poll timeout is the supervisor's
 //! next deadline (or a control client's), or none, so an idle master wakes
-//! up zero times a second. Control requests (`control.rs`) and worker
-//! output (`--log-prefix`, `output.rs`) are served from the same loop.
+//! up zero times a second. How workers are started is the [`Launch`]er's
+//! business; what was set up before the loop is `setup.rs`'s.
 
 use std::collections::HashMap;
 use std::io;
@@ -15,24 +16,22 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{Value, json};
-use signal_hook_mio::v1_0::Signals;
 
-use crate::cluster::{self, ForkLauncher};
-use crate::config::{Config, Control};
 use crate::control::{self, ControlServer, Request};
 use crate::error::Error;
-use crate::listen::{self, Listener};
-use crate::log::Log;
+use crate::launch::{Launch, Launched, Reaping};
+use crate::log::{Log, render};
 use crate::notify::{self, Datagram, Manager, NotifySocket};
 use crate::output::{Output, Stream};
-use crate::pidfile::PidFile;
 use crate::reap;
-use crate::record::Record;
-use crate::signals;
-use crate::spawn::{self, Command, Identity, Template};
+use crate::setup::Setup;
+use crate::signals::{self, Signals};
 use crate::status::{self, MasterInfo};
 use crate::supervisor::Supervisor;
-use crate::supervisor::event::{Action, Event, Generation, MasterSignal, Pid, SlotId, errno_name};
+use crate::supervisor::event::{Action, Event, MasterSignal, Outcome};
+use crate::supervisor::record::Record;
+use crate::supervisor::reload::ReloadOutcome;
+use crate::vocab::{Generation, Pid, SlotId, errno_name};
 
 const SIGNALS: Token = Token(0);
 const NOTIFY: Token = Token(1);
@@ -44,124 +43,33 @@ const EXEC_BASE: usize = 1 << 24;
 const CONTROL_BASE: usize = 2 << 24;
 const OUTPUT_BASE: usize = 3 << 24;
 
-/// Binds, starts the workers (`config.command`, fork + exec) and supervises
-/// them until the master stops. Bad input (command, address, pid file)
-/// fails here, before any fork.
-pub fn run(config: &Config, log: &Log) -> Result<(), Error> {
-    let command = spawn::resolve(&config.command)?;
-    let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
-    serve(config, log, Work::Exec(command, identity))
-}
-
-/// What a worker runs.
-pub(crate) enum Work<'f> {
-    /// fork + exec of a command (the `rcluster` binary), as this user.
-    Exec(Command, Option<Identity>),
-    /// fork, then this closure in the child ([`crate::Cluster`]); it
-    /// returns the child's exit code.
-    Fork(&'f dyn Fn(cluster::Worker) -> i32),
-}
-
-/// How this master starts workers.
-enum Launcher<'f> {
-    Exec(Template),
-    Fork(ForkLauncher<'f>),
-}
-
-pub(crate) fn serve(config: &Config, log: &Log, work: Work<'_>) -> Result<(), Error> {
-    let listeners = listen::bind_all(&config.listen, config.backlog, listen::adopt_inherited()?)?;
-    let _pid_file = config
-        .pid_file
-        .as_deref()
-        .map(PidFile::create)
-        .transpose()?;
-    let notify = NotifySocket::bind().map_err(|e| Error::os("creating the notify socket", e))?;
-    let control = open_control(&config.control, log)?;
-    log.emit(&Record::Started {
-        pid: std::process::id(),
-        workers: config.workers,
-        version: env!("CARGO_PKG_VERSION"),
-    });
-    for listener in &listeners {
-        log.emit(&Record::Listening {
-            name: listener.name.clone(),
-            addr: listener.local.clone(),
-        });
-    }
-    let notify_vars = spawn::notify_vars(notify.address(), config.watchdog);
-    let launcher = match work {
-        Work::Exec(command, identity) => {
-            let mut vars = spawn::listen_vars(&listeners);
-            vars.extend(notify_vars);
-            let fds = listeners.iter().map(Listener::fd).collect();
-            Launcher::Exec(Template::new(
-                command,
-                fds,
-                vars,
-                identity,
-                config.log_prefix,
-            ))
-        }
-        Work::Fork(work) => {
-            let sockets = listeners.iter().map(|l| (l.name.clone(), l.fd())).collect();
-            Launcher::Fork(ForkLauncher::new(work, sockets, notify_vars))
-        }
-    };
-    let info = MasterInfo {
-        started: Instant::now(),
-        listeners: listeners
-            .iter()
-            .map(|l| (l.name.clone(), l.local.clone()))
-            .collect(),
-        control: control
-            .as_ref()
-            .map(|c| c.path().display().to_string())
-            .unwrap_or_default(),
-    };
-    let supervisor = Supervisor::new(config.policy());
-    let mut master = Master::new(supervisor, launcher, notify, control, info, log)?;
+/// Runs the master until it stops: starts the workers with `launcher` and
+/// supervises them. The listeners and the pid file live until it returns.
+pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error> {
+    let Setup {
+        signals,
+        listeners,
+        pid_file,
+        notify,
+        control,
+        info,
+        policy,
+        ..
+    } = setup;
+    let supervisor = Supervisor::new(policy);
+    let mut master = Master::new(supervisor, launcher, signals, notify, control, info, log)?;
     let outcome = master.run();
     drop(master);
     drop(listeners);
+    drop(pid_file);
     outcome
 }
 
-/// The control socket, if it should have one: `--control PATH` must work;
-/// the default place may be taken by another master (then say so and run
-/// without).
-fn open_control(setting: &Control, log: &Log) -> Result<Option<ControlServer>, Error> {
-    let (path, required) = match setting {
-        Control::Off => return Ok(None),
-        Control::At(path) => (path, true),
-        Control::Default(path) => (path, false),
-    };
-    match ControlServer::bind(path) {
-        Ok(control) => {
-            log.emit(&Record::Control {
-                path: path.display().to_string(),
-                error: None,
-            });
-            Ok(Some(control))
-        }
-        Err(e) if required => Err(Error::Bind {
-            addr: format!("the control socket {}", path.display()),
-            cause: e.to_string(),
-        }),
-        Err(e) => {
-            log.emit(&Record::Control {
-                path: path.display().to_string(),
-                error: Some(e.to_string()),
-            });
-            Ok(None)
-        }
-    }
-}
-
-struct Master<'a> {
+struct Master<'a, L: Launch> {
     poll: Poll,
     signals: Signals,
     supervisor: Supervisor,
-    launcher: Launcher<'a>,
+    launcher: L,
     notify: NotifySocket,
     /// systemd, when rcluster runs under it with `Type=notify`.
     manager: Option<Manager>,
@@ -179,21 +87,24 @@ struct Master<'a> {
     outcome: Option<Result<(), Error>>,
 }
 
-impl<'a> Master<'a> {
+impl<'a, L: Launch> Master<'a, L> {
     fn new(
         supervisor: Supervisor,
-        launcher: Launcher<'a>,
+        launcher: L,
+        signals: Signals,
         mut notify: NotifySocket,
         mut control: Option<ControlServer>,
         info: MasterInfo,
         log: &'a Log,
-    ) -> Result<Master<'a>, Error> {
+    ) -> Result<Master<'a, L>, Error> {
         let poll = Poll::new().map_err(|e| Error::os("creating the event loop", e))?;
-        let mut signals =
-            signals::register().map_err(|e| Error::os("registering signal handlers", e))?;
         poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)
-            .map_err(|e| Error::os("registering signal handlers", e))?;
+            .register(
+                &mut SourceFd(&signals.as_raw_fd()),
+                SIGNALS,
+                Interest::READABLE,
+            )
+            .map_err(|e| Error::os("watching the master's signals", e))?;
         poll.registry()
             .register(notify.source(), NOTIFY, Interest::READABLE)
             .map_err(|e| Error::os("registering the notify socket", e))?;
@@ -279,9 +190,8 @@ impl<'a> Master<'a> {
     }
 
     fn on_signals(&mut self, now: Instant) {
-        let pending: Vec<i32> = self.signals.pending().collect();
-        for signal in pending {
-            match (signal, signals::classify(signal)) {
+        for received in self.signals.pending() {
+            match (received.signal, signals::classify(received.signal)) {
                 (_, Some(signal)) => self.dispatch(Event::Signal(signal), now),
                 (libc::SIGUSR1, None) => self.reopen_log(),
                 (libc::SIGCHLD, None) => self.reap(now),
@@ -325,7 +235,9 @@ impl<'a> Master<'a> {
         }
     }
 
-    /// Carries out a control request: the same events a signal makes.
+    /// Carries out a control request: the same events a signal makes. A
+    /// client that waits is registered before the event is handled, since
+    /// the event may finish what it waits for.
     fn on_request(&mut self, id: usize, request: Request, now: Instant) {
         let running = self.supervisor.is_running();
         let response = match request {
@@ -333,41 +245,44 @@ impl<'a> Master<'a> {
             Request::Reload { .. } | Request::Scale { .. } if !running => {
                 Some(control::error("the master is stopping"))
             }
-            Request::Reload { wait } => {
+            Request::Reload { wait: true } => {
+                self.hold(id);
+                self.reload_waiters.push(id);
                 self.dispatch(Event::Signal(MasterSignal::Reload), now);
-                if wait {
-                    self.reload_waiters.push(id);
-                    None
-                } else {
-                    let generation = self.supervisor.target_generation();
-                    Some(json!({"ok": true, "generation": generation}))
-                }
+                None
+            }
+            Request::Reload { wait: false } => {
+                self.dispatch(Event::Signal(MasterSignal::Reload), now);
+                let generation = self.supervisor.target_generation();
+                Some(json!({"ok": true, "generation": generation}))
             }
             Request::Scale { workers } => {
                 self.dispatch(Event::ScaleTo(workers), now);
                 Some(json!({"ok": true, "workers": workers}))
             }
             Request::Stop { wait } => {
+                if wait {
+                    self.hold(id);
+                    self.stop_waiters.push(id);
+                }
                 if running {
                     self.dispatch(Event::Signal(MasterSignal::Stop), now);
                 }
-                if wait {
-                    self.stop_waiters.push(id);
-                    None
-                } else {
-                    Some(json!({"ok": true}))
-                }
+                (!wait).then(|| json!({"ok": true}))
             }
         };
-        if let Some(control) = &mut self.control {
-            match response {
-                Some(response) => control.reply(id, &response, self.poll.registry()),
-                None => control.hold(id),
-            }
+        if let Some(response) = response {
+            self.answer(vec![id], &response);
         }
     }
 
-    /// Answers every client waiting in `waiters`.
+    fn hold(&mut self, id: usize) {
+        if let Some(control) = &mut self.control {
+            control.hold(id);
+        }
+    }
+
+    /// Answers every client in `waiters`.
     fn answer(&mut self, waiters: Vec<usize>, response: &Value) {
         if let Some(control) = &mut self.control {
             for id in waiters {
@@ -428,30 +343,34 @@ impl<'a> Master<'a> {
         None
     }
 
+    /// Reaps every exited child, handling each exit before the next
+    /// `waitpid`: until then the pid is a zombie, not free for reuse, so
+    /// whatever the supervisor decides about the others is still safe.
     fn reap(&mut self, now: Instant) {
-        let reaped = match self.launcher {
-            Launcher::Exec(_) => reap::reap_all(),
-            // A library must not reap children the host program started.
-            Launcher::Fork(_) => self
-                .supervisor
-                .worker_pids()
-                .into_iter()
-                .filter_map(|pid| Some((pid, reap::reap_pid(pid)?)))
-                .collect(),
-        };
-        for (pid, exit) in reaped {
-            // The exec pipe of a child that died young still holds its
-            // errno: report the exec before the exit, so the log says
-            // "could not exec (ENOENT)", not "exited with code 127".
-            if self.exec_pipes.contains_key(&pid) {
-                self.on_exec_pipe(pid, now);
+        match self.launcher.reaping() {
+            Reaping::All => {
+                while let Some((pid, exit)) = reap::any() {
+                    self.on_reaped(pid, exit, now);
+                }
             }
-            if self.supervisor.is_worker(pid) {
-                self.dispatch(Event::Exited { pid, exit }, now);
-            } else {
-                self.log.emit(&Record::OrphanReaped { pid, exit });
+            Reaping::Workers => {
+                for pid in self.supervisor.worker_pids() {
+                    if let Some(exit) = reap::pid(pid) {
+                        self.on_reaped(pid, exit, now);
+                    }
+                }
             }
         }
+    }
+
+    fn on_reaped(&mut self, pid: Pid, exit: crate::vocab::Exit, now: Instant) {
+        // The exec pipe of a child that died young still holds its errno:
+        // report the exec before the exit, so the log says "could not exec
+        // (ENOENT)", not "exited with code 127".
+        if self.exec_pipes.contains_key(&pid) {
+            self.on_exec_pipe(pid, now);
+        }
+        self.dispatch(Event::Exited { pid, exit }, now);
     }
 
     fn on_exec_pipe(&mut self, pid: Pid, now: Instant) {
@@ -486,8 +405,9 @@ impl<'a> Master<'a> {
         match action {
             Action::Spawn { slot, generation } => self.spawn(slot, generation, now),
             Action::Signal { pid, signal } => {
-                // SAFETY: plain syscall. ESRCH means it already exited; its
-                // exit is on its way through SIGCHLD.
+                // SAFETY: plain syscall. The supervisor signals only pids it
+                // has not seen exit, and exits are reported as they are
+                // reaped, so this is our child or our zombie.
                 unsafe { libc::kill(pid.as_raw(), signal) };
             }
             Action::KillGroup { pid } => {
@@ -498,10 +418,7 @@ impl<'a> Master<'a> {
                     }
                 }
             }
-            Action::Log(record) => {
-                self.log.emit(&record);
-                self.answer_reload_waiters(&record);
-            }
+            Action::Log(record) => self.log.emit(&record),
             Action::NotifyManager(state) => {
                 if let Some(manager) = &self.manager
                     && let Err(e) = manager.tell(state)
@@ -512,110 +429,59 @@ impl<'a> Master<'a> {
                     });
                 }
             }
-            Action::Exit { code, error } => {
+            Action::ReloadFinished(outcome) => {
+                let waiters = std::mem::take(&mut self.reload_waiters);
+                self.answer(waiters, &reload_answer(&outcome));
+            }
+            Action::Exit(outcome) => {
                 let waiters = std::mem::take(&mut self.reload_waiters);
                 self.answer(waiters, &control::error("the master stopped"));
+                let code = match outcome {
+                    Outcome::Stopped => 0,
+                    Outcome::GaveUp { .. } => 1,
+                };
                 let waiters = std::mem::take(&mut self.stop_waiters);
                 self.answer(
                     waiters,
                     &json!({"ok": code == 0, "result": "stopped", "code": code}),
                 );
-                self.outcome = Some(match (code, error) {
-                    (0, _) => Ok(()),
-                    (_, error) => Err(Error::GaveUp(
-                        error.unwrap_or_else(|| "the master gave up".into()),
-                    )),
+                self.outcome = Some(match outcome {
+                    Outcome::Stopped => Ok(()),
+                    Outcome::GaveUp {
+                        slot,
+                        crashes,
+                        max_restarts,
+                    } => Err(Error::GaveUp(render::sentence(&Record::GivingUp {
+                        slot,
+                        crashes,
+                        max_restarts,
+                    }))),
                 });
             }
         }
     }
 
-    /// `reload --wait` ends with the reload: complete, or aborted.
-    fn answer_reload_waiters(&mut self, record: &Record) {
-        let response = match record {
-            Record::ReloadComplete {
-                generation,
-                duration,
-            } => json!({
-                "ok": true,
-                "result": "complete",
-                "generation": generation,
-                "duration_ms": duration.as_millis() as u64,
-            }),
-            Record::ReloadAborted {
-                generation, cause, ..
-            } => json!({
-                "ok": false,
-                "result": "aborted",
-                "generation": generation,
-                "cause": cause,
-                "error": record.to_string(),
-            }),
-            _ => return,
-        };
-        let waiters = std::mem::take(&mut self.reload_waiters);
-        self.answer(waiters, &response);
-    }
-
     fn spawn(&mut self, slot: SlotId, generation: Generation, now: Instant) {
-        let spawned = match &mut self.launcher {
-            Launcher::Exec(template) => template.spawn(slot, generation).map(|spawned| {
-                if let Some((stdout, stderr)) = spawned.output {
-                    self.watch_output(slot, spawned.pid, stdout, stderr);
+        match self.launcher.launch(slot, generation) {
+            Ok(Launched {
+                pid,
+                exec_pipe,
+                output,
+            }) => {
+                if let Some((stdout, stderr)) = output {
+                    self.watch_output(slot, pid, stdout, stderr);
                 }
-                (spawned.pid, Some(spawned.exec_pipe))
-            }),
-            Launcher::Fork(fork) => {
-                // What the forked child must drop of the master before it
-                // runs the worker: the signal handlers' actions (so its own
-                // can be installed) and the fds of the event loop.
-                let mut fds = vec![self.poll.as_raw_fd(), self.notify.as_raw_fd()];
-                fds.extend(
-                    self.control
-                        .as_ref()
-                        .map(ControlServer::raw_fds)
-                        .unwrap_or_default(),
-                );
-                let signals = &mut self.signals;
-                let forget_master = move || {
-                    drop(std::mem::replace(
-                        signals,
-                        Signals::new(std::iter::empty::<i32>())?,
-                    ));
-                    for fd in fds {
-                        // SAFETY: the child never uses these fds again.
-                        unsafe { libc::close(fd) };
-                    }
-                    Ok(())
-                };
-                fork.spawn(slot, generation, forget_master)
-                    .map(|pid| (pid, None))
-            }
-        };
-        match spawned {
-            Ok((pid, pipe)) => {
-                let forked = pipe.is_none();
-                if let Some(pipe) = pipe {
+                let confirmed = exec_pipe.is_none();
+                if let Some(pipe) = exec_pipe {
                     self.watch_exec_pipe(pid, pipe);
                 }
-                self.dispatch(
-                    Event::Spawned {
-                        slot,
-                        generation,
-                        pid,
-                    },
-                    now,
-                );
-                // Without exec, the fork itself is the start.
-                if forked {
-                    self.dispatch(
-                        Event::Exec {
-                            pid,
-                            result: Ok(()),
-                        },
-                        now,
-                    );
-                }
+                let spawned = Event::Spawned {
+                    slot,
+                    generation,
+                    pid,
+                    confirmed,
+                };
+                self.dispatch(spawned, now);
             }
             Err(e) => self.dispatch(
                 Event::SpawnFailed {
@@ -660,6 +526,37 @@ impl<'a> Master<'a> {
                 error: e.to_string(),
             }),
         }
+    }
+}
+
+/// What `reload --wait` is told when the reload ends.
+fn reload_answer(outcome: &ReloadOutcome) -> Value {
+    match outcome {
+        ReloadOutcome::Complete {
+            generation,
+            duration,
+        } => json!({
+            "ok": true,
+            "result": "complete",
+            "generation": generation,
+            "duration_ms": duration.as_millis() as u64,
+        }),
+        ReloadOutcome::Aborted { generation, cause } => json!({
+            "ok": false,
+            "result": "aborted",
+            "generation": generation,
+            "cause": cause,
+            "error": format!(
+                "reload aborted: a new worker of generation {generation} {cause}; \
+                 the old workers keep serving"
+            ),
+        }),
+        ReloadOutcome::Interrupted { generation } => json!({
+            "ok": false,
+            "result": "interrupted",
+            "generation": generation,
+            "error": "the master began to stop before the reload was done",
+        }),
     }
 }
 

@@ -13,7 +13,8 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 
-use crate::supervisor::event::{ManagerState, NotifyMsg, Pid};
+use crate::supervisor::event::{ManagerState, NotifyMsg};
+use crate::vocab::Pid;
 
 /// systemd accepts datagrams up to this size; longer ones are not ours.
 const MAX_DATAGRAM: usize = 4096;

@@ -5,7 +5,8 @@
 //! A worker that floods, or writes a line without end, must not stall the
 //! master or the other workers: each pipe is read at most [`BUDGET`] bytes
 //! per turn (the loop comes back at once for pipes with more), and a line is
-//! cut every [`MAX_LINE`] bytes.
+//! cut every [`MAX_LINE`] bytes. Complete lines go to a [`LineSink`] (the
+//! logger), which decides how they are written.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -14,13 +15,17 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
-use crate::log::Log;
-use crate::supervisor::event::{Pid, SlotId};
+use crate::vocab::{Pid, SlotId};
 
 /// Bytes read from one pipe before the others get their turn.
 pub const BUDGET: usize = 64 * 1024;
 /// A line longer than this is written in pieces of this size.
 pub const MAX_LINE: usize = 16 * 1024;
+
+/// Where the complete lines a worker wrote go.
+pub trait LineSink {
+    fn lines(&self, slot: SlotId, pid: Pid, stream: Stream, lines: &[&[u8]]);
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -102,14 +107,14 @@ impl Output {
     }
 
     /// One turn for every pipe that still had output.
-    pub fn service_pending(&mut self, registry: &Registry, log: &Log) {
+    pub fn service_pending(&mut self, registry: &Registry, log: &dyn LineSink) {
         for id in std::mem::take(&mut self.pending) {
             self.read(id, registry, log);
         }
     }
 
     /// Reads one budget from a pipe and writes out its complete lines.
-    pub fn read(&mut self, id: usize, registry: &Registry, log: &Log) {
+    pub fn read(&mut self, id: usize, registry: &Registry, log: &dyn LineSink) {
         let Some(pipe) = self.pipes.get_mut(&id) else {
             return;
         };
@@ -138,7 +143,7 @@ impl Output {
         if closed {
             if !pipe.partial.is_empty() {
                 let rest = std::mem::take(&mut pipe.partial);
-                log.worker_output(pipe.slot, pipe.pid, pipe.stream, &[&rest]);
+                log.lines(pipe.slot, pipe.pid, pipe.stream, &[&rest]);
             }
             if let Some(pipe) = self.pipes.remove(&id) {
                 let _ = registry.deregister(&mut SourceFd(&pipe.fd.as_raw_fd()));
@@ -151,7 +156,7 @@ impl Output {
 
 /// Writes out the complete lines read so far, all in one go, and pieces of
 /// an overlong one.
-fn emit_lines(pipe: &mut Pipe, log: &Log) {
+fn emit_lines(pipe: &mut Pipe, log: &dyn LineSink) {
     let mut lines: Vec<&[u8]> = pipe.partial.split(|&b| b == b'\n').collect();
     let rest = lines.pop().unwrap_or_default().len();
     let mut cut = pipe.partial.len() - rest;
@@ -159,7 +164,7 @@ fn emit_lines(pipe: &mut Pipe, log: &Log) {
     lines.extend(pipe.partial[cut..].chunks(MAX_LINE).take(pieces));
     cut += pieces * MAX_LINE;
     if !lines.is_empty() {
-        log.worker_output(pipe.slot, pipe.pid, pipe.stream, &lines);
+        log.lines(pipe.slot, pipe.pid, pipe.stream, &lines);
     }
     pipe.partial.drain(..cut);
 }

@@ -1,34 +1,37 @@
-//! Collecting exited children: `waitpid(-1, WNOHANG)` until nothing is left.
+//! Collecting exited children, one at a time: the caller handles each exit
+//! before it reaps the next, so a decision about one exit never targets a
+//! pid that was already reaped (and could already belong to someone else).
 //!
 //! SIGCHLD coalesces (two children dying together may raise it once), so one
-//! signal means "reap everything that is ready", never "reap one". Waiting
-//! for any pid also reaps orphans reparented to us when rcluster is PID 1.
+//! signal means "reap until nothing is left", never "reap one". Waiting for
+//! any pid also reaps orphans the master inherits (as PID 1).
 
-use crate::supervisor::event::{Exit, Pid};
+use crate::vocab::{Exit, Pid};
 
-pub fn reap_all() -> Vec<(Pid, Exit)> {
-    let mut reaped = Vec::new();
+/// The next exited child, if one is waiting: `waitpid(-1, WNOHANG)`.
+pub fn any() -> Option<(Pid, Exit)> {
     loop {
         let mut status = 0;
         // SAFETY: plain syscall with a valid pointer.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if pid > 0 {
-            if let Some(exit) = decode(status) {
-                reaped.push((Pid::from_raw(pid), exit));
+            match decode(status) {
+                Some(exit) => return Some((Pid::from_raw(pid), exit)),
+                // Stopped or continued: not an exit.
+                None => continue,
             }
-            continue;
         }
         if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
             continue;
         }
         // 0: children remain but none has exited; ECHILD: no children at all.
-        return reaped;
+        return None;
     }
 }
 
 /// Reaps one known child if it has exited. Cluster mode reaps only its own
 /// workers: the host program may own other children.
-pub fn reap_pid(pid: Pid) -> Option<Exit> {
+pub fn pid(pid: Pid) -> Option<Exit> {
     let mut status = 0;
     // SAFETY: plain syscall with a valid pointer.
     let got = unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::WNOHANG) };

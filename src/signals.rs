@@ -1,47 +1,87 @@
-//! The master's signals: registered with signal-hook-mio (a self-pipe the
-//! poll loop watches; the handlers do nothing we write), and what each one
-//! asks for. The table is in the README and `rcluster --help`.
+//! The master's signals, read from a `signalfd` the poll loop watches, and
+//! what each one asks for. The table is in the README and `rcluster --help`.
+//!
+//! The signals are blocked and read as data: the master installs no signal
+//! handler at all. Nothing runs asynchronously in it, and a worker forked
+//! from it (cluster mode) starts with every disposition at its default,
+//! with nothing of the master's to undo.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 
-use signal_hook_mio::v1_0::Signals;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::supervisor::event::MasterSignal;
+use crate::vocab::Pid;
 
 /// Every signal the master handles.
-pub const HANDLED: &[i32] = &[
-    libc::SIGHUP,
-    libc::SIGTERM,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTTIN,
-    libc::SIGTTOU,
-    libc::SIGCHLD,
-    libc::SIGUSR1,
+pub const HANDLED: &[Signal] = &[
+    Signal::SIGHUP,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGCHLD,
+    Signal::SIGUSR1,
 ];
 
-pub fn register() -> io::Result<Signals> {
-    registering(HANDLED, || Signals::new(HANDLED))
+fn handled() -> SigSet {
+    let mut set = SigSet::empty();
+    for &signal in HANDLED {
+        set.add(signal);
+    }
+    set
 }
 
-/// Runs `register` with `signals` blocked in this thread, so that one
-/// arriving while its handler is being installed waits (pending) until
-/// the handler can act on it. signal-hook installs the OS handler a moment
-/// before the action it runs is visible to it; a signal in that moment
-/// would otherwise be lost, and a worker would miss its TERM.
-pub fn registering<T>(signals: &[i32], register: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
-    let mut set = SigSet::empty();
-    for &signal in signals {
-        if let Ok(signal) = Signal::try_from(signal) {
-            set.add(signal);
-        }
+/// One signal received: which, and who sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub signal: i32,
+    pub sender: Pid,
+}
+
+/// The signals, blocked, and the fd they are read from.
+#[derive(Debug)]
+pub struct Signals {
+    fd: SignalFd,
+}
+
+impl Signals {
+    /// Blocks the handled signals and opens the fd that receives them. One
+    /// sent before this is pending and is read on the first wakeup.
+    pub fn block() -> io::Result<Signals> {
+        let set = handled();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Signals { fd })
     }
-    let mut old = SigSet::empty();
-    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))?;
-    let registered = register();
-    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
-    registered
+
+    /// Every signal waiting, in the order the kernel gives them.
+    pub fn pending(&self) -> Vec<Received> {
+        let mut received = Vec::new();
+        while let Ok(Some(info)) = self.fd.read_signal() {
+            received.push(Received {
+                signal: info.ssi_signo as i32,
+                sender: Pid::from_raw(info.ssi_pid as i32),
+            });
+        }
+        received
+    }
+}
+
+impl AsRawFd for Signals {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Unblocks every signal: what a child forked from the master does before
+/// it runs anything of its own.
+pub fn unblock_all() -> io::Result<()> {
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    Ok(())
 }
 
 /// What a signal asks the supervisor for; `None` for the two the shell

@@ -6,23 +6,15 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::record::human;
 use crate::supervisor::Supervisor;
-use crate::supervisor::event::{Exit, signal_name};
 use crate::supervisor::reload::ReloadOutcome;
+use crate::vocab::{Exit, human};
 
 /// What the shell knows that the supervisor does not.
 pub struct MasterInfo {
     pub started: Instant,
     pub listeners: Vec<(String, String)>,
     pub control: String,
-}
-
-fn exit_text(exit: &Exit) -> String {
-    match *exit {
-        Exit::Code(code) => format!("code {code}"),
-        Exit::Signaled { signal, .. } => signal_name(signal),
-    }
 }
 
 pub fn to_json(sup: &Supervisor, info: &MasterInfo, now: Instant) -> Value {
@@ -39,7 +31,7 @@ pub fn to_json(sup: &Supervisor, info: &MasterInfo, now: Instant) -> Value {
             "state": w.state.name(),
             "uptime_ms": ms(w.started),
             "restarts": slot.map_or(0, |s| s.restarts),
-            "last_exit": slot.and_then(|s| s.last_exit.as_ref()).map(exit_text),
+            "last_exit": slot.and_then(|s| s.last_exit.as_ref()).map(Exit::short),
         }));
     }
     // A slot waiting out its restart backoff has no process to show.
@@ -53,15 +45,11 @@ pub fn to_json(sup: &Supervisor, info: &MasterInfo, now: Instant) -> Value {
                 "uptime_ms": null,
                 "restart_in_ms": slot.restart_at.map(|at| at.saturating_duration_since(now).as_millis() as u64),
                 "restarts": slot.restarts,
-                "last_exit": slot.last_exit.as_ref().map(exit_text),
+                "last_exit": slot.last_exit.as_ref().map(Exit::short),
             }));
         }
     }
-    let ready = sup.slots().iter().all(|s| {
-        s.attached
-            .iter()
-            .any(|pid| sup.workers().any(|w| w.pid == *pid && w.state.is_ready()))
-    });
+    let ready = sup.all_ready();
     json!({
         "ok": true,
         "master": {
@@ -85,6 +73,9 @@ pub fn to_json(sup: &Supervisor, info: &MasterInfo, now: Instant) -> Value {
             }),
             Some(ReloadOutcome::Aborted { generation, cause }) => json!({
                 "result": "aborted", "generation": generation, "cause": cause,
+            }),
+            Some(ReloadOutcome::Interrupted { generation }) => json!({
+                "result": "interrupted", "generation": generation,
             }),
             None => Value::Null,
         },

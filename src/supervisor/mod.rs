@@ -5,47 +5,66 @@
 //!
 //! It performs no syscalls and never reads the clock, so every decision is
 //! unit-tested with fake instants (see `tests.rs`). The shell that runs it is
-//! [`crate::master`].
+//! `crate::master`.
 //!
-//! After each event the supervisor *reconciles*: it compares what exists with
-//! what should exist (one ready worker of the target generation per slot) and
-//! emits the actions that close the gap, within the limits of backoff, the
-//! reload batch size and the shutdown phase.
+//! After each event the supervisor *reconciles* the slots the event touched:
+//! it compares what exists with what should exist (one ready worker of the
+//! target generation per slot) and emits the actions that close the gap,
+//! within the limits of backoff, the reload batch size and the shutdown
+//! phase. Work per event does not grow with the number of workers: deadlines
+//! live in [`timers`], and each slot's standing in the reload in
+//! [`reload::Progress`].
+//!
+//! # The worker life cycle
+//!
+//! One row per [`WorkerState`], one column per event; each cell is the next
+//! state and what is done. "Failure" means the slot's restart policy
+//! decides (at once, after backoff, or give up: `backoff.rs`), and a
+//! reload whose new worker this was is aborted. "Stop" is a reload
+//! replacing the worker once its successor is ready, a scale-down or a
+//! graceful shutdown; "force" is a second `TERM`/`INT` or `QUIT`.
+//!
+//! | state \ event | exec ok | exec failed | `READY=1` | `STOPPING=1` | `WATCHDOG=1` | exited | its deadline | stop | force |
+//! |---|---|---|---|---|---|---|---|---|---|
+//! | **Spawned** | Ready (rule `exec`) or Booting | errno kept for the exit | Ready | — | — | gone: failure | `--ready-timeout`: SIGKILL group → Killed; failure | stop signal → Draining | SIGKILL group → Killed |
+//! | **Booting** | — | errno kept | Ready | — | — | gone: failure | delay over: Ready; `--ready-timeout`: SIGKILL → Killed, failure | stop signal → Draining | SIGKILL → Killed |
+//! | **Ready** | — | — | — | Draining (its successor starts) | next ping due later | gone: failure | `--watchdog`: SIGABRT → Draining; failure | stop signal → Draining | SIGKILL → Killed |
+//! | **Draining** | — | — | — | — | — | gone: stopped | `--stop-timeout`: SIGKILL → Killed | — | SIGKILL → Killed |
+//! | **Killed** | — | — | — | — | — | gone: stopped | (none) | — | — |
+//!
+//! "—" means ignored. A reaped pid that is no worker is an orphan the
+//! master inherited: logged and forgotten. Every cell has a unit test.
 
 pub mod backoff;
 pub mod event;
+pub mod policy;
+pub mod record;
 pub mod reload;
 pub mod slot;
 #[cfg(test)]
 mod tests;
+pub mod timers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crate::record::{Next, Record, human};
+use crate::vocab::{Exit, Generation, Pid, SlotId, errno_name, human};
 use backoff::Restart;
-use event::{
-    Action, Event, Exit, Generation, ManagerState, MasterSignal, NotifyMsg, Pid, Policy, ReadyRule,
-    SlotId, errno_name,
-};
-use reload::{ReloadOutcome, ReloadPlan};
-use slot::{Slot, StopReason, Worker, WorkerState};
+use event::{Action, Event, ManagerState, MasterSignal, NotifyMsg, Outcome};
+use policy::{Policy, ReadyRule};
+use record::{Next, Record};
+use reload::{Progress, ReloadOutcome, ReloadPlan};
+use slot::{Slot, SlotView, StopReason, Worker, WorkerState};
+use timers::{Timer, Timers};
 
 /// How long a worker that missed its watchdog may take to die of `SIGABRT`
 /// (and write its core) before its process group gets `SIGKILL`.
 pub const WATCHDOG_KILL_GRACE: Duration = Duration::from_secs(5);
 
-/// Exit code when `--max-restarts` is used up.
-pub const EXIT_GAVE_UP: u8 = 1;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Running,
-    Stopping {
-        forced: bool,
-        code: u8,
-        error: Option<String>,
-    },
+    Stopping { forced: bool, outcome: Outcome },
     Done,
 }
 
@@ -68,11 +87,20 @@ pub struct Supervisor {
     /// The generation every new worker gets; raised by each reload.
     target: Generation,
     reload: Option<ReloadPlan>,
+    /// Where every slot stands against `target`.
+    progress: Progress,
     last_reload: Option<ReloadOutcome>,
     phase: Phase,
     started: Option<Instant>,
     /// Whether "all workers ready" was announced (once, at start-up).
     announced_ready: bool,
+    /// How many slots have a ready worker.
+    ready_slots: usize,
+    /// Spawn actions out whose answer was not seen yet.
+    spawns_in_flight: usize,
+    timers: Timers,
+    /// Slots the current event changed: the ones to reconcile.
+    dirty: BTreeSet<SlotId>,
     /// The actions of the event being handled.
     actions: Vec<Action>,
 }
@@ -85,10 +113,15 @@ impl Supervisor {
             workers: BTreeMap::new(),
             target: 1,
             reload: None,
+            progress: Progress::default(),
             last_reload: None,
             phase: Phase::Running,
             started: None,
             announced_ready: false,
+            ready_slots: 0,
+            spawns_in_flight: 0,
+            timers: Timers::default(),
+            dirty: BTreeSet::new(),
             actions: Vec::new(),
         }
     }
@@ -101,13 +134,21 @@ impl Supervisor {
         match event {
             Event::Start => {
                 self.started.get_or_insert(now);
+                self.dirty.extend(0..self.slots.len());
             }
             Event::Signal(signal) => self.on_signal(signal, now),
             Event::Spawned {
                 slot,
                 generation,
                 pid,
-            } => self.on_spawned(slot, generation, pid, now),
+                confirmed,
+            } => {
+                self.on_spawned(slot, generation, pid, now);
+                // Without exec, the fork itself is the start.
+                if confirmed {
+                    self.on_exec(pid, Ok(()), now);
+                }
+            }
             Event::SpawnFailed {
                 slot,
                 generation,
@@ -130,17 +171,11 @@ impl Supervisor {
     /// When the supervisor next needs to act if nothing happens; `None` means
     /// it can sleep until the next signal or message.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let workers = self.workers.values().filter_map(|w| w.state.deadline());
-        let restarts = self
-            .slots
-            .iter()
-            .filter(|_| self.phase == Phase::Running)
-            .filter_map(|s| s.restart_at);
-        workers.chain(restarts).min()
+        self.timers.next()
     }
 
-    /// Whether this pid is one of our workers (the shell uses it to tell
-    /// workers from orphans and to resolve notify senders).
+    /// Whether this pid is one of our workers (the shell uses it to resolve
+    /// notify senders).
     pub fn is_worker(&self, pid: Pid) -> bool {
         self.workers.contains_key(&pid)
     }
@@ -167,6 +202,11 @@ impl Supervisor {
         self.slots.len()
     }
 
+    /// Every slot has a ready worker.
+    pub fn all_ready(&self) -> bool {
+        self.ready_slots == self.slots.len()
+    }
+
     pub fn target_generation(&self) -> Generation {
         self.target
     }
@@ -187,12 +227,12 @@ impl Supervisor {
             MasterSignal::Reload if running => self.start_reload(now),
             MasterSignal::Reload => self.ignored("SIGHUP", "the master is stopping"),
             MasterSignal::Stop => match self.phase {
-                Phase::Running => self.begin_stop(true, 0, None, now),
+                Phase::Running => self.begin_stop(true, Outcome::Stopped, now),
                 Phase::Stopping { forced: false, .. } => self.force_stop(),
                 Phase::Stopping { forced: true, .. } | Phase::Done => {}
             },
             MasterSignal::StopNow => match self.phase {
-                Phase::Running => self.begin_stop(false, 0, None, now),
+                Phase::Running => self.begin_stop(false, Outcome::Stopped, now),
                 Phase::Stopping { forced: false, .. } => self.force_stop(),
                 Phase::Stopping { forced: true, .. } | Phase::Done => {}
             },
@@ -210,22 +250,32 @@ impl Supervisor {
     fn set_workers(&mut self, workers: usize, now: Instant) {
         let workers = workers.max(1);
         while self.slots.len() < workers {
+            self.dirty.insert(self.slots.len());
             self.slots.push(Slot::new());
         }
         while self.slots.len() > workers {
-            let gone = self.slots.pop().expect("more slots than wanted");
-            for pid in gone.attached {
+            let id = self.slots.len() - 1;
+            for pid in self.slots[id].attached.clone() {
                 self.stop(pid, StopReason::ScaledDown, now);
             }
+            self.set_restart(id, None);
+            self.count(id, SlotView::default());
+            self.slots.pop();
         }
         self.log(Record::Scaled { workers });
     }
 
     fn on_spawned(&mut self, slot: SlotId, generation: Generation, pid: Pid, now: Instant) {
+        self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
         if let Some(s) = self.slots.get_mut(slot) {
             s.spawning = false;
             s.attached.push(pid);
         }
+        let state = WorkerState::Spawned {
+            ready_by: now + self.policy.ready_timeout,
+        };
+        self.timers
+            .change(Timer::Worker(pid), None, state.deadline());
         self.workers.insert(
             pid,
             Worker {
@@ -233,12 +283,11 @@ impl Supervisor {
                 slot,
                 generation,
                 started: now,
-                state: WorkerState::Spawned {
-                    ready_by: now + self.policy.ready_timeout,
-                },
+                state,
                 exec_error: None,
             },
         );
+        self.dirty.insert(slot);
         self.log(Record::WorkerSpawned {
             slot,
             pid,
@@ -258,8 +307,10 @@ impl Supervisor {
         error: String,
         now: Instant,
     ) {
+        self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
         if let Some(s) = self.slots.get_mut(slot) {
             s.spawning = false;
+            self.dirty.insert(slot);
         }
         self.log(Record::SpawnFailed {
             slot,
@@ -324,8 +375,11 @@ impl Supervisor {
 
     fn on_exited(&mut self, pid: Pid, exit: Exit, now: Instant) {
         let Some(worker) = self.workers.remove(&pid) else {
+            self.log(Record::OrphanReaped { pid, exit });
             return;
         };
+        self.timers
+            .change(Timer::Worker(pid), worker.state.deadline(), None);
         self.detach(&worker);
         if let Some(slot) = self.slots.get_mut(worker.slot) {
             slot.last_exit = Some(exit);
@@ -369,11 +423,11 @@ impl Supervisor {
     }
 
     fn on_notify(&mut self, pid: Pid, msg: NotifyMsg, now: Instant) {
-        let Some(worker) = self.workers.get_mut(&pid) else {
+        let Some(worker) = self.workers.get(&pid) else {
             return;
         };
         let slot = worker.slot;
-        match (msg, &worker.state) {
+        match (msg, worker.state.clone()) {
             (NotifyMsg::Ready, WorkerState::Spawned { .. } | WorkerState::Booting { .. }) => {
                 self.become_ready(pid, now)
             }
@@ -401,11 +455,11 @@ impl Supervisor {
                 | WorkerState::Killed { .. },
             ) => {}
             (NotifyMsg::Watchdog, WorkerState::Ready { since, .. }) => {
-                let since = *since;
-                worker.state = WorkerState::Ready {
+                let ready = WorkerState::Ready {
                     since,
                     watchdog_by: self.policy.watchdog.map(|d| now + d),
                 };
+                self.set_state(pid, ready);
             }
             (
                 NotifyMsg::Watchdog,
@@ -421,31 +475,41 @@ impl Supervisor {
     // ---- deadlines ---------------------------------------------------------
 
     fn expire(&mut self, now: Instant) {
-        let due: Vec<Worker> = self
-            .workers
-            .values()
-            .filter(|w| w.state.deadline().is_some_and(|d| d <= now))
-            .cloned()
-            .collect();
-        for worker in due {
-            match worker.state {
-                WorkerState::Booting {
-                    ready_at: Some(at), ..
-                } if at <= now => self.become_ready(worker.pid, now),
-                WorkerState::Spawned { .. } | WorkerState::Booting { .. } => {
-                    self.not_ready(&worker, now)
+        for timer in self.timers.take_due(now) {
+            match timer {
+                Timer::Worker(pid) => self.worker_deadline(pid, now),
+                Timer::Restart(slot) => {
+                    if let Some(s) = self.slots.get_mut(slot) {
+                        s.restart_at = None;
+                        self.dirty.insert(slot);
+                    }
                 }
-                WorkerState::Ready { .. } => self.watchdog_missed(&worker, now),
-                WorkerState::Draining { why, .. } => {
-                    self.log(Record::StopTimeout {
-                        slot: worker.slot,
-                        pid: worker.pid,
-                        timeout: self.policy.stop_timeout,
-                    });
-                    self.kill(worker.pid, why);
-                }
-                WorkerState::Killed { .. } => {}
             }
+        }
+    }
+
+    /// A worker's deadline passed (its timer is already off the list).
+    fn worker_deadline(&mut self, pid: Pid, now: Instant) {
+        let Some(worker) = self.workers.get(&pid).cloned() else {
+            return;
+        };
+        match worker.state {
+            WorkerState::Booting {
+                ready_at: Some(at), ..
+            } if at <= now => self.become_ready(pid, now),
+            WorkerState::Spawned { .. } | WorkerState::Booting { .. } => {
+                self.not_ready(&worker, now)
+            }
+            WorkerState::Ready { .. } => self.watchdog_missed(&worker, now),
+            WorkerState::Draining { why, .. } => {
+                self.log(Record::StopTimeout {
+                    slot: worker.slot,
+                    pid,
+                    timeout: self.policy.stop_timeout,
+                });
+                self.kill(pid, why);
+            }
+            WorkerState::Killed { .. } => {}
         }
     }
 
@@ -477,10 +541,7 @@ impl Supervisor {
             pid: worker.pid,
             timeout,
         });
-        self.actions.push(Action::Signal {
-            pid: worker.pid,
-            signal: libc::SIGABRT,
-        });
+        self.signal(worker.pid, libc::SIGABRT);
         self.set_state(
             worker.pid,
             WorkerState::Draining {
@@ -517,7 +578,7 @@ impl Supervisor {
         if is_new {
             self.abort_reload(&failure, now);
         }
-        if self.slots[failure.slot].spawning || self.attached(failure.slot).next().is_some() {
+        if !self.slots[failure.slot].is_empty() {
             return Next::SlotServed;
         }
         let policy = &self.policy;
@@ -527,27 +588,27 @@ impl Supervisor {
             .backoff
             .on_crash(failure.uptime, policy.min_uptime, policy.max_restarts)
         {
-            Restart::Now => {
-                slot.restart_at = None;
-                Next::Restart {
-                    delay: Duration::ZERO,
-                    attempt: 0,
-                }
-            }
+            Restart::Now => Next::Restart {
+                delay: Duration::ZERO,
+                attempt: 0,
+            },
             Restart::After { delay, attempt } => {
-                slot.restart_at = Some(now + delay);
+                self.set_restart(failure.slot, Some(now + delay));
                 Next::Restart { delay, attempt }
             }
             Restart::GiveUp { crashes } => {
                 let max_restarts = self.policy.max_restarts.unwrap_or_default();
-                let record = Record::GivingUp {
+                self.log(Record::GivingUp {
+                    slot: failure.slot,
+                    crashes,
+                    max_restarts,
+                });
+                let outcome = Outcome::GaveUp {
                     slot: failure.slot,
                     crashes,
                     max_restarts,
                 };
-                let error = record.to_string();
-                self.log(record);
-                self.begin_stop(true, EXIT_GAVE_UP, Some(error), now);
+                self.begin_stop(true, outcome, now);
                 Next::GiveUp
             }
         }
@@ -556,6 +617,8 @@ impl Supervisor {
     fn start_reload(&mut self, now: Instant) {
         self.target += 1;
         let generation = self.target;
+        self.progress
+            .rebuild(self.slots.iter().map(|s| s.view), generation);
         match &mut self.reload {
             Some(plan) => {
                 plan.target = generation;
@@ -584,19 +647,19 @@ impl Supervisor {
             return;
         };
         let unfinished: Vec<Pid> = self
-            .workers
-            .values()
-            .filter(|w| w.state.is_attached() && !w.state.is_ready())
-            .filter(|w| w.generation > plan.from && self.has_older(w))
+            .progress
+            .replacing()
+            .flat_map(|slot| self.attached(slot))
+            .filter(|w| !w.state.is_ready() && w.generation > plan.from && self.has_older(w))
             .map(|w| w.pid)
             .collect();
         for pid in unfinished {
             self.stop(pid, StopReason::ReloadAborted, now);
         }
         let old_serving = self
-            .workers
-            .values()
-            .filter(|w| w.state.is_ready() && w.generation < plan.target)
+            .slots
+            .iter()
+            .filter(|s| s.view.ready.is_some_and(|g| g < plan.target))
             .count();
         self.log(Record::ReloadAborted {
             generation: plan.target,
@@ -605,29 +668,40 @@ impl Supervisor {
             cause: failure.cause.clone(),
             old_serving,
         });
-        self.last_reload = Some(ReloadOutcome::Aborted {
+        self.finish_reload(ReloadOutcome::Aborted {
             generation: plan.target,
             cause: failure.cause.clone(),
         });
+    }
+
+    fn finish_reload(&mut self, outcome: ReloadOutcome) {
+        self.last_reload = Some(outcome.clone());
+        self.actions.push(Action::ReloadFinished(outcome));
         self.actions
             .push(Action::NotifyManager(ManagerState::Ready));
     }
 
-    fn begin_stop(&mut self, graceful: bool, code: u8, error: Option<String>, now: Instant) {
+    fn begin_stop(&mut self, graceful: bool, outcome: Outcome, now: Instant) {
         self.phase = Phase::Stopping {
             forced: !graceful,
-            code,
-            error,
+            outcome,
         };
-        self.reload = None;
+        if let Some(plan) = self.reload.take() {
+            self.actions
+                .push(Action::ReloadFinished(ReloadOutcome::Interrupted {
+                    generation: plan.target,
+                }));
+        }
         self.log(Record::StopRequested {
             graceful,
             timeout: self.policy.stop_timeout,
         });
         self.actions
             .push(Action::NotifyManager(ManagerState::Stopping));
-        let pids: Vec<Pid> = self.workers.keys().copied().collect();
-        for pid in pids {
+        for slot in 0..self.slots.len() {
+            self.set_restart(slot, None);
+        }
+        for pid in self.worker_pids() {
             if graceful {
                 self.stop(pid, StopReason::Shutdown, now);
             } else {
@@ -645,8 +719,7 @@ impl Supervisor {
             graceful: false,
             timeout: Duration::ZERO,
         });
-        let pids: Vec<Pid> = self.workers.keys().copied().collect();
-        for pid in pids {
+        for pid in self.worker_pids() {
             self.kill(pid, StopReason::Shutdown);
         }
     }
@@ -654,29 +727,39 @@ impl Supervisor {
     // ---- reconciliation ----------------------------------------------------
 
     fn reconcile(&mut self, now: Instant) {
+        let running = self.phase == Phase::Running;
+        while let Some(slot) = self.dirty.pop_first() {
+            if slot >= self.slots.len() {
+                continue;
+            }
+            if running {
+                self.retire_replaced(slot, now);
+                let s = &self.slots[slot];
+                if s.is_empty() && s.restart_at.is_none() {
+                    self.spawn(slot);
+                }
+            }
+            self.refresh(slot);
+        }
         match &self.phase {
-            Phase::Running => {}
-            Phase::Stopping { code, error, .. } => {
-                if self.workers.is_empty() && !self.slots.iter().any(|s| s.spawning) {
-                    let (code, error) = (*code, error.clone());
+            Phase::Running => {
+                self.advance_reload(now);
+                self.announce_ready(now);
+            }
+            Phase::Stopping { outcome, .. } => {
+                if self.workers.is_empty() && self.spawns_in_flight == 0 {
+                    let outcome = outcome.clone();
+                    let code = match outcome {
+                        Outcome::Stopped => 0,
+                        Outcome::GaveUp { .. } => 1,
+                    };
                     self.phase = Phase::Done;
                     self.log(Record::Stopped { code });
-                    self.actions.push(Action::Exit { code, error });
+                    self.actions.push(Action::Exit(outcome));
                 }
-                return;
             }
-            Phase::Done => return,
+            Phase::Done => {}
         }
-        for slot in 0..self.slots.len() {
-            self.retire_replaced(slot, now);
-            let s = &self.slots[slot];
-            let empty = !s.spawning && self.attached(slot).next().is_none();
-            if empty && s.restart_at.is_none_or(|at| at <= now) {
-                self.spawn(slot);
-            }
-        }
-        self.advance_reload(now);
-        self.announce_ready(now);
     }
 
     /// Once a slot's newest worker is ready, the older ones in that slot drain.
@@ -706,64 +789,37 @@ impl Supervisor {
         let Some(plan) = self.reload.clone() else {
             return;
         };
-        let current = |sup: &Supervisor, slot: SlotId| {
-            let attached: Vec<&Worker> = sup.attached(slot).collect();
-            let settled = !sup.slots[slot].spawning && attached.len() == 1;
-            settled.then(|| attached[0].clone())
-        };
-        let done = (0..self.slots.len()).all(|slot| {
-            current(self, slot).is_some_and(|w| w.state.is_ready() && w.generation >= plan.target)
-        });
-        if done {
+        if self.progress.is_complete(self.slots.len()) {
             self.reload = None;
             let duration = now.saturating_duration_since(plan.started);
             self.log(Record::ReloadComplete {
                 generation: plan.target,
                 duration,
             });
-            self.last_reload = Some(ReloadOutcome::Complete {
+            self.finish_reload(ReloadOutcome::Complete {
                 generation: plan.target,
                 duration,
             });
-            self.actions
-                .push(Action::NotifyManager(ManagerState::Ready));
             return;
         }
-        let replacing = |sup: &Supervisor, slot: SlotId| {
-            sup.attached(slot).count() + usize::from(sup.slots[slot].spawning) > 1
-        };
-        let mut in_flight = (0..self.slots.len())
-            .filter(|&s| replacing(self, s))
-            .count();
-        for slot in 0..self.slots.len() {
-            if in_flight >= self.policy.reload_batch {
-                break;
-            }
-            let stale = current(self, slot)
-                .is_some_and(|w| w.state.is_ready() && w.generation < plan.target);
-            if stale {
-                self.spawn(slot);
-                in_flight += 1;
-            }
+        while let Some(slot) = self.progress.next_to_replace(self.policy.reload_batch) {
+            self.spawn(slot);
+            self.refresh(slot);
         }
     }
 
     fn announce_ready(&mut self, now: Instant) {
-        if self.announced_ready {
+        if self.announced_ready || !self.all_ready() {
             return;
         }
-        let all_ready =
-            (0..self.slots.len()).all(|slot| self.attached(slot).any(|w| w.state.is_ready()));
-        if all_ready {
-            self.announced_ready = true;
-            let startup = now.saturating_duration_since(self.started.unwrap_or(now));
-            self.log(Record::WorkersReady {
-                workers: self.slots.len(),
-                startup,
-            });
-            self.actions
-                .push(Action::NotifyManager(ManagerState::Ready));
-        }
+        self.announced_ready = true;
+        let startup = now.saturating_duration_since(self.started.unwrap_or(now));
+        self.log(Record::WorkersReady {
+            workers: self.slots.len(),
+            startup,
+        });
+        self.actions
+            .push(Action::NotifyManager(ManagerState::Ready));
     }
 
     // ---- helpers -----------------------------------------------------------
@@ -781,6 +837,7 @@ impl Supervisor {
     fn detach(&mut self, worker: &Worker) {
         if let Some(slot) = self.slots.get_mut(worker.slot) {
             slot.attached.retain(|&pid| pid != worker.pid);
+            self.dirty.insert(worker.slot);
         }
     }
 
@@ -791,10 +848,42 @@ impl Supervisor {
             .any(|w| w.generation < worker.generation)
     }
 
-    fn spawn(&mut self, slot: SlotId) {
+    /// Recounts a slot: what it looks like now, against what it looked like
+    /// when last counted.
+    fn refresh(&mut self, slot: SlotId) {
+        let s = &self.slots[slot];
+        let view = SlotView {
+            workers: s.attached.len() + usize::from(s.spawning),
+            ready: self
+                .attached(slot)
+                .filter(|w| w.state.is_ready())
+                .map(|w| w.generation)
+                .max(),
+        };
+        self.count(slot, view);
+    }
+
+    /// Replaces a slot's view in every count it is part of.
+    fn count(&mut self, slot: SlotId, view: SlotView) {
+        let old = std::mem::replace(&mut self.slots[slot].view, view);
+        if old == view {
+            return;
+        }
+        self.progress.update(slot, old, view, self.target);
+        self.ready_slots =
+            self.ready_slots + usize::from(view.ready.is_some()) - usize::from(old.ready.is_some());
+    }
+
+    fn set_restart(&mut self, slot: SlotId, at: Option<Instant>) {
         let s = &mut self.slots[slot];
-        s.spawning = true;
-        s.restart_at = None;
+        let old = std::mem::replace(&mut s.restart_at, at);
+        self.timers.change(Timer::Restart(slot), old, at);
+    }
+
+    fn spawn(&mut self, slot: SlotId) {
+        self.set_restart(slot, None);
+        self.slots[slot].spawning = true;
+        self.spawns_in_flight += 1;
         self.actions.push(Action::Spawn {
             slot,
             generation: self.target,
@@ -802,13 +891,8 @@ impl Supervisor {
     }
 
     fn become_ready(&mut self, pid: Pid, now: Instant) {
-        let watchdog_by = self.policy.watchdog.map(|d| now + d);
-        let Some(worker) = self.workers.get_mut(&pid) else {
+        let Some(worker) = self.workers.get(&pid) else {
             return;
-        };
-        worker.state = WorkerState::Ready {
-            since: now,
-            watchdog_by,
         };
         let record = Record::WorkerReady {
             slot: worker.slot,
@@ -816,6 +900,11 @@ impl Supervisor {
             generation: worker.generation,
             startup: now.saturating_duration_since(worker.started),
         };
+        let ready = WorkerState::Ready {
+            since: now,
+            watchdog_by: self.policy.watchdog.map(|d| now + d),
+        };
+        self.set_state(pid, ready);
         self.log(record);
     }
 
@@ -829,10 +918,7 @@ impl Supervisor {
             return;
         }
         let slot = worker.slot;
-        self.actions.push(Action::Signal {
-            pid,
-            signal: self.policy.stop_signal,
-        });
+        self.signal(pid, self.policy.stop_signal);
         self.log(Record::WorkerDraining { slot, pid, why });
         self.set_state(
             pid,
@@ -855,21 +941,35 @@ impl Supervisor {
         self.set_state(pid, WorkerState::Killed { why });
     }
 
-    /// Every change of state that can detach a worker goes through here, so
-    /// the slot index stays exact.
+    /// Every signal goes to a worker still in the map: one the supervisor
+    /// has not yet seen exit. (The shell reports each exit right after
+    /// reaping it, so such a pid is at worst a zombie, never reused.)
+    fn signal(&mut self, pid: Pid, signal: i32) {
+        if self.workers.contains_key(&pid) {
+            self.actions.push(Action::Signal { pid, signal });
+        }
+    }
+
+    /// Every change of state goes through here, so that the slot index, the
+    /// timers and the slot's counts stay exact.
     fn set_state(&mut self, pid: Pid, state: WorkerState) {
         let Some(worker) = self.workers.get_mut(&pid) else {
             return;
         };
-        let detached = !state.is_attached();
+        let old_deadline = worker.state.deadline();
+        let detached = worker.state.is_attached() && !state.is_attached();
         worker.state = state;
+        let new_deadline = worker.state.deadline();
+        let worker = worker.clone();
+        self.timers
+            .change(Timer::Worker(pid), old_deadline, new_deadline);
+        self.dirty.insert(worker.slot);
         if detached {
-            let worker = worker.clone();
             self.detach(&worker);
         }
     }
 
-    /// The slot index, recomputed the slow way: for tests.
+    /// The indexes and counts, recomputed the slow way: for tests.
     #[cfg(test)]
     pub fn check_index(&self) {
         for (id, slot) in self.slots.iter().enumerate() {
@@ -883,6 +983,20 @@ impl Supervisor {
                 .collect();
             assert_eq!(indexed, scanned, "slot {id}'s index");
         }
+        let timers = self
+            .workers
+            .values()
+            .filter(|w| w.state.deadline().is_some())
+            .count()
+            + self.slots.iter().filter(|s| s.restart_at.is_some()).count();
+        assert_eq!(self.timers.len(), timers, "one timer per deadline");
+        let ready = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(id, _)| self.attached(id).any(|w| w.state.is_ready()))
+            .count();
+        assert_eq!(self.ready_slots, ready, "ready slots");
     }
 
     fn ignored(&mut self, signal: &'static str, why: &'static str) {

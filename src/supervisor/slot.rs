@@ -6,8 +6,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::vocab::{Exit, Generation, Pid, SlotId};
+
 use super::backoff::Backoff;
-use super::event::{Exit, Generation, Pid, SlotId};
 
 /// A stable position `0..workers`. Its worker may come and go; the slot
 /// remembers how often it crashed and when it may start the next one.
@@ -26,6 +27,9 @@ pub struct Slot {
     pub restarts: u32,
     /// How its last worker ended.
     pub last_exit: Option<Exit>,
+    /// What the slot looked like when the supervisor last counted it (see
+    /// [`SlotView`]).
+    pub view: SlotView,
 }
 
 impl Slot {
@@ -37,7 +41,37 @@ impl Slot {
             attached: Vec::new(),
             restarts: 0,
             last_exit: None,
+            view: SlotView::default(),
         }
+    }
+
+    /// No worker, and none on its way: a restart (now or after backoff) is due.
+    pub fn is_empty(&self) -> bool {
+        self.attached.is_empty() && !self.spawning
+    }
+}
+
+/// A slot reduced to what the reload and the readiness count depend on.
+/// The supervisor keeps one per slot and updates its counts when it
+/// changes, so no decision has to look at every slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotView {
+    /// Attached workers, plus one if a spawn is in flight.
+    pub workers: usize,
+    /// The generation of its newest ready worker, if one is ready.
+    pub ready: Option<Generation>,
+}
+
+impl SlotView {
+    /// The generation it serves with exactly one ready worker: a slot that
+    /// is neither starting nor being replaced.
+    pub fn settled(&self) -> Option<Generation> {
+        if self.workers == 1 { self.ready } else { None }
+    }
+
+    /// A replacement is under way (an old worker and a new one).
+    pub fn replacing(&self) -> bool {
+        self.workers > 1
     }
 }
 
@@ -54,7 +88,8 @@ pub struct Worker {
 }
 
 /// Where a worker is in its life. A worker leaves the map when it is reaped,
-/// from whichever state it was in.
+/// from whichever state it was in. The table of states and events is in the
+/// [supervisor's docs](super).
 ///
 /// `Spawned`, `Booting` and `Ready` workers are *attached* to their slot:
 /// they are what the slot has. `Draining` and `Killed` workers are detached
@@ -139,22 +174,4 @@ pub enum StopReason {
     },
     /// It said `STOPPING=1` on its own.
     WorkerStopping,
-}
-
-impl std::fmt::Display for StopReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StopReason::Replaced { by } => write!(f, "replaced by generation {by}"),
-            StopReason::ScaledDown => f.write_str("scaled down"),
-            StopReason::Shutdown => f.write_str("shutdown"),
-            StopReason::ReloadAborted => f.write_str("reload aborted"),
-            StopReason::Watchdog { timeout } => {
-                write!(f, "no watchdog ping for {}", crate::record::human(*timeout))
-            }
-            StopReason::NotReady { timeout } => {
-                write!(f, "not ready within {}", crate::record::human(*timeout))
-            }
-            StopReason::WorkerStopping => f.write_str("it said STOPPING=1"),
-        }
-    }
 }

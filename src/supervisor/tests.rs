@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use super::event::*;
 use super::*;
-use crate::record::{Next, Record};
+use crate::log::render::sentence;
+use crate::supervisor::record::{Next, Record};
 
 const TERM: i32 = libc::SIGTERM;
 
@@ -81,6 +82,7 @@ impl Sim {
                     slot,
                     generation,
                     pid,
+                    confirmed: false,
                 }));
             }
         }
@@ -194,7 +196,8 @@ fn exit_next(actions: &[Action]) -> Next {
 
 fn exit_code(actions: &[Action]) -> Option<u8> {
     actions.iter().find_map(|a| match a {
-        Action::Exit { code, .. } => Some(*code),
+        Action::Exit(Outcome::Stopped) => Some(0),
+        Action::Exit(Outcome::GaveUp { .. }) => Some(1),
         _ => None,
     })
 }
@@ -253,7 +256,7 @@ fn a_worker_that_stayed_up_is_restarted_at_once_in_its_slot() {
             attempt: 0
         }
     );
-    let text = records(&acts, "worker exited")[0].to_string();
+    let text = sentence(&records(&acts, "worker exited")[0]);
     assert!(text.contains("killed by SIGKILL after 5.0s"), "{text}");
     assert!(text.contains("not sent by rcluster"), "{text}");
     assert!(text.ends_with("restarting now"), "{text}");
@@ -318,14 +321,15 @@ fn max_restarts_gives_up_with_a_non_zero_exit_after_stopping_the_rest() {
     );
     assert_eq!(exit_code(&acts), None, "not before the others are gone");
     let acts = sim.exit(pids[1], 0);
-    assert_eq!(exit_code(&acts), Some(EXIT_GAVE_UP));
-    let Some(Action::Exit {
-        error: Some(error), ..
-    }) = acts.last()
-    else {
-        panic!("expected an exit with a message");
-    };
-    assert!(error.contains("--max-restarts 2"), "{error}");
+    assert_eq!(exit_code(&acts), Some(1));
+    assert_eq!(
+        acts.last(),
+        Some(&Action::Exit(Outcome::GaveUp {
+            slot: 0,
+            crashes: 3,
+            max_restarts: 2
+        }))
+    );
 }
 
 #[test]
@@ -337,7 +341,7 @@ fn exec_failure_is_reported_with_its_errno_and_backs_off() {
         result: Err(libc::ENOENT),
     });
     let acts = sim.exit(pid, 127);
-    let text = records(&acts, "worker exited")[0].to_string();
+    let text = sentence(&records(&acts, "worker exited")[0]);
     assert!(
         text.contains("could not exec the command (ENOENT)"),
         "{text}"
@@ -399,11 +403,7 @@ fn a_worker_that_ignores_its_stop_signal_is_killed_after_the_stop_timeout() {
         },
     });
     assert_eq!(exit_code(&acts), Some(0));
-    assert!(
-        !records(&acts, "worker exited")[0]
-            .to_string()
-            .contains("not sent by rcluster")
-    );
+    assert!(!sentence(&records(&acts, "worker exited")[0]).contains("not sent by rcluster"));
 }
 
 #[test]
@@ -587,7 +587,7 @@ fn a_new_worker_that_cannot_exec_aborts_the_reload_and_keeps_the_old_ones() {
     let acts = sim.exit(new, 127);
     let aborted = records(&acts, "reload aborted");
     assert_eq!(aborted.len(), 1);
-    let text = aborted[0].to_string();
+    let text = sentence(&aborted[0]);
     assert!(
         text.contains("could not exec the command (ENOENT)"),
         "{text}"
@@ -736,5 +736,7 @@ fn status_messages_are_logged_and_unknown_senders_ignored() {
     let acts = sim.notify(pids[0], NotifyMsg::Status("warming up".into()));
     assert_eq!(records(&acts, "worker status").len(), 1);
     assert!(sim.notify(Pid::from_raw(1), NotifyMsg::Ready).is_empty());
-    assert!(sim.exit(Pid::from_raw(1), 0).is_empty());
+    let acts = sim.exit(Pid::from_raw(1), 0);
+    assert_eq!(records(&acts, "orphan reaped").len(), 1, "{acts:?}");
+    assert_eq!(acts.len(), 1);
 }

@@ -90,7 +90,7 @@ pub(crate) fn install() -> io::Result<Shutdown> {
     let signal = Arc::new(AtomicUsize::new(0));
     // The flag before the pipe, for each signal: a waiter that wakes on the
     // pipe must find the flag set (see `wait`).
-    crate::signals::registering(STOP_SIGNALS, || {
+    registering(STOP_SIGNALS, || {
         for &sig in STOP_SIGNALS {
             signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
             signal_hook::low_level::pipe::register(sig, notify.try_clone()?)?;
@@ -105,6 +105,26 @@ pub(crate) fn install() -> io::Result<Shutdown> {
         }),
     };
     Ok(SHUTDOWN.get_or_init(|| shutdown).clone())
+}
+
+/// Runs `register` with `signals` blocked in this thread, so that one
+/// arriving while its handler is being installed waits (pending) until
+/// the handler can act on it. signal-hook installs the OS handler a moment
+/// before the action it runs is visible to it; a signal in that moment
+/// would otherwise be lost, and a worker would miss its TERM.
+fn registering<T>(signals: &[i32], register: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    for &signal in signals {
+        if let Ok(signal) = Signal::try_from(signal) {
+            set.add(signal);
+        }
+    }
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))?;
+    let registered = register();
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    registered
 }
 
 impl Shutdown {

@@ -1,9 +1,12 @@
 //! The master's logger: slog to stderr (or `--log-file`), human sentences by
 //! default or one JSON object per line (`--log-format json`) whose `msg` is
-//! the record's stable name and whose keys are its fields. It also writes
-//! the workers' output lines under `--log-prefix`.
+//! the record's stable name and whose keys are its fields (both renderings
+//! are in `render.rs`). It also writes the workers' output lines under
+//! `--log-prefix`, as the [`LineSink`] worker output is handed to.
 //!
 //! Drains are synchronous: no slog-async thread in a forking master.
+
+pub mod render;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -13,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use slog::{Drain, Logger, o};
 
 use crate::config::LogFormat;
-use crate::output::Stream;
-use crate::record::Record;
-use crate::supervisor::event::{Pid, SlotId};
+use crate::output::{LineSink, Stream};
+use crate::supervisor::record::Record;
+use crate::vocab::{Pid, SlotId};
 
 pub struct Log {
     logger: Logger,
@@ -126,14 +129,16 @@ impl Log {
             };
         }
         match self.format {
-            LogFormat::Human => at_level!("{}", record),
+            LogFormat::Human => at_level!("{}", render::sentence(record)),
             LogFormat::Json => at_level!("{}", record.name(); record),
         }
     }
+}
 
+impl LineSink for Log {
     /// Lines a worker wrote: `[slot] line` on the same stream (or in the
     /// log file), all in one write, or one `worker output` JSON record each.
-    pub fn worker_output(&self, slot: SlotId, pid: Pid, stream: Stream, lines: &[&[u8]]) {
+    fn lines(&self, slot: SlotId, pid: Pid, stream: Stream, lines: &[&[u8]]) {
         match self.format {
             LogFormat::Json => {
                 for line in lines {

@@ -1,0 +1,144 @@
+//! The binary's launcher: fork, then exec the command, with the listeners
+//! at fd 3.. and the environment of `spawn::env`. Everything the child
+//! needs is built before the fork ([`ChildPlan`]); what runs between fork
+//! and exec is `spawn/child.rs`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use libc::c_char;
+use nix::fcntl::OFlag;
+
+use crate::spawn::child::{ChildPlan, PID_DIGITS, exec_child, fork_blocked};
+use crate::spawn::command::{Command, Identity};
+use crate::spawn::env::{Value, WorkerEnv, slot_vars};
+use crate::vocab::{Generation, SlotId};
+
+use super::{Launch, Launched, Reaping};
+
+/// What every worker of this master gets; [`Launch::launch`] adds the slot
+/// and generation.
+#[derive(Debug)]
+pub struct ExecLauncher {
+    command: Command,
+    /// The master's environment without ours, and ours.
+    env: WorkerEnv,
+    /// Listener fds, in order: they become fds 3, 4, … in the worker.
+    fds: Vec<RawFd>,
+    identity: Option<Identity>,
+    /// Give each worker pipes for stdout and stderr (`--log-prefix`).
+    capture_output: bool,
+    parent: libc::pid_t,
+}
+
+impl ExecLauncher {
+    pub fn new(
+        command: Command,
+        fds: Vec<RawFd>,
+        mut vars: Vec<(String, Value)>,
+        identity: Option<Identity>,
+        capture_output: bool,
+    ) -> ExecLauncher {
+        if let Some(identity) = &identity {
+            vars.extend(identity.vars().iter().cloned());
+        }
+        ExecLauncher {
+            command,
+            env: WorkerEnv::new(vars),
+            fds,
+            identity,
+            capture_output,
+            parent: std::process::id() as libc::pid_t,
+        }
+    }
+
+    fn plan(&self, slot: SlotId, generation: Generation) -> ChildPlan {
+        let mut env: Vec<Vec<u8>> = self
+            .env
+            .inherited
+            .iter()
+            .map(|c| c.as_bytes_with_nul().to_vec())
+            .collect();
+        let mut pid_entries = Vec::new();
+        let slot_vars = slot_vars(slot, generation).map(|(k, v)| (k.to_string(), Value::Text(v)));
+        for (key, value) in self.env.vars.iter().chain(slot_vars.iter()) {
+            let mut entry = format!("{key}=").into_bytes();
+            match value {
+                Value::Text(text) => entry.extend(text.bytes().filter(|&b| b != 0)),
+                Value::OwnPid => {
+                    pid_entries.push((env.len(), entry.len()));
+                    entry.extend([0u8; PID_DIGITS]);
+                }
+            }
+            entry.push(0);
+            env.push(entry);
+        }
+        let mut argv: Vec<*const c_char> = self.command.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*mut c_char> = env.iter_mut().map(|e| e.as_mut_ptr().cast()).collect();
+        envp.push(std::ptr::null_mut());
+        ChildPlan {
+            program: self.command.program.as_ptr(),
+            argv,
+            envp,
+            pid_entries,
+            env,
+            fds: self.fds.clone(),
+            scratch: vec![-1; self.fds.len()],
+            stdio: None,
+            credentials: self.identity.as_ref().map(|i| i.credentials.clone()),
+            parent: self.parent,
+            max_signal: libc::SIGRTMAX(),
+        }
+    }
+
+    /// The command as the user wrote it, for messages.
+    pub fn command_name(&self) -> String {
+        self.command
+            .argv
+            .first()
+            .map(CString::as_bytes)
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+            .into_owned()
+    }
+}
+
+impl Launch for ExecLauncher {
+    fn launch(&mut self, slot: SlotId, generation: Generation) -> io::Result<Launched> {
+        let mut plan = self.plan(slot, generation);
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        // Output pipes: the master's ends never block it; the worker's are
+        // ordinary (a worker that outwrites the master waits, not the master).
+        let output = if self.capture_output {
+            let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+            let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+            for fd in [&out_read, &err_read] {
+                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+            }
+            plan.stdio = Some((out_write.as_raw_fd(), err_write.as_raw_fd()));
+            Some(((out_read, err_read), (out_write, err_write)))
+        } else {
+            None
+        };
+        // SAFETY: the master is single-threaded, and the child runs only
+        // async-signal-safe code before exec or _exit.
+        let pid = match unsafe { fork_blocked() }? {
+            // SAFETY: in the child, with the plan built before fork.
+            None => unsafe { exec_child(&mut plan, write.as_raw_fd()) },
+            Some(pid) => pid,
+        };
+        drop(write);
+        Ok(Launched {
+            pid,
+            exec_pipe: Some(read),
+            // The worker's ends close here, with `output`'s second half.
+            output: output.map(|(reads, _writes)| reads),
+        })
+    }
+
+    fn reaping(&self) -> Reaping {
+        Reaping::All
+    }
+}

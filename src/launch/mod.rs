@@ -1,0 +1,44 @@
+//! Starting a worker: one idea, two implementations. The `rcluster` binary
+//! forks and execs a command (`exec.rs`); [`crate::Cluster`] forks and runs
+//! a closure (`fork.rs`). The master's loop knows only [`Launch`].
+
+pub mod exec;
+pub mod fork;
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use crate::vocab::{Generation, Pid, SlotId};
+
+/// How a master starts its workers.
+pub trait Launch {
+    /// Starts a worker for `slot`, of `generation`.
+    fn launch(&mut self, slot: SlotId, generation: Generation) -> io::Result<Launched>;
+
+    /// Which children the master may reap.
+    fn reaping(&self) -> Reaping;
+}
+
+/// A worker just started.
+#[derive(Debug)]
+pub struct Launched {
+    pub pid: Pid,
+    /// `None`: it already runs (a fork is its own start). Otherwise its
+    /// start is confirmed through this pipe: EOF when exec succeeded, four
+    /// bytes of errno when it failed.
+    pub exec_pipe: Option<OwnedFd>,
+    /// The read ends of its stdout and stderr, when they go through the
+    /// master (`--log-prefix`).
+    pub output: Option<(OwnedFd, OwnedFd)>,
+}
+
+/// Which exited children the master collects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reaping {
+    /// Every child, `waitpid(-1)`: the binary, which may be PID 1 and
+    /// inherit orphans.
+    All,
+    /// Only its workers, by pid: a library must not reap children its host
+    /// program started.
+    Workers,
+}

@@ -1,0 +1,489 @@
+//! How a [`Record`] reads: its fields (the JSON keys) and its sentence (the
+//! human log), written by one match, [`render`], so that a record's two
+//! renderings are side by side and a new record is one arm.
+//!
+//! Each renderer asks only for what it needs: the JSON one takes the fields
+//! and skips the sentence, the human one the other way round.
+
+use std::fmt::{self, Write as _};
+use std::time::Duration;
+
+use crate::supervisor::record::{Next, Record};
+use crate::supervisor::slot::StopReason;
+use crate::vocab::{Exit, Pid, SlotId, count, errno_name, human, signal_name};
+
+/// One field's value.
+#[derive(Debug, Clone, Copy)]
+pub enum Value<'a> {
+    U64(u64),
+    I64(i64),
+    Bool(bool),
+    Str(&'a str),
+}
+
+/// Where a record is rendered to.
+pub trait Out {
+    fn field(&mut self, key: &'static str, value: Value<'_>);
+    fn sentence(&mut self, text: fmt::Arguments<'_>);
+}
+
+/// The fields, as one record's arm writes them.
+struct Fields<'o>(&'o mut dyn Out);
+
+impl Fields<'_> {
+    fn u64(&mut self, key: &'static str, value: u64) -> &mut Self {
+        self.0.field(key, Value::U64(value));
+        self
+    }
+
+    fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
+        self.0.field(key, Value::Str(value));
+        self
+    }
+
+    fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
+        self.0.field(key, Value::Bool(value));
+        self
+    }
+
+    fn slot(&mut self, slot: SlotId) -> &mut Self {
+        self.u64("slot", slot as u64)
+    }
+
+    fn pid(&mut self, pid: Pid) -> &mut Self {
+        self.0.field("pid", Value::I64(pid.as_raw().into()));
+        self
+    }
+
+    fn ms(&mut self, key: &'static str, d: Duration) -> &mut Self {
+        self.u64(key, d.as_millis() as u64)
+    }
+
+    fn exit(&mut self, exit: Exit) -> &mut Self {
+        match exit {
+            Exit::Code(code) => {
+                self.0.field("code", Value::I64(code.into()));
+                self
+            }
+            Exit::Signaled {
+                signal,
+                core_dumped,
+            } => self
+                .str("signal", &signal_name(signal))
+                .bool("core_dumped", core_dumped),
+        }
+    }
+
+    fn say(&mut self, text: fmt::Arguments<'_>) {
+        self.0.sentence(text);
+    }
+}
+
+fn worker(slot: SlotId, pid: Pid) -> String {
+    format!("worker {slot} (pid {pid})")
+}
+
+/// Why a worker was stopped, as its records say it.
+pub fn stop_reason(why: &StopReason) -> String {
+    match why {
+        StopReason::Replaced { by } => format!("replaced by generation {by}"),
+        StopReason::ScaledDown => "scaled down".into(),
+        StopReason::Shutdown => "shutdown".into(),
+        StopReason::ReloadAborted => "reload aborted".into(),
+        StopReason::Watchdog { timeout } => format!("no watchdog ping for {}", human(*timeout)),
+        StopReason::NotReady { timeout } => format!("not ready within {}", human(*timeout)),
+        StopReason::WorkerStopping => "it said STOPPING=1".into(),
+    }
+}
+
+/// What follows an exit, as the end of its sentence.
+fn next_text(next: &Next) -> String {
+    match next {
+        Next::Restart { delay, .. } if delay.is_zero() => "restarting now".into(),
+        Next::Restart { delay, attempt } => {
+            format!("restarting in {} (attempt {attempt})", human(*delay))
+        }
+        Next::Stopped(why) => format!("stopped: {}", stop_reason(why)),
+        Next::SlotServed => "not restarted: its slot still has a worker".into(),
+        Next::NotRestarted => "not restarted".into(),
+        Next::GiveUp => "giving up (--max-restarts)".into(),
+    }
+}
+
+/// Writes `record`'s fields and sentence to `out`.
+pub fn render(record: &Record, out: &mut dyn Out) {
+    use Record::*;
+    let r = &mut Fields(out);
+    match record {
+        Started {
+            pid,
+            workers,
+            version,
+        } => {
+            r.u64("pid", (*pid).into())
+                .u64("workers", *workers as u64)
+                .str("version", version);
+            r.say(format_args!(
+                "rcluster {version} started (pid {pid}), {}",
+                count(*workers, "worker")
+            ))
+        }
+        Listening { name, addr } => {
+            r.str("name", name).str("addr", addr);
+            r.say(format_args!("listening on {addr} ({name})"))
+        }
+        WorkerSpawned {
+            slot,
+            pid,
+            generation,
+        } => {
+            r.slot(*slot).pid(*pid).u64("generation", *generation);
+            r.say(format_args!(
+                "{} spawned (generation {generation})",
+                worker(*slot, *pid)
+            ))
+        }
+        WorkerStarted { slot, pid } => {
+            r.slot(*slot).pid(*pid);
+            r.say(format_args!(
+                "{} started (exec succeeded)",
+                worker(*slot, *pid)
+            ))
+        }
+        WorkerReady {
+            slot,
+            pid,
+            generation,
+            startup,
+        } => {
+            r.slot(*slot)
+                .pid(*pid)
+                .u64("generation", *generation)
+                .ms("startup_ms", *startup);
+            r.say(format_args!(
+                "{} ready after {}",
+                worker(*slot, *pid),
+                human(*startup)
+            ))
+        }
+        WorkersReady { workers, startup } => {
+            r.u64("workers", *workers as u64).ms("startup_ms", *startup);
+            let all = match workers {
+                1 => "the worker is".to_string(),
+                n => format!("all {n} workers are"),
+            };
+            r.say(format_args!("{all} ready after {}", human(*startup)))
+        }
+        WorkerExited {
+            slot,
+            pid,
+            generation,
+            exit,
+            exec_error,
+            uptime,
+            next,
+            killed_by_us,
+        } => {
+            r.slot(*slot)
+                .pid(*pid)
+                .u64("generation", *generation)
+                .exit(*exit);
+            if let Some(errno) = exec_error {
+                r.str("exec_error", &errno_name(*errno));
+            }
+            r.ms("uptime_ms", *uptime)
+                .bool("killed_by_rcluster", *killed_by_us);
+            match next {
+                Next::Restart { delay, attempt } => {
+                    r.str("next", "restart")
+                        .ms("restart_in_ms", *delay)
+                        .u64("attempt", (*attempt).into());
+                }
+                Next::Stopped(why) => {
+                    r.str("next", "none").str("reason", &stop_reason(why));
+                }
+                Next::SlotServed | Next::NotRestarted => {
+                    r.str("next", "none");
+                }
+                Next::GiveUp => {
+                    r.str("next", "give up");
+                }
+            }
+            let how = match exec_error {
+                Some(errno) => format!("could not exec the command ({})", errno_name(*errno)),
+                None => format!("{exit} after {}", human(*uptime)),
+            };
+            let sigkill = matches!(
+                exit,
+                Exit::Signaled {
+                    signal: libc::SIGKILL,
+                    ..
+                }
+            );
+            let not_ours = if sigkill && !killed_by_us {
+                " (not sent by rcluster: out of memory?)"
+            } else {
+                ""
+            };
+            r.say(format_args!(
+                "{} {how}{not_ours}; {}",
+                worker(*slot, *pid),
+                next_text(next)
+            ))
+        }
+        WorkerStatus { slot, pid, status } => {
+            r.slot(*slot).pid(*pid).str("status", status);
+            r.say(format_args!("{} status: {status}", worker(*slot, *pid)))
+        }
+        WorkerStopping { slot, pid } => {
+            r.slot(*slot).pid(*pid);
+            r.say(format_args!(
+                "{} said STOPPING=1; starting its replacement",
+                worker(*slot, *pid)
+            ))
+        }
+        WorkerDraining { slot, pid, why } => {
+            let why = stop_reason(why);
+            r.slot(*slot).pid(*pid).str("reason", &why);
+            r.say(format_args!("{} draining ({why})", worker(*slot, *pid)))
+        }
+        SpawnFailed { slot, error } => {
+            r.slot(*slot).str("error", error);
+            r.say(format_args!("could not start worker {slot}: {error}"))
+        }
+        NotReady { slot, pid, timeout } => {
+            r.slot(*slot).pid(*pid).ms("timeout_ms", *timeout);
+            r.say(format_args!(
+                "{} not ready within {} (--ready-timeout); killing it",
+                worker(*slot, *pid),
+                human(*timeout)
+            ))
+        }
+        WatchdogTimeout { slot, pid, timeout } => {
+            r.slot(*slot).pid(*pid).ms("timeout_ms", *timeout);
+            r.say(format_args!(
+                "{} sent no WATCHDOG=1 for {}; sending SIGABRT and replacing it",
+                worker(*slot, *pid),
+                human(*timeout)
+            ))
+        }
+        StopTimeout { slot, pid, timeout } => {
+            r.slot(*slot).pid(*pid).ms("timeout_ms", *timeout);
+            r.say(format_args!(
+                "{} still running {} after its stop signal (--stop-timeout); \
+                 sending SIGKILL to its process group",
+                worker(*slot, *pid),
+                human(*timeout)
+            ))
+        }
+        ReloadStarted {
+            generation,
+            workers,
+        } => {
+            r.u64("generation", *generation)
+                .u64("workers", *workers as u64);
+            r.say(format_args!(
+                "reload started: replacing {} with generation {generation}",
+                count(*workers, "worker")
+            ))
+        }
+        ReloadRetargeted { generation } => {
+            r.u64("generation", *generation);
+            r.say(format_args!(
+                "reload already running; it now replaces every worker with generation {generation}"
+            ))
+        }
+        ReloadComplete {
+            generation,
+            duration,
+        } => {
+            r.u64("generation", *generation)
+                .ms("duration_ms", *duration);
+            r.say(format_args!(
+                "reload complete: every worker is generation {generation}, in {}",
+                human(*duration)
+            ))
+        }
+        ReloadAborted {
+            generation,
+            slot,
+            pid,
+            cause,
+            old_serving,
+        } => {
+            r.u64("generation", *generation).slot(*slot);
+            if let Some(pid) = pid {
+                r.pid(*pid);
+            }
+            r.str("cause", cause)
+                .u64("old_serving", *old_serving as u64);
+            r.say(format_args!(
+                "reload aborted: the new worker {slot} (generation {generation}) {cause}; \
+                 {} of older generations keep serving; send HUP to try again",
+                count(*old_serving, "worker")
+            ))
+        }
+        Scaled { workers } => {
+            r.u64("workers", *workers as u64);
+            r.say(format_args!("scaled to {}", count(*workers, "worker")))
+        }
+        StopRequested { graceful, timeout } => {
+            r.bool("graceful", *graceful).ms("timeout_ms", *timeout);
+            if *graceful {
+                r.say(format_args!(
+                    "graceful stop: workers drain for up to {} (send TERM again to stop now)",
+                    human(*timeout)
+                ))
+            } else {
+                r.say(format_args!("immediate stop: killing every worker"))
+            }
+        }
+        GivingUp {
+            slot,
+            crashes,
+            max_restarts,
+        } => {
+            r.slot(*slot)
+                .u64("crashes", (*crashes).into())
+                .u64("max_restarts", (*max_restarts).into());
+            r.say(format_args!(
+                "giving up: worker {slot} exited {crashes} times in a row before --min-uptime \
+                 (--max-restarts {max_restarts})"
+            ))
+        }
+        Stopped { code } => {
+            r.u64("code", (*code).into());
+            r.say(format_args!("stopped (exit code {code})"))
+        }
+        SignalIgnored { signal, why } => {
+            r.str("signal", signal).str("reason", why);
+            r.say(format_args!("{signal} ignored: {why}"))
+        }
+        OrphanReaped { pid, exit } => {
+            r.pid(*pid).exit(*exit);
+            r.say(format_args!("reaped orphan pid {pid}: {exit}"))
+        }
+        NotifyIgnored { pid, why } => {
+            r.pid(*pid).str("reason", why);
+            r.say(format_args!("notify message from pid {pid} ignored: {why}"))
+        }
+        OsError { op, error } => {
+            r.str("op", op).str("error", error);
+            r.say(format_args!("{op} failed: {error}"))
+        }
+        WorkerOutput {
+            slot,
+            pid,
+            stream,
+            line,
+        } => {
+            r.slot(*slot)
+                .pid(*pid)
+                .str("stream", stream)
+                .str("line", line);
+            r.say(format_args!("[{slot}] {line}"))
+        }
+        LogReopened { path } => {
+            r.str("path", path);
+            r.say(format_args!("reopened the log file {path}"))
+        }
+        Control { path, error } => {
+            r.str("path", path);
+            match error {
+                None => r.say(format_args!("control socket at {path}")),
+                Some(error) => {
+                    r.str("error", error);
+                    r.say(format_args!(
+                        "no control socket: {path}: {error} \
+                         (rcluster status needs one; pass --control PATH)"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// A record's sentence, for people.
+pub fn sentence(record: &Record) -> String {
+    struct Sentence(String);
+    impl Out for Sentence {
+        fn field(&mut self, _: &'static str, _: Value<'_>) {}
+        fn sentence(&mut self, text: fmt::Arguments<'_>) {
+            let _ = self.0.write_fmt(text);
+        }
+    }
+    let mut out = Sentence(String::new());
+    render(record, &mut out);
+    out.0
+}
+
+/// A record's fields, as slog key-values: the JSON log's keys.
+impl slog::KV for Record {
+    fn serialize(&self, _: &slog::Record<'_>, s: &mut dyn slog::Serializer) -> slog::Result {
+        struct Fields<'s> {
+            s: &'s mut dyn slog::Serializer,
+            result: slog::Result,
+        }
+        impl Out for Fields<'_> {
+            fn field(&mut self, key: &'static str, value: Value<'_>) {
+                if self.result.is_err() {
+                    return;
+                }
+                self.result = match value {
+                    Value::U64(v) => self.s.emit_u64(key, v),
+                    Value::I64(v) => self.s.emit_i64(key, v),
+                    Value::Bool(v) => self.s.emit_bool(key, v),
+                    Value::Str(v) => self.s.emit_str(key, v),
+                };
+            }
+            fn sentence(&mut self, _: fmt::Arguments<'_>) {}
+        }
+        let mut out = Fields { s, result: Ok(()) };
+        render(self, &mut out);
+        out.result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_sentences_say_how_it_ended_and_what_comes_next() {
+        let rec = Record::WorkerExited {
+            slot: 2,
+            pid: Pid::from_raw(4121),
+            generation: 1,
+            exit: Exit::Signaled {
+                signal: libc::SIGKILL,
+                core_dumped: false,
+            },
+            exec_error: None,
+            uptime: Duration::from_millis(3200),
+            next: Next::Restart {
+                delay: Duration::ZERO,
+                attempt: 0,
+            },
+            killed_by_us: false,
+        };
+        assert_eq!(
+            sentence(&rec),
+            "worker 2 (pid 4121) killed by SIGKILL after 3.2s (not sent by rcluster: out of memory?); restarting now"
+        );
+    }
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        let one = Record::Started {
+            pid: 1,
+            workers: 1,
+            version: "0",
+        };
+        assert!(sentence(&one).ends_with(", 1 worker"), "{}", sentence(&one));
+        let ready = Record::WorkersReady {
+            workers: 1,
+            startup: Duration::from_millis(3),
+        };
+        assert_eq!(sentence(&ready), "the worker is ready after 3ms");
+    }
+}

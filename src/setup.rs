@@ -1,0 +1,129 @@
+//! Everything the master does before its loop: block the signals it reads,
+//! adopt the sockets systemd passed and bind the others, write the pid
+//! file, open the notify and control sockets, and say where it listens.
+//! Bad input (an address, a path) fails here, before any worker exists.
+
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, Control};
+use crate::control::ControlServer;
+use crate::error::Error;
+use crate::listen::{self, Listener};
+use crate::log::Log;
+use crate::notify::NotifySocket;
+use crate::pidfile::PidFile;
+use crate::signals::Signals;
+use crate::spawn::env::{self, Value};
+use crate::status::MasterInfo;
+use crate::supervisor::policy::Policy;
+use crate::supervisor::record::Record;
+
+/// A master ready to start its workers.
+pub struct Setup {
+    pub signals: Signals,
+    pub listeners: Vec<Listener>,
+    pub pid_file: Option<PidFile>,
+    pub notify: NotifySocket,
+    pub control: Option<ControlServer>,
+    pub info: MasterInfo,
+    pub policy: Policy,
+    watchdog: Option<Duration>,
+}
+
+impl Setup {
+    pub fn new(config: &Config, log: &Log) -> Result<Setup, Error> {
+        // First, so that a signal sent while binding waits for the loop.
+        let signals =
+            Signals::block().map_err(|e| Error::os("blocking the master's signals", e))?;
+        let listeners =
+            listen::bind_all(&config.listen, config.backlog, listen::adopt_inherited()?)?;
+        let pid_file = config
+            .pid_file
+            .as_deref()
+            .map(PidFile::create)
+            .transpose()?;
+        let notify =
+            NotifySocket::bind().map_err(|e| Error::os("creating the notify socket", e))?;
+        let control = open_control(&config.control, log)?;
+        log.emit(&Record::Started {
+            pid: std::process::id(),
+            workers: config.workers,
+            version: env!("CARGO_PKG_VERSION"),
+        });
+        for listener in &listeners {
+            log.emit(&Record::Listening {
+                name: listener.name.clone(),
+                addr: listener.local.clone(),
+            });
+        }
+        let info = MasterInfo {
+            started: Instant::now(),
+            listeners: listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.local.clone()))
+                .collect(),
+            control: control
+                .as_ref()
+                .map(|c| c.path().display().to_string())
+                .unwrap_or_default(),
+        };
+        Ok(Setup {
+            signals,
+            listeners,
+            pid_file,
+            notify,
+            control,
+            info,
+            policy: config.policy(),
+            watchdog: config.watchdog,
+        })
+    }
+
+    pub fn listener_fds(&self) -> Vec<RawFd> {
+        self.listeners.iter().map(Listener::fd).collect()
+    }
+
+    /// What every worker is told: where to say `READY=1`, the watchdog,
+    /// and, with `sockets`, its listeners at fd 3.. in every protocol.
+    pub fn worker_vars(&self, sockets: bool) -> Vec<(String, Value)> {
+        let mut vars = if sockets {
+            env::listen_vars(&self.listeners)
+        } else {
+            Vec::new()
+        };
+        vars.extend(env::notify_vars(self.notify.address(), self.watchdog));
+        vars
+    }
+}
+
+/// The control socket, if it should have one: `--control PATH` must work;
+/// the default place may be taken by another master (then say so and run
+/// without).
+fn open_control(setting: &Control, log: &Log) -> Result<Option<ControlServer>, Error> {
+    let (path, required) = match setting {
+        Control::Off => return Ok(None),
+        Control::At(path) => (path, true),
+        Control::Default(path) => (path, false),
+    };
+    match ControlServer::bind(path) {
+        Ok(control) => {
+            log.emit(&Record::Control {
+                path: path.display().to_string(),
+                error: None,
+            });
+            Ok(Some(control))
+        }
+        Err(e) if required => Err(Error::Bind {
+            addr: format!("the control socket {}", path.display()),
+            cause: e.to_string(),
+        }),
+        Err(e) => {
+            log.emit(&Record::Control {
+                path: path.display().to_string(),
+                error: Some(e.to_string()),
+            });
+            Ok(None)
+        }
+    }
+}

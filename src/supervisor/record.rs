@@ -1,0 +1,231 @@
+//! What rcluster reports: one typed [`Record`] per thing that happened, with
+//! its stable name (the JSON `msg`, which tests and log pipelines match on)
+//! and its level, both given by one table ([`Record::meta`]).
+//!
+//! Most records are the supervisor's decisions; the shell adds the few that
+//! only it can see (binding, the control socket, a syscall that failed).
+//! How a record reads, as a sentence or as JSON fields, is the logger's
+//! business (`log/render.rs`).
+
+use std::time::Duration;
+
+use slog::Level;
+
+use crate::vocab::{Exit, Generation, Pid, SlotId};
+
+use super::slot::StopReason;
+
+/// What happens after a worker ended, as its exit record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Restart after `delay` (zero: at once); `attempt` counts quick crashes.
+    Restart { delay: Duration, attempt: u32 },
+    /// The master stopped it on purpose.
+    Stopped(StopReason),
+    /// The slot still has a worker (a reload's old or new one): no restart.
+    SlotServed,
+    /// Not restarted: the master is stopping or the slot was scaled away.
+    NotRestarted,
+    /// `--max-restarts` is used up; the master stops.
+    GiveUp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Started {
+        pid: u32,
+        workers: usize,
+        version: &'static str,
+    },
+    Listening {
+        name: String,
+        addr: String,
+    },
+    WorkerSpawned {
+        slot: SlotId,
+        pid: Pid,
+        generation: Generation,
+    },
+    /// Its exec succeeded (debug level: benchmarks time restarts with it).
+    WorkerStarted {
+        slot: SlotId,
+        pid: Pid,
+    },
+    WorkerReady {
+        slot: SlotId,
+        pid: Pid,
+        generation: Generation,
+        startup: Duration,
+    },
+    /// Every slot has a ready worker for the first time.
+    WorkersReady {
+        workers: usize,
+        startup: Duration,
+    },
+    WorkerExited {
+        slot: SlotId,
+        pid: Pid,
+        generation: Generation,
+        exit: Exit,
+        exec_error: Option<i32>,
+        uptime: Duration,
+        next: Next,
+        /// Whether a `SIGKILL` that ended it was sent by rcluster.
+        killed_by_us: bool,
+    },
+    WorkerStatus {
+        slot: SlotId,
+        pid: Pid,
+        status: String,
+    },
+    WorkerStopping {
+        slot: SlotId,
+        pid: Pid,
+    },
+    /// The master sent a worker its stop signal.
+    WorkerDraining {
+        slot: SlotId,
+        pid: Pid,
+        why: StopReason,
+    },
+    SpawnFailed {
+        slot: SlotId,
+        error: String,
+    },
+    NotReady {
+        slot: SlotId,
+        pid: Pid,
+        timeout: Duration,
+    },
+    WatchdogTimeout {
+        slot: SlotId,
+        pid: Pid,
+        timeout: Duration,
+    },
+    StopTimeout {
+        slot: SlotId,
+        pid: Pid,
+        timeout: Duration,
+    },
+    ReloadStarted {
+        generation: Generation,
+        workers: usize,
+    },
+    ReloadRetargeted {
+        generation: Generation,
+    },
+    ReloadComplete {
+        generation: Generation,
+        duration: Duration,
+    },
+    ReloadAborted {
+        generation: Generation,
+        slot: SlotId,
+        pid: Option<Pid>,
+        cause: String,
+        old_serving: usize,
+    },
+    Scaled {
+        workers: usize,
+    },
+    StopRequested {
+        graceful: bool,
+        timeout: Duration,
+    },
+    GivingUp {
+        slot: SlotId,
+        crashes: u32,
+        max_restarts: u32,
+    },
+    Stopped {
+        code: u8,
+    },
+    SignalIgnored {
+        signal: &'static str,
+        why: &'static str,
+    },
+    OrphanReaped {
+        pid: Pid,
+        exit: Exit,
+    },
+    NotifyIgnored {
+        pid: Pid,
+        why: String,
+    },
+    /// A syscall at the edge failed in a way the master survives.
+    OsError {
+        op: String,
+        error: String,
+    },
+    /// A line a worker wrote (`--log-prefix`, JSON logs).
+    WorkerOutput {
+        slot: SlotId,
+        pid: Pid,
+        stream: &'static str,
+        line: String,
+    },
+    LogReopened {
+        path: String,
+    },
+    /// Where the control socket listens, or why there is none.
+    Control {
+        path: String,
+        error: Option<String>,
+    },
+}
+
+impl Record {
+    /// The stable name (the JSON `msg`) and the level, one row per record.
+    pub fn meta(&self) -> (&'static str, Level) {
+        use Level::*;
+        use Record::*;
+        match self {
+            Started { .. } => ("started", Info),
+            Listening { .. } => ("listening", Info),
+            WorkerSpawned { .. } => ("worker spawned", Info),
+            WorkerStarted { .. } => ("worker started", Debug),
+            WorkerReady { .. } => ("worker ready", Info),
+            WorkersReady { .. } => ("workers ready", Info),
+            WorkerExited { next, .. } => (
+                "worker exited",
+                match next {
+                    Next::Stopped(_) | Next::NotRestarted => Info,
+                    Next::Restart { .. } | Next::SlotServed => Warning,
+                    Next::GiveUp => Error,
+                },
+            ),
+            WorkerStatus { .. } => ("worker status", Info),
+            WorkerStopping { .. } => ("worker stopping", Info),
+            WorkerDraining { .. } => ("worker draining", Info),
+            SpawnFailed { .. } => ("spawn failed", Error),
+            NotReady { .. } => ("worker not ready", Error),
+            WatchdogTimeout { .. } => ("watchdog timeout", Error),
+            StopTimeout { .. } => ("stop timeout", Warning),
+            ReloadStarted { .. } => ("reload started", Info),
+            ReloadRetargeted { .. } => ("reload retargeted", Info),
+            ReloadComplete { .. } => ("reload complete", Info),
+            ReloadAborted { .. } => ("reload aborted", Error),
+            Scaled { .. } => ("scaled", Info),
+            StopRequested { .. } => ("stop requested", Info),
+            GivingUp { .. } => ("giving up", Critical),
+            Stopped { .. } => ("stopped", Info),
+            SignalIgnored { .. } => ("signal ignored", Info),
+            OrphanReaped { .. } => ("orphan reaped", Debug),
+            NotifyIgnored { .. } => ("notify ignored", Debug),
+            OsError { .. } => ("os error", Warning),
+            WorkerOutput { .. } => ("worker output", Info),
+            LogReopened { .. } => ("log reopened", Info),
+            Control { error: None, .. } => ("control socket", Info),
+            Control { error: Some(_), .. } => ("control socket", Warning),
+        }
+    }
+
+    /// The stable name: the JSON `msg`.
+    pub fn name(&self) -> &'static str {
+        self.meta().0
+    }
+
+    pub fn level(&self) -> Level {
+        self.meta().1
+    }
+}

@@ -1,0 +1,115 @@
+//! The words every part of rcluster shares: which process ([`Pid`]), which
+//! position ([`SlotId`]), which release ([`Generation`]), how a process
+//! ended ([`Exit`]), and how logs write signals, errnos and durations.
+//!
+//! A leaf: it imports nothing of the crate, so any module may use it.
+
+use std::fmt;
+use std::time::Duration;
+
+pub use nix::unistd::Pid;
+
+/// A worker's stable position, `0..workers`: what `RCLUSTER_WORKER_ID` says.
+pub type SlotId = usize;
+
+/// How many reloads a worker's configuration has seen; bumped by every `HUP`.
+pub type Generation = u64;
+
+/// How a process ended, as `waitpid` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signaled { signal: i32, core_dumped: bool },
+}
+
+impl Exit {
+    /// `code 1`, `SIGKILL`: the short form `rcluster status` shows.
+    pub fn short(&self) -> String {
+        match *self {
+            Exit::Code(code) => format!("code {code}"),
+            Exit::Signaled { signal, .. } => signal_name(signal),
+        }
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Exit::Code(code) => write!(f, "exited with code {code}"),
+            Exit::Signaled {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "killed by {}", signal_name(signal))?;
+                if core_dumped {
+                    f.write_str(" (core dumped)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `SIGKILL` for 9, `SIGRTMIN+3` for a real-time signal: logs name signals,
+/// never number them.
+pub fn signal_name(signal: i32) -> String {
+    match nix::sys::signal::Signal::try_from(signal) {
+        Ok(sig) => sig.as_str().to_string(),
+        Err(_) if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal) => {
+            format!("SIGRTMIN+{}", signal - libc::SIGRTMIN())
+        }
+        Err(_) => format!("signal {signal}"),
+    }
+}
+
+/// `ENOENT` for 2: the name an engineer can search for.
+pub fn errno_name(errno: i32) -> String {
+    let name = format!("{:?}", nix::errno::Errno::from_raw(errno));
+    if name == "UnknownErrno" {
+        format!("errno {errno}")
+    } else {
+        name
+    }
+}
+
+/// `350ms`, `3.2s`, `2m05s`: durations as people read them in logs.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+/// `1 worker`, `4 workers`.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_millis(350)), "350ms");
+        assert_eq!(human(Duration::from_millis(3250)), "3.2s");
+        assert_eq!(human(Duration::from_secs(125)), "2m05s");
+    }
+
+    #[test]
+    fn names_not_numbers() {
+        assert_eq!(signal_name(libc::SIGKILL), "SIGKILL");
+        assert_eq!(signal_name(libc::SIGRTMIN() + 3), "SIGRTMIN+3");
+        assert_eq!(errno_name(libc::ENOENT), "ENOENT");
+        assert_eq!(count(1, "worker"), "1 worker");
+        assert_eq!(count(2, "worker"), "2 workers");
+    }
+}
