@@ -17,6 +17,8 @@
 //!
 //! Cluster mode (this process becomes the master, JSON logs, 2 workers):
 //! test_worker --cluster [--panic-once FILE] [--thread-first]
+//!                       [--ready exec|notify|delay:MS] [--control PATH]
+//!                       [--release FILE]  (a worker exits 1 at start while FILE says bad)
 //! ```
 
 use std::io::Write;
@@ -149,28 +151,50 @@ fn cluster(args: &Args) {
         std::thread::spawn(sleep_forever);
     }
     let panic_once = args.value("--panic-once").map(str::to_string);
-    let result = Cluster::builder()
+    let release = args.value("--release").map(str::to_string);
+    let ready = match args.value("--ready") {
+        None | Some("notify") => ReadyRule::Notify,
+        Some("exec") => ReadyRule::Exec,
+        Some(delay) => ReadyRule::Delay(Duration::from_millis(
+            delay
+                .strip_prefix("delay:")
+                .and_then(|ms| ms.parse().ok())
+                .expect("--ready exec, notify or delay:MS"),
+        )),
+    };
+    let mut builder = Cluster::builder()
         .workers(2)
         .listen("127.0.0.1:0")
-        .ready(ReadyRule::Notify)
+        .ready(ready)
         .min_uptime(Duration::ZERO)
-        .json_logs(true)
-        .run(|worker| {
-            if let Some(file) = &panic_once
-                && std::fs::remove_file(file).is_ok()
-            {
-                panic!("worker {} panics once", worker.id());
-            }
-            let shutdown = worker.shutdown();
-            let listener = worker
-                .listeners()
-                .expect("the listeners")
-                .take_tcp(0)
-                .expect("the listener");
-            assert!(listener.local_addr().is_ok());
+        .json_logs(true);
+    if let Some(control) = args.value("--control") {
+        builder = builder.control(control);
+    }
+    let result = builder.run(|worker| {
+        if let Some(file) = &panic_once
+            && std::fs::remove_file(file).is_ok()
+        {
+            panic!("worker {} panics once", worker.id());
+        }
+        if let Some(file) = &release
+            && std::fs::read_to_string(file).is_ok_and(|r| r.trim() == "bad")
+        {
+            std::process::exit(1);
+        }
+        let shutdown = worker.shutdown();
+        let listener = worker
+            .listeners()
+            .expect("the listeners")
+            .take_tcp(0)
+            .expect("the listener");
+        assert!(listener.local_addr().is_ok());
+        // Under the other rules, readiness is the master's to decide.
+        if ready == ReadyRule::Notify {
             worker.ready().expect("notify");
-            while !shutdown.wait_for_stop(None).expect("waiting") {}
-        });
+        }
+        while !shutdown.wait_for_stop(None).expect("waiting") {}
+    });
     if let Err(e) = result {
         eprintln!("test_worker: {e}");
         std::process::exit(e.exit_code().into());

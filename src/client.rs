@@ -2,11 +2,11 @@
 //! running master through its control socket (`control.rs`).
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, error::ErrorKind};
 use serde_json::{Value, json};
@@ -21,6 +21,14 @@ pub const COMMANDS: &[&str] = &["status", "reload", "scale", "stop"];
 pub const NO_MASTER: u8 = 69;
 /// `status` when the master answers but not every slot has a ready worker.
 pub const NOT_ALL_READY: u8 = 3;
+/// The master did not answer in time (sysexits' EX_TEMPFAIL).
+pub const TIMED_OUT: u8 = 75;
+
+/// How long a client waits for the answer, unless `--timeout` says.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `reload --wait` and `stop --wait` wait, unless `--timeout` says:
+/// a reload may take as long as its workers take to start.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Parser)]
 #[command(name = "rcluster", version)]
@@ -38,6 +46,9 @@ struct Target {
     /// The master's pid file: the default socket is beside it
     #[arg(long, env = "RCLUSTER_PID_FILE", value_name = "PATH", global = true)]
     pid_file: Option<PathBuf>,
+    /// How long to wait for the answer (default 10s; 15m with --wait)
+    #[arg(long, value_name = "DUR", value_parser = crate::cli::parse_duration, global = true)]
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,13 +121,28 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Stop { wait, target } => (target, json!({"cmd": "stop", "wait": wait}), *wait),
     };
     let path = target.path();
-    let response = match ask(&path, &request, wait) {
+    let timeout = target
+        .timeout
+        .unwrap_or(if wait { WAIT_TIMEOUT } else { TIMEOUT });
+    let response = match ask(&path, &request, timeout) {
         Ok(response) => response,
-        Err(e) => {
+        Err(Failed::NoMaster(e)) => {
             eprintln!(
                 "rcluster: no master answers at {} ({e}); is it running? pass --control PATH",
                 path.display()
             );
+            return ExitCode::from(NO_MASTER);
+        }
+        Err(Failed::TimedOut) => {
+            eprintln!(
+                "rcluster: the master at {} did not answer within {}; pass --timeout to wait longer",
+                path.display(),
+                crate::vocab::human(timeout)
+            );
+            return ExitCode::from(TIMED_OUT);
+        }
+        Err(Failed::Broken(why)) => {
+            eprintln!("rcluster: the master at {} {why}", path.display());
             return ExitCode::from(NO_MASTER);
         }
     };
@@ -154,26 +180,53 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     }
 }
 
-/// Sends one request and reads the one-line response. A `wait` request has
-/// no read timeout: a reload may take as long as its workers do.
-fn ask(path: &Path, request: &Value, wait: bool) -> std::io::Result<Value> {
-    let mut stream = UnixStream::connect(path)?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_read_timeout((!wait).then_some(Duration::from_secs(10)))?;
+/// Why no answer came.
+enum Failed {
+    /// Nothing to connect to.
+    NoMaster(std::io::Error),
+    /// Connected, but the whole answer did not come before the deadline.
+    TimedOut,
+    /// Connected, and the connection broke (the text says how).
+    Broken(String),
+}
+
+/// Sends one request and reads the one-line response, all within `timeout`.
+fn ask(path: &Path, request: &Value, timeout: Duration) -> Result<Value, Failed> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = UnixStream::connect(path).map_err(Failed::NoMaster)?;
+    let timed_out = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
     let mut line = request.to_string();
     line.push('\n');
+    let _ = stream.set_write_timeout(Some(timeout));
     // A master that refuses us answers before reading: the answer is worth
     // more than the error our write got.
     let written = stream.write_all(line.as_bytes());
-    let mut response = String::new();
-    let read = BufReader::new(stream).read_line(&mut response);
-    if response.is_empty() {
-        written?;
-        read?;
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "it closed the connection without answering",
-        ));
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !response.contains(&b'\n') {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return Err(Failed::TimedOut);
+        };
+        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if timed_out(&e) => return Err(Failed::TimedOut),
+            Err(e) => return Err(Failed::Broken(format!("broke the connection: {e}"))),
+        }
     }
-    serde_json::from_str(&response).map_err(std::io::Error::other)
+    if response.is_empty() {
+        return Err(Failed::Broken(match written {
+            Err(e) => format!("refused the request: {e}"),
+            Ok(()) => "closed the connection without answering".into(),
+        }));
+    }
+    serde_json::from_slice(&response)
+        .map_err(|e| Failed::Broken(format!("answered something that is not JSON: {e}")))
 }

@@ -58,6 +58,8 @@ pub mod master;
 pub mod setup;
 #[doc(hidden)]
 pub mod spawn;
+#[doc(hidden)]
+pub mod trim;
 
 #[doc(hidden)]
 pub mod config;

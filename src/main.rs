@@ -68,5 +68,7 @@ fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Err
         identity,
         config.log_prefix,
     );
+    // Parsing and binding are done: what they used need not stay resident.
+    let _ = rcluster::trim::after_startup();
     rcluster::master::serve(setup, launcher, log)
 }

@@ -42,6 +42,8 @@ const CONTROL: Token = Token(2);
 const EXEC_BASE: usize = 1 << 24;
 const CONTROL_BASE: usize = 2 << 24;
 const OUTPUT_BASE: usize = 3 << 24;
+/// Each worker's pidfd, as `PIDFD_BASE + pid`.
+const PIDFD_BASE: usize = 4 << 24;
 
 /// Runs the master until it stops: starts the workers with `launcher` and
 /// supervises them. The listeners and the pid file live until it returns.
@@ -82,6 +84,8 @@ struct Master<'a, L: Launch> {
     output: Output,
     /// Read ends of the exec pipes of workers whose exec is not confirmed.
     exec_pipes: HashMap<Pid, OwnedFd>,
+    /// Each worker's pidfd, readable once it has exited.
+    pidfds: HashMap<Pid, OwnedFd>,
     log: &'a Log,
     /// Set by the supervisor's `Exit` action: how the master ends.
     outcome: Option<Result<(), Error>>,
@@ -126,6 +130,7 @@ impl<'a, L: Launch> Master<'a, L> {
             stop_waiters: Vec::new(),
             output: Output::new(OUTPUT_BASE),
             exec_pipes: HashMap::new(),
+            pidfds: HashMap::new(),
             log,
             outcome: None,
         })
@@ -171,9 +176,15 @@ impl<'a, L: Launch> Master<'a, L> {
                     NOTIFY => self.on_notify(now),
                     CONTROL => self.on_control_listener(now),
                     token @ Token(CONTROL_BASE..OUTPUT_BASE) => self.on_control_client(token, now),
-                    token @ Token(OUTPUT_BASE..) => {
+                    token @ Token(OUTPUT_BASE..PIDFD_BASE) => {
                         if let Some(id) = self.output.owns(token) {
                             self.output.read(id, self.poll.registry(), self.log);
+                        }
+                    }
+                    Token(t @ PIDFD_BASE..) => {
+                        let pid = Pid::from_raw((t - PIDFD_BASE) as i32);
+                        if let Some(exit) = reap::pid(pid) {
+                            self.on_reaped(pid, exit, now);
                         }
                     }
                     Token(_) => {}
@@ -194,7 +205,7 @@ impl<'a, L: Launch> Master<'a, L> {
             match (received.signal, signals::classify(received.signal)) {
                 (_, Some(signal)) => self.dispatch(Event::Signal(signal), now),
                 (libc::SIGUSR1, None) => self.reopen_log(),
-                (libc::SIGCHLD, None) => self.reap(now),
+                (libc::SIGCHLD, None) => self.on_child(received.sender, now),
                 (_, None) => {}
             }
         }
@@ -343,9 +354,31 @@ impl<'a, L: Launch> Master<'a, L> {
         None
     }
 
+    /// A SIGCHLD from `sender`. A worker with a pidfd is reaped when its
+    /// pidfd says so. Anything else is reaped by pid; an orphan's exit then
+    /// sweeps for the others, since one SIGCHLD can stand for several exits
+    /// (an orphan hidden behind a worker's waits for the next sweep).
+    fn on_child(&mut self, sender: Pid, now: Instant) {
+        if self.pidfds.contains_key(&sender) {
+            return;
+        }
+        let worker = self.supervisor.is_worker(sender);
+        if let Some(exit) = reap::pid(sender) {
+            self.on_reaped(sender, exit, now);
+            if !worker {
+                self.reap(now);
+            }
+        } else if worker {
+            // A worker without a pidfd whose SIGCHLD merged with another's.
+            self.reap(now);
+        }
+    }
+
     /// Reaps every exited child, handling each exit before the next
     /// `waitpid`: until then the pid is a zombie, not free for reuse, so
     /// whatever the supervisor decides about the others is still safe.
+    /// A SIGCHLD that stands for several exits may name a worker with a
+    /// pidfd and hide an orphan: that orphan is reaped with the next sweep.
     fn reap(&mut self, now: Instant) {
         match self.launcher.reaping() {
             Reaping::All => {
@@ -353,9 +386,12 @@ impl<'a, L: Launch> Master<'a, L> {
                     self.on_reaped(pid, exit, now);
                 }
             }
+            // Workers without a pidfd (an old kernel), by pid.
             Reaping::Workers => {
                 for pid in self.supervisor.worker_pids() {
-                    if let Some(exit) = reap::pid(pid) {
+                    if !self.pidfds.contains_key(&pid)
+                        && let Some(exit) = reap::pid(pid)
+                    {
                         self.on_reaped(pid, exit, now);
                     }
                 }
@@ -364,6 +400,12 @@ impl<'a, L: Launch> Master<'a, L> {
     }
 
     fn on_reaped(&mut self, pid: Pid, exit: crate::vocab::Exit, now: Instant) {
+        if let Some(pidfd) = self.pidfds.remove(&pid) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pidfd.as_raw_fd()));
+        }
         // The exec pipe of a child that died young still holds its errno:
         // report the exec before the exit, so the log says "could not exec
         // (ENOENT)", not "exited with code 127".
@@ -475,6 +517,7 @@ impl<'a, L: Launch> Master<'a, L> {
                 if let Some(pipe) = exec_pipe {
                     self.watch_exec_pipe(pid, pipe);
                 }
+                self.watch_exit(pid);
                 let spawned = Event::Spawned {
                     slot,
                     generation,
@@ -505,6 +548,23 @@ impl<'a, L: Launch> Master<'a, L> {
                     error: e.to_string(),
                 });
             }
+        }
+    }
+
+    /// Watches a worker's pidfd; without one (an old kernel), SIGCHLD
+    /// tells of its exit.
+    fn watch_exit(&mut self, pid: Pid) {
+        let Some(pidfd) = reap::open(pid) else {
+            return;
+        };
+        let token = Token(PIDFD_BASE + pid.as_raw() as usize);
+        let registered = self.poll.registry().register(
+            &mut SourceFd(&pidfd.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        );
+        if registered.is_ok() {
+            self.pidfds.insert(pid, pidfd);
         }
     }
 

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use libc::c_char;
 use nix::fcntl::OFlag;
 
-use crate::spawn::child::{ChildPlan, PID_DIGITS, exec_child, fork_blocked};
+use crate::spawn::child::{self, ChildPlan, PID_DIGITS};
 use crate::spawn::command::{Command, Identity};
 use crate::spawn::env::{Value, WorkerEnv, slot_vars};
 use crate::vocab::{Generation, SlotId};
@@ -122,13 +122,9 @@ impl Launch for ExecLauncher {
         } else {
             None
         };
-        // SAFETY: the master is single-threaded, and the child runs only
-        // async-signal-safe code before exec or _exit.
-        let pid = match unsafe { fork_blocked() }? {
-            // SAFETY: in the child, with the plan built before fork.
-            None => unsafe { exec_child(&mut plan, write.as_raw_fd()) },
-            Some(pid) => pid,
-        };
+        // SAFETY: the master is single-threaded, and the plan is this
+        // child's.
+        let pid = unsafe { child::spawn(&mut plan, write.as_raw_fd()) }?;
         drop(write);
         Ok(Launched {
             pid,

@@ -34,6 +34,8 @@ struct Sim {
     t0: Instant,
     now: Instant,
     next_pid: i32,
+    /// Pids reported exited: no action may name one again.
+    exited: std::collections::BTreeSet<Pid>,
 }
 
 impl Sim {
@@ -44,6 +46,7 @@ impl Sim {
             t0,
             now: t0,
             next_pid: 100,
+            exited: Default::default(),
         }
     }
 
@@ -67,9 +70,18 @@ impl Sim {
     /// `Spawned` before the next action.
     fn feed(&mut self, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
+        if let Event::Exited { pid, .. } = &event {
+            self.exited.insert(*pid);
+        }
         let actions = self.sup.handle(event, self.now);
         self.sup.check_index();
         for action in actions {
+            if let Action::Signal { pid, .. } | Action::KillGroup { pid } = &action {
+                assert!(
+                    !self.exited.contains(pid),
+                    "{action:?} names a pid that was already reaped"
+                );
+            }
             let spawn = match action {
                 Action::Spawn { slot, generation } => Some((slot, generation)),
                 _ => None,
@@ -739,4 +751,290 @@ fn status_messages_are_logged_and_unknown_senders_ignored() {
     let acts = sim.exit(Pid::from_raw(1), 0);
     assert_eq!(records(&acts, "orphan reaped").len(), 1, "{acts:?}");
     assert_eq!(acts.len(), 1);
+}
+
+// ---- two exits in one wake-up -------------------------------------------------
+
+#[test]
+fn two_new_workers_that_die_together_are_handled_one_reap_at_a_time() {
+    // --reload-batch 2 and a release that crashes at once: both new workers
+    // exit before the master wakes up. The shell reaps one, reports it,
+    // then reaps the next: the abort decided for the first may signal the
+    // second (still a zombie then, so its pid is not reused), and nothing
+    // decided afterwards names either. `Sim::feed` checks the second half
+    // for every test.
+    let mut p = policy(2);
+    p.reload_batch = 2;
+    p.ready = ReadyRule::Notify;
+    let mut sim = Sim::new(p);
+    let old = spawned(&sim.feed(Event::Start));
+    for &pid in &old {
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    let new = spawned(&sim.signal(MasterSignal::Reload));
+    assert_eq!(new.len(), 2);
+    let first = sim.at(5).exit(new[0], 1);
+    assert_eq!(records(&first, "reload aborted").len(), 1);
+    assert_eq!(
+        signalled(&first),
+        [(new[1], TERM)],
+        "the other new one stops"
+    );
+    let second = sim.exit(new[1], 1);
+    assert!(signalled(&second).is_empty() && killed(&second).is_empty());
+    assert_eq!(exit_next(&second), Next::Stopped(StopReason::ReloadAborted));
+    assert!(old.iter().all(|&p| sim.sup.is_worker(p)));
+    assert_eq!(sim.sup.workers().count(), 2);
+}
+
+// ---- the life-cycle table, cell by cell ----------------------------------------
+
+/// The states of the table, as `set_up` makes them for slot 1's worker.
+#[derive(Debug, Clone, Copy)]
+enum From {
+    Spawned,
+    Booting,
+    Ready,
+    Draining,
+    Killed,
+}
+
+/// The table's columns.
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    ExecOk,
+    ExecFailed,
+    Ready,
+    Stopping,
+    Watchdog,
+    Exited,
+    Deadline,
+    Stop,
+    Force,
+}
+
+/// What a cell says: the next state (`None`: gone), the signal sent to the
+/// worker, whether its group is killed, and how its exit counts.
+#[derive(Debug, PartialEq, Eq)]
+struct Cell {
+    next: Option<&'static str>,
+    signal: Option<i32>,
+    kill: bool,
+    exit: Option<&'static str>,
+}
+
+fn kind(state: &WorkerState) -> &'static str {
+    match state {
+        WorkerState::Spawned { .. } => "spawned",
+        WorkerState::Booting { .. } => "booting",
+        WorkerState::Ready { .. } => "ready",
+        WorkerState::Draining { .. } => "draining",
+        WorkerState::Killed { .. } => "killed",
+    }
+}
+
+/// Two slots; slot 0 serves; slot 1's worker is brought to `from`.
+fn set_up(from: From) -> (Sim, Pid) {
+    let mut p = policy(2);
+    p.ready = ReadyRule::Notify;
+    p.ready_timeout = ms(3000);
+    p.watchdog = Some(ms(2000));
+    let mut sim = Sim::new(p);
+    let pids = spawned(&sim.feed(Event::Start));
+    sim.exec_ok(pids[0]);
+    sim.notify(pids[0], NotifyMsg::Ready);
+    let pid = pids[1];
+    match from {
+        From::Spawned => {}
+        From::Booting => {
+            sim.exec_ok(pid);
+        }
+        From::Ready => {
+            sim.exec_ok(pid);
+            sim.notify(pid, NotifyMsg::Ready);
+        }
+        From::Draining => {
+            sim.exec_ok(pid);
+            sim.notify(pid, NotifyMsg::Ready);
+            sim.notify(pid, NotifyMsg::Stopping);
+        }
+        From::Killed => {
+            sim.at(3000).timeout();
+        }
+    }
+    (sim, pid)
+}
+
+fn apply(sim: &mut Sim, pid: Pid, ev: Ev) -> Vec<Action> {
+    match ev {
+        Ev::ExecOk => sim.exec_ok(pid),
+        Ev::ExecFailed => sim.feed(Event::Exec {
+            pid,
+            result: Err(libc::ENOENT),
+        }),
+        Ev::Ready => sim.notify(pid, NotifyMsg::Ready),
+        Ev::Stopping => sim.notify(pid, NotifyMsg::Stopping),
+        Ev::Watchdog => sim.notify(pid, NotifyMsg::Watchdog),
+        Ev::Exited => sim.at(10_000).exit(pid, 1),
+        Ev::Deadline => {
+            let deadline = sim.sup.workers[&pid].state.deadline();
+            match deadline {
+                Some(at) => {
+                    sim.now = at;
+                    sim.timeout()
+                }
+                None => Vec::new(),
+            }
+        }
+        Ev::Stop => sim.feed(Event::ScaleTo(1)),
+        Ev::Force => sim.signal(MasterSignal::StopNow),
+    }
+}
+
+fn cell(from: From, ev: Ev) -> Cell {
+    let (mut sim, pid) = set_up(from);
+    let acts = apply(&mut sim, pid, ev);
+    let exit = records(&acts, "worker exited")
+        .iter()
+        .find_map(|r| match r {
+            Record::WorkerExited { pid: p, next, .. } if *p == pid => Some(match next {
+                Next::Stopped(_) => "stopped",
+                Next::Restart { .. } | Next::SlotServed | Next::GiveUp | Next::NotRestarted => {
+                    "failure"
+                }
+            }),
+            _ => None,
+        });
+    Cell {
+        next: sim.sup.workers.get(&pid).map(|w| kind(&w.state)),
+        signal: signalled(&acts)
+            .into_iter()
+            .find(|&(p, _)| p == pid)
+            .map(|(_, s)| s),
+        kill: killed(&acts).contains(&pid),
+        exit,
+    }
+}
+
+fn stays(state: &'static str) -> Cell {
+    Cell {
+        next: Some(state),
+        signal: None,
+        kill: false,
+        exit: None,
+    }
+}
+
+fn to(state: &'static str, signal: Option<i32>, kill: bool) -> Cell {
+    Cell {
+        next: Some(state),
+        signal,
+        kill,
+        exit: None,
+    }
+}
+
+fn gone(exit: &'static str) -> Cell {
+    Cell {
+        next: None,
+        signal: None,
+        kill: false,
+        exit: Some(exit),
+    }
+}
+
+#[test]
+fn every_cell_of_the_life_cycle_table() {
+    use Ev::*;
+    let abrt = Some(libc::SIGABRT);
+    let term = Some(TERM);
+    let table = [
+        (From::Spawned, ExecOk, to("booting", None, false)),
+        (From::Spawned, ExecFailed, stays("spawned")),
+        (From::Spawned, Ready, to("ready", None, false)),
+        (From::Spawned, Stopping, stays("spawned")),
+        (From::Spawned, Watchdog, stays("spawned")),
+        (From::Spawned, Exited, gone("failure")),
+        (From::Spawned, Deadline, to("killed", None, true)),
+        (From::Spawned, Stop, to("draining", term, false)),
+        (From::Spawned, Force, to("killed", None, true)),
+        (From::Booting, ExecOk, stays("booting")),
+        (From::Booting, ExecFailed, stays("booting")),
+        (From::Booting, Ready, to("ready", None, false)),
+        (From::Booting, Stopping, stays("booting")),
+        (From::Booting, Watchdog, stays("booting")),
+        (From::Booting, Exited, gone("failure")),
+        (From::Booting, Deadline, to("killed", None, true)),
+        (From::Booting, Stop, to("draining", term, false)),
+        (From::Booting, Force, to("killed", None, true)),
+        (From::Ready, ExecOk, stays("ready")),
+        (From::Ready, ExecFailed, stays("ready")),
+        (From::Ready, Ready, stays("ready")),
+        (From::Ready, Stopping, to("draining", None, false)),
+        (From::Ready, Watchdog, stays("ready")),
+        (From::Ready, Exited, gone("failure")),
+        (From::Ready, Deadline, to("draining", abrt, false)),
+        (From::Ready, Stop, to("draining", term, false)),
+        (From::Ready, Force, to("killed", None, true)),
+        (From::Draining, ExecOk, stays("draining")),
+        (From::Draining, ExecFailed, stays("draining")),
+        (From::Draining, Ready, stays("draining")),
+        (From::Draining, Stopping, stays("draining")),
+        (From::Draining, Watchdog, stays("draining")),
+        (From::Draining, Exited, gone("stopped")),
+        (From::Draining, Deadline, to("killed", None, true)),
+        (From::Draining, Stop, stays("draining")),
+        (From::Draining, Force, to("killed", None, true)),
+        (From::Killed, ExecOk, stays("killed")),
+        (From::Killed, ExecFailed, stays("killed")),
+        (From::Killed, Ready, stays("killed")),
+        (From::Killed, Stopping, stays("killed")),
+        (From::Killed, Watchdog, stays("killed")),
+        (From::Killed, Exited, gone("stopped")),
+        (From::Killed, Deadline, stays("killed")),
+        (From::Killed, Stop, stays("killed")),
+        (From::Killed, Force, stays("killed")),
+    ];
+    let mut wrong = Vec::new();
+    for (from, ev, want) in table {
+        let got = cell(from, ev);
+        if got != want {
+            wrong.push(format!("{from:?} x {ev:?}: want {want:?}, got {got:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "cells that differ:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn cells_with_more_to_say() {
+    // Booting under a delay rule: its deadline is the delay, then Ready.
+    let mut p = policy(1);
+    p.ready = ReadyRule::Delay(ms(500));
+    let mut sim = Sim::new(p);
+    let pid = spawned(&sim.feed(Event::Start))[0];
+    sim.exec_ok(pid);
+    let acts = sim.at(500).timeout();
+    assert_eq!(records(&acts, "worker ready").len(), 1);
+    // A watchdog ping moves the deadline: none is missed at the old one.
+    let (mut sim, pid) = set_up(From::Ready);
+    let before = sim.sup.workers[&pid].state.deadline().unwrap();
+    sim.at(1000).notify(pid, NotifyMsg::Watchdog);
+    assert_eq!(
+        sim.sup.workers[&pid].state.deadline(),
+        Some(before + ms(1000))
+    );
+    // Killed has no deadline: SIGKILL is sent once.
+    let (sim, pid) = set_up(From::Killed);
+    assert_eq!(sim.sup.workers[&pid].state.deadline(), None);
+    // An exec error is kept for the exit's record.
+    let (mut sim, pid) = set_up(From::Spawned);
+    apply(&mut sim, pid, Ev::ExecFailed);
+    let text = sentence(&records(&sim.exit(pid, 127), "worker exited")[0]);
+    assert!(
+        text.contains("could not exec the command (ENOENT)"),
+        "{text}"
+    );
+    // Ready x STOPPING: the replacement starts at once.
+    let (mut sim, pid) = set_up(From::Ready);
+    assert_eq!(spawns(&apply(&mut sim, pid, Ev::Stopping)), [(1, 1)]);
 }

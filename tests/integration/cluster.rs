@@ -1,7 +1,7 @@
 //! `rcluster::Cluster`, the in-process fork mode, run by a real program
 //! (`test_worker --cluster`) since it takes over signals and children.
 
-use crate::support::{Master, TempDir, example, path_str, run};
+use crate::support::{Master, TempDir, example, path_str, rcluster, run};
 
 #[test]
 fn cluster_refuses_to_start_once_the_process_has_two_threads() {
@@ -35,4 +35,48 @@ fn cluster_restarts_a_panicking_worker_and_reloads_on_hup() {
     assert_eq!(complete["generation"], 2);
     master.signal(libc::SIGTERM);
     assert_eq!(master.wait_exit().code(), Some(0));
+}
+
+/// `rcluster reload --wait` used to hang against a cluster whose workers
+/// are ready as soon as they are forked: the reload ended inside the
+/// request, before the client was registered as waiting.
+#[test]
+fn reload_wait_answers_a_cluster_with_each_readiness_rule() {
+    for ready in ["exec", "notify", "delay:200"] {
+        let dir = TempDir::new("cluster-wait");
+        let control = dir.path("control.sock");
+        let release = dir.path("release");
+        std::fs::write(&release, "good").unwrap();
+        let worker = example("test_worker");
+        let args = [
+            "--cluster",
+            "--ready",
+            ready,
+            "--control",
+            path_str(&control),
+            "--release",
+            path_str(&release),
+        ];
+        let mut master = Master::start_program(&worker, &args);
+        master.expect_msg("workers ready");
+        let wait = ["reload", "--wait", "--control", path_str(&control)];
+        let (code, out, err) = rcluster(&wait);
+        assert_eq!(code, 0, "{ready}: {out}{err}");
+        assert!(
+            out.starts_with("reload complete: generation 2"),
+            "{ready}: {out}"
+        );
+        // A release whose workers exit at start: only a rule that waits for
+        // the worker can tell (exec passes it; issue #10 is about that).
+        std::fs::write(&release, "bad").unwrap();
+        let (code, out, err) = rcluster(&wait);
+        if ready == "exec" {
+            assert_eq!(code, 0, "{ready}: {out}{err}");
+        } else {
+            assert_eq!(code, 1, "{ready}: {out}{err}");
+            assert!(err.contains("reload aborted"), "{ready}: {err}");
+        }
+        master.signal(libc::SIGTERM);
+        assert_eq!(master.wait_exit().code(), Some(0), "{ready}");
+    }
 }
