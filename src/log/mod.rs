@@ -2,7 +2,7 @@
 //! default or one JSON object per line (`--log-format json`) whose `msg` is
 //! the record's stable name and whose keys are its fields (both renderings
 //! are in `render.rs`). It also writes the workers' output lines under
-//! `--log-prefix`, as the [`LineSink`] worker output is handed to.
+//! `--log-prefix`, as the `LineSink` worker output is handed to.
 //!
 //! Drains are synchronous: no slog-async thread in a forking master.
 

@@ -1,4 +1,4 @@
-//! How a [`Record`] reads: its fields (the JSON keys) and its sentence (the
+//! How a `Record` reads: its fields (the JSON keys) and its sentence (the
 //! human log), written by one match, [`render`], so that a record's two
 //! renderings are side by side and a new record is one arm.
 //!

@@ -61,7 +61,7 @@ const CHILD_STACK: usize = 256 * 1024;
 /// Starts a child that runs [`exec_child`] with `plan`, sharing the
 /// master's memory until it execs or exits (the master waits until then),
 /// and returns its pid. Signals are blocked around it, as in
-/// [`fork_blocked`], and the child leads its own process group.
+/// `fork_blocked`, and the child leads its own process group.
 ///
 /// # Safety
 ///
@@ -168,7 +168,7 @@ pub struct ChildPlan {
 /// # Safety
 ///
 /// Only in a child just started (with signals blocked) by [`spawn`] or
-/// [`fork_blocked`], with a plan built before it.
+/// `fork_blocked`, with a plan built before it.
 pub unsafe fn exec_child(plan: &mut ChildPlan, err_fd: RawFd) -> ! {
     // SAFETY: every call below is an async-signal-safe syscall on memory
     // prepared before fork.

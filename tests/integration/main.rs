@@ -17,6 +17,7 @@ mod control;
 mod deploy;
 mod drain;
 mod examples;
+mod layout;
 mod library;
 mod listen;
 mod notify;

@@ -7,7 +7,7 @@
 //!   class, latency of the requests that overlapped a reload;
 //! - `crash`: `kill -9` of a random worker every S ms under load: time to the
 //!   replacement exec'd and ready, failures, the longest silence;
-//! - `scale`: reload and restart cost at 8, 64 and 256 workers of a worker
+//! - `scale`: reload and restart cost at 8, 64, 256 and 1024 workers of a worker
 //!   that only says ready: per-worker reload time, master CPU per reload,
 //!   master RSS;
 //! - `idle`: the master's RSS, CPU ticks and wakeups over 10 s of nothing.
@@ -141,7 +141,7 @@ impl Opts {
             gap: Duration::from_millis(300),
             crash: Duration::from_secs(10),
             crash_every: Duration::from_millis(500),
-            scale_sizes: vec![8, 64, 256],
+            scale_sizes: vec![8, 64, 256, 1024],
             scale_reloads: 3,
             idle: Duration::from_secs(10),
         }

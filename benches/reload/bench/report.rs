@@ -156,18 +156,19 @@ impl Report {
         if !self.scale.is_empty() {
             let _ = writeln!(
                 t,
-                "\nscale   workers  start ms reload ms per worker ms overhead/worker ms master CPU/reload ms master RSS KiB restart ms"
+                "\nscale   workers  start ms reload ms per worker ms overhead/worker ms master CPU/reload ms CPU/worker us master RSS KiB restart ms"
             );
             for s in &self.scale {
                 let _ = writeln!(
                     t,
-                    "        {:>7} {:>9.1} {:>9.1} {:>13.3} {:>18.3} {:>20.1} {:>14} {:>10.2}",
+                    "        {:>7} {:>9.1} {:>9.1} {:>13.3} {:>18.3} {:>20.1} {:>13.0} {:>14} {:>10.2}",
                     s.workers,
                     ms(s.startup),
                     ms(s.reload),
                     ms(s.per_worker()),
                     ms(s.overhead_per_worker),
                     ms(s.cpu_per_reload),
+                    s.cpu_per_reload.as_secs_f64() * 1e6 / s.workers as f64,
                     s.rss_kib,
                     ms(s.restart)
                 );

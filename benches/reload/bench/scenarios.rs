@@ -416,8 +416,22 @@ pub fn scale(opts: &Opts, bins: &Bins, workers: usize) -> ScaleRow {
         let before = procfs::read(rcluster.pid);
         let hup = SystemTime::now();
         rcluster.signal(libc::SIGHUP);
-        let events = rcluster.collect_until("reload complete", |e| e.msg() == "reload complete");
+        let mut events =
+            rcluster.collect_until("reload complete", |e| e.msg() == "reload complete");
         let took = events.last().expect("complete").since(hup);
+        // The master's work for this reload ends with the last old
+        // worker's exit, which may come after `reload complete`.
+        let old_exited = |events: &[Event]| {
+            events
+                .iter()
+                .filter(|e| e.msg() == "worker exited" && e.u64("generation") < target)
+                .count()
+        };
+        while old_exited(&events) < workers {
+            events.extend(
+                rcluster.collect_until("an old worker's exit", |e| e.msg() == "worker exited"),
+            );
+        }
         let own = own_startup(&events, target);
         cpus.push(procfs::read(rcluster.pid).cpu.saturating_sub(before.cpu));
         reloads.push(took);

@@ -1,0 +1,264 @@
+//! The source tree's shape: every file under `src/` starts with a module
+//! doc saying what it holds, and no file reaches itself through imports
+//! (`use crate::…`, `use super::…`, or a `crate::…` path in code), however
+//! long the circle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Every `.rs` file under `dir`, with its text.
+fn sources(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut found = BTreeMap::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("reading src/") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("reading a source file");
+                found.insert(path, text);
+            }
+        }
+    }
+    found
+}
+
+/// `src/a/b.rs` and `src/a/b/mod.rs` are module `a::b`; `lib.rs` and
+/// `main.rs` are the root.
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file
+        .strip_prefix(src)
+        .expect("under src/")
+        .with_extension("");
+    let mut segs: Vec<String> = rel
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    if matches!(
+        segs.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
+        segs.pop();
+    }
+    segs
+}
+
+/// The text without comments and without a trailing `mod tests` (a test
+/// module may import anything of its parent).
+fn code(text: &str) -> String {
+    let text = match text.find("#[cfg(test)]\nmod tests {") {
+        Some(at) => &text[..at],
+        None => text,
+    };
+    text.lines()
+        .map(|line| line.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The paths a `use` tree names: `a::{b, c::{d, e}}` is `a::b`, `a::c::d`
+/// and `a::c::e`.
+fn expand(prefix: &[String], tree: &str) -> Vec<Vec<String>> {
+    let tree = tree.trim();
+    let Some(open) = tree.find('{') else {
+        let path = tree.split(" as ").next().unwrap_or_default();
+        let mut segs = prefix.to_vec();
+        segs.extend(
+            path.split("::")
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+        );
+        return vec![segs];
+    };
+    let mut base = prefix.to_vec();
+    base.extend(
+        tree[..open]
+            .split("::")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from),
+    );
+    let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
+    let (mut depth, mut part, mut out) = (0, String::new(), Vec::new());
+    for c in inner.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.extend(expand(&base, &part));
+                part.clear();
+                continue;
+            }
+            _ => {}
+        }
+        part.push(c);
+    }
+    if !part.trim().is_empty() {
+        out.extend(expand(&base, &part));
+    }
+    out
+}
+
+/// Every path a file names: its `use` trees, and `crate::`/`super::` paths.
+fn named_paths(code: &str) -> Vec<Vec<String>> {
+    let mut paths = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("use ") {
+        let before = rest[..at].chars().last();
+        rest = &rest[at + 4..];
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let end = rest.find(';').unwrap_or(rest.len());
+        paths.extend(expand(&[], &rest[..end]));
+    }
+    for start in ["crate::", "super::"] {
+        let mut rest = code;
+        while let Some(at) = rest.find(start) {
+            let before = rest[..at].chars().last();
+            let path: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            rest = &rest[at + start.len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                continue;
+            }
+            paths.push(
+                path.split("::")
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+            );
+        }
+    }
+    paths
+}
+
+/// Which file each file imports from.
+fn import_graph(src: &Path) -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
+    let files = sources(src);
+    let modules: BTreeMap<Vec<String>, PathBuf> = files
+        .keys()
+        .map(|f| (module_of(src, f), f.clone()))
+        .collect();
+    let mut graph = BTreeMap::new();
+    for (file, text) in &files {
+        let mut edges = BTreeSet::new();
+        let me = module_of(src, file);
+        let is_dir_module = ["mod.rs", "lib.rs", "main.rs"]
+            .iter()
+            .any(|n| file.ends_with(n));
+        let here: Vec<String> = if is_dir_module {
+            me.clone()
+        } else {
+            me[..me.len().saturating_sub(1)].to_vec()
+        };
+        let in_tests = file.ends_with("tests.rs");
+        for path in named_paths(&code(text)) {
+            let segs: Vec<String> = match path.first().map(String::as_str) {
+                Some("crate") => path[1..].to_vec(),
+                Some("super") => {
+                    let ups = path.iter().take_while(|s| *s == "super").count();
+                    let mut segs = here[..here.len().saturating_sub(ups - 1)].to_vec();
+                    segs.extend(path[ups..].iter().cloned());
+                    segs
+                }
+                Some("self") => [here.clone(), path[1..].to_vec()].concat(),
+                Some(first) => {
+                    let mut child = here.clone();
+                    child.push(first.to_string());
+                    if !modules.contains_key(&child) {
+                        continue;
+                    }
+                    [here.clone(), path].concat()
+                }
+                None => continue,
+            };
+            // The longest prefix that is a module is the file imported.
+            let target = (0..=segs.len()).rev().find_map(|n| modules.get(&segs[..n]));
+            if let Some(target) = target
+                && target != file
+                && !in_tests
+            {
+                edges.insert(target.clone());
+            }
+        }
+        graph.insert(file.clone(), edges);
+    }
+    graph
+}
+
+/// A circle of files, if there is one.
+fn find_cycle(graph: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) -> Option<Vec<PathBuf>> {
+    fn visit(
+        node: &PathBuf,
+        graph: &BTreeMap<PathBuf, BTreeSet<PathBuf>>,
+        done: &mut BTreeSet<PathBuf>,
+        path: &mut Vec<PathBuf>,
+    ) -> Option<Vec<PathBuf>> {
+        if let Some(at) = path.iter().position(|p| p == node) {
+            return Some(path[at..].to_vec());
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.clone());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, done, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.clone());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|node| visit(node, graph, &mut done, &mut Vec::new()))
+}
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+#[test]
+fn no_source_file_reaches_itself_through_imports() {
+    let graph = import_graph(&src());
+    let edges: usize = graph.values().map(BTreeSet::len).sum();
+    assert!(edges > 50, "the import graph looks empty: {edges} edges");
+    if let Some(cycle) = find_cycle(&graph) {
+        let names: Vec<String> = cycle.iter().map(|p| p.display().to_string()).collect();
+        panic!("a circle of imports: {}", names.join(" -> "));
+    }
+}
+
+#[test]
+fn the_cycle_finder_finds_a_circle() {
+    let dir = crate::support::TempDir::new("layout");
+    let src = dir.0.join("src");
+    std::fs::create_dir_all(src.join("sup")).unwrap();
+    std::fs::write(src.join("lib.rs"), "//! root\nmod a;\nmod sup;\n").unwrap();
+    std::fs::write(src.join("a.rs"), "//! a\nuse crate::sup::{x::X, Y};\n").unwrap();
+    std::fs::write(
+        src.join("sup/mod.rs"),
+        "//! sup\npub mod x;\npub struct Y;\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("sup/x.rs"), "//! x\nfn f() { crate::a::g(); }\n").unwrap();
+    let cycle = find_cycle(&import_graph(&src)).expect("a -> sup/x -> a");
+    assert_eq!(cycle.len(), 2, "{cycle:?}");
+}
+
+#[test]
+fn every_source_file_says_what_it_holds() {
+    let undocumented: Vec<String> = sources(&src())
+        .iter()
+        .filter(|(_, text)| !text.trim_start().starts_with("//!"))
+        .map(|(path, _)| path.display().to_string())
+        .collect();
+    assert!(undocumented.is_empty(), "no module doc: {undocumented:?}");
+}
