@@ -19,6 +19,7 @@
 //! test_worker --cluster [--panic-once FILE] [--thread-first]
 //!                       [--ready exec|notify|delay:MS] [--control PATH]
 //!                       [--release FILE]  (a worker exits 1 at start while FILE says bad)
+//!                       [--host-child FILE] (start `sleep 600` first, its pid in FILE)
 //! ```
 
 use std::io::Write;
@@ -149,6 +150,15 @@ fn exit_tasks(args: &Args, file: &str) {
 fn cluster(args: &Args) {
     if args.flag("--thread-first") {
         std::thread::spawn(sleep_forever);
+    }
+    if let Some(file) = args.value("--host-child") {
+        // A child of the program's own, which the cluster must never reap.
+        let child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("starting sleep");
+        std::fs::write(file, child.id().to_string()).expect("writing the pid");
+        std::mem::forget(child);
     }
     let panic_once = args.value("--panic-once").map(str::to_string);
     let release = args.value("--release").map(str::to_string);

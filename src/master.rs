@@ -363,6 +363,10 @@ impl<'a, L: Launch> Master<'a, L> {
             return;
         }
         let worker = self.supervisor.is_worker(sender);
+        if !worker && self.launcher.reaping() == Reaping::Workers {
+            // A child of the program that runs the cluster: not ours to reap.
+            return;
+        }
         if let Some(exit) = reap::pid(sender) {
             self.on_reaped(sender, exit, now);
             if !worker {

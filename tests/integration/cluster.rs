@@ -80,3 +80,41 @@ fn reload_wait_answers_a_cluster_with_each_readiness_rule() {
         assert_eq!(master.wait_exit().code(), Some(0), "{ready}");
     }
 }
+
+/// A library must not reap children its host program started: the
+/// program's own child, once it exits, stays a zombie for the program to
+/// collect, even after its SIGCHLD and a reload's worth of reaping.
+#[test]
+fn a_cluster_never_reaps_a_child_of_its_host_program() {
+    let dir = TempDir::new("cluster-host-child");
+    let file = dir.path("child.pid");
+    let worker = example("test_worker");
+    let mut master =
+        Master::start_program(&worker, &["--cluster", "--host-child", path_str(&file)]);
+    master.expect_msg("workers ready");
+    let pid: i32 = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    let state = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
+    };
+    // SAFETY: ending the sleep this test's program started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let exited = |pid| matches!(state(pid), Some('Z') | None);
+    assert!(
+        crate::support::wait_until(crate::support::WAIT, || exited(pid)),
+        "the host's child did not exit"
+    );
+    assert_eq!(state(pid), Some('Z'), "the master reaped its host's child");
+    master.signal(libc::SIGHUP);
+    let mut old_exits = 0;
+    master.collect_until("both old workers reaped", |r| {
+        if r["msg"] == "worker exited" && r["generation"] == 1 {
+            old_exits += 1;
+        }
+        old_exits == 2
+    });
+    assert_eq!(state(pid), Some('Z'), "the master reaped its host's child");
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.wait_exit().code(), Some(0));
+}
