@@ -7,6 +7,7 @@
 //! test_worker --exit CODE         exit at once with CODE
 //! test_worker --ignore-stop       ignore the stop signal (until SIGKILL)
 //! test_worker --ready-after MS    say READY=1 after MS milliseconds
+//! test_worker --exit-after MS     exit 1 MS milliseconds after that (or after start)
 //! test_worker --watchdog-for MS   say READY=1, then WATCHDOG=1 as often as
 //!                                 WATCHDOG_USEC asks, for MS milliseconds only
 //!
@@ -75,6 +76,11 @@ fn main() {
     if let Some(delay) = args.millis("--ready-after") {
         shutdown.wait_for_stop(Some(delay)).expect("waiting");
         worker::ready().expect("notify");
+    }
+    if let Some(delay) = args.millis("--exit-after")
+        && !shutdown.wait_for_stop(Some(delay)).expect("waiting")
+    {
+        std::process::exit(1);
     }
     if let Some(period) = args.millis("--watchdog-for") {
         worker::ready().expect("notify");

@@ -1,5 +1,7 @@
 //! The command line: clap definitions, with an `RCLUSTER_*` environment
-//! variable behind every option (for containers), turned into a `Config`.
+//! variable behind every option (for containers), turned into a `Config`
+//! for the master, or into one of the commands that talk to a running
+//! master (`client.rs`). A usage error is clap's whole message.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -7,10 +9,12 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum, error::ErrorKind};
 
+use crate::client;
 use crate::config::{self, Config, Control, LogFormat};
 use crate::error::Error;
 use crate::listen::ListenSpec;
-use crate::supervisor::policy::ReadyRule;
+use crate::supervisor::policy::{ReadyRule, RestartDelay};
+use crate::vocab::parse_duration;
 
 const AFTER_HELP: &str = "\
 Signals to the master:
@@ -40,7 +44,19 @@ Example:
 /// on TERM.
 #[derive(Debug, Parser)]
 #[command(name = "rcluster", version, after_help = AFTER_HELP)]
-#[command(override_usage = "rcluster [OPTIONS] -- COMMAND [ARGS...]")]
+#[command(
+    override_usage = "rcluster [OPTIONS] -- COMMAND [ARGS...]\n       rcluster <status|reload|scale|stop> [OPTIONS]"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    client: Option<client::Command>,
+    #[command(flatten)]
+    run: Args,
+}
+
+/// The master's options.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// How many workers: `auto` (the CPUs available to this process,
     /// cgroup-aware) or a number
@@ -86,10 +102,18 @@ struct Args {
     #[arg(long, env = "RCLUSTER_MAX_RESTARTS", value_name = "N")]
     max_restarts: Option<u32>,
 
-    /// When a new worker counts as ready: `exec` (once exec succeeded),
-    /// `notify` (when it sends READY=1 to $NOTIFY_SOCKET) or `delay:DUR`
+    /// The wait after a quick crash: FIRST, doubling with each quick crash
+    /// in a row, up to MAX
+    #[arg(long, env = "RCLUSTER_RESTART_DELAY", value_name = "FIRST[..MAX]",
+          default_value = "100ms..10s", value_parser = parse_restart_delay)]
+    restart_delay: RestartDelay,
+
+    /// When a new worker counts as ready (a reload stops an old worker only
+    /// then): `auto` (READY=1, or alive for --min-uptime, whichever comes
+    /// first), `notify` (READY=1 only), `delay:DUR`, or `exec` (exec
+    /// succeeded: protects only against a command that cannot run)
     #[arg(long, env = "RCLUSTER_READY", value_name = "MODE",
-          default_value = "exec", value_parser = parse_ready)]
+          default_value = "auto", value_parser = parse_ready)]
     ready: ReadyRule,
 
     /// A new worker not ready within this is killed; during a reload, the
@@ -168,18 +192,31 @@ enum Level {
 /// What parsing the command line came to.
 pub enum Parsed {
     Run(Box<Config>),
-    /// `--help` or `--version`: print this and exit 0.
+    /// A command for a running master.
+    Client(client::Command),
+    /// `--help`, `help [COMMAND]` or `--version`: print this and exit 0.
     Print(String),
 }
 
 pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error> {
-    let args = match Args::try_parse_from(args) {
-        Ok(args) => args,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
             return Ok(Parsed::Print(e.render().to_string()));
         }
-        Err(e) => return Err(Error::Usage(one_line(&e))),
+        Err(e) => return Err(Error::Cli(with_tips(e).render().to_string())),
     };
+    if let Some(command) = cli.client {
+        return Ok(Parsed::Client(command));
+    }
+    let args = cli.run;
     if args.command.is_empty() {
         return Err(Error::Usage(
             "no command given: put the server after --, e.g. \
@@ -195,6 +232,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
         stop_timeout: args.stop_timeout,
         min_uptime: args.min_uptime,
         max_restarts: args.max_restarts,
+        restart_delay: args.restart_delay,
         ready: args.ready,
         ready_timeout: args.ready_timeout,
         reload_batch: args.reload_batch,
@@ -225,13 +263,24 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
     })))
 }
 
-/// clap's first line ("invalid value 'x' for '--workers <auto|N>': ..."),
-/// without its usage block: one line that names the input and the fix.
-fn one_line(e: &clap::Error) -> String {
-    let rendered = e.render().to_string();
-    let first = rendered.lines().next().unwrap_or_default();
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    format!("{first}; see 'rcluster --help'")
+/// clap's error, plus the tip for the most common slip: the server's
+/// command given without `--` before it.
+fn with_tips(mut e: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    let stray = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) if !arg.starts_with('-') => Some(arg.clone()),
+        _ => None,
+    };
+    if e.kind() == ErrorKind::UnknownArgument
+        && let Some(arg) = stray
+    {
+        let tip = format!("put the server and its arguments after --: rcluster [OPTIONS] -- {arg}");
+        e.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+    e
 }
 
 fn parse_workers(s: &str) -> Result<usize, String> {
@@ -260,22 +309,33 @@ fn parse_batch(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `1s` (fixed), or `100ms..10s` (doubling from the first to the second).
+fn parse_restart_delay(s: &str) -> Result<RestartDelay, String> {
+    let invalid = || "expected FIRST or FIRST..MAX, e.g. 100ms..10s".to_string();
+    let (first, max) = match s.split_once("..") {
+        Some((first, max)) => (first, max),
+        None => (s, s),
+    };
+    let first = humantime::parse_duration(first).map_err(|_| invalid())?;
+    let max = humantime::parse_duration(max).map_err(|_| invalid())?;
+    if first > max {
+        return Err(format!("{s}: the first delay is longer than the longest"));
+    }
+    Ok(RestartDelay { first, max })
+}
+
 /// `exec`, `notify` or `delay:DUR`.
 fn parse_ready(s: &str) -> Result<ReadyRule, String> {
     match s {
+        "auto" => Ok(ReadyRule::Auto),
         "exec" => Ok(ReadyRule::Exec),
         "notify" => Ok(ReadyRule::Notify),
         _ => s
             .strip_prefix("delay:")
             .and_then(|d| humantime::parse_duration(d).ok())
             .map(ReadyRule::Delay)
-            .ok_or_else(|| "expected exec, notify or delay:DUR (e.g. delay:2s)".to_string()),
+            .ok_or_else(|| "expected auto, exec, notify or delay:DUR (e.g. delay:2s)".to_string()),
     }
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|_| "expected a duration such as 500ms, 30s or 2m".to_string())
 }
 
 /// `TERM`, `SIGTERM`, `term` or `15`.
@@ -313,13 +373,14 @@ mod tests {
         match parse_args(args) {
             Ok(Parsed::Run(config)) => *config,
             Ok(Parsed::Print(text)) => panic!("printed {text}"),
+            Ok(Parsed::Client(command)) => panic!("a client command: {command:?}"),
             Err(e) => panic!("{e}"),
         }
     }
 
     fn usage_error(args: &[&str]) -> String {
         match parse_args(args) {
-            Err(e @ Error::Usage(_)) => e.to_string(),
+            Err(e @ (Error::Usage(_) | Error::Cli(_))) => e.to_string(),
             Err(e) => panic!("not a usage error: {e}"),
             Ok(_) => panic!("{args:?} parsed"),
         }
@@ -335,6 +396,7 @@ mod tests {
         assert_eq!(c.stop_timeout, d.stop_timeout);
         assert_eq!(c.min_uptime, d.min_uptime);
         assert_eq!(c.max_restarts, d.max_restarts);
+        assert_eq!(c.restart_delay, d.restart_delay);
         assert_eq!(c.ready, d.ready);
         assert_eq!(c.ready_timeout, d.ready_timeout);
         assert_eq!(c.reload_batch, d.reload_batch);
@@ -412,11 +474,7 @@ mod tests {
         let e = usage_error(&["--stop-signal", "NOPE", "--", "x"]);
         assert!(e.contains("TERM, QUIT"), "{e}");
         let e = usage_error(&["--bogus", "--", "x"]);
-        assert!(
-            e.contains("--bogus") && e.contains("rcluster --help"),
-            "{e}"
-        );
-        assert!(!e.contains('\n'), "one line: {e}");
+        assert!(e.contains("--bogus") && e.contains("Usage:"), "{e}");
         let e = usage_error(&["--listen", "8080", "--", "x"]);
         assert!(e.contains("127.0.0.1:8080"), "{e}");
         let e = usage_error(&["--workers", "2"]);

@@ -1,21 +1,17 @@
 //! `rcluster status | reload | scale | stop`: the commands that talk to a
 //! running master through its control socket (`control.rs`).
 
-use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand, error::ErrorKind};
+use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::config::default_control_path;
 use crate::status;
-
-/// The subcommands' names: what `main` looks for in `argv[1]`.
-pub const COMMANDS: &[&str] = &["status", "reload", "scale", "stop"];
 
 /// Exit code when no master answers (sysexits' EX_UNAVAILABLE).
 pub const NO_MASTER: u8 = 69;
@@ -30,16 +26,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// a reload may take as long as its workers take to start.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
-#[derive(Debug, Parser)]
-#[command(name = "rcluster", version)]
-struct Client {
-    #[command(subcommand)]
-    command: Command,
-}
-
 /// Where the master's control socket is.
 #[derive(Debug, clap::Args)]
-struct Target {
+pub struct Target {
     /// The master's control socket (default: as the master's)
     #[arg(long, env = "RCLUSTER_CONTROL", value_name = "PATH", global = true)]
     control: Option<PathBuf>,
@@ -47,12 +36,13 @@ struct Target {
     #[arg(long, env = "RCLUSTER_PID_FILE", value_name = "PATH", global = true)]
     pid_file: Option<PathBuf>,
     /// How long to wait for the answer (default 10s; 15m with --wait)
-    #[arg(long, value_name = "DUR", value_parser = crate::cli::parse_duration, global = true)]
+    #[arg(long, value_name = "DUR", value_parser = crate::vocab::parse_duration, global = true)]
     timeout: Option<Duration>,
 }
 
+/// The commands that talk to a running master.
 #[derive(Debug, Subcommand)]
-enum Command {
+pub enum Command {
     /// Workers, generations, states, restarts; exits 3 if a slot has no
     /// ready worker (for readiness probes)
     Status {
@@ -72,6 +62,7 @@ enum Command {
     },
     /// Run N workers
     Scale {
+        /// How many workers the master should run
         #[arg(value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_WORKERS as u64))]
         workers: u64,
         #[command(flatten)]
@@ -95,24 +86,9 @@ impl Target {
     }
 }
 
-pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let client = match Client::try_parse_from(args) {
-        Ok(client) => client,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
-            print!("{}", e.render());
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            eprintln!(
-                "rcluster: {}; see 'rcluster help'",
-                first.strip_prefix("error: ").unwrap_or(first)
-            );
-            return ExitCode::from(64);
-        }
-    };
-    let (target, request, wait) = match &client.command {
+/// Runs one command against the master and says how it went.
+pub fn run(command: Command) -> ExitCode {
+    let (target, request, wait) = match &command {
         Command::Status { target, .. } => (target, json!({"cmd": "status"}), false),
         Command::Reload { wait, target } => (target, json!({"cmd": "reload", "wait": wait}), *wait),
         Command::Scale { workers, target } => {
@@ -153,7 +129,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         eprintln!("rcluster: {error}");
         return ExitCode::FAILURE;
     }
-    match client.command {
+    match command {
         Command::Status { json: true, .. } => {
             println!(
                 "{}",
@@ -172,7 +148,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Stop { wait: true, .. } => println!("stopped"),
         Command::Stop { wait: false, .. } => println!("stopping"),
     }
-    match client.command {
+    match command {
         Command::Status { .. } if response["master"]["all_ready"] != true => {
             ExitCode::from(NOT_ALL_READY)
         }

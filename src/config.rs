@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::listen::ListenSpec;
-use crate::supervisor::policy::{Policy, ReadyRule};
+use crate::supervisor::policy::{Policy, ReadyRule, RestartDelay};
 
 pub const DEFAULT_BACKLOG: u32 = 2048;
 pub const DEFAULT_RELOAD_BATCH: usize = 1;
@@ -61,6 +61,7 @@ pub struct Config {
     pub stop_timeout: Duration,
     pub min_uptime: Duration,
     pub max_restarts: Option<u32>,
+    pub restart_delay: RestartDelay,
     pub ready: ReadyRule,
     pub ready_timeout: Duration,
     pub reload_batch: usize,
@@ -90,7 +91,8 @@ impl Config {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             min_uptime: DEFAULT_MIN_UPTIME,
             max_restarts: None,
-            ready: ReadyRule::Exec,
+            restart_delay: RestartDelay::default(),
+            ready: ReadyRule::Auto,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             reload_batch: DEFAULT_RELOAD_BATCH,
             watchdog: None,
@@ -114,6 +116,7 @@ impl Config {
             stop_timeout: self.stop_timeout,
             min_uptime: self.min_uptime,
             max_restarts: self.max_restarts,
+            restart_delay: self.restart_delay,
             ready: self.ready,
             ready_timeout: self.ready_timeout,
             reload_batch: self.reload_batch,

@@ -10,10 +10,17 @@ pub enum Error {
     /// A bad flag or value; the message names it and the valid forms.
     #[error("{0}")]
     Usage(String),
+    /// What clap says about a command line it could not parse, whole
+    /// (the argument, the usage, its tips): printed as it is.
+    #[error("{0}")]
+    Cli(String),
     #[error("cannot listen on {addr}: {cause}")]
     Bind { addr: String, cause: String },
     #[error("command not found: {command} (check the path, or that it is on $PATH)")]
     CommandNotFound { command: String },
+    /// Something the command needs is missing (its `#!` interpreter).
+    #[error("cannot run {command}: {cause}")]
+    Missing { command: String, cause: String },
     #[error("cannot run {command}: {cause}")]
     NotExecutable { command: String, cause: String },
     #[error("cannot write the pid file {}: {source}", path.display())]
@@ -38,13 +45,44 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::GaveUp(_) => 1,
-            Error::Usage(_) => 64,
+            Error::Usage(_) | Error::Cli(_) => 64,
             Error::NoSuchUser { .. } => 67,
             Error::Threads { .. } => 70,
             Error::Bind { .. } | Error::Os { .. } => 71,
             Error::PidFile { .. } => 73,
             Error::NotExecutable { .. } => 126,
-            Error::CommandNotFound { .. } => 127,
+            Error::CommandNotFound { .. } | Error::Missing { .. } => 127,
+        }
+    }
+
+    /// Exec of `command` failed with `errno` for a reason that will not go
+    /// away: one line saying what is wrong and how to fix it.
+    pub fn cannot_exec(command: &str, errno: i32) -> Error {
+        let command = command.to_string();
+        let name = crate::vocab::errno_name(errno);
+        match errno {
+            libc::ENOENT => Error::Missing {
+                command,
+                cause: format!("it, or the interpreter its #! line names, does not exist ({name})"),
+            },
+            libc::ENOEXEC => Error::NotExecutable {
+                command,
+                cause: format!(
+                    "it is neither a program nor a script with a #! line ({name}); \
+                     make its first line name the interpreter, e.g. #!/bin/sh"
+                ),
+            },
+            libc::EACCES | libc::EPERM => Error::NotExecutable {
+                command,
+                cause: format!(
+                    "permission denied ({name}): make it executable (chmod +x) and check \
+                     that its file system is not mounted noexec"
+                ),
+            },
+            _ => Error::NotExecutable {
+                command,
+                cause: format!("exec failed ({name})"),
+            },
         }
     }
 

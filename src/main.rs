@@ -1,6 +1,7 @@
 //! The `rcluster` command: parse, run the master, and on failure print one
 //! line (`rcluster: ...`) and exit with the error's code.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use rcluster::cli::{self, Parsed};
@@ -12,22 +13,14 @@ use rcluster::spawn::command::{self, Identity};
 
 fn main() -> ExitCode {
     rcluster::ensure_std_fds();
-    let is_client = std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| client::COMMANDS.iter().any(|c| a == *c));
-    if is_client {
-        return client::main(std::env::args_os());
-    }
     let config = match cli::parse(std::env::args_os()) {
         Ok(Parsed::Run(config)) => config,
+        Ok(Parsed::Client(command)) => return client::run(command),
         Ok(Parsed::Print(text)) => {
-            print!("{text}");
+            let _ = std::io::stdout().write_all(text.as_bytes());
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            eprintln!("rcluster: {e}");
-            return ExitCode::from(e.exit_code());
-        }
+        Err(e) => return fail(&e),
     };
     let log = match Log::new(
         config.log_format,
@@ -41,17 +34,26 @@ fn main() -> ExitCode {
                 .as_deref()
                 .unwrap_or(std::path::Path::new(""))
                 .display();
-            eprintln!("rcluster: cannot open the log file {path}: {e}");
+            let e = format!("rcluster: cannot open the log file {path}: {e}\n");
+            let _ = std::io::stderr().write_all(e.as_bytes());
             return ExitCode::from(73);
         }
     };
     match run(&config, &log) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rcluster: {e}");
-            ExitCode::from(e.exit_code())
-        }
+        Err(e) => fail(&e),
     }
+}
+
+/// One line on stderr (clap's own message as it is), and the error's code.
+/// A closed stderr changes only the line, never the code.
+fn fail(e: &rcluster::Error) -> ExitCode {
+    let text = match e {
+        rcluster::Error::Cli(text) => text.clone(),
+        e => format!("rcluster: {e}\n"),
+    };
+    let _ = std::io::stderr().write_all(text.as_bytes());
+    ExitCode::from(e.exit_code())
 }
 
 /// The binary's master: everything that can be refused is checked before

@@ -26,7 +26,7 @@ use crate::output::{Output, Stream};
 use crate::reap;
 use crate::setup::Setup;
 use crate::signals::{self, Signals};
-use crate::status::{self, MasterInfo};
+use crate::status::{self, Counts, MasterInfo};
 use crate::supervisor::Supervisor;
 use crate::supervisor::event::{Action, Event, MasterSignal, Outcome};
 use crate::supervisor::record::Record;
@@ -36,6 +36,8 @@ use crate::vocab::{Generation, Pid, SlotId, errno_name};
 const SIGNALS: Token = Token(0);
 const NOTIFY: Token = Token(1);
 const CONTROL: Token = Token(2);
+/// The log's destinations, when they have room again (3 and 4).
+const LOG_BASE: usize = 3;
 /// Exec pipes are registered as `EXEC_BASE + pid` (a live child's pid is
 /// unique and below 2^22, so no table of tokens is needed); control clients
 /// and output pipes as their base plus a number of their own.
@@ -117,6 +119,7 @@ impl<'a, L: Launch> Master<'a, L> {
                 .register(poll.registry(), CONTROL, CONTROL_BASE)
                 .map_err(|e| Error::os("registering the control socket", e))?;
         }
+        watch_log(&poll, log);
         Ok(Master {
             poll,
             signals,
@@ -152,7 +155,10 @@ impl<'a, L: Launch> Master<'a, L> {
             .into_iter()
             .flatten()
             .min();
-            let timeout = if self.output.has_pending() {
+            // While the log is congested, workers' output waits in their
+            // pipes: no turn for it until the log has room.
+            let congested = self.log.congested();
+            let timeout = if self.output.has_pending() && !congested {
                 Some(Duration::ZERO)
             } else {
                 deadline.map(|d| d.saturating_duration_since(Instant::now()))
@@ -178,9 +184,14 @@ impl<'a, L: Launch> Master<'a, L> {
                     token @ Token(CONTROL_BASE..OUTPUT_BASE) => self.on_control_client(token, now),
                     token @ Token(OUTPUT_BASE..PIDFD_BASE) => {
                         if let Some(id) = self.output.owns(token) {
-                            self.output.read(id, self.poll.registry(), self.log);
+                            if self.log.congested() {
+                                self.output.postpone(id);
+                            } else {
+                                self.output.read(id, self.poll.registry(), self.log);
+                            }
                         }
                     }
+                    Token(t) if (LOG_BASE..LOG_BASE + 2).contains(&t) => self.log.flush(),
                     Token(t @ PIDFD_BASE..) => {
                         let pid = Pid::from_raw((t - PIDFD_BASE) as i32);
                         if let Some(exit) = reap::pid(pid) {
@@ -190,7 +201,9 @@ impl<'a, L: Launch> Master<'a, L> {
                     Token(_) => {}
                 }
             }
-            self.output.service_pending(self.poll.registry(), self.log);
+            if !self.log.congested() {
+                self.output.service_pending(self.poll.registry(), self.log);
+            }
             if let Some(control) = &mut self.control {
                 control.expire(now, self.poll.registry());
             }
@@ -214,9 +227,12 @@ impl<'a, L: Launch> Master<'a, L> {
     /// `SIGUSR1`: logrotate moved the log file; write to a fresh one.
     fn reopen_log(&mut self) {
         match self.log.reopen() {
-            Ok(Some(path)) => self.log.emit(&Record::LogReopened {
-                path: path.display().to_string(),
-            }),
+            Ok(Some(path)) => {
+                watch_log(&self.poll, self.log);
+                self.log.emit(&Record::LogReopened {
+                    path: path.display().to_string(),
+                })
+            }
             Ok(None) => self.log.emit(&Record::SignalIgnored {
                 signal: "SIGUSR1",
                 why: "there is no --log-file to reopen",
@@ -252,7 +268,12 @@ impl<'a, L: Launch> Master<'a, L> {
     fn on_request(&mut self, id: usize, request: Request, now: Instant) {
         let running = self.supervisor.is_running();
         let response = match request {
-            Request::Status => Some(status::to_json(&self.supervisor, &self.info, now)),
+            Request::Status => {
+                let counts = Counts {
+                    log_lines_lost: self.log.lines_lost(),
+                };
+                Some(status::to_json(&self.supervisor, &self.info, counts, now))
+            }
             Request::Reload { .. } | Request::Scale { .. } if !running => {
                 Some(control::error("the master is stopping"))
             }
@@ -277,7 +298,7 @@ impl<'a, L: Launch> Master<'a, L> {
                     self.stop_waiters.push(id);
                 }
                 if running {
-                    self.dispatch(Event::Signal(MasterSignal::Stop), now);
+                    self.dispatch(Event::Signal(MasterSignal::Terminate), now);
                 }
                 (!wait).then(|| json!({"ok": true}))
             }
@@ -482,10 +503,7 @@ impl<'a, L: Launch> Master<'a, L> {
             Action::Exit(outcome) => {
                 let waiters = std::mem::take(&mut self.reload_waiters);
                 self.answer(waiters, &control::error("the master stopped"));
-                let code = match outcome {
-                    Outcome::Stopped => 0,
-                    Outcome::GaveUp { .. } => 1,
-                };
+                let code = outcome.exit_code();
                 let waiters = std::mem::take(&mut self.stop_waiters);
                 self.answer(
                     waiters,
@@ -502,6 +520,9 @@ impl<'a, L: Launch> Master<'a, L> {
                         crashes,
                         max_restarts,
                     }))),
+                    Outcome::CannotExec { errno } => {
+                        Err(Error::cannot_exec(&self.launcher.describe(), errno))
+                    }
                 });
             }
         }
@@ -590,6 +611,16 @@ impl<'a, L: Launch> Master<'a, L> {
                 error: e.to_string(),
             }),
         }
+    }
+}
+
+/// Watches the log's destinations (pipes, terminals, sockets) for room, so
+/// lines waiting for a slow reader go out as soon as it reads.
+fn watch_log(poll: &Poll, log: &Log) {
+    for (i, fd) in log.watched().into_iter().enumerate() {
+        let _ =
+            poll.registry()
+                .register(&mut SourceFd(&fd), Token(LOG_BASE + i), Interest::WRITABLE);
     }
 }
 

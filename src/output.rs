@@ -6,7 +6,9 @@
 //! master or the other workers: each pipe is read at most [`BUDGET`] bytes
 //! per turn (the loop comes back at once for pipes with more), and a line is
 //! cut every [`MAX_LINE`] bytes. Complete lines go to a [`LineSink`] (the
-//! logger), which decides how they are written.
+//! logger), which decides how they are written. While the logger's
+//! destination is congested, the pipes are not read: a worker that writes
+//! faster than its output can be written waits, and no line is lost.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -104,6 +106,11 @@ impl Output {
 
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// Reads this pipe later: its output has nowhere to go yet.
+    pub fn postpone(&mut self, id: usize) {
+        self.pending.insert(id);
     }
 
     /// One turn for every pipe that still had output.

@@ -89,8 +89,9 @@ pub fn unblock_all() -> io::Result<()> {
 pub fn classify(signal: i32) -> Option<MasterSignal> {
     match signal {
         libc::SIGHUP => Some(MasterSignal::Reload),
-        libc::SIGTERM | libc::SIGINT => Some(MasterSignal::Stop),
-        libc::SIGQUIT => Some(MasterSignal::StopNow),
+        libc::SIGTERM => Some(MasterSignal::Terminate),
+        libc::SIGINT => Some(MasterSignal::Interrupt),
+        libc::SIGQUIT => Some(MasterSignal::Quit),
         libc::SIGTTIN => Some(MasterSignal::ScaleUp),
         libc::SIGTTOU => Some(MasterSignal::ScaleDown),
         _ => None,

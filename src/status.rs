@@ -8,16 +8,23 @@ use serde_json::{Value, json};
 
 use crate::supervisor::Supervisor;
 use crate::supervisor::reload::ReloadOutcome;
-use crate::vocab::{Exit, human};
+use crate::vocab::{Exit, count, human};
 
-/// What the shell knows that the supervisor does not.
+/// What the shell knows that the supervisor does not, fixed at start.
 pub struct MasterInfo {
     pub started: Instant,
     pub listeners: Vec<(String, String)>,
     pub control: String,
 }
 
-pub fn to_json(sup: &Supervisor, info: &MasterInfo, now: Instant) -> Value {
+/// What the shell has counted: things that went wrong at the edges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    /// Log lines that could not be written (`log/sink.rs`).
+    pub log_lines_lost: u64,
+}
+
+pub fn to_json(sup: &Supervisor, info: &MasterInfo, counts: Counts, now: Instant) -> Value {
     let ms = |since: Instant| now.saturating_duration_since(since).as_millis() as u64;
     let mut workers: Vec<Value> = Vec::new();
     let mut rows: Vec<_> = sup.workers().collect();
@@ -50,6 +57,14 @@ pub fn to_json(sup: &Supervisor, info: &MasterInfo, now: Instant) -> Value {
         }
     }
     let ready = sup.all_ready();
+    // What the ready workers run: after an aborted reload, not the target.
+    let mut serving: Vec<u64> = sup
+        .workers()
+        .filter(|w| w.state.is_ready())
+        .map(|w| w.generation)
+        .collect();
+    serving.sort_unstable();
+    serving.dedup();
     json!({
         "ok": true,
         "master": {
@@ -58,7 +73,9 @@ pub fn to_json(sup: &Supervisor, info: &MasterInfo, now: Instant) -> Value {
             "uptime_ms": ms(info.started),
             "workers": sup.slot_count(),
             "generation": sup.target_generation(),
+            "serving_generations": serving,
             "all_ready": ready,
+            "log_lines_lost": counts.log_lines_lost,
             "stopping": !sup.is_running(),
             "control": info.control,
             "listeners": info.listeners.iter().map(|(name, addr)| json!({"name": name, "addr": addr})).collect::<Vec<_>>(),
@@ -90,14 +107,31 @@ pub fn table(status: &Value) -> String {
             .map(|ms| human(std::time::Duration::from_millis(ms)))
     };
     let master = &status["master"];
+    let target = master["generation"].as_u64().unwrap_or_default();
+    let serving: Vec<u64> = master["serving_generations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .collect();
+    let generation = match serving.as_slice() {
+        [one] if *one == target => format!("generation {target}"),
+        [] => format!("generation {target} (none ready)"),
+        some => {
+            let list: Vec<String> = some.iter().map(u64::to_string).collect();
+            format!("serving generation {}, target {target}", list.join(" and "))
+        }
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "master   pid {}, up {}, {} workers, generation {}, rcluster {}",
+        "master   pid {}, up {}, {}, {generation}, rcluster {}",
         master["pid"],
         ms(&master["uptime_ms"]).unwrap_or_default(),
-        master["workers"],
-        master["generation"],
+        count(
+            master["workers"].as_u64().unwrap_or_default() as usize,
+            "worker"
+        ),
         master["version"].as_str().unwrap_or_default()
     );
     for listener in master["listeners"].as_array().into_iter().flatten() {
@@ -132,23 +166,36 @@ pub fn table(status: &Value) -> String {
             last["cause"].as_str().unwrap_or_default()
         );
     }
+    let lost = master["log_lines_lost"].as_u64().unwrap_or_default();
+    if lost > 0 {
+        let _ = writeln!(
+            out,
+            "log      {} lost (the log's destination failed or stalled)",
+            count(lost as usize, "line")
+        );
+    }
     if master["stopping"] == true {
         let _ = writeln!(out, "STOPPING");
     }
-    let _ = writeln!(
-        out,
-        "\n{:<5} {:<8} {:<4} {:<11} {:>8} {:>8}  last exit",
-        "slot", "pid", "gen", "state", "uptime", "restarts"
-    );
+    let mut rows = vec![
+        [
+            "slot",
+            "pid",
+            "gen",
+            "state",
+            "uptime",
+            "restarts",
+            "last exit",
+        ]
+        .map(String::from),
+    ];
     for w in status["workers"].as_array().into_iter().flatten() {
         let dash = || "-".to_string();
         let state = match w["restart_in_ms"].as_u64() {
             Some(ms) => format!("restart in {}", human(std::time::Duration::from_millis(ms))),
             None => w["state"].as_str().unwrap_or_default().to_string(),
         };
-        let _ = writeln!(
-            out,
-            "{:<5} {:<8} {:<4} {:<11} {:>8} {:>8}  {}",
+        rows.push([
             w["slot"].to_string(),
             w["pid"].as_i64().map_or_else(dash, |p| p.to_string()),
             w["generation"]
@@ -157,8 +204,80 @@ pub fn table(status: &Value) -> String {
             state,
             ms(&w["uptime_ms"]).unwrap_or_else(dash),
             w["restarts"].to_string(),
-            w["last_exit"].as_str().unwrap_or("-")
-        );
+            w["last_exit"].as_str().unwrap_or("-").to_string(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&columns(
+        &rows,
+        &[false, false, false, false, true, true, false],
+    ));
+    out
+}
+
+/// Rows as columns as wide as their widest cell, two spaces apart; the
+/// columns marked `true` aligned right.
+fn columns<const N: usize>(rows: &[[String; N]], right: &[bool; N]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let width = if i + 1 == N { 0 } else { widths[i] };
+            let _ = if right[i] {
+                write!(line, "{cell:>width$}")
+            } else {
+                write!(line, "{cell:<width$}")
+            };
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_fits_its_widest_cell() {
+        let status = json!({
+            "master": {"pid": 7, "uptime_ms": 2000, "workers": 1, "generation": 3,
+                       "serving_generations": [2], "version": "0", "listeners": []},
+            "reload": {"in_progress": false},
+            "last_reload": {"result": "aborted", "generation": 3, "cause": "exited"},
+            "workers": [
+                {"slot": 0, "pid": null, "generation": null, "state": "restarting",
+                 "restart_in_ms": 5600, "uptime_ms": null, "restarts": 12, "last_exit": "code 1"},
+                {"slot": 1, "pid": 4121, "generation": 2, "state": "ready",
+                 "uptime_ms": 300, "restarts": 0, "last_exit": null},
+            ],
+        });
+        let table = table(&status);
+        assert!(
+            table.contains("1 worker, serving generation 2, target 3"),
+            "{table}"
+        );
+        let lines: Vec<&str> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("slot"))
+            .collect();
+        // Every row's last column starts where the header's does, and the
+        // right-aligned "restarts" column ends where its header ends.
+        let last = lines[0].find("last exit").unwrap();
+        assert_eq!(lines[1].find("code 1"), Some(last), "{table}");
+        assert_eq!(lines[2].rfind('-'), Some(last), "{table}");
+        let end = lines[0].find("restarts").unwrap() + "restarts".len();
+        assert_eq!(lines[1].find("12").map(|at| at + 2), Some(end), "{table}");
+        assert!(lines[1].contains("restart in 5.6s"));
+    }
 }

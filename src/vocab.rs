@@ -84,6 +84,12 @@ pub fn human(d: Duration) -> String {
     }
 }
 
+/// `500ms`, `30s`, `2m`: a duration as people write it on a command line.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|_| "expected a duration such as 500ms, 30s or 2m".to_string())
+}
+
 /// `1 worker`, `4 workers`.
 pub fn count(n: usize, noun: &str) -> String {
     if n == 1 {

@@ -92,17 +92,6 @@ impl ExecLauncher {
             max_signal: libc::SIGRTMAX(),
         }
     }
-
-    /// The command as the user wrote it, for messages.
-    pub fn command_name(&self) -> String {
-        self.command
-            .argv
-            .first()
-            .map(CString::as_bytes)
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default()
-            .into_owned()
-    }
 }
 
 impl Launch for ExecLauncher {
@@ -136,5 +125,15 @@ impl Launch for ExecLauncher {
 
     fn reaping(&self) -> Reaping {
         Reaping::All
+    }
+
+    fn describe(&self) -> String {
+        self.command
+            .argv
+            .first()
+            .map(CString::as_bytes)
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+            .into_owned()
     }
 }

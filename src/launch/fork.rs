@@ -130,6 +130,10 @@ impl Launch for ForkLauncher<'_> {
     fn reaping(&self) -> Reaping {
         Reaping::Workers
     }
+
+    fn describe(&self) -> String {
+        "the cluster's workers".into()
+    }
 }
 
 /// The fds this process has open now.

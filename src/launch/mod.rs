@@ -17,6 +17,9 @@ pub trait Launch {
 
     /// Which children the master may reap.
     fn reaping(&self) -> Reaping;
+
+    /// What the workers run, for messages: the command as given.
+    fn describe(&self) -> String;
 }
 
 /// A worker just started.

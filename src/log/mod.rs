@@ -1,15 +1,21 @@
-//! The master's logger: slog to stderr (or `--log-file`), human sentences by
-//! default or one JSON object per line (`--log-format json`) whose `msg` is
-//! the record's stable name and whose keys are its fields (both renderings
-//! are in `render.rs`). It also writes the workers' output lines under
-//! `--log-prefix`, as the `LineSink` worker output is handed to.
+//! The master's logger: human sentences by default, or one JSON object per
+//! line (`--log-format json`) whose `msg` is the record's stable name and
+//! whose keys are its fields (both renderings are in `render.rs`), on
+//! stderr or in `--log-file`. It also writes the workers' output lines
+//! under `--log-prefix`, as the `LineSink` worker output is handed to.
 //!
-//! Drains are synchronous: no slog-async thread in a forking master.
+//! slog formats each record into memory (synchronously: no slog-async
+//! thread in a forking master); the lines then go to a [`sink::Sink`],
+//! which never blocks and never fails: a destination that cannot take a
+//! line loses it, the loss is counted, and a record says so as soon as
+//! lines get through again.
 
 pub mod render;
+pub mod sink;
 
-use std::fs::{File, OpenOptions};
+use std::cell::RefCell;
 use std::io::{self, Write};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -19,61 +25,55 @@ use crate::config::LogFormat;
 use crate::output::{LineSink, Stream};
 use crate::supervisor::record::Record;
 use crate::vocab::{Pid, SlotId};
+use sink::{Pushed, Sink};
 
 pub struct Log {
     logger: Logger,
     format: LogFormat,
-    file: Option<Arc<LogFile>>,
+    /// What slog's drain wrote for the record being emitted.
+    formatted: Arc<Mutex<Vec<u8>>>,
+    sinks: RefCell<Sinks>,
 }
 
-/// `--log-file`, reopened on `SIGUSR1` (after logrotate moved it).
-struct LogFile {
-    path: PathBuf,
-    file: Mutex<File>,
+/// Where lines go: the log (stderr or `--log-file`), and stdout for the
+/// workers' stdout lines when there is no log file.
+struct Sinks {
+    log: Sink,
+    stdout: Option<Sink>,
+    /// `--log-file`, reopened on `SIGUSR1` (after logrotate moved it).
+    path: Option<PathBuf>,
 }
 
-impl LogFile {
-    fn open(path: &Path) -> io::Result<File> {
-        OpenOptions::new().create(true).append(true).open(path)
-    }
-}
-
-/// A handle on the log file that slog's drains write through.
+/// What slog's drains write into: memory, which never fails.
 #[derive(Clone)]
-struct FileWriter(Arc<LogFile>);
+struct Formatted(Arc<Mutex<Vec<u8>>>);
 
-impl Write for FileWriter {
+impl Write for Formatted {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write(buf)
+        lock(&self.0).extend_from_slice(buf);
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0
-            .file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .flush()
+        Ok(())
     }
 }
 
-fn root<W: Write + Send + 'static>(format: LogFormat, level: slog::Level, out: W) -> Logger {
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn root(format: LogFormat, level: slog::Level, out: Formatted) -> Logger {
     match format {
         LogFormat::Human => {
             let decorator = slog_term::PlainSyncDecorator::new(out);
             let drain = slog_term::FullFormat::new(decorator).build();
-            Logger::root(slog::LevelFilter::new(drain, level).fuse(), o!())
+            Logger::root(slog::LevelFilter::new(drain, level).ignore_res(), o!())
         }
         LogFormat::Json => {
-            let drain = slog_json::Json::new(out)
-                .add_default_keys()
-                .set_flush(true)
-                .build();
+            let drain = slog_json::Json::new(out).add_default_keys().build();
             Logger::root(
-                slog::LevelFilter::new(Mutex::new(drain), level).fuse(),
+                slog::LevelFilter::new(Mutex::new(drain), level).ignore_res(),
                 o!(),
             )
         }
@@ -83,39 +83,51 @@ fn root<W: Write + Send + 'static>(format: LogFormat, level: slog::Level, out: W
 impl Log {
     /// Logs to `file` if given (created, appended to), else to stderr.
     pub fn new(format: LogFormat, level: slog::Level, file: Option<&Path>) -> io::Result<Log> {
-        let (logger, file) = match file {
-            None => (root(format, level, io::stderr()), None),
-            Some(path) => {
-                let file = Arc::new(LogFile {
-                    path: path.to_path_buf(),
-                    file: Mutex::new(LogFile::open(path)?),
-                });
-                (
-                    root(format, level, FileWriter(Arc::clone(&file))),
-                    Some(file),
-                )
-            }
+        let sinks = match file {
+            Some(path) => Sinks {
+                log: Sink::file(path)?,
+                stdout: None,
+                path: Some(path.to_path_buf()),
+            },
+            None => Sinks {
+                log: Sink::inherited(2)?,
+                stdout: Sink::inherited(1).ok(),
+                path: None,
+            },
         };
+        let formatted = Arc::new(Mutex::new(Vec::new()));
         Ok(Log {
-            logger,
+            logger: root(format, level, Formatted(Arc::clone(&formatted))),
             format,
-            file,
+            formatted,
+            sinks: RefCell::new(sinks),
         })
     }
 
     /// Opens the log file anew at its path, which it returns; `Ok(None)`
     /// without one.
-    pub fn reopen(&self) -> io::Result<Option<&Path>> {
-        let Some(file) = &self.file else {
+    pub fn reopen(&self) -> io::Result<Option<PathBuf>> {
+        let mut sinks = self.sinks.borrow_mut();
+        let Some(path) = sinks.path.clone() else {
             return Ok(None);
         };
-        let fresh = LogFile::open(&file.path)?;
-        *file.file.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
-        Ok(Some(&file.path))
+        let mut fresh = Sink::file(&path)?;
+        sinks.log.flush();
+        fresh.take_over(&sinks.log);
+        sinks.log = fresh;
+        Ok(Some(path))
     }
 
     pub fn emit(&self, record: &Record) {
-        // slog's macros take the level as a constant; pick the macro.
+        if let Some(line) = self.format(record) {
+            let mut sinks = self.sinks.borrow_mut();
+            self.push(&mut sinks.log, &line);
+        }
+    }
+
+    /// `record` as a line, or `None` if `--log-level` leaves it out.
+    fn format(&self, record: &Record) -> Option<Vec<u8>> {
+        // slog's macros take the level as a constant: pick the macro.
         macro_rules! at_level {
             ($($args:tt)*) => {
                 match record.level() {
@@ -132,7 +144,68 @@ impl Log {
             LogFormat::Human => at_level!("{}", render::sentence(record)),
             LogFormat::Json => at_level!("{}", record.name(); record),
         }
+        let line = std::mem::take(&mut *lock(&self.formatted));
+        (!line.is_empty()).then_some(line)
     }
+
+    /// Writes `lines` to `sink`, first saying how many were lost before, if
+    /// any were and it can take lines again.
+    fn push(&self, sink: &mut Sink, lines: &[u8]) {
+        let (lost, error) = sink.unreported();
+        if lost > 0 {
+            let report = Record::LogLost {
+                lines: lost,
+                error: error.unwrap_or_default().to_string(),
+            };
+            match self.format(&report) {
+                // --log-level leaves it out: nobody is waiting for it.
+                None => sink.reported(lost),
+                Some(text) => {
+                    if sink.push(&text, 0) == Pushed::Taken {
+                        sink.reported(lost);
+                    }
+                }
+            }
+        }
+        sink.push(lines, count_lines(lines));
+    }
+
+    /// Writes whatever the destinations can take now (the loop calls it
+    /// when one of [`watched`](Self::watched) has room).
+    pub fn flush(&self) {
+        let mut sinks = self.sinks.borrow_mut();
+        sinks.log.flush();
+        if let Some(stdout) = &mut sinks.stdout {
+            stdout.flush();
+        }
+    }
+
+    /// The fds to watch for room (pipes, terminals, sockets).
+    pub fn watched(&self) -> Vec<RawFd> {
+        let sinks = self.sinks.borrow();
+        [Some(&sinks.log), sinks.stdout.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(Sink::pollable)
+            .collect()
+    }
+
+    /// Lines that could not be written, since the start.
+    pub fn lines_lost(&self) -> u64 {
+        let sinks = self.sinks.borrow();
+        sinks.log.lost() + sinks.stdout.as_ref().map_or(0, Sink::lost)
+    }
+
+    /// A destination of worker output has a long backlog: stop reading the
+    /// workers' pipes until it has room (they wait; nothing is lost).
+    pub fn congested(&self) -> bool {
+        let sinks = self.sinks.borrow();
+        sinks.log.congested() || sinks.stdout.as_ref().is_some_and(Sink::congested)
+    }
+}
+
+fn count_lines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 impl LineSink for Log {
@@ -159,12 +232,13 @@ impl LineSink for Log {
                     out.extend_from_slice(line);
                     out.push(b'\n');
                 }
-                // An error (a closed stdout) is not the workers' problem.
-                let _ = match (&self.file, stream) {
-                    (Some(file), _) => FileWriter(Arc::clone(file)).write_all(&out),
-                    (None, Stream::Stdout) => io::stdout().lock().write_all(&out),
-                    (None, Stream::Stderr) => io::stderr().lock().write_all(&out),
+                let mut sinks = self.sinks.borrow_mut();
+                let Sinks { log, stdout, .. } = &mut *sinks;
+                let sink = match (stream, stdout) {
+                    (Stream::Stdout, Some(stdout)) => stdout,
+                    _ => log,
                 };
+                self.push(sink, &out);
             }
         }
     }

@@ -287,6 +287,20 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 count(*workers, "worker")
             ))
         }
+        BackoffCut {
+            slot,
+            was_due_in,
+            generation,
+        } => {
+            r.slot(*slot)
+                .ms("was_due_in_ms", *was_due_in)
+                .u64("generation", *generation);
+            r.say(format_args!(
+                "worker {slot} was to restart in {} (crash-loop backoff); \
+                 starting generation {generation} now, with a fresh backoff",
+                human(*was_due_in)
+            ))
+        }
         ReloadRetargeted { generation } => {
             r.u64("generation", *generation);
             r.say(format_args!(
@@ -382,6 +396,18 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 .str("stream", stream)
                 .str("line", line);
             r.say(format_args!("[{slot}] {line}"))
+        }
+        LogLost { lines, error } => {
+            r.u64("lines", *lines).str("error", error);
+            let why = if error.is_empty() {
+                "its reader was too slow".to_string()
+            } else {
+                error.clone()
+            };
+            r.say(format_args!(
+                "{} could not be written ({why}); they are lost",
+                count(*lines as usize, "log line")
+            ))
         }
         LogReopened { path } => {
             r.str("path", path);

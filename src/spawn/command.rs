@@ -34,6 +34,7 @@ pub fn resolve(command: &[OsString]) -> Result<Command, Error> {
     } else {
         search_path(name, &display)?
     };
+    check_format(&program, &display)?;
     let cstring = |s: &OsStr| {
         CString::new(s.as_bytes())
             .map_err(|_| Error::Usage(format!("the command contains a NUL byte: {display}")))
@@ -64,6 +65,62 @@ fn check_executable(path: &Path, display: &str) -> Result<(), Error> {
             ))
         }),
     }
+}
+
+/// What the kernel will refuse to exec, refused now: a file that is neither
+/// a program nor a script (ENOEXEC), and a script whose `#!` interpreter is
+/// missing (ENOENT) or may not run. A file we may not read is left to exec.
+fn check_format(path: &Path, display: &str) -> Result<(), Error> {
+    let mut head = [0u8; 256];
+    let read = match std::fs::File::open(path).and_then(|mut f| io::Read::read(&mut f, &mut head)) {
+        Ok(read) => read,
+        Err(_) => return Ok(()),
+    };
+    let head = &head[..read];
+    if head.starts_with(b"\x7fELF") {
+        return Ok(());
+    }
+    let Some(line) = head.strip_prefix(b"#!") else {
+        // binfmt_misc may run other formats (jars, other architectures).
+        if binfmt_misc_in_use() {
+            return Ok(());
+        }
+        return Err(Error::cannot_exec(display, libc::ENOEXEC));
+    };
+    let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+    let interpreter = line
+        .split(|b| b.is_ascii_whitespace())
+        .find(|word| !word.is_empty())
+        .map(|word| PathBuf::from(OsStr::from_bytes(word)));
+    let Some(interpreter) = interpreter else {
+        return Err(Error::cannot_exec(display, libc::ENOEXEC));
+    };
+    let shown = interpreter.display();
+    match std::fs::metadata(&interpreter) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::Missing {
+            command: display.to_string(),
+            cause: format!(
+                "the interpreter its #! line names, {shown}, does not exist \
+                 (install it, or correct the #! line)"
+            ),
+        }),
+        Ok(meta) if meta.is_dir() || access(&interpreter, AccessFlags::X_OK).is_err() => {
+            Err(Error::NotExecutable {
+                command: display.to_string(),
+                cause: format!("the interpreter its #! line names, {shown}, is not executable"),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether the kernel has extra binary formats registered.
+fn binfmt_misc_in_use() -> bool {
+    std::fs::read_dir("/proc/sys/fs/binfmt_misc").is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| !matches!(e.file_name().to_str(), Some("register" | "status")))
+    })
 }
 
 fn search_path(name: &OsStr, display: &str) -> Result<PathBuf, Error> {
@@ -198,5 +255,39 @@ mod tests {
             resolve(&["/".into()]),
             Err(Error::NotExecutable { .. })
         ));
+    }
+
+    #[test]
+    fn resolve_refuses_what_the_kernel_cannot_exec() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rcluster-format-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path.into_os_string()
+        };
+        let no_shebang = file("plain", "echo hello\n");
+        let no_interpreter = file("python4", "#!/usr/bin/python4\nprint(1)\n");
+        let script = file("script", "#!/bin/sh\necho hi\n");
+        let run = |path| {
+            resolve(&[path])
+                .map(|_| ())
+                .map_err(|e| (e.exit_code(), e.to_string()))
+        };
+        if !binfmt_misc_in_use() {
+            let (code, text) = run(no_shebang).unwrap_err();
+            assert_eq!(code, 126, "{text}");
+            assert!(
+                text.contains("ENOEXEC") && text.contains("#!/bin/sh"),
+                "{text}"
+            );
+        }
+        let (code, text) = run(no_interpreter).unwrap_err();
+        assert_eq!(code, 127, "{text}");
+        assert!(text.contains("/usr/bin/python4"), "{text}");
+        assert!(run(script).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

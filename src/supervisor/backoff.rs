@@ -1,12 +1,10 @@
 //! The restart policy for one slot: at once after a worker that stayed up,
-//! exponential backoff after quick crashes, and `--max-restarts` accounting.
+//! exponential backoff after quick crashes (`--restart-delay`, 100 ms
+//! doubling up to 10 s), and `--max-restarts` accounting.
 
 use std::time::Duration;
 
-/// The first delay after a quick crash; each further quick crash doubles it.
-pub const FIRST_DELAY: Duration = Duration::from_millis(100);
-/// No delay grows past this, however long a slot crash-loops.
-pub const MAX_DELAY: Duration = Duration::from_secs(10);
+use super::policy::Policy;
 
 /// What to do about a worker that ended without being asked to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,52 +21,63 @@ pub enum Restart {
     },
 }
 
-/// Quick crashes in a row for one slot. A worker that lived `--min-uptime`
-/// resets it: a service that crashes once a day is restarted at once, every
-/// time, forever (the `forever` bug is giving up on it).
+/// Quick crashes in a row for one slot. A worker that had been ready for
+/// `--min-uptime` resets it: a service that crashes once a day is restarted
+/// at once, every time, forever (the `forever` bug is giving up on it).
+/// The time counts from Ready, not from start: an app that boots for a
+/// minute and then dies at once is a crash loop all the same.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Backoff {
     quick_crashes: u32,
 }
 
 impl Backoff {
-    pub fn on_crash(
-        &mut self,
-        uptime: Duration,
-        min_uptime: Duration,
-        max_restarts: Option<u32>,
-    ) -> Restart {
-        if uptime >= min_uptime {
+    /// `ready_for`: how long the worker had been ready (`None`: never).
+    pub fn on_crash(&mut self, ready_for: Option<Duration>, policy: &Policy) -> Restart {
+        if ready_for.is_some_and(|ready| ready >= policy.min_uptime) {
             self.quick_crashes = 0;
             return Restart::Now;
         }
         self.quick_crashes = self.quick_crashes.saturating_add(1);
-        if max_restarts.is_some_and(|max| self.quick_crashes > max) {
+        if policy
+            .max_restarts
+            .is_some_and(|max| self.quick_crashes > max)
+        {
             return Restart::GiveUp {
                 crashes: self.quick_crashes,
             };
         }
         Restart::After {
-            delay: delay_for(self.quick_crashes),
+            delay: policy.restart_delay.after(self.quick_crashes),
             attempt: self.quick_crashes,
         }
     }
 }
 
-/// 100 ms, 200 ms, 400 ms, … capped at 10 s.
-fn delay_for(attempt: u32) -> Duration {
-    let doublings = attempt.saturating_sub(1).min(16);
-    (FIRST_DELAY * 2u32.pow(doublings)).min(MAX_DELAY)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supervisor::policy::{ReadyRule, RestartDelay};
 
     const MIN_UPTIME: Duration = Duration::from_secs(1);
 
+    fn policy(max_restarts: Option<u32>) -> Policy {
+        Policy {
+            workers: 1,
+            stop_signal: libc::SIGTERM,
+            stop_timeout: Duration::from_secs(30),
+            min_uptime: MIN_UPTIME,
+            max_restarts,
+            restart_delay: RestartDelay::default(),
+            ready: ReadyRule::Auto,
+            ready_timeout: Duration::from_secs(60),
+            reload_batch: 1,
+            watchdog: None,
+        }
+    }
+
     fn quick(b: &mut Backoff, max: Option<u32>) -> Restart {
-        b.on_crash(Duration::from_millis(5), MIN_UPTIME, max)
+        b.on_crash(Some(Duration::from_millis(5)), &policy(max))
     }
 
     #[test]
@@ -87,18 +96,38 @@ mod tests {
     }
 
     #[test]
+    fn restart_delay_sets_the_first_delay_and_the_cap() {
+        let delay = RestartDelay {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+        };
+        let secs: Vec<u64> = (1..=5).map(|a| delay.after(a).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 5, 5]);
+        assert_eq!(delay.after(u32::MAX), Duration::from_secs(5));
+    }
+
+    #[test]
     fn a_worker_that_stayed_up_resets_the_count() {
         let mut b = Backoff::default();
         quick(&mut b, None);
         quick(&mut b, None);
-        assert_eq!(b.on_crash(MIN_UPTIME, MIN_UPTIME, None), Restart::Now);
+        assert_eq!(b.on_crash(Some(MIN_UPTIME), &policy(None)), Restart::Now);
         assert_eq!(
             quick(&mut b, None),
             Restart::After {
-                delay: FIRST_DELAY,
+                delay: Duration::from_millis(100),
                 attempt: 1
             }
         );
+    }
+
+    #[test]
+    fn a_worker_that_was_never_ready_crashed_quickly_however_long_it_ran() {
+        let mut b = Backoff::default();
+        assert!(matches!(
+            b.on_crash(None, &policy(None)),
+            Restart::After { attempt: 1, .. }
+        ));
     }
 
     #[test]

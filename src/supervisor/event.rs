@@ -14,10 +14,14 @@ use super::reload::ReloadOutcome;
 pub enum MasterSignal {
     /// `HUP`: replace every worker with a fresh one.
     Reload,
-    /// `TERM`, `INT`: graceful stop (a second one is immediate).
-    Stop,
+    /// `TERM`: graceful stop. Another `TERM` changes nothing: `timeout`,
+    /// systemd and the kubelet may send two at once.
+    Terminate,
+    /// `INT`: graceful stop; a second one (a person pressing Ctrl-C again)
+    /// stops at once.
+    Interrupt,
     /// `QUIT`: immediate stop.
-    StopNow,
+    Quit,
     /// `TTIN`: one worker more.
     ScaleUp,
     /// `TTOU`: one worker less, never fewer than one.
@@ -96,6 +100,23 @@ pub enum Outcome {
         crashes: u32,
         max_restarts: u32,
     },
+    /// No worker could exec the command, for a reason that will not go
+    /// away (`errno`: ENOEXEC, EACCES, ENOENT…), and none ever did: exit 126
+    /// (127 for ENOENT), as a shell does.
+    CannotExec { errno: i32 },
+}
+
+impl Outcome {
+    /// The master's exit code: 0, 1 for giving up, 126 or 127 (ENOENT) for
+    /// a command that cannot run.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Stopped => 0,
+            Outcome::GaveUp { .. } => 1,
+            Outcome::CannotExec { errno } if *errno == libc::ENOENT => 127,
+            Outcome::CannotExec { .. } => 126,
+        }
+    }
 }
 
 /// A command for the shell. Actions are executed in order.

@@ -49,7 +49,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::vocab::{Exit, Generation, Pid, SlotId, errno_name, human};
-use backoff::Restart;
+use backoff::{Backoff, Restart};
 use event::{Action, Event, ManagerState, MasterSignal, NotifyMsg, Outcome};
 use policy::{Policy, ReadyRule};
 use record::{Next, Record};
@@ -73,8 +73,10 @@ struct Failure {
     slot: SlotId,
     generation: Generation,
     pid: Option<Pid>,
-    was_ready: bool,
-    uptime: Duration,
+    /// How long it had been ready; `None` if it never was. A crash counts
+    /// as quick (and backs off) unless this reached `--min-uptime`, however
+    /// slowly the worker booted.
+    ready_for: Option<Duration>,
     /// How it failed, for the reload-aborted record: "exited with code 1 after 5ms".
     cause: String,
 }
@@ -98,6 +100,9 @@ pub struct Supervisor {
     ready_slots: usize,
     /// Spawn actions out whose answer was not seen yet.
     spawns_in_flight: usize,
+    /// Some worker's exec succeeded once: from then on an exec failure is
+    /// retried, since the command did run (a deploy may be half-copied).
+    ever_started: bool,
     timers: Timers,
     /// Slots the current event changed: the ones to reconcile.
     dirty: BTreeSet<SlotId>,
@@ -120,6 +125,7 @@ impl Supervisor {
             announced_ready: false,
             ready_slots: 0,
             spawns_in_flight: 0,
+            ever_started: false,
             timers: Timers::default(),
             dirty: BTreeSet::new(),
             actions: Vec::new(),
@@ -226,15 +232,19 @@ impl Supervisor {
         match signal {
             MasterSignal::Reload if running => self.start_reload(now),
             MasterSignal::Reload => self.ignored("SIGHUP", "the master is stopping"),
-            MasterSignal::Stop => match self.phase {
-                Phase::Running => self.begin_stop(true, Outcome::Stopped, now),
+            MasterSignal::Terminate | MasterSignal::Interrupt | MasterSignal::Quit if running => {
+                let graceful = signal != MasterSignal::Quit;
+                self.begin_stop(graceful, Outcome::Stopped, now)
+            }
+            // timeout(1), systemd and the kubelet may send TERM twice at once
+            // (to the pid and to its group): the stop stays graceful.
+            MasterSignal::Terminate => self.ignored(
+                "SIGTERM",
+                "already stopping (press Ctrl-C again or send QUIT to stop at once)",
+            ),
+            MasterSignal::Interrupt | MasterSignal::Quit => match self.phase {
                 Phase::Stopping { forced: false, .. } => self.force_stop(),
-                Phase::Stopping { forced: true, .. } | Phase::Done => {}
-            },
-            MasterSignal::StopNow => match self.phase {
-                Phase::Running => self.begin_stop(false, Outcome::Stopped, now),
-                Phase::Stopping { forced: false, .. } => self.force_stop(),
-                Phase::Stopping { forced: true, .. } | Phase::Done => {}
+                Phase::Running | Phase::Stopping { forced: true, .. } | Phase::Done => {}
             },
             MasterSignal::ScaleUp if running => self.set_workers(self.slots.len() + 1, now),
             MasterSignal::ScaleDown if running && self.slots.len() > 1 => {
@@ -321,8 +331,7 @@ impl Supervisor {
                 slot,
                 generation,
                 pid: None,
-                was_ready: false,
-                uptime: Duration::ZERO,
+                ready_for: None,
                 cause: format!("could not be started: {error}"),
             },
             now,
@@ -336,8 +345,16 @@ impl Supervisor {
         let (slot, state) = (worker.slot, worker.state.clone());
         match (result, state) {
             (Ok(()), WorkerState::Spawned { ready_by }) => {
+                self.ever_started = true;
                 self.log(Record::WorkerStarted { slot, pid });
                 match self.policy.ready {
+                    ReadyRule::Auto => self.set_state(
+                        pid,
+                        WorkerState::Booting {
+                            ready_by,
+                            ready_at: Some(now + self.policy.min_uptime),
+                        },
+                    ),
                     ReadyRule::Exec => self.become_ready(pid, now),
                     ReadyRule::Notify => self.set_state(
                         pid,
@@ -394,19 +411,30 @@ impl Supervisor {
             WorkerState::Spawned { .. }
             | WorkerState::Booting { .. }
             | WorkerState::Ready { .. } => {
-                let cause = match worker.exec_error {
-                    Some(errno) => format!("could not exec the command ({})", errno_name(errno)),
-                    None => format!("{exit} after {}", human(uptime)),
-                };
-                let failure = Failure {
-                    slot: worker.slot,
-                    generation: worker.generation,
-                    pid: Some(pid),
-                    was_ready: worker.state.is_ready(),
-                    uptime,
-                    cause,
-                };
-                (self.on_failure(failure, now), false)
+                if let Some(errno) = worker.exec_error
+                    && !self.ever_started
+                    && cannot_ever_exec(errno)
+                {
+                    // The first workers cannot run the command, and never
+                    // will: say so and stop, as a shell would.
+                    self.begin_stop(true, Outcome::CannotExec { errno }, now);
+                    (Next::NotRestarted, false)
+                } else {
+                    let cause = match worker.exec_error {
+                        Some(errno) => {
+                            format!("could not exec the command ({})", errno_name(errno))
+                        }
+                        None => format!("{exit} after {}", human(uptime)),
+                    };
+                    let failure = Failure {
+                        slot: worker.slot,
+                        generation: worker.generation,
+                        pid: Some(pid),
+                        ready_for: worker.state.ready_for(now),
+                        cause,
+                    };
+                    (self.on_failure(failure, now), false)
+                }
             }
         };
         let record = Record::WorkerExited {
@@ -525,8 +553,7 @@ impl Supervisor {
             slot: worker.slot,
             generation: worker.generation,
             pid: Some(worker.pid),
-            was_ready: false,
-            uptime: now.saturating_duration_since(worker.started),
+            ready_for: None,
             cause: format!("was not ready within {} (--ready-timeout)", human(timeout)),
         };
         self.on_failure(failure, now);
@@ -541,6 +568,7 @@ impl Supervisor {
             pid: worker.pid,
             timeout,
         });
+        let ready_for = worker.state.ready_for(now);
         self.signal(worker.pid, libc::SIGABRT);
         self.set_state(
             worker.pid,
@@ -553,8 +581,7 @@ impl Supervisor {
             slot: worker.slot,
             generation: worker.generation,
             pid: Some(worker.pid),
-            was_ready: true,
-            uptime: now.saturating_duration_since(worker.started),
+            ready_for,
             cause: format!("sent no WATCHDOG=1 for {}", human(timeout)),
         };
         self.on_failure(failure, now);
@@ -574,20 +601,16 @@ impl Supervisor {
         let is_new = self
             .reload
             .as_ref()
-            .is_some_and(|plan| failure.generation > plan.from && !failure.was_ready);
+            .is_some_and(|plan| failure.generation > plan.from && failure.ready_for.is_none());
         if is_new {
             self.abort_reload(&failure, now);
         }
         if !self.slots[failure.slot].is_empty() {
             return Next::SlotServed;
         }
-        let policy = &self.policy;
         let slot = &mut self.slots[failure.slot];
         slot.restarts += 1;
-        match slot
-            .backoff
-            .on_crash(failure.uptime, policy.min_uptime, policy.max_restarts)
-        {
+        match slot.backoff.on_crash(failure.ready_for, &self.policy) {
             Restart::Now => Next::Restart {
                 delay: Duration::ZERO,
                 attempt: 0,
@@ -617,6 +640,20 @@ impl Supervisor {
     fn start_reload(&mut self, now: Instant) {
         self.target += 1;
         let generation = self.target;
+        // An operator's reload does not wait out a crash loop's backoff: the
+        // slots waiting start the new generation now, with a fresh backoff.
+        for slot in 0..self.slots.len() {
+            if let Some(at) = self.slots[slot].restart_at {
+                self.slots[slot].backoff = Backoff::default();
+                self.set_restart(slot, None);
+                self.dirty.insert(slot);
+                self.log(Record::BackoffCut {
+                    slot,
+                    was_due_in: at.saturating_duration_since(now),
+                    generation,
+                });
+            }
+        }
         self.progress
             .rebuild(self.slots.iter().map(|s| s.view), generation);
         match &mut self.reload {
@@ -749,10 +786,7 @@ impl Supervisor {
             Phase::Stopping { outcome, .. } => {
                 if self.workers.is_empty() && self.spawns_in_flight == 0 {
                     let outcome = outcome.clone();
-                    let code = match outcome {
-                        Outcome::Stopped => 0,
-                        Outcome::GaveUp { .. } => 1,
-                    };
+                    let code = outcome.exit_code();
                     self.phase = Phase::Done;
                     self.log(Record::Stopped { code });
                     self.actions.push(Action::Exit(outcome));
@@ -1006,4 +1040,23 @@ impl Supervisor {
     fn log(&mut self, record: Record) {
         self.actions.push(Action::Log(record));
     }
+}
+
+/// An exec error that trying again will not cure: the file is not a
+/// program (ENOEXEC), may not be run (EACCES, EPERM), or it or its
+/// interpreter is missing (ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG, ELIBBAD).
+/// ETXTBSY (a binary being copied), EAGAIN, ENOMEM, EMFILE may pass.
+fn cannot_ever_exec(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ENOEXEC
+            | libc::EACCES
+            | libc::EPERM
+            | libc::ENOENT
+            | libc::ENOTDIR
+            | libc::ELOOP
+            | libc::ENAMETOOLONG
+            | libc::ELIBBAD
+            | libc::EISDIR
+    )
 }

@@ -12,19 +12,54 @@ pub struct Policy {
     pub stop_timeout: Duration,
     pub min_uptime: Duration,
     pub max_restarts: Option<u32>,
+    pub restart_delay: RestartDelay,
     pub ready: ReadyRule,
     pub ready_timeout: Duration,
     pub reload_batch: usize,
     pub watchdog: Option<Duration>,
 }
 
-/// When a started worker counts as Ready.
+/// When a started worker counts as Ready: what a reload waits for before
+/// it stops the old worker, and what a crash counts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadyRule {
-    /// As soon as exec succeeded.
+    /// `READY=1`, or, for a server that says nothing, once it has stayed
+    /// alive for `--min-uptime`: whichever comes first. A release that
+    /// crashes at start never replaces a good one (the default).
+    Auto,
+    /// As soon as exec succeeded: protects only against a command that
+    /// cannot run at all.
     Exec,
-    /// When the worker sends `READY=1` to `NOTIFY_SOCKET`.
+    /// When the worker sends `READY=1` to `NOTIFY_SOCKET`, however long
+    /// it takes (up to `--ready-timeout`).
     Notify,
     /// This long after exec succeeded (or at `READY=1`, if sooner).
     Delay(Duration),
+}
+
+/// How long a slot waits before restarting after quick crashes: `first`
+/// after the first, doubling with each one in a row, never more than `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartDelay {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Default for RestartDelay {
+    fn default() -> RestartDelay {
+        RestartDelay {
+            first: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RestartDelay {
+    /// The delay after `attempt` quick crashes in a row (1 for the first).
+    pub fn after(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(30);
+        self.first
+            .saturating_mul(2u32.saturating_pow(doublings))
+            .min(self.max)
+    }
 }

@@ -111,6 +111,13 @@ pub enum Record {
         generation: Generation,
         workers: usize,
     },
+    /// A reload started a slot's worker at once instead of after its
+    /// crash-loop backoff.
+    BackoffCut {
+        slot: SlotId,
+        was_due_in: Duration,
+        generation: Generation,
+    },
     ReloadRetargeted {
         generation: Generation,
     },
@@ -167,6 +174,12 @@ pub enum Record {
     LogReopened {
         path: String,
     },
+    /// Log lines that could not be written (a full disk, a reader that is
+    /// gone or stalled), now that lines get through again.
+    LogLost {
+        lines: u64,
+        error: String,
+    },
     /// Where the control socket listens, or why there is none.
     Control {
         path: String,
@@ -202,6 +215,7 @@ impl Record {
             WatchdogTimeout { .. } => ("watchdog timeout", Error),
             StopTimeout { .. } => ("stop timeout", Warning),
             ReloadStarted { .. } => ("reload started", Info),
+            BackoffCut { .. } => ("backoff cut", Info),
             ReloadRetargeted { .. } => ("reload retargeted", Info),
             ReloadComplete { .. } => ("reload complete", Info),
             ReloadAborted { .. } => ("reload aborted", Error),
@@ -215,6 +229,7 @@ impl Record {
             OsError { .. } => ("os error", Warning),
             WorkerOutput { .. } => ("worker output", Info),
             LogReopened { .. } => ("log reopened", Info),
+            LogLost { .. } => ("log lines lost", Warning),
             Control { error: None, .. } => ("control socket", Info),
             Control { error: Some(_), .. } => ("control socket", Warning),
         }

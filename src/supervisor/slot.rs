@@ -139,6 +139,17 @@ impl WorkerState {
         }
     }
 
+    /// How long it has been ready at `now`, if it is.
+    pub fn ready_for(&self, now: Instant) -> Option<Duration> {
+        match *self {
+            WorkerState::Ready { since, .. } => Some(now.saturating_duration_since(since)),
+            WorkerState::Spawned { .. }
+            | WorkerState::Booting { .. }
+            | WorkerState::Draining { .. }
+            | WorkerState::Killed { .. } => None,
+        }
+    }
+
     /// The next instant at which this state changes by itself.
     pub fn deadline(&self) -> Option<Instant> {
         match *self {

@@ -20,6 +20,7 @@ fn policy(workers: usize) -> Policy {
         stop_timeout: ms(30_000),
         min_uptime: ms(1000),
         max_restarts: None,
+        restart_delay: Default::default(),
         ready: ReadyRule::Exec,
         ready_timeout: ms(60_000),
         reload_batch: 1,
@@ -345,9 +346,41 @@ fn max_restarts_gives_up_with_a_non_zero_exit_after_stopping_the_rest() {
 }
 
 #[test]
-fn exec_failure_is_reported_with_its_errno_and_backs_off() {
-    let mut sim = Sim::new(policy(1));
-    let pid = spawned(&sim.feed(Event::Start))[0];
+fn a_command_that_can_never_exec_stops_the_master_with_126_or_127() {
+    for (errno, code) in [
+        (libc::ENOEXEC, 126),
+        (libc::EACCES, 126),
+        (libc::ENOENT, 127),
+    ] {
+        let mut sim = Sim::new(policy(2));
+        let pids = spawned(&sim.feed(Event::Start));
+        sim.feed(Event::Exec {
+            pid: pids[0],
+            result: Err(errno),
+        });
+        let acts = sim.exit(pids[0], 127);
+        assert_eq!(exit_next(&acts), Next::NotRestarted);
+        assert!(spawns(&acts).is_empty(), "no restart loop");
+        assert_eq!(signalled(&acts), [(pids[1], TERM)], "the other one stops");
+        sim.feed(Event::Exec {
+            pid: pids[1],
+            result: Err(errno),
+        });
+        let acts = sim.exit(pids[1], 127);
+        assert_eq!(
+            acts.last(),
+            Some(&Action::Exit(Outcome::CannotExec { errno }))
+        );
+        assert_eq!(Outcome::CannotExec { errno }.exit_code(), code);
+    }
+}
+
+#[test]
+fn an_exec_failure_after_the_command_once_ran_is_retried_with_backoff() {
+    // Once a worker ran, the file was fine: a deploy may be half-copied.
+    let (mut sim, pids) = Sim::started(policy(1));
+    sim.at(5_000).exit(pids[0], 1);
+    let pid = sim.pid_of(0);
     sim.feed(Event::Exec {
         pid,
         result: Err(libc::ENOENT),
@@ -359,6 +392,20 @@ fn exec_failure_is_reported_with_its_errno_and_backs_off() {
         "{text}"
     );
     assert!(matches!(exit_next(&acts), Next::Restart { attempt: 1, .. }));
+}
+
+#[test]
+fn a_passing_exec_error_is_retried_even_at_start() {
+    let mut sim = Sim::new(policy(1));
+    let pid = spawned(&sim.feed(Event::Start))[0];
+    sim.feed(Event::Exec {
+        pid,
+        result: Err(libc::ETXTBSY),
+    });
+    assert!(matches!(
+        exit_next(&sim.exit(pid, 127)),
+        Next::Restart { attempt: 1, .. }
+    ));
 }
 
 #[test]
@@ -383,7 +430,7 @@ fn fork_failure_backs_off_like_a_crash() {
 #[test]
 fn term_drains_every_worker_then_exits_zero() {
     let (mut sim, pids) = Sim::started(policy(2));
-    let acts = sim.signal(MasterSignal::Stop);
+    let acts = sim.signal(MasterSignal::Terminate);
     assert_eq!(signalled(&acts), [(pids[0], TERM), (pids[1], TERM)]);
     assert!(acts.contains(&Action::NotifyManager(ManagerState::Stopping)));
     assert_eq!(sim.deadline_ms(), Some(30_000));
@@ -401,7 +448,7 @@ fn term_drains_every_worker_then_exits_zero() {
 #[test]
 fn a_worker_that_ignores_its_stop_signal_is_killed_after_the_stop_timeout() {
     let (mut sim, pids) = Sim::started(policy(1));
-    sim.signal(MasterSignal::Stop);
+    sim.signal(MasterSignal::Terminate);
     assert!(killed(&sim.at(29_999).timeout()).is_empty());
     let acts = sim.at(30_000).timeout();
     assert_eq!(killed(&acts), [pids[0]]);
@@ -419,18 +466,27 @@ fn a_worker_that_ignores_its_stop_signal_is_killed_after_the_stop_timeout() {
 }
 
 #[test]
-fn a_second_term_kills_at_once() {
+fn a_second_term_changes_nothing_but_a_second_int_or_quit_kills_at_once() {
+    // timeout(1), systemd and the kubelet may send TERM twice within a
+    // millisecond: the stop stays graceful.
     let (mut sim, pids) = Sim::started(policy(2));
-    sim.signal(MasterSignal::Stop);
-    let acts = sim.signal(MasterSignal::Stop);
+    sim.signal(MasterSignal::Terminate);
+    let acts = sim.signal(MasterSignal::Terminate);
+    assert!(killed(&acts).is_empty() && signalled(&acts).is_empty());
+    assert_eq!(records(&acts, "signal ignored").len(), 1);
+    // A person pressing Ctrl-C again means it.
+    let acts = sim.signal(MasterSignal::Interrupt);
     assert_eq!(killed(&acts), pids);
-    assert!(killed(&sim.signal(MasterSignal::Stop)).is_empty());
+    assert!(killed(&sim.signal(MasterSignal::Interrupt)).is_empty());
+    let (mut sim, pids) = Sim::started(policy(2));
+    sim.signal(MasterSignal::Interrupt);
+    assert_eq!(killed(&sim.signal(MasterSignal::Quit)), pids);
 }
 
 #[test]
 fn quit_kills_at_once() {
     let (mut sim, pids) = Sim::started(policy(2));
-    let acts = sim.signal(MasterSignal::StopNow);
+    let acts = sim.signal(MasterSignal::Quit);
     assert_eq!(killed(&acts), pids);
     assert!(signalled(&acts).is_empty());
 }
@@ -438,7 +494,7 @@ fn quit_kills_at_once() {
 #[test]
 fn a_crash_while_stopping_is_not_restarted() {
     let (mut sim, pids) = Sim::started(policy(2));
-    sim.signal(MasterSignal::Stop);
+    sim.signal(MasterSignal::Terminate);
     let acts = sim.feed(Event::Exited {
         pid: pids[0],
         exit: Exit::Signaled {
@@ -887,7 +943,7 @@ fn apply(sim: &mut Sim, pid: Pid, ev: Ev) -> Vec<Action> {
             }
         }
         Ev::Stop => sim.feed(Event::ScaleTo(1)),
-        Ev::Force => sim.signal(MasterSignal::StopNow),
+        Ev::Force => sim.signal(MasterSignal::Quit),
     }
 }
 
@@ -1037,4 +1093,140 @@ fn cells_with_more_to_say() {
     // Ready x STOPPING: the replacement starts at once.
     let (mut sim, pid) = set_up(From::Ready);
     assert_eq!(spawns(&apply(&mut sim, pid, Ev::Stopping)), [(1, 1)]);
+}
+
+// ---- safe defaults (#10) ---------------------------------------------------------
+
+#[test]
+fn auto_is_ready_at_ready_1_or_after_min_uptime_whichever_comes_first() {
+    let mut p = policy(2);
+    p.ready = ReadyRule::Auto;
+    let mut sim = Sim::new(p);
+    let pids = spawned(&sim.feed(Event::Start));
+    sim.exec_ok(pids[0]);
+    sim.exec_ok(pids[1]);
+    // One says READY=1 early; the other says nothing.
+    assert_eq!(
+        records(
+            &sim.at(50).notify(pids[0], NotifyMsg::Ready),
+            "worker ready"
+        )
+        .len(),
+        1
+    );
+    assert_eq!(sim.deadline_ms(), Some(1000), "min-uptime after exec");
+    assert!(records(&sim.at(999).timeout(), "worker ready").is_empty());
+    let acts = sim.at(1000).timeout();
+    assert_eq!(records(&acts, "worker ready").len(), 1);
+    assert_eq!(records(&acts, "workers ready").len(), 1);
+}
+
+#[test]
+fn under_auto_a_release_that_dies_soon_after_start_aborts_the_reload() {
+    // The seed story: a new release that exits 200 ms after start (a missing
+    // variable). Under `exec` it would have replaced every good worker.
+    let mut p = policy(2);
+    p.ready = ReadyRule::Auto;
+    let mut sim = Sim::new(p);
+    let old = spawned(&sim.feed(Event::Start));
+    for &pid in &old {
+        sim.exec_ok(pid);
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    let new = spawned(&sim.at(10_000).signal(MasterSignal::Reload))[0];
+    sim.exec_ok(new);
+    let acts = sim.at(10_200).exit(new, 1);
+    assert_eq!(records(&acts, "reload aborted").len(), 1);
+    assert!(signalled(&acts).is_empty(), "no old worker is stopped");
+    assert!(old.iter().all(|&p| sim.sup.is_worker(p)));
+    assert!(matches!(
+        acts.iter().find(|a| matches!(a, Action::ReloadFinished(_))),
+        Some(Action::ReloadFinished(ReloadOutcome::Aborted { .. }))
+    ));
+}
+
+#[test]
+fn a_slow_boot_then_a_crash_is_a_quick_crash() {
+    // Ready after 1.2 s, dead 200 ms later: uptime 1.4 s is more than
+    // --min-uptime, but it was ready for only 200 ms.
+    let mut p = policy(1);
+    p.ready = ReadyRule::Notify;
+    p.max_restarts = Some(3);
+    let mut sim = Sim::new(p);
+    let mut pid = spawned(&sim.feed(Event::Start))[0];
+    let mut t = 0;
+    let mut delays = Vec::new();
+    for round in 0..4 {
+        sim.exec_ok(pid);
+        sim.at(t + 1200).notify(pid, NotifyMsg::Ready);
+        let acts = sim.at(t + 1400).exit(pid, 1);
+        if round == 3 {
+            assert_eq!(exit_next(&acts), Next::GiveUp);
+            break;
+        }
+        let Next::Restart { delay, .. } = exit_next(&acts) else {
+            panic!("expected a backoff, got {:?}", exit_next(&acts));
+        };
+        delays.push(delay.as_millis() as u64);
+        t += 1400 + delay.as_millis() as u64;
+        pid = spawned(&sim.at(t).timeout())[0];
+    }
+    assert_eq!(delays, [100, 200, 400]);
+}
+
+#[test]
+fn a_crash_after_min_uptime_of_being_ready_restarts_at_once() {
+    let mut p = policy(1);
+    p.ready = ReadyRule::Notify;
+    let mut sim = Sim::new(p);
+    let pid = spawned(&sim.feed(Event::Start))[0];
+    sim.exec_ok(pid);
+    sim.at(5000).notify(pid, NotifyMsg::Ready);
+    let acts = sim.at(6000).exit(pid, 1);
+    assert_eq!(
+        exit_next(&acts),
+        Next::Restart {
+            delay: Duration::ZERO,
+            attempt: 0
+        }
+    );
+}
+
+#[test]
+fn a_reload_during_a_crash_loop_backoff_starts_the_new_generation_now() {
+    let (mut sim, pids) = Sim::started(policy(2));
+    // Slot 1 crash-loops until its backoff is long.
+    let mut pid = pids[1];
+    let mut t = 0;
+    for _ in 0..8 {
+        t += 10;
+        let acts = sim.at(t).exit(pid, 1);
+        let Next::Restart { delay, .. } = exit_next(&acts) else {
+            panic!("expected a backoff");
+        };
+        t += delay.as_millis() as u64;
+        pid = spawned(&sim.at(t).timeout())[0];
+        sim.exec_ok(pid);
+    }
+    let acts = sim.at(t + 10).exit(pid, 1);
+    assert_eq!(
+        exit_next(&acts),
+        Next::Restart {
+            delay: ms(10_000),
+            attempt: 9
+        }
+    );
+    let acts = sim.at(t + 1000).signal(MasterSignal::Reload);
+    assert_eq!(records(&acts, "backoff cut").len(), 1);
+    assert!(
+        spawns(&acts).contains(&(1, 2)),
+        "slot 1 starts the new generation at once: {acts:?}"
+    );
+    // And its backoff starts again from 100 ms.
+    let new = sim.pid_of(1);
+    let acts = sim.at(t + 1010).exit(new, 1);
+    assert!(matches!(
+        exit_next(&acts),
+        Next::Restart { attempt: 1, delay } if delay == ms(100)
+    ));
 }

@@ -1,5 +1,7 @@
-//! Bad input: one line naming the input and the fix, the documented exit
-//! code, and no process left behind (nothing is forked before all input is
+//! Bad input: a usage error is clap's whole message (the argument, the
+//! valid forms, its tips, the usage) and exit 64; anything else refused is
+//! one line naming the input and the fix, with the documented exit code;
+//! and no process is left behind (nothing is forked before all input is
 //! checked).
 
 use std::net::TcpListener;
@@ -18,41 +20,113 @@ fn refused(args: &[&str], code: i32, says: &str) {
     );
 }
 
+/// A usage error: exit 64 and clap's message, all of it.
+fn usage(args: &[&str], says: &[&str]) {
+    let (got, out, stderr) = rcluster(args);
+    assert_eq!(got, 64, "rcluster {args:?}: {stderr}");
+    assert!(out.is_empty(), "rcluster {args:?} printed {out}");
+    assert!(stderr.starts_with("error: "), "rcluster {args:?}: {stderr}");
+    assert!(
+        stderr.contains("For more information, try '--help'."),
+        "rcluster {args:?}: {stderr}"
+    );
+    for said in says {
+        assert!(
+            stderr.contains(said),
+            "rcluster {args:?} should say {said:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
-fn usage_errors_exit_64_with_the_valid_forms() {
+fn usage_errors_exit_64_with_all_that_clap_says() {
     let w = example("test_worker");
-    refused(
-        &["--frobnicate", "--", &w],
-        64,
-        "unexpected argument '--frobnicate'",
-    );
-    refused(
-        &["--workers", "0", "--", &w],
-        64,
-        "expected auto or a number from 1 to",
-    );
-    refused(
-        &["--workers", "many", "--", &w],
-        64,
-        "expected auto or a number",
-    );
-    refused(
-        &["--stop-timeout", "soon", "--", &w],
-        64,
-        "500ms, 30s or 2m",
-    );
-    refused(
-        &["--listen", "localhost:80", "--", &w],
-        64,
-        "127.0.0.1:8080, :8080, [::1]:8080",
-    );
-    refused(
-        &["--listen", "999.1.1.1:80", "--", &w],
-        64,
-        "unix:/path/app.sock",
-    );
+    let w = w.as_str();
+    let table: &[(&[&str], &[&str])] = &[
+        (
+            &["--frobnicate", "--", w],
+            &["unexpected argument '--frobnicate'", "Usage:"],
+        ),
+        (
+            &["--workerz", "2", "--", w],
+            &["tip: a similar argument exists: '--workers'"],
+        ),
+        (
+            &["-w", "2", w],
+            &["tip: put the server and its arguments after --"],
+        ),
+        (
+            &["--workers", "0", "--", w],
+            &["expected auto or a number from 1 to"],
+        ),
+        (
+            &["--workers", "many", "--", w],
+            &["'many'", "expected auto or a number"],
+        ),
+        (&["--stop-timeout", "soon", "--", w], &["500ms, 30s or 2m"]),
+        (
+            &["--listen", "localhost:80", "--", w],
+            &["127.0.0.1:8080, :8080, [::1]:8080"],
+        ),
+        (
+            &["--listen", "999.1.1.1:80", "--", w],
+            &["unix:/path/app.sock"],
+        ),
+        (&["--stop-signal", "SIGFOO", "--", w], &["TERM, QUIT"]),
+        (
+            &["--ready", "soon", "--", w],
+            &["auto, exec, notify or delay:DUR"],
+        ),
+        (
+            &["--log-format", "xml", "--", w],
+            &["possible values: human, json"],
+        ),
+        (
+            &["scale"],
+            &["the following required arguments were not provided", "<N>"],
+        ),
+        (&["scale", "0"], &["0 is not in 1..=4096"]),
+        (
+            &["status", "--bogus"],
+            &["unexpected argument '--bogus'", "Usage: rcluster status"],
+        ),
+        (&["reload", "--timeout", "later"], &["500ms, 30s or 2m"]),
+        (&["-w", "2", "status"], &["unexpected argument 'status'"]),
+    ];
+    for (args, says) in table {
+        usage(args, says);
+    }
+}
+
+#[test]
+fn a_missing_command_is_one_line() {
     refused(&["--workers", "2"], 64, "no command given");
-    refused(&["--stop-signal", "SIGFOO", "--", &w], 64, "TERM, QUIT");
+}
+
+#[test]
+fn help_works_for_every_command() {
+    let (code, out, _) = rcluster(&["help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Usage: rcluster [OPTIONS] -- COMMAND"),
+        "{out}"
+    );
+    for command in ["status", "reload", "scale", "stop"] {
+        let (code, out, err) = rcluster(&["help", command]);
+        assert_eq!(code, 0, "help {command}: {err}");
+        assert!(out.contains(&format!("Usage: rcluster {command}")), "{out}");
+        let (code, again, _) = rcluster(&[command, "--help"]);
+        assert_eq!((code, &again), (0, &out));
+        // Every argument says what it is for.
+        for line in out.lines().filter(|l| l.trim_start().starts_with('-')) {
+            assert!(
+                line.trim().split("  ").filter(|p| !p.is_empty()).count() >= 2,
+                "help {command}: an argument without help: {line:?}"
+            );
+        }
+    }
+    let (_, out, _) = rcluster(&["help", "scale"]);
+    assert!(out.contains("<N>  How many workers"), "{out}");
 }
 
 #[test]

@@ -74,7 +74,18 @@ fn as_pid_1_rcluster_reaps_orphans_and_still_stops_gracefully() {
     let mut master = Master::start_via(
         "unshare",
         &["--pid", "--fork", "--mount-proc"],
-        &["--log-level", "debug", "-w", "2", "--", "sh", "-c", &script],
+        &[
+            "--log-level",
+            "debug",
+            "-w",
+            "2",
+            "-l",
+            "127.0.0.1:0",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
         |_| {},
     )
     .in_pid_namespace();

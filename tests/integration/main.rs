@@ -14,6 +14,7 @@ mod cli_errors;
 mod cluster;
 mod compat;
 mod control;
+mod defaults;
 mod deploy;
 mod drain;
 mod examples;

@@ -1,6 +1,6 @@
-//! Stopping: graceful on TERM (requests in flight finish), forced after the
-//! stop timeout or a second TERM, immediate on QUIT; no worker outlives a
-//! master killed with SIGKILL.
+//! Stopping: graceful on TERM (requests in flight finish, however many
+//! TERMs arrive), forced after the stop timeout or a second INT, immediate
+//! on QUIT; no worker outlives a master killed with SIGKILL.
 //!
 //! Workers started with `--ignore-stop` say READY=1 once they ignore their
 //! stop signal (`--ready notify`), so no stop can reach them before.
@@ -61,7 +61,8 @@ fn a_worker_that_ignores_its_stop_signal_is_killed_after_the_stop_timeout() {
 }
 
 #[test]
-fn a_second_term_stops_at_once() {
+fn a_second_int_stops_at_once() {
+    // A person pressing Ctrl-C twice means it.
     let worker = example("test_worker");
     let mut master = Master::start(&[
         "-w",
@@ -75,15 +76,48 @@ fn a_second_term_stops_at_once() {
         "--ignore-stop",
     ]);
     master.ready_workers();
-    master.signal(libc::SIGTERM);
+    master.signal(libc::SIGINT);
     master.expect("graceful stop", |r| {
         r["msg"] == "stop requested" && r["graceful"] == true
     });
-    master.signal(libc::SIGTERM);
+    master.signal(libc::SIGINT);
     master.expect("forced stop", |r| {
         r["msg"] == "stop requested" && r["graceful"] == false
     });
     assert_eq!(master.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn term_twice_within_a_millisecond_stays_graceful() {
+    // timeout(1), systemd and the kubelet may send TERM to the pid and to
+    // its process group at once; and again later.
+    let hello = example("hello");
+    let mut master = Master::start(&["-w", "2", "-l", "127.0.0.1:0", "--", &hello]);
+    let addr = master.listening();
+    master.ready_workers();
+    let mut conn = http::Conn::new(http::connect(addr).unwrap()).unwrap();
+    assert_eq!(conn.request("/", false).unwrap().status, 200);
+    let slow = std::thread::spawn(move || conn.request("/sleep/2000", false));
+    // SAFETY: signalling the master this test started, and its group.
+    unsafe {
+        libc::kill(master.pid, libc::SIGTERM);
+        libc::kill(-master.pid, libc::SIGTERM);
+    }
+    master.expect("graceful stop", |r| {
+        r["msg"] == "stop requested" && r["graceful"] == true
+    });
+    master.signal(libc::SIGTERM);
+    let ignored = master.expect_msg("signal ignored");
+    assert_eq!(ignored["signal"], "SIGTERM");
+    let response = slow
+        .join()
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(response.status, 200);
+    assert_eq!(master.wait_exit().code(), Some(0));
+    let log = master.log_text();
+    assert!(!log.contains("\"graceful\":false"), "forced:\n{log}");
+    assert!(!log.contains("SIGKILL"), "nothing was killed:\n{log}");
 }
 
 #[test]
