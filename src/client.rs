@@ -86,6 +86,20 @@ impl Target {
     }
 }
 
+/// A line on stdout; a reader that went away (`| head -1`) is no error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// A line on stderr, likewise.
+macro_rules! complain {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Runs one command against the master and says how it went.
 pub fn run(command: Command) -> ExitCode {
     let (target, request, wait) = match &command {
@@ -103,14 +117,14 @@ pub fn run(command: Command) -> ExitCode {
     let response = match ask(&path, &request, timeout) {
         Ok(response) => response,
         Err(Failed::NoMaster(e)) => {
-            eprintln!(
+            complain!(
                 "rcluster: no master answers at {} ({e}); is it running? pass --control PATH",
                 path.display()
             );
             return ExitCode::from(NO_MASTER);
         }
         Err(Failed::TimedOut) => {
-            eprintln!(
+            complain!(
                 "rcluster: the master at {} did not answer within {}; pass --timeout to wait longer",
                 path.display(),
                 crate::vocab::human(timeout)
@@ -118,7 +132,7 @@ pub fn run(command: Command) -> ExitCode {
             return ExitCode::from(TIMED_OUT);
         }
         Err(Failed::Broken(why)) => {
-            eprintln!("rcluster: the master at {} {why}", path.display());
+            complain!("rcluster: the master at {} {why}", path.display());
             return ExitCode::from(NO_MASTER);
         }
     };
@@ -126,27 +140,30 @@ pub fn run(command: Command) -> ExitCode {
         let error = response["error"]
             .as_str()
             .unwrap_or("the master refused the request");
-        eprintln!("rcluster: {error}");
+        complain!("rcluster: {error}");
         return ExitCode::FAILURE;
     }
     match command {
         Command::Status { json: true, .. } => {
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(&response).unwrap_or_default()
             )
         }
-        Command::Status { json: false, .. } => print!("{}", status::table(&response)),
-        Command::Reload { wait: true, .. } => println!(
+        Command::Status { json: false, .. } => {
+            let _ = std::io::stdout().write_all(status::table(&response).as_bytes());
+        }
+        Command::Reload { wait: true, .. } => say!(
             "reload complete: generation {} in {} ms",
-            response["generation"], response["duration_ms"]
+            response["generation"],
+            response["duration_ms"]
         ),
         Command::Reload { wait: false, .. } => {
-            println!("reload started: generation {}", response["generation"])
+            say!("reload started: generation {}", response["generation"])
         }
-        Command::Scale { .. } => println!("scaling to {} workers", response["workers"]),
-        Command::Stop { wait: true, .. } => println!("stopped"),
-        Command::Stop { wait: false, .. } => println!("stopping"),
+        Command::Scale { .. } => say!("scaling to {} workers", response["workers"]),
+        Command::Stop { wait: true, .. } => say!("stopped"),
+        Command::Stop { wait: false, .. } => say!("stopping"),
     }
     match command {
         Command::Status { .. } if response["master"]["all_ready"] != true => {

@@ -211,3 +211,32 @@ fn help_and_version_exit_zero() {
     let (code, _, _) = rcluster(&["--version"]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn user_without_root_is_a_usage_error_64() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root to run rcluster as another user");
+        return;
+    }
+    let binary = crate::support::rcluster_bin();
+    let (code, _, err) = crate::support::run(
+        "runuser",
+        &[
+            "-u",
+            "nobody",
+            "--",
+            binary.to_str().unwrap(),
+            "--user",
+            "root",
+            "--",
+            "true",
+        ],
+    );
+    if err.contains("runuser:") {
+        eprintln!("skipped: runuser is not permitted here: {err}");
+        return;
+    }
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("need rcluster to run as root"), "{err}");
+}
