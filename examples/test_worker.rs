@@ -14,6 +14,7 @@
 //! The worker library, printing what it got on stdout:
 //! test_worker --listeners [--take-tcp NAME] [--take-unix NAME]
 //! test_worker --notify            print whether ready() sent anything
+//! test_worker --send-notify TEXT  send TEXT (`\n` for newlines) to $NOTIFY_SOCKET, exit
 //! test_worker --exit-task FILE [--hang-task] [--exit-deadline MS] [--panic-after MS]
 //!
 //! Cluster mode (this process becomes the master, JSON logs, 2 workers):
@@ -53,6 +54,17 @@ fn main() {
     }
     if args.flag("--listeners") {
         return print_listeners(&args);
+    }
+    if let Some(text) = args.value("--send-notify") {
+        let text = text.replace("\\n", "\n");
+        let socket = std::env::var("NOTIFY_SOCKET").expect("NOTIFY_SOCKET");
+        let name = socket.strip_prefix('@').expect("an abstract socket");
+        let addr = <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name.as_bytes())
+            .expect("a socket name");
+        std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|s| s.send_to_addr(text.as_bytes(), &addr))
+            .expect("sending the datagram");
+        return;
     }
     if args.flag("--notify") {
         println!("sent: {}", worker::ready().expect("sending READY=1"));

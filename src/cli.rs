@@ -45,7 +45,7 @@ Example:
 #[derive(Debug, Parser)]
 #[command(name = "rcluster", version, after_help = AFTER_HELP)]
 #[command(
-    override_usage = "rcluster [OPTIONS] -- COMMAND [ARGS...]\n       rcluster <status|reload|scale|stop> [OPTIONS]"
+    override_usage = "rcluster [OPTIONS] -- COMMAND [ARGS...]\n       rcluster <status|reload|scale|stop|notify> [OPTIONS]"
 )]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {

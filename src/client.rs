@@ -1,5 +1,7 @@
 //! `rcluster status | reload | scale | stop`: the commands that talk to a
-//! running master through its control socket (`control.rs`).
+//! running master through its control socket (`control.rs`); and `rcluster
+//! notify`, which a worker runs to speak to its master over
+//! `NOTIFY_SOCKET`, as `systemd-notify` does.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -68,6 +70,27 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// From a worker: tell its master over NOTIFY_SOCKET, and wait until the
+    /// master has read it (for servers that cannot send a datagram, such as
+    /// Node)
+    Notify {
+        /// READY=1: the worker can serve
+        #[arg(long)]
+        ready: bool,
+        /// STOPPING=1: the worker is stopping on its own
+        #[arg(long)]
+        stopping: bool,
+        /// STATUS=TEXT: a line the master logs
+        #[arg(long, value_name = "TEXT")]
+        status: Option<String>,
+        /// MAINPID=PID: the worker this speaks for (it must be the worker
+        /// that started this command, or an ancestor of it)
+        #[arg(long, value_name = "PID")]
+        pid: Option<u32>,
+        /// How long to wait for the master to read the message
+        #[arg(long, value_name = "DUR", default_value = "5s", value_parser = crate::vocab::parse_duration)]
+        timeout: Duration,
+    },
     /// Stop gracefully, like TERM
     Stop {
         /// Wait until the master has stopped
@@ -102,6 +125,16 @@ macro_rules! complain {
 
 /// Runs one command against the master and says how it went.
 pub fn run(command: Command) -> ExitCode {
+    if let Command::Notify {
+        ready,
+        stopping,
+        status,
+        pid,
+        timeout,
+    } = &command
+    {
+        return notify(*ready, *stopping, status.as_deref(), *pid, *timeout);
+    }
     let (target, request, wait) = match &command {
         Command::Status { target, .. } => (target, json!({"cmd": "status"}), false),
         Command::Reload { wait, target } => (target, json!({"cmd": "reload", "wait": wait}), *wait),
@@ -109,6 +142,7 @@ pub fn run(command: Command) -> ExitCode {
             (target, json!({"cmd": "scale", "workers": workers}), false)
         }
         Command::Stop { wait, target } => (target, json!({"cmd": "stop", "wait": wait}), *wait),
+        Command::Notify { .. } => unreachable!("handled above"),
     };
     let path = target.path();
     let timeout = target
@@ -144,6 +178,7 @@ pub fn run(command: Command) -> ExitCode {
         return ExitCode::FAILURE;
     }
     match command {
+        Command::Notify { .. } => {}
         Command::Status { json: true, .. } => {
             say!(
                 "{}",
@@ -170,6 +205,47 @@ pub fn run(command: Command) -> ExitCode {
             ExitCode::from(NOT_ALL_READY)
         }
         _ => ExitCode::SUCCESS,
+    }
+}
+
+/// `rcluster notify`: one message, then wait until the master has read it
+/// (so the message is still traceable to this process's worker).
+fn notify(
+    ready: bool,
+    stopping: bool,
+    status: Option<&str>,
+    pid: Option<u32>,
+    timeout: Duration,
+) -> ExitCode {
+    let mut lines = Vec::new();
+    if ready {
+        lines.push("READY=1".to_string());
+    }
+    if stopping {
+        lines.push("STOPPING=1".to_string());
+    }
+    if let Some(status) = status {
+        lines.push(format!("STATUS={}", status.replace('\n', " ")));
+    }
+    if let Some(pid) = pid {
+        lines.push(format!("MAINPID={pid}"));
+    }
+    if lines.is_empty() {
+        complain!("rcluster: nothing to say: pass --ready, --stopping or --status");
+        return ExitCode::from(64);
+    }
+    match crate::notify::notify_and_wait(&lines.join("\n"), timeout) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            complain!(
+                "rcluster: NOTIFY_SOCKET is not set: this process was not started by rcluster or systemd"
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            complain!("rcluster: telling the master over NOTIFY_SOCKET failed: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

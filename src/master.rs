@@ -88,6 +88,10 @@ struct Master<'a, L: Launch> {
     exec_pipes: HashMap<Pid, OwnedFd>,
     /// Each worker's pidfd, readable once it has exited.
     pidfds: HashMap<Pid, OwnedFd>,
+    /// Notify datagrams dropped: not from a worker, or not its user.
+    notify_dropped: u64,
+    /// The notify socket was not drained to the end last turn.
+    notify_pending: bool,
     log: &'a Log,
     /// Set by the supervisor's `Exit` action: how the master ends.
     outcome: Option<Result<(), Error>>,
@@ -134,6 +138,8 @@ impl<'a, L: Launch> Master<'a, L> {
             output: Output::new(OUTPUT_BASE),
             exec_pipes: HashMap::new(),
             pidfds: HashMap::new(),
+            notify_dropped: 0,
+            notify_pending: false,
             log,
             outcome: None,
         })
@@ -158,7 +164,7 @@ impl<'a, L: Launch> Master<'a, L> {
             // While the log is congested, workers' output waits in their
             // pipes: no turn for it until the log has room.
             let congested = self.log.congested();
-            let timeout = if self.output.has_pending() && !congested {
+            let timeout = if (self.output.has_pending() && !congested) || self.notify_pending {
                 Some(Duration::ZERO)
             } else {
                 deadline.map(|d| d.saturating_duration_since(Instant::now()))
@@ -175,6 +181,9 @@ impl<'a, L: Launch> Master<'a, L> {
                 if let Token(t @ EXEC_BASE..CONTROL_BASE) = event.token() {
                     self.on_exec_pipe(Pid::from_raw((t - EXEC_BASE) as i32), now);
                 }
+            }
+            if self.notify_pending {
+                self.on_notify(now);
             }
             for event in events.iter() {
                 match event.token() {
@@ -271,6 +280,7 @@ impl<'a, L: Launch> Master<'a, L> {
             Request::Status => {
                 let counts = Counts {
                     log_lines_lost: self.log.lines_lost(),
+                    notify_dropped: self.notify_dropped,
                 };
                 Some(status::to_json(&self.supervisor, &self.info, counts, now))
             }
@@ -323,56 +333,55 @@ impl<'a, L: Launch> Master<'a, L> {
         }
     }
 
-    /// Drains the notify socket (edge-triggered: until it would block).
+    /// Drains the notify socket: edge-triggered, so until it would block;
+    /// a failed read skips that datagram, and a turn that reads very many
+    /// leaves the rest for the next turn, which comes at once.
     fn on_notify(&mut self, now: Instant) {
-        loop {
+        const PER_TURN: usize = 4096;
+        self.notify_pending = false;
+        let mut error = None;
+        for _ in 0..PER_TURN {
             match self.notify.recv() {
                 Ok(Some(datagram)) => self.on_datagram(datagram, now),
-                Ok(None) => return,
-                Err(e) => {
-                    self.log.emit(&Record::OsError {
-                        op: "reading the notify socket".into(),
-                        error: e.to_string(),
-                    });
+                Ok(None) => {
+                    if let Some(e) = error {
+                        self.log.emit(&Record::OsError {
+                            op: "reading the notify socket".into(),
+                            error: e,
+                        });
+                    }
                     return;
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => error = Some(e.to_string()),
             }
         }
+        self.notify_pending = true;
     }
 
     fn on_datagram(&mut self, datagram: Datagram, now: Instant) {
-        let Some(worker) = self.sender_worker(&datagram) else {
-            let pid = datagram.sender.unwrap_or(Pid::from_raw(0));
-            self.log.emit(&Record::NotifyIgnored {
-                pid,
-                why: "not sent by a worker or a process it started".into(),
-            });
-            return;
-        };
-        for msg in datagram.messages {
-            self.dispatch(Event::Notify { pid: worker, msg }, now);
-        }
-    }
-
-    /// The worker a datagram speaks for: its sender or, for helpers such as
-    /// `systemd-notify` that a worker runs, the sender's nearest ancestor
-    /// that is a worker. A sender that already exited is found through
-    /// `MAINPID=` (the known `systemd-notify` race).
-    fn sender_worker(&self, datagram: &Datagram) -> Option<Pid> {
-        const MAX_DEPTH: usize = 32;
-        for start in [datagram.sender, datagram.main_pid].into_iter().flatten() {
-            let mut pid = start;
-            for _ in 0..MAX_DEPTH {
-                if self.supervisor.is_worker(pid) {
-                    return Some(pid);
-                }
-                match notify::parent_of(pid) {
-                    Some(parent) if parent.as_raw() > 1 => pid = parent,
-                    _ => break,
+        let ancestry = datagram.sender.map(notify::ancestry).unwrap_or_default();
+        let supervisor = &self.supervisor;
+        let speaker = notify::speaker(
+            &datagram,
+            &ancestry,
+            |pid| supervisor.is_worker(pid),
+            self.launcher.uid(),
+        );
+        match speaker {
+            Ok(worker) => {
+                for msg in datagram.messages {
+                    self.dispatch(Event::Notify { pid: worker, msg }, now);
                 }
             }
+            Err(why) => {
+                self.notify_dropped += 1;
+                self.log.emit(&Record::NotifyIgnored {
+                    pid: datagram.sender.unwrap_or(Pid::from_raw(0)),
+                    why: why.to_string(),
+                });
+            }
         }
-        None
     }
 
     /// A SIGCHLD from `sender`. A worker with a pidfd is reaped when its

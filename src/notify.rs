@@ -1,10 +1,16 @@
 //! The sd_notify protocol (systemd's `NOTIFY_SOCKET`), both sides.
 //!
-//! The master owns one datagram socket and passes its path to every worker.
-//! It learns who spoke from the kernel (`SO_PASSCRED`, `SCM_CREDENTIALS`),
-//! so any sd_notify library in any language works unchanged. The client side,
-//! [`notify`], is what the worker library's `ready()` uses, and what the
-//! master uses to report to systemd when it runs under it.
+//! The master owns one datagram socket and passes its name to every worker.
+//! Anyone on the host can send to it, so a message counts only if the
+//! kernel says its sender (`SO_PASSCRED`, `SCM_CREDENTIALS`) is a worker or
+//! a process a worker started, running as the workers' user or as root, and
+//! a `MAINPID=` in it names that same worker ([`speaker`]); anything else
+//! is dropped and counted. Any sd_notify library in any language works
+//! unchanged. `BARRIER=1` (systemd 254's `sd_notify_barrier`) is honoured:
+//! datagrams are handled in order, and the fd it carries is closed once the
+//! ones before it are. The client side, [`notify`] and [`notify_and_wait`],
+//! is what the worker library, `rcluster notify` and a master under systemd
+//! use.
 
 use std::io::{self, IoSliceMut};
 use std::os::fd::AsRawFd;
@@ -24,6 +30,8 @@ const MAX_DATAGRAM: usize = 4096;
 pub struct Datagram {
     /// The sender's pid, from the kernel.
     pub sender: Option<Pid>,
+    /// The sender's user, from the kernel.
+    pub uid: Option<u32>,
     /// `MAINPID=`: the process the sender speaks for.
     pub main_pid: Option<Pid>,
     pub messages: Vec<NotifyMsg>,
@@ -88,8 +96,9 @@ impl NotifySocket {
     /// The next datagram, or `None` when none is waiting.
     pub fn recv(&self) -> io::Result<Option<Datagram>> {
         let mut buf = [0u8; MAX_DATAGRAM];
-        let mut cmsg = nix::cmsg_space!(libc::ucred);
-        let (bytes, sender) = {
+        // Room for the credentials and a few fds (BARRIER=1 carries one).
+        let mut cmsg = nix::cmsg_space!(libc::ucred, [std::os::fd::RawFd; 8]);
+        let (bytes, sender, uid) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
             let msg = match recvmsg::<()>(
                 self.socket.as_raw_fd(),
@@ -101,13 +110,16 @@ impl NotifySocket {
                 Err(nix::errno::Errno::EAGAIN) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
-            let mut sender = None;
+            let (mut sender, mut uid) = (None, None);
             for cmsg in msg.cmsgs().into_iter().flatten() {
                 match cmsg {
                     ControlMessageOwned::ScmCredentials(cred) => {
-                        sender = Some(Pid::from_raw(cred.pid()))
+                        sender = Some(Pid::from_raw(cred.pid()));
+                        uid = Some(cred.uid());
                     }
-                    // File descriptors (FDSTORE=1) are not kept.
+                    // No fd is kept: FDSTORE=1 is not supported, and
+                    // closing BARRIER=1's fd now, after every datagram
+                    // before it was handled, is what the barrier asks.
                     ControlMessageOwned::ScmRights(fds) => {
                         for fd in fds {
                             let _ = nix::unistd::close(fd);
@@ -116,11 +128,12 @@ impl NotifySocket {
                     _ => {}
                 }
             }
-            (msg.bytes, sender)
+            (msg.bytes, sender, uid)
         };
         let (messages, main_pid) = parse(&String::from_utf8_lossy(&buf[..bytes]));
         Ok(Some(Datagram {
             sender,
+            uid,
             main_pid,
             messages,
         }))
@@ -167,6 +180,86 @@ fn monotonic_usec() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why a datagram was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The kernel gave no credentials (not sent over AF_UNIX?).
+    NoCredentials,
+    /// Sent by a user other than the workers' (and not root).
+    OtherUser { uid: u32, workers: u32 },
+    /// The sender is no worker, started by none, or gone before it could
+    /// be checked.
+    NotFromAWorker,
+    /// `MAINPID=` names another process than the worker that sent it.
+    MainPidElsewhere { main_pid: Pid, worker: Pid },
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::NoCredentials => f.write_str("the kernel gave no credentials"),
+            Refused::OtherUser { uid, workers } => {
+                write!(f, "sent by uid {uid}, and workers run as uid {workers}")
+            }
+            Refused::NotFromAWorker => {
+                f.write_str("not sent by a worker or a process it started (or the sender is gone)")
+            }
+            Refused::MainPidElsewhere { main_pid, worker } => write!(
+                f,
+                "MAINPID={main_pid} names another process than worker {worker}, its sender"
+            ),
+        }
+    }
+}
+
+/// The worker a datagram speaks for. `ancestry` is its sender and the
+/// sender's ancestors, nearest first, as `/proc` shows them now (a sender
+/// that already exited and was reaped has none, and is refused).
+pub fn speaker(
+    datagram: &Datagram,
+    ancestry: &[Pid],
+    is_worker: impl Fn(Pid) -> bool,
+    workers_uid: u32,
+) -> Result<Pid, Refused> {
+    let uid = datagram.uid.ok_or(Refused::NoCredentials)?;
+    if uid != workers_uid && uid != 0 {
+        return Err(Refused::OtherUser {
+            uid,
+            workers: workers_uid,
+        });
+    }
+    let worker = ancestry
+        .iter()
+        .copied()
+        .find(|&pid| is_worker(pid))
+        .ok_or(Refused::NotFromAWorker)?;
+    match datagram.main_pid {
+        Some(main_pid) if main_pid != worker => Err(Refused::MainPidElsewhere { main_pid, worker }),
+        Some(_) | None => Ok(worker),
+    }
+}
+
+/// `pid` and its ancestors, nearest first, while `/proc` has them (a
+/// zombie still has its entry), up to `init` and at most 32 deep.
+pub fn ancestry(pid: Pid) -> Vec<Pid> {
+    const MAX_DEPTH: usize = 32;
+    let mut chain = Vec::new();
+    let mut pid = Some(pid);
+    while let Some(p) = pid {
+        if p.as_raw() <= 1 || chain.len() >= MAX_DEPTH {
+            break;
+        }
+        let parent = parent_of(p);
+        if parent.is_none() {
+            // Gone: it cannot be placed.
+            break;
+        }
+        chain.push(p);
+        pid = parent;
+    }
+    chain
+}
+
 /// The parent of `pid`, from `/proc/<pid>/stat`; `None` if it has exited.
 pub fn parent_of(pid: Pid) -> Option<Pid> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -189,14 +282,62 @@ pub fn notify(state: &str) -> io::Result<bool> {
     }
 }
 
+/// Sends `state`, then waits (up to `timeout`) until the master has handled
+/// it: `BARRIER=1` with the write end of a pipe, whose read end then sees
+/// EOF. A helper process that exits at once (as `systemd-notify` does)
+/// would otherwise be gone before its message is read, and its message
+/// would not be traceable to its worker. `Ok(false)` without NOTIFY_SOCKET.
+pub fn notify_and_wait(state: &str, timeout: std::time::Duration) -> io::Result<bool> {
+    use nix::sys::socket::{ControlMessage, sendmsg};
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
+    let socket = socket.to_string_lossy().into_owned();
+    let sender = UnixDatagram::unbound()?;
+    send_to(&sender, &socket, state)?;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let addr = match socket.strip_prefix('@') {
+        Some(name) => nix::sys::socket::UnixAddr::new_abstract(name.as_bytes())?,
+        None => nix::sys::socket::UnixAddr::new(socket.as_str())?,
+    };
+    let fds = [write.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"BARRIER=1")];
+    sendmsg(
+        sender.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        Some(&addr),
+    )?;
+    drop(write);
+    let mut pollfd = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&read),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let timeout = nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX);
+    match nix::poll::poll(&mut pollfd, timeout) {
+        Ok(1) => Ok(true),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the master did not confirm it had read the message",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The socket address of a `NOTIFY_SOCKET` value.
+fn address(socket: &str) -> io::Result<SocketAddr> {
+    match socket.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(socket),
+    }
+}
+
 /// Sends one datagram to a `NOTIFY_SOCKET` value: a path, or `@name` for
 /// the abstract namespace (as systemd passes it).
 pub fn send_to(sender: &UnixDatagram, socket: &str, state: &str) -> io::Result<()> {
-    let addr = match socket.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
-        None => SocketAddr::from_pathname(socket)?,
-    };
-    sender.send_to_addr(state.as_bytes(), &addr)?;
+    sender.send_to_addr(state.as_bytes(), &address(socket)?)?;
     Ok(())
 }
 
@@ -234,6 +375,88 @@ mod tests {
         );
         assert_eq!(datagram.messages[0], NotifyMsg::Ready);
         assert_eq!(socket.recv().unwrap(), None);
+    }
+
+    fn from(pid: i32, uid: u32, main_pid: Option<i32>) -> Datagram {
+        Datagram {
+            sender: Some(Pid::from_raw(pid)),
+            uid: Some(uid),
+            main_pid: main_pid.map(Pid::from_raw),
+            messages: vec![NotifyMsg::Ready],
+        }
+    }
+
+    #[test]
+    fn only_a_worker_or_its_descendant_of_its_user_speaks_for_it() {
+        let worker = Pid::from_raw(100);
+        let is_worker = |pid: Pid| pid == worker;
+        let chain = |pids: &[i32]| pids.iter().map(|&p| Pid::from_raw(p)).collect::<Vec<_>>();
+        // The worker itself, a helper it started, root.
+        assert_eq!(
+            speaker(&from(100, 1000, None), &chain(&[100]), is_worker, 1000),
+            Ok(worker)
+        );
+        assert_eq!(
+            speaker(
+                &from(300, 1000, Some(100)),
+                &chain(&[300, 200, 100, 50]),
+                is_worker,
+                1000
+            ),
+            Ok(worker)
+        );
+        assert_eq!(
+            speaker(&from(100, 0, None), &chain(&[100]), is_worker, 1000),
+            Ok(worker)
+        );
+        // Another user, even naming the worker in MAINPID.
+        assert_eq!(
+            speaker(
+                &from(400, 65534, Some(100)),
+                &chain(&[400]),
+                is_worker,
+                1000
+            ),
+            Err(Refused::OtherUser {
+                uid: 65534,
+                workers: 1000
+            })
+        );
+        // The right user, but no worker started it; or it is already gone.
+        assert_eq!(
+            speaker(
+                &from(400, 1000, Some(100)),
+                &chain(&[400, 1]),
+                is_worker,
+                1000
+            ),
+            Err(Refused::NotFromAWorker)
+        );
+        assert_eq!(
+            speaker(&from(400, 1000, Some(100)), &[], is_worker, 1000),
+            Err(Refused::NotFromAWorker)
+        );
+        // A worker's helper naming another process.
+        assert_eq!(
+            speaker(
+                &from(300, 1000, Some(101)),
+                &chain(&[300, 100]),
+                is_worker,
+                1000
+            ),
+            Err(Refused::MainPidElsewhere {
+                main_pid: Pid::from_raw(101),
+                worker
+            })
+        );
+        let no_creds = Datagram {
+            uid: None,
+            ..from(100, 0, None)
+        };
+        assert_eq!(
+            speaker(&no_creds, &chain(&[100]), is_worker, 1000),
+            Err(Refused::NoCredentials)
+        );
     }
 
     #[test]

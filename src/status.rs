@@ -22,6 +22,8 @@ pub struct MasterInfo {
 pub struct Counts {
     /// Log lines that could not be written (`log/sink.rs`).
     pub log_lines_lost: u64,
+    /// Notify datagrams dropped: not from a worker or not its user.
+    pub notify_dropped: u64,
 }
 
 pub fn to_json(sup: &Supervisor, info: &MasterInfo, counts: Counts, now: Instant) -> Value {
@@ -76,6 +78,7 @@ pub fn to_json(sup: &Supervisor, info: &MasterInfo, counts: Counts, now: Instant
             "serving_generations": serving,
             "all_ready": ready,
             "log_lines_lost": counts.log_lines_lost,
+            "notify_dropped": counts.notify_dropped,
             "stopping": !sup.is_running(),
             "control": info.control,
             "listeners": info.listeners.iter().map(|(name, addr)| json!({"name": name, "addr": addr})).collect::<Vec<_>>(),
@@ -172,6 +175,14 @@ pub fn table(status: &Value) -> String {
             out,
             "log      {} lost (the log's destination failed or stalled)",
             count(lost as usize, "line")
+        );
+    }
+    let dropped = master["notify_dropped"].as_u64().unwrap_or_default();
+    if dropped > 0 {
+        let _ = writeln!(
+            out,
+            "notify   {} dropped (not from a worker, or not its user)",
+            count(dropped as usize, "message")
         );
     }
     if master["stopping"] == true {

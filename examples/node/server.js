@@ -47,15 +47,24 @@ function drain() {
 
 for (const signal of ['SIGTERM', 'SIGINT', 'SIGQUIT']) process.on(signal, drain);
 
-// READY=1 over the sd_notify protocol once the server accepts, so that
-// `rcluster --ready notify` replaces an old worker only after this one is up.
-// Node has no Unix datagram sockets, so systemd's own helper sends it;
-// MAINPID names this process, because the helper may have exited by the
-// time the master reads its message.
+// READY=1 over the sd_notify protocol once the server accepts, so that a
+// reload replaces an old worker only after this one is up. Node has no Unix
+// datagram sockets, so a helper sends it: `rcluster notify --ready`, which
+// waits until the master has read the message (the master counts a message
+// only while it can trace its sender to a worker). Without rcluster on the
+// PATH, systemd's helper; under `--ready auto` (the default) a worker that
+// says nothing is ready after --min-uptime anyway.
 function ready() {
   if (!process.env.NOTIFY_SOCKET) return;
-  execFile('systemd-notify', ['--ready', `--pid=${process.pid}`], (err) => {
-    if (err) console.error(`node worker ${id}: systemd-notify failed: ${err.message}`);
+  execFile('rcluster', ['notify', '--ready'], (err) => {
+    if (!err) return;
+    if (err.code !== 'ENOENT') {
+      console.error(`node worker ${id}: rcluster notify failed: ${err.message}`);
+      return;
+    }
+    execFile('systemd-notify', ['--ready', `--pid=${process.pid}`], (err) => {
+      if (err) console.error(`node worker ${id}: systemd-notify failed: ${err.message}`);
+    });
   });
 }
 

@@ -127,6 +127,14 @@ impl Launch for ExecLauncher {
         Reaping::All
     }
 
+    fn uid(&self) -> u32 {
+        match &self.identity {
+            Some(identity) => identity.credentials.uid,
+            // SAFETY: geteuid has no preconditions.
+            None => unsafe { libc::geteuid() },
+        }
+    }
+
     fn describe(&self) -> String {
         self.command
             .argv

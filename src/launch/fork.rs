@@ -131,6 +131,11 @@ impl Launch for ForkLauncher<'_> {
         Reaping::Workers
     }
 
+    fn uid(&self) -> u32 {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() }
+    }
+
     fn describe(&self) -> String {
         "the cluster's workers".into()
     }

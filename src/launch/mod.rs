@@ -20,6 +20,10 @@ pub trait Launch {
 
     /// What the workers run, for messages: the command as given.
     fn describe(&self) -> String;
+
+    /// The user the workers run as: only it (or root) may speak for them
+    /// on the notify socket.
+    fn uid(&self) -> u32;
 }
 
 /// A worker just started.

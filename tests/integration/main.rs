@@ -26,5 +26,6 @@ mod output;
 mod reload;
 mod restart;
 mod scale;
+mod security;
 mod start;
 mod stop;

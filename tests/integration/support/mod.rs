@@ -49,6 +49,18 @@ pub fn example(name: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// `PATH` with the directory of the rcluster under test first.
+pub fn path_with_rcluster() -> std::ffi::OsString {
+    let bin = rcluster_bin();
+    let dir = bin.parent().expect("the binary's directory");
+    let mut path = std::ffi::OsString::from(dir);
+    if let Some(rest) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(rest);
+    }
+    path
+}
+
 /// A directory removed when dropped, for Unix sockets and flag files.
 pub struct TempDir(pub PathBuf);
 
@@ -130,6 +142,8 @@ impl Master {
         // No control socket unless a test asks for one (--control PATH):
         // parallel masters must not compete for the default path.
         cmd.env("RCLUSTER_CONTROL", "none");
+        // Workers find `rcluster notify` as they would after an install.
+        cmd.env("PATH", path_with_rcluster());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

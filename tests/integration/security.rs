@@ -1,0 +1,191 @@
+//! The trust boundaries, tested from the attacker's side: another user (or
+//! a process no worker started) cannot steer the master through the notify
+//! socket.
+
+use serde_json::Value;
+
+use crate::support::{
+    Master, TempDir, WAIT, environ, example, path_str, rcluster, run, wait_until,
+};
+
+fn status(control: &str) -> Value {
+    let (code, out, err) = rcluster(&["status", "--json", "--control", control]);
+    assert!(code == 0 || code == 3, "status: {code} {err}");
+    serde_json::from_str(&out).expect("status JSON")
+}
+
+fn dropped(control: &str) -> u64 {
+    status(control)["master"]["notify_dropped"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Sends `text` to the master's notify socket from another process: as
+/// `user` (through runuser), or as this test (root, but no worker's
+/// descendant). `false` if runuser may not be used here.
+fn send_as(user: Option<&str>, socket: &str, text: &str) -> bool {
+    let worker = example("test_worker");
+    let env = format!("NOTIFY_SOCKET={socket}");
+    let (code, _, err) = match user {
+        Some(user) => run(
+            "runuser",
+            &[
+                "-u",
+                user,
+                "--",
+                "env",
+                &env,
+                &worker,
+                "--send-notify",
+                text,
+            ],
+        ),
+        None => run("env", &[&env, &worker, "--send-notify", text]),
+    };
+    if code != 0 && err.contains("runuser:") {
+        eprintln!("skipped: runuser is not permitted here: {err}");
+        return false;
+    }
+    assert_eq!(code, 0, "sending {text:?} as {user:?}: {err}");
+    true
+}
+
+/// Waits until the master has counted `n` more dropped datagrams.
+fn expect_dropped(control: &str, before: u64, n: u64) {
+    assert!(
+        wait_until(WAIT, || dropped(control) >= before + n),
+        "the master did not drop the forged messages ({} dropped)",
+        dropped(control)
+    );
+}
+
+#[test]
+fn a_forged_stopping_from_another_user_or_a_stranger_is_dropped() {
+    let dir = TempDir::new("forge-stopping");
+    let control = path_str(&dir.path("control.sock")).to_string();
+    let hello = example("hello");
+    let mut master = Master::start(&[
+        "-w",
+        "2",
+        "-l",
+        "127.0.0.1:0",
+        "--control",
+        &control,
+        "--log-level",
+        "debug",
+        "--",
+        &hello,
+    ]);
+    let workers = master.ready_workers();
+    let victim = workers[0].1;
+    let socket = environ(victim, "NOTIFY_SOCKET").expect("NOTIFY_SOCKET");
+    let forged = format!("MAINPID={victim}\\nSTOPPING=1");
+    let before = dropped(&control);
+    if !send_as(Some("nobody"), &socket, &forged) {
+        return;
+    }
+    // Root, but not started by a worker: refused too.
+    assert!(send_as(None, &socket, &forged));
+    expect_dropped(&control, before, 2);
+    let st = status(&control);
+    let victim_row = st["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["pid"] == victim)
+        .expect("the worker is still there");
+    assert_eq!(victim_row["state"], "ready", "{st}");
+    let log = master.log_text();
+    assert!(!log.contains("\"worker stopping\""), "{log}");
+    assert!(
+        log.contains("sent by uid 65534"),
+        "the debug log says who:\n{log}"
+    );
+}
+
+#[test]
+fn a_forged_ready_does_not_pass_the_readiness_gate() {
+    let dir = TempDir::new("forge-ready");
+    let control = path_str(&dir.path("control.sock")).to_string();
+    let flag = dir.path("release");
+    std::fs::write(&flag, "good").unwrap();
+    // The bad release never says READY=1.
+    let never_ready = format!("exec {}", example("test_worker"));
+    let script = crate::support::release_switch(&flag, &never_ready);
+    let mut master = Master::start(&[
+        "-w",
+        "1",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "2s",
+        "--control",
+        &control,
+        "-l",
+        "127.0.0.1:0",
+        "--log-level",
+        "debug",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let old = master.ready_workers()[0].1;
+    std::fs::write(&flag, "bad").unwrap();
+    master.signal(libc::SIGHUP);
+    let spawned = master.expect("the new worker", |r| {
+        r["msg"] == "worker spawned" && r["generation"] == 2
+    });
+    let new = spawned["pid"].as_i64().unwrap();
+    let socket = environ(old, "NOTIFY_SOCKET").expect("NOTIFY_SOCKET");
+    let before = dropped(&control);
+    if !send_as(Some("nobody"), &socket, &format!("MAINPID={new}\\nREADY=1")) {
+        return;
+    }
+    assert!(send_as(Some("nobody"), &socket, "READY=1"));
+    expect_dropped(&control, before, 2);
+    let aborted = master.expect_msg("reload aborted");
+    assert!(
+        aborted["cause"]
+            .as_str()
+            .unwrap()
+            .contains("not ready within 2.0s"),
+        "{aborted}"
+    );
+    assert!(!crate::support::is_gone(old), "the old worker serves on");
+}
+
+#[test]
+fn a_forged_watchdog_ping_does_not_keep_a_hung_worker_alive() {
+    let dir = TempDir::new("forge-watchdog");
+    let control = path_str(&dir.path("control.sock")).to_string();
+    let worker = example("test_worker");
+    // Pings for 300 ms, then hangs.
+    let mut master = Master::start(&[
+        "-w",
+        "1",
+        "--ready",
+        "notify",
+        "--watchdog",
+        "1s",
+        "--control",
+        &control,
+        "--",
+        &worker,
+        "--watchdog-for",
+        "300",
+    ]);
+    let hung = master.ready_workers()[0].1;
+    let socket = environ(hung, "NOTIFY_SOCKET").expect("NOTIFY_SOCKET");
+    let before = dropped(&control);
+    let forged = format!("MAINPID={hung}\\nWATCHDOG=1");
+    for _ in 0..4 {
+        if !send_as(Some("nobody"), &socket, &forged) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let timeout = master.expect_msg("watchdog timeout");
+    assert_eq!(timeout["pid"], hung);
+    assert!(dropped(&control) >= before + 4);
+}
