@@ -58,6 +58,12 @@ struct Cli {
 /// The master's options.
 #[derive(Debug, clap::Args)]
 struct Args {
+    /// What this master is called (in `rcluster ls`, status and every log
+    /// record; its control socket is NAME.sock); default: the command's
+    /// name, or its script's (`node app.js` is `app`)
+    #[arg(long, env = "RCLUSTER_NAME", value_name = "NAME", value_parser = parse_name)]
+    name: Option<String>,
+
     /// How many workers: `auto` (the CPUs available to this process,
     /// cgroup-aware) or a number
     #[arg(short, long, env = "RCLUSTER_WORKERS", value_name = "auto|N",
@@ -225,6 +231,9 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
         ));
     }
     Ok(Parsed::Run(Box::new(Config {
+        name: args
+            .name
+            .unwrap_or_else(|| crate::rundir::default_name(&args.command)),
         workers: args.workers,
         listen: args.listen,
         backlog: args.backlog,
@@ -240,7 +249,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
         control: match args.control {
             Some(path) if path.as_os_str() == "none" => Control::Off,
             Some(path) => Control::At(path),
-            None => Control::Default(config::default_control_path(args.pid_file.as_deref())),
+            None => Control::Default,
         },
         pid_file: args.pid_file,
         log_file: args.log_file,
@@ -306,6 +315,14 @@ fn parse_batch(s: &str) -> Result<usize, String> {
             "expected a number from 1 to {}",
             config::MAX_WORKERS
         )),
+    }
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    if crate::rundir::valid_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err("expected up to 64 letters, digits, '_', '-' or '.' (not first)".into())
     }
 }
 

@@ -1,19 +1,24 @@
-//! `rcluster status | reload | scale | stop`: the commands that talk to a
-//! running master through its control socket (`control.rs`); and `rcluster
-//! notify`, which a worker runs to speak to its master over
+//! `rcluster status | reload | scale | stop | ls`: the commands that talk to
+//! running masters through their control sockets (`control.rs`); and
+//! `rcluster notify`, which a worker runs to speak to its master over
 //! `NOTIFY_SOCKET`, as `systemd-notify` does.
+//!
+//! A master is found by `--control PATH`, or among the user's masters (the
+//! control sockets in the runtime directory, `rundir.rs`) by `--name`, by
+//! `--pid-file`, or as the only one; never by guessing among several.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::config::default_control_path;
+use crate::control;
+use crate::rundir;
 use crate::status;
+use crate::vocab::human;
 
 /// Exit code when no master answers (sysexits' EX_UNAVAILABLE).
 pub const NO_MASTER: u8 = 69;
@@ -21,6 +26,8 @@ pub const NO_MASTER: u8 = 69;
 pub const NOT_ALL_READY: u8 = 3;
 /// The master did not answer in time (sysexits' EX_TEMPFAIL).
 pub const TIMED_OUT: u8 = 75;
+/// Several masters could be meant (sysexits' EX_USAGE).
+pub const WHICH_ONE: u8 = 64;
 
 /// How long a client waits for the answer, unless `--timeout` says.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,21 +35,24 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// a reload may take as long as its workers take to start.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
-/// Where the master's control socket is.
+/// Which master.
 #[derive(Debug, clap::Args)]
 pub struct Target {
-    /// The master's control socket (default: as the master's)
-    #[arg(long, env = "RCLUSTER_CONTROL", value_name = "PATH", global = true)]
+    /// The master called NAME (see `rcluster ls`)
+    #[arg(long, env = "RCLUSTER_NAME", value_name = "NAME")]
+    name: Option<String>,
+    /// The master's control socket
+    #[arg(long, env = "RCLUSTER_CONTROL", value_name = "PATH")]
     control: Option<PathBuf>,
-    /// The master's pid file: the default socket is beside it
-    #[arg(long, env = "RCLUSTER_PID_FILE", value_name = "PATH", global = true)]
+    /// The master whose pid this file holds
+    #[arg(long, env = "RCLUSTER_PID_FILE", value_name = "PATH")]
     pid_file: Option<PathBuf>,
     /// How long to wait for the answer (default 10s; 15m with --wait)
-    #[arg(long, value_name = "DUR", value_parser = crate::vocab::parse_duration, global = true)]
+    #[arg(long, value_name = "DUR", value_parser = crate::vocab::parse_duration)]
     timeout: Option<Duration>,
 }
 
-/// The commands that talk to a running master.
+/// The commands that talk to running masters.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Workers, generations, states, restarts; exits 3 if a slot has no
@@ -53,6 +63,12 @@ pub enum Command {
         json: bool,
         #[command(flatten)]
         target: Target,
+    },
+    /// Every master of this user, one line each, like pm2 ls
+    Ls {
+        /// As JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Replace every worker, like HUP
     Reload {
@@ -67,6 +83,14 @@ pub enum Command {
         /// How many workers the master should run
         #[arg(value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_WORKERS as u64))]
         workers: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop gracefully, like TERM
+    Stop {
+        /// Wait until the master has stopped
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -91,22 +115,6 @@ pub enum Command {
         #[arg(long, value_name = "DUR", default_value = "5s", value_parser = crate::vocab::parse_duration)]
         timeout: Duration,
     },
-    /// Stop gracefully, like TERM
-    Stop {
-        /// Wait until the master has stopped
-        #[arg(long)]
-        wait: bool,
-        #[command(flatten)]
-        target: Target,
-    },
-}
-
-impl Target {
-    fn path(&self) -> PathBuf {
-        self.control
-            .clone()
-            .unwrap_or_else(|| default_control_path(self.pid_file.as_deref()))
-    }
 }
 
 /// A line on stdout; a reader that went away (`| head -1`) is no error.
@@ -123,49 +131,53 @@ macro_rules! complain {
     }};
 }
 
-/// Runs one command against the master and says how it went.
+/// Runs one command and says how it went.
 pub fn run(command: Command) -> ExitCode {
-    if let Command::Notify {
-        ready,
-        stopping,
-        status,
-        pid,
-        timeout,
-    } = &command
-    {
-        return notify(*ready, *stopping, status.as_deref(), *pid, *timeout);
-    }
     let (target, request, wait) = match &command {
+        Command::Notify {
+            ready,
+            stopping,
+            status,
+            pid,
+            timeout,
+        } => return notify(*ready, *stopping, status.as_deref(), *pid, *timeout),
+        Command::Ls { json } => return ls(*json),
         Command::Status { target, .. } => (target, json!({"cmd": "status"}), false),
         Command::Reload { wait, target } => (target, json!({"cmd": "reload", "wait": wait}), *wait),
         Command::Scale { workers, target } => {
             (target, json!({"cmd": "scale", "workers": workers}), false)
         }
         Command::Stop { wait, target } => (target, json!({"cmd": "stop", "wait": wait}), *wait),
-        Command::Notify { .. } => unreachable!("handled above"),
     };
-    let path = target.path();
+    let path = match find(target) {
+        Ok(path) => path,
+        Err((code, message)) => {
+            complain!("rcluster: {message}");
+            return ExitCode::from(code);
+        }
+    };
     let timeout = target
         .timeout
         .unwrap_or(if wait { WAIT_TIMEOUT } else { TIMEOUT });
-    let response = match ask(&path, &request, timeout) {
+    let response = match control::ask(&path, &request, timeout) {
         Ok(response) => response,
-        Err(Failed::NoMaster(e)) => {
+        Err(control::Failed::NoMaster(e)) => {
             complain!(
-                "rcluster: no master answers at {} ({e}); is it running? pass --control PATH",
+                "rcluster: no master answers at {} ({e}); is it running? see rcluster ls",
                 path.display()
             );
             return ExitCode::from(NO_MASTER);
         }
-        Err(Failed::TimedOut) => {
+        Err(control::Failed::TimedOut) => {
             complain!(
-                "rcluster: the master at {} did not answer within {}; pass --timeout to wait longer",
+                "rcluster: the master at {} did not answer within {}; it is running but busy, \
+                 or stopped (SIGSTOP); pass --timeout to wait longer",
                 path.display(),
-                crate::vocab::human(timeout)
+                human(timeout)
             );
             return ExitCode::from(TIMED_OUT);
         }
-        Err(Failed::Broken(why)) => {
+        Err(control::Failed::Broken(why)) => {
             complain!("rcluster: the master at {} {why}", path.display());
             return ExitCode::from(NO_MASTER);
         }
@@ -178,7 +190,6 @@ pub fn run(command: Command) -> ExitCode {
         return ExitCode::FAILURE;
     }
     match command {
-        Command::Notify { .. } => {}
         Command::Status { json: true, .. } => {
             say!(
                 "{}",
@@ -199,6 +210,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Scale { .. } => say!("scaling to {} workers", response["workers"]),
         Command::Stop { wait: true, .. } => say!("stopped"),
         Command::Stop { wait: false, .. } => say!("stopping"),
+        Command::Ls { .. } | Command::Notify { .. } => {}
     }
     match command {
         Command::Status { .. } if response["master"]["all_ready"] != true => {
@@ -206,6 +218,183 @@ pub fn run(command: Command) -> ExitCode {
         }
         _ => ExitCode::SUCCESS,
     }
+}
+
+/// A master found in the runtime directory.
+struct Found {
+    path: PathBuf,
+    status: Value,
+}
+
+impl Found {
+    fn name(&self) -> &str {
+        self.status["master"]["name"].as_str().unwrap_or("-")
+    }
+
+    fn pid(&self) -> u64 {
+        self.status["master"]["pid"].as_u64().unwrap_or_default()
+    }
+}
+
+/// Every master of this user that answers, by name.
+fn discover() -> Vec<Found> {
+    let Ok(entries) = std::fs::read_dir(rundir::location()) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Found> = entries
+        .flatten()
+        .filter(|e| {
+            use std::os::unix::fs::FileTypeExt;
+            e.file_type().is_ok_and(|t| t.is_socket())
+        })
+        .filter_map(|e| {
+            let path = e.path();
+            let status =
+                control::ask(&path, &json!({"cmd": "status"}), control::PROBE_TIMEOUT).ok()?;
+            status["master"]["pid"]
+                .is_u64()
+                .then_some(Found { path, status })
+        })
+        .collect();
+    found.sort_by(|a, b| (a.name(), a.pid()).cmp(&(b.name(), b.pid())));
+    found
+}
+
+/// The control socket of the master `target` means, or the exit code and
+/// line saying why there is none, or which ones there are.
+fn find(target: &Target) -> Result<PathBuf, (u8, String)> {
+    if let Some(path) = &target.control {
+        return Ok(path.clone());
+    }
+    let pid = match &target.pid_file {
+        None => None,
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                (
+                    NO_MASTER,
+                    format!("cannot read the pid file {}: {e}", file.display()),
+                )
+            })?;
+            Some(text.trim().parse::<u64>().map_err(|_| {
+                (
+                    NO_MASTER,
+                    format!("the pid file {} holds no pid", file.display()),
+                )
+            })?)
+        }
+    };
+    let all = discover();
+    let total = all.len();
+    let mut candidates: Vec<Found> = all
+        .into_iter()
+        .filter(|f| target.name.as_deref().is_none_or(|n| f.name() == n))
+        .filter(|f| pid.is_none_or(|p| f.pid() == p))
+        .collect();
+    let dir = rundir::location();
+    match candidates.len() {
+        1 => Ok(candidates.remove(0).path),
+        0 => {
+            let which = match (&target.name, pid) {
+                (Some(name), _) => format!("named {name}"),
+                (None, Some(pid)) => format!("with pid {pid}"),
+                (None, None) => "at all".into(),
+            };
+            let others = if total > 0 {
+                format!("; {total} other(s) do (see rcluster ls)")
+            } else {
+                String::new()
+            };
+            Err((
+                NO_MASTER,
+                format!(
+                    "no master of this user runs {which} (looked in {}{others}); \
+                     pass --control PATH for one elsewhere",
+                    dir.display()
+                ),
+            ))
+        }
+        _ => {
+            let list: Vec<String> = candidates
+                .iter()
+                .map(|f| format!("{} (pid {})", f.name(), f.pid()))
+                .collect();
+            Err((
+                WHICH_ONE,
+                format!(
+                    "{} masters run: {}; say which with --name NAME or --control PATH",
+                    candidates.len(),
+                    list.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// `rcluster ls`: every master of this user.
+fn ls(json: bool) -> ExitCode {
+    let found = discover();
+    if json {
+        let list: Vec<Value> = found
+            .iter()
+            .map(|f| {
+                let m = &f.status["master"];
+                json!({
+                    "name": f.name(),
+                    "pid": f.pid(),
+                    "control": f.path,
+                    "workers": m["workers"],
+                    "ready": ready_workers(&f.status),
+                    "generation": m["generation"],
+                    "uptime_ms": m["uptime_ms"],
+                    "stopping": m["stopping"],
+                })
+            })
+            .collect();
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    if found.is_empty() {
+        say!(
+            "no master of this user runs (looked in {})",
+            rundir::location().display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let mut rows = vec![["name", "pid", "ready", "gen", "uptime", "control"].map(String::from)];
+    for f in &found {
+        let m = &f.status["master"];
+        rows.push([
+            f.name().to_string(),
+            f.pid().to_string(),
+            format!("{}/{}", ready_workers(&f.status), m["workers"]),
+            m["generation"].to_string(),
+            m["uptime_ms"]
+                .as_u64()
+                .map(|ms| human(Duration::from_millis(ms)))
+                .unwrap_or_default(),
+            f.path.display().to_string(),
+        ]);
+    }
+    let _ = std::io::stdout()
+        .write_all(status::columns(&rows, &[false, true, true, true, true, false]).as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// How many slots have a ready worker.
+fn ready_workers(status: &Value) -> usize {
+    let mut slots: Vec<u64> = status["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["state"] == "ready")
+        .filter_map(|w| w["slot"].as_u64())
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    slots.len()
 }
 
 /// `rcluster notify`: one message, then wait until the master has read it
@@ -247,55 +436,4 @@ fn notify(
             ExitCode::FAILURE
         }
     }
-}
-
-/// Why no answer came.
-enum Failed {
-    /// Nothing to connect to.
-    NoMaster(std::io::Error),
-    /// Connected, but the whole answer did not come before the deadline.
-    TimedOut,
-    /// Connected, and the connection broke (the text says how).
-    Broken(String),
-}
-
-/// Sends one request and reads the one-line response, all within `timeout`.
-fn ask(path: &Path, request: &Value, timeout: Duration) -> Result<Value, Failed> {
-    let deadline = Instant::now() + timeout;
-    let mut stream = UnixStream::connect(path).map_err(Failed::NoMaster)?;
-    let timed_out = |e: &std::io::Error| {
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        )
-    };
-    let mut line = request.to_string();
-    line.push('\n');
-    let _ = stream.set_write_timeout(Some(timeout));
-    // A master that refuses us answers before reading: the answer is worth
-    // more than the error our write got.
-    let written = stream.write_all(line.as_bytes());
-    let mut response = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !response.contains(&b'\n') {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return Err(Failed::TimedOut);
-        };
-        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => response.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if timed_out(&e) => return Err(Failed::TimedOut),
-            Err(e) => return Err(Failed::Broken(format!("broke the connection: {e}"))),
-        }
-    }
-    if response.is_empty() {
-        return Err(Failed::Broken(match written {
-            Err(e) => format!("refused the request: {e}"),
-            Ok(()) => "closed the connection without answering".into(),
-        }));
-    }
-    serde_json::from_slice(&response)
-        .map_err(|e| Failed::Broken(format!("answered something that is not JSON: {e}")))
 }

@@ -75,10 +75,16 @@ pub struct Cluster;
 
 impl Cluster {
     pub fn builder() -> ClusterBuilder {
+        let mut config = Config::defaults();
+        config.name = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.file_name()?.to_string_lossy().into_owned()))
+            .filter(|name| crate::rundir::valid_name(name))
+            .unwrap_or(config.name);
         ClusterBuilder {
             workers: Workers::Auto,
             listen: Vec::new(),
-            config: Config::defaults(),
+            config,
         }
     }
 }
@@ -162,6 +168,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// What the master is called (default: the program's file name).
+    pub fn name(mut self, name: &str) -> Self {
+        self.config.name = name.to_string();
+        self
+    }
+
     /// A control socket for `rcluster status|reload|scale|stop --control
     /// PATH` (cluster mode has none unless asked).
     pub fn control(mut self, path: impl Into<PathBuf>) -> Self {
@@ -216,7 +228,7 @@ impl ClusterBuilder {
             listen,
             ..self.config
         };
-        let log = Log::new(config.log_format, config.log_level, None)
+        let log = Log::new(config.log_format, config.log_level, None, &config.name)
             .map_err(|e| Error::os("opening the log", e))?;
         let setup = Setup::new(&config, &log)?;
         let sockets: Vec<(String, RawFd)> = setup

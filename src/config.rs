@@ -1,7 +1,7 @@
 //! The validated configuration of a master, and every default in one place.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::listen::ListenSpec;
@@ -25,35 +25,18 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     Off,
-    /// The default place: if it is taken (another master), run without.
-    Default(PathBuf),
+    /// In the user's runtime directory, as `NAME.sock` (see `rundir.rs`);
+    /// if that is taken, `NAME-<pid>.sock`.
+    Default,
     /// `--control PATH`: it must work.
     At(PathBuf),
 }
 
-/// The control socket's default path, the same for the master and the
-/// `status`/`reload`/`scale`/`stop` commands: beside the pid file
-/// (`app.pid` → `app.sock`), else `$XDG_RUNTIME_DIR/rcluster.sock`, else
-/// `/run/rcluster.sock`, else `/tmp/rcluster-<uid>.sock`.
-pub fn default_control_path(pid_file: Option<&Path>) -> PathBuf {
-    if let Some(pid_file) = pid_file {
-        return pid_file.with_extension("sock");
-    }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from)
-        && dir.is_dir()
-    {
-        return dir.join("rcluster.sock");
-    }
-    let run = Path::new("/run");
-    if nix::unistd::access(run, nix::unistd::AccessFlags::W_OK).is_ok() {
-        return run.join("rcluster.sock");
-    }
-    // SAFETY: geteuid has no preconditions.
-    std::env::temp_dir().join(format!("rcluster-{}.sock", unsafe { libc::geteuid() }))
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// What the master is called: in its control socket's name, its status
+    /// and every log record.
+    pub name: String,
     pub workers: usize,
     pub listen: Vec<ListenSpec>,
     pub backlog: u32,
@@ -84,6 +67,7 @@ impl Config {
     /// worker, no control socket.
     pub fn defaults() -> Config {
         Config {
+            name: "rcluster".into(),
             workers: 1,
             listen: Vec::new(),
             backlog: DEFAULT_BACKLOG,

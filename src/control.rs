@@ -25,6 +25,8 @@ use mio::{Interest, Registry, Token};
 use nix::sys::socket::{getsockopt, sockopt};
 use serde_json::{Value, json};
 
+use crate::listen::{self, Occupant};
+
 /// A request line longer than this is refused.
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// Connections beyond this are closed at once.
@@ -66,6 +68,112 @@ pub fn error(message: impl Into<String>) -> Value {
     json!({"ok": false, "error": message.into()})
 }
 
+/// Why a control socket could not be bound.
+#[derive(Debug)]
+pub enum BindError {
+    Taken(Taken),
+    Failed(io::Error),
+}
+
+/// What holds the path a control socket would take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// A master answers there.
+    Master { pid: u64, name: String },
+    /// Something answers there that is not a master (an app's socket).
+    Server,
+    /// Not a socket at all ("a regular file", "a directory"…).
+    NotASocket(&'static str),
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindError::Taken(Taken::Master { pid, name }) => {
+                write!(
+                    f,
+                    "another rcluster master ({name}, pid {pid}) answers on it"
+                )
+            }
+            BindError::Taken(Taken::Server) => {
+                f.write_str("a server that is not an rcluster master listens on it")
+            }
+            BindError::Taken(Taken::NotASocket(what)) => write!(f, "it is {what}"),
+            BindError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A live socket at `path`: a master, if it answers a status request.
+fn probe(path: &Path) -> Taken {
+    match ask(path, &json!({"cmd": "status"}), PROBE_TIMEOUT) {
+        Ok(answer) if answer["master"]["pid"].is_u64() => Taken::Master {
+            pid: answer["master"]["pid"].as_u64().unwrap_or_default(),
+            name: answer["master"]["name"]
+                .as_str()
+                .unwrap_or("unnamed")
+                .to_string(),
+        },
+        Ok(_) | Err(_) => Taken::Server,
+    }
+}
+
+/// How long a master that is asked whether it is one may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a request got no answer.
+#[derive(Debug)]
+pub enum Failed {
+    /// Nothing to connect to.
+    NoMaster(io::Error),
+    /// Connected, but the whole answer did not come before the deadline.
+    TimedOut,
+    /// Connected, and the connection broke (the text says how).
+    Broken(String),
+}
+
+/// Sends one request to the master at `path` and reads its one-line
+/// answer, all within `timeout`: the client side of the protocol.
+pub fn ask(path: &Path, request: &Value, timeout: Duration) -> Result<Value, Failed> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(Failed::NoMaster)?;
+    let timed_out = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        )
+    };
+    let mut line = request.to_string();
+    line.push('\n');
+    let _ = stream.set_write_timeout(Some(timeout));
+    // A master that refuses us answers before reading: the answer is worth
+    // more than the error our write got.
+    let written = stream.write_all(line.as_bytes());
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !response.contains(&b'\n') {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return Err(Failed::TimedOut);
+        };
+        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if timed_out(&e) => return Err(Failed::TimedOut),
+            Err(e) => return Err(Failed::Broken(format!("broke the connection: {e}"))),
+        }
+    }
+    if response.is_empty() {
+        return Err(Failed::Broken(match written {
+            Err(e) => format!("refused the request: {e}"),
+            Ok(()) => "closed the connection without answering".into(),
+        }));
+    }
+    serde_json::from_slice(&response)
+        .map_err(|e| Failed::Broken(format!("answered something that is not JSON: {e}")))
+}
+
 /// One client.
 struct Conn {
     stream: UnixStream,
@@ -91,22 +199,15 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds `path` with mode 0600. A stale socket file (nothing answers)
-    /// is replaced; a live one is an error.
-    pub fn bind(path: &Path) -> io::Result<ControlServer> {
-        if std::fs::symlink_metadata(path).is_ok() {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        "another master answers on it",
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    std::fs::remove_file(path)?
-                }
-                Err(e) => return Err(e),
-            }
+    /// Binds `path` with mode 0600. A stale socket there (nothing
+    /// answers) is replaced; anything else is left alone and said what it
+    /// is: another master, another server, or not a socket at all.
+    pub fn bind(path: &Path) -> Result<ControlServer, BindError> {
+        match listen::occupant(path).map_err(BindError::Failed)? {
+            Occupant::Nothing => {}
+            Occupant::StaleSocket => listen::remove_stale(path).map_err(BindError::Failed)?,
+            Occupant::LiveSocket => return Err(BindError::Taken(probe(path))),
+            Occupant::Other(what) => return Err(BindError::Taken(Taken::NotASocket(what))),
         }
         // umask, not chmod after bind: no moment in which others may connect.
         // SAFETY: umask only swaps the process mask; the master has one thread.
@@ -114,12 +215,15 @@ impl ControlServer {
         let bound = UnixListener::bind(path);
         // SAFETY: as above.
         unsafe { libc::umask(old) };
-        let listener = bound?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = bound.map_err(BindError::Failed)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(BindError::Failed)?;
         Ok(ControlServer {
             listener,
             path: path.to_path_buf(),
-            ino: std::fs::symlink_metadata(path)?.ino(),
+            ino: std::fs::symlink_metadata(path)
+                .map_err(BindError::Failed)?
+                .ino(),
             owner: std::process::id(),
             // SAFETY: geteuid has no preconditions.
             uid: unsafe { libc::geteuid() },

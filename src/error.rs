@@ -25,6 +25,25 @@ pub enum Error {
     NotExecutable { command: String, cause: String },
     #[error("cannot write the pid file {}: {source}", path.display())]
     PidFile { path: PathBuf, source: io::Error },
+    /// A path rcluster would bind a socket at holds something else; only a
+    /// socket nothing answers on is ever replaced.
+    #[error(
+        "cannot use {} for {purpose}: it is {what}, and rcluster replaces only a socket that \
+         nothing answers on; remove it or pick another path",
+        path.display()
+    )]
+    PathTaken {
+        path: PathBuf,
+        purpose: &'static str,
+        what: &'static str,
+    },
+    /// The pid file names a master that runs.
+    #[error(
+        "the pid file {} names pid {pid}, an rcluster master that is running; stop it, or \
+         give this one another --pid-file",
+        path.display()
+    )]
+    PidFileInUse { path: PathBuf, pid: u32 },
     #[error("{op} failed: {source}")]
     Os { op: String, source: io::Error },
     /// Cluster mode forks without exec: only the calling thread survives in
@@ -49,7 +68,7 @@ impl Error {
             Error::NoSuchUser { .. } => 67,
             Error::Threads { .. } => 70,
             Error::Bind { .. } | Error::Os { .. } => 71,
-            Error::PidFile { .. } => 73,
+            Error::PidFile { .. } | Error::PathTaken { .. } | Error::PidFileInUse { .. } => 73,
             Error::NotExecutable { .. } => 126,
             Error::CommandNotFound { .. } | Error::Missing { .. } => 127,
         }

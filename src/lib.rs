@@ -69,7 +69,9 @@ pub(crate) mod listen;
 pub(crate) mod notify;
 pub(crate) mod output;
 pub(crate) mod pidfile;
-pub(crate) mod reap;
+#[doc(hidden)]
+pub mod reap;
+pub(crate) mod rundir;
 pub(crate) mod signals;
 pub(crate) mod status;
 pub(crate) mod supervisor;

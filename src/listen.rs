@@ -174,7 +174,7 @@ pub fn bind_all(
                 None,
             ),
             ListenAddr::Unix(path) => {
-                let (socket, file) = bind_unix(path, backlog).map_err(bind_error)?;
+                let (socket, file) = bind_unix(path, backlog)?;
                 (socket, Some(file))
             }
         };
@@ -217,37 +217,100 @@ fn tcp_cause(e: &io::Error) -> String {
     }
 }
 
-fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, SocketFile), String> {
-    remove_if_stale(path)?;
-    let addr = SockAddr::unix(path).map_err(|e| format!("bad socket path: {e}"))?;
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| e.to_string())?;
-    socket.bind(&addr).map_err(|e| match e.kind() {
-        io::ErrorKind::PermissionDenied => {
-            "permission denied (the directory is not writable by this user)".to_string()
+fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, SocketFile), Error> {
+    let bind_error = |cause: String| Error::Bind {
+        addr: format!("unix:{}", path.display()),
+        cause,
+    };
+    match occupant(path).map_err(|e| bind_error(format!("cannot tell what is there: {e}")))? {
+        Occupant::Nothing => {}
+        Occupant::StaleSocket => remove_stale(path)
+            .map_err(|e| bind_error(format!("cannot remove the stale socket: {e}")))?,
+        Occupant::LiveSocket => {
+            return Err(bind_error(
+                "a server is already listening on it (is another rcluster running?)".into(),
+            ));
         }
-        io::ErrorKind::NotFound => "its directory does not exist".to_string(),
-        _ => e.to_string(),
+        Occupant::Other(what) => {
+            return Err(Error::PathTaken {
+                path: path.to_path_buf(),
+                purpose: "a unix: listener",
+                what,
+            });
+        }
+    }
+    let addr = SockAddr::unix(path).map_err(|e| bind_error(format!("bad socket path: {e}")))?;
+    let socket =
+        Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| bind_error(e.to_string()))?;
+    socket.bind(&addr).map_err(|e| {
+        bind_error(match e.kind() {
+            io::ErrorKind::PermissionDenied => {
+                "permission denied (the directory is not writable by this user)".to_string()
+            }
+            io::ErrorKind::NotFound => "its directory does not exist".to_string(),
+            _ => e.to_string(),
+        })
     })?;
-    let file = SocketFile::new(path).map_err(|e| e.to_string())?;
-    socket.listen(backlog).map_err(|e| e.to_string())?;
+    let file = SocketFile::new(path).map_err(|e| bind_error(e.to_string()))?;
+    socket
+        .listen(backlog)
+        .map_err(|e| bind_error(e.to_string()))?;
     Ok((socket, file))
 }
 
-/// A socket file left by a crashed server is removed; a live one (something
-/// answers on it) or a file that is not a socket is never touched.
-fn remove_if_stale(path: &Path) -> Result<(), String> {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return Ok(());
+/// What a path where rcluster would bind a Unix socket holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Occupant {
+    Nothing,
+    /// A socket nothing answers on (left by a process that died): it may
+    /// be replaced.
+    StaleSocket,
+    /// A socket something answers on.
+    LiveSocket,
+    /// Not a socket: never replaced ("a regular file", "a directory"…).
+    Other(&'static str),
+}
+
+pub fn occupant(path: &Path) -> io::Result<Occupant> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Occupant::Nothing),
+        Err(e) => return Err(e),
     };
-    if !meta.file_type().is_socket() {
-        return Err("the path exists and is not a socket; remove it or pick another path".into());
+    let kind = meta.file_type();
+    if !kind.is_socket() {
+        return Ok(Occupant::Other(if kind.is_file() {
+            "a regular file"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_symlink() {
+            "a symbolic link"
+        } else {
+            "a device"
+        }));
     }
     match UnixStream::connect(path) {
-        Ok(_) => Err("a server is already listening on it (is another rcluster running?)".into()),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket: {e}"))
-        }
-        Err(e) => Err(format!("cannot tell whether it is in use: {e}")),
+        Ok(_) => Ok(Occupant::LiveSocket),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(Occupant::StaleSocket),
+        // A full backlog: something is there.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Occupant::LiveSocket),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes a socket found stale, unless it was replaced since by something
+/// else (then that is left alone, and binding fails instead).
+pub fn remove_stale(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "it was replaced by something that is not a socket",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

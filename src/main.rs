@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         config.log_format,
         config.log_level,
         config.log_file.as_deref(),
+        &config.name,
     ) {
         Ok(log) => log,
         Err(e) => {
@@ -70,6 +71,12 @@ fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Err
         identity,
         config.log_prefix,
     );
+    // Whatever the workers start comes back to the master if orphaned, so
+    // nothing they start can outlive them unnoticed.
+    if let Err(e) = rcluster::reap::become_subreaper() {
+        let line = format!("rcluster: cannot become a child subreaper: {e}\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
     // Parsing and binding are done: what they used need not stay resident.
     let _ = rcluster::trim::after_startup();
     rcluster::master::serve(setup, launcher, log)

@@ -481,10 +481,35 @@ impl<'a, L: Launch> Master<'a, L> {
         match action {
             Action::Spawn { slot, generation } => self.spawn(slot, generation, now),
             Action::Signal { pid, signal } => {
-                // SAFETY: plain syscall. The supervisor signals only pids it
+                // SAFETY: plain syscalls. The supervisor signals only pids it
                 // has not seen exit, and exits are reported as they are
-                // reaped, so this is our child or our zombie.
-                unsafe { libc::kill(pid.as_raw(), signal) };
+                // reaped, so this is our child or our zombie. A process
+                // stopped with SIGSTOP would hold the signal: SIGCONT after
+                // it, as systemd does.
+                unsafe {
+                    libc::kill(pid.as_raw(), signal);
+                    libc::kill(pid.as_raw(), libc::SIGCONT);
+                }
+            }
+            Action::KillRemnants { pgid } => {
+                // SAFETY: a group, never a pid: the number of a worker that
+                // left members behind is not reused while any is alive.
+                unsafe { libc::kill(-pgid.as_raw(), libc::SIGKILL) };
+            }
+            Action::StopGroup { pgid, signal } => {
+                // SAFETY: the group of a worker just reaped: its number is
+                // not free for reuse while anything is in it, and nothing
+                // is hit if it is empty.
+                let lingers = unsafe { libc::kill(-pgid.as_raw(), signal) } == 0;
+                if lingers {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(-pgid.as_raw(), libc::SIGCONT) };
+                    self.dispatch(Event::GroupLingers { pgid }, now);
+                }
+            }
+            Action::FindStrays { of } => {
+                let pids = self.find_strays(of);
+                self.dispatch(Event::Strays { of, pids }, now);
             }
             Action::KillGroup { pid } => {
                 // SAFETY: plain syscalls on our own child's group.
@@ -537,6 +562,27 @@ impl<'a, L: Launch> Master<'a, L> {
         }
     }
 
+    /// The master's children that are no workers: every one, or those the
+    /// worker `of` started. Each is watched through a pidfd, as workers
+    /// are, so its exit is seen even when its SIGCHLD merges with another's
+    /// (the master waits for it at shutdown); one already gone is left out.
+    /// Cluster mode adopts nothing: a library does not touch its host's
+    /// children.
+    fn find_strays(&mut self, of: Option<Pid>) -> Vec<Pid> {
+        if self.launcher.reaping() != Reaping::All {
+            return Vec::new();
+        }
+        let found: Vec<Pid> = reap::children()
+            .into_iter()
+            .filter(|&pid| !self.supervisor.is_worker(pid) && !self.pidfds.contains_key(&pid))
+            .filter(|&pid| of.is_none_or(|worker| reap::started_by(pid, worker)))
+            .collect();
+        found
+            .into_iter()
+            .filter(|&pid| self.watch_exit(pid))
+            .collect()
+    }
+
     fn spawn(&mut self, slot: SlotId, generation: Generation, now: Instant) {
         match self.launcher.launch(slot, generation) {
             Ok(Launched {
@@ -585,11 +631,11 @@ impl<'a, L: Launch> Master<'a, L> {
         }
     }
 
-    /// Watches a worker's pidfd; without one (an old kernel), SIGCHLD
-    /// tells of its exit.
-    fn watch_exit(&mut self, pid: Pid) {
+    /// Watches a child's pidfd; false if there is none (an old kernel,
+    /// or it is already reaped): then SIGCHLD tells of its exit.
+    fn watch_exit(&mut self, pid: Pid) -> bool {
         let Some(pidfd) = reap::open(pid) else {
-            return;
+            return false;
         };
         let token = Token(PIDFD_BASE + pid.as_raw() as usize);
         let registered = self.poll.registry().register(
@@ -600,6 +646,7 @@ impl<'a, L: Launch> Master<'a, L> {
         if registered.is_ok() {
             self.pidfds.insert(pid, pidfd);
         }
+        registered.is_ok()
     }
 
     fn watch_exec_pipe(&mut self, pid: Pid, pipe: OwnedFd) {

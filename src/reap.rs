@@ -58,6 +58,39 @@ pub fn pid(pid: Pid) -> Option<Exit> {
     }
 }
 
+/// Makes the master a child subreaper: processes its workers started come
+/// back to it when their parent dies, instead of going to PID 1, so none
+/// can slip away by double-forking.
+pub fn become_subreaper() -> std::io::Result<()> {
+    // SAFETY: plain prctl on this process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The master's children, as the kernel lists them (its workers, and any
+/// process that came back to it).
+pub fn children() -> Vec<Pid> {
+    let me = std::process::id();
+    std::fs::read_to_string(format!("/proc/self/task/{me}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// Whether `pid` was started by the worker `worker`: it still carries the
+/// environment that worker was given (`LISTEN_PID=<worker>`). A process
+/// that cleared its environment is not recognized (it is stopped when the
+/// master stops).
+pub fn started_by(pid: Pid, worker: Pid) -> bool {
+    let wanted = format!("LISTEN_PID={worker}");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == wanted.as_bytes()))
+}
+
 fn decode(status: i32) -> Option<Exit> {
     if libc::WIFEXITED(status) {
         Some(Exit::Code(libc::WEXITSTATUS(status)))

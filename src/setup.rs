@@ -4,15 +4,17 @@
 //! Bad input (an address, a path) fails here, before any worker exists.
 
 use std::os::fd::RawFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Control};
-use crate::control::ControlServer;
+use crate::control::{BindError, ControlServer, Taken};
 use crate::error::Error;
 use crate::listen::{self, Listener};
 use crate::log::Log;
 use crate::notify::NotifySocket;
 use crate::pidfile::PidFile;
+use crate::rundir;
 use crate::signals::Signals;
 use crate::spawn::env::{self, Value};
 use crate::status::MasterInfo;
@@ -45,7 +47,7 @@ impl Setup {
             .transpose()?;
         let notify =
             NotifySocket::bind().map_err(|e| Error::os("creating the notify socket", e))?;
-        let control = open_control(&config.control, log)?;
+        let control = open_control(config, &listeners, log)?;
         log.emit(&Record::Started {
             pid: std::process::id(),
             workers: config.workers,
@@ -58,6 +60,7 @@ impl Setup {
             });
         }
         let info = MasterInfo {
+            name: config.name.clone(),
             started: Instant::now(),
             listeners: listeners
                 .iter()
@@ -97,33 +100,84 @@ impl Setup {
     }
 }
 
-/// The control socket, if it should have one: `--control PATH` must work;
-/// the default place may be taken by another master (then say so and run
-/// without).
-fn open_control(setting: &Control, log: &Log) -> Result<Option<ControlServer>, Error> {
-    let (path, required) = match setting {
-        Control::Off => return Ok(None),
-        Control::At(path) => (path, true),
-        Control::Default(path) => (path, false),
-    };
-    match ControlServer::bind(path) {
-        Ok(control) => {
-            log.emit(&Record::Control {
-                path: path.display().to_string(),
-                error: None,
+/// The control socket, if it should have one. `--control PATH` must work.
+/// The default place, `NAME.sock` in the runtime directory, may be taken
+/// (another master of that name, an app's socket, a file): then
+/// `NAME-<pid>.sock` beside it, and the log says why.
+fn open_control(
+    config: &Config,
+    listeners: &[Listener],
+    log: &Log,
+) -> Result<Option<ControlServer>, Error> {
+    match &config.control {
+        Control::Off => Ok(None),
+        Control::At(path) => match ControlServer::bind(path) {
+            Ok(control) => {
+                log.emit(&Record::Control {
+                    path: path.display().to_string(),
+                    error: None,
+                });
+                Ok(Some(control))
+            }
+            Err(BindError::Taken(Taken::NotASocket(what))) => Err(Error::PathTaken {
+                path: path.clone(),
+                purpose: "the control socket",
+                what,
+            }),
+            Err(e) => Err(Error::Bind {
+                addr: format!("the control socket {}", path.display()),
+                cause: e.to_string(),
+            }),
+        },
+        Control::Default => {
+            let dir = match rundir::dir() {
+                Ok(dir) => dir,
+                Err(e) => {
+                    log.emit(&Record::Control {
+                        path: rundir::location().display().to_string(),
+                        error: Some(e.to_string()),
+                    });
+                    return Ok(None);
+                }
+            };
+            // Never the pid file, nor a socket the app listens on.
+            let ours = |path: &Path| {
+                config.pid_file.as_deref() == Some(path)
+                    || listeners
+                        .iter()
+                        .any(|l| l.local == format!("unix:{}", path.display()))
+            };
+            let preferred = dir.join(format!("{}.sock", config.name));
+            let fallback = dir.join(format!("{}-{}.sock", config.name, std::process::id()));
+            let why_not = if ours(&preferred) {
+                "it is this master's pid file or listener".to_string()
+            } else {
+                match ControlServer::bind(&preferred) {
+                    Ok(control) => {
+                        log.emit(&Record::Control {
+                            path: preferred.display().to_string(),
+                            error: None,
+                        });
+                        return Ok(Some(control));
+                    }
+                    Err(e) => e.to_string(),
+                }
+            };
+            log.emit(&Record::ControlMoved {
+                from: preferred.display().to_string(),
+                to: fallback.display().to_string(),
+                why: why_not,
             });
-            Ok(Some(control))
-        }
-        Err(e) if required => Err(Error::Bind {
-            addr: format!("the control socket {}", path.display()),
-            cause: e.to_string(),
-        }),
-        Err(e) => {
-            log.emit(&Record::Control {
-                path: path.display().to_string(),
-                error: Some(e.to_string()),
-            });
-            Ok(None)
+            match ControlServer::bind(&fallback) {
+                Ok(control) => Ok(Some(control)),
+                Err(e) => {
+                    log.emit(&Record::Control {
+                        path: fallback.display().to_string(),
+                        error: Some(e.to_string()),
+                    });
+                    Ok(None)
+                }
+            }
         }
     }
 }

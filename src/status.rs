@@ -12,6 +12,7 @@ use crate::vocab::{Exit, count, human};
 
 /// What the shell knows that the supervisor does not, fixed at start.
 pub struct MasterInfo {
+    pub name: String,
     pub started: Instant,
     pub listeners: Vec<(String, String)>,
     pub control: String,
@@ -37,7 +38,7 @@ pub fn to_json(sup: &Supervisor, info: &MasterInfo, counts: Counts, now: Instant
             "slot": w.slot,
             "pid": w.pid.as_raw(),
             "generation": w.generation,
-            "state": w.state.name(),
+            "state": if stopped(w.pid) { "stopped" } else { w.state.name() },
             "uptime_ms": ms(w.started),
             "restarts": slot.map_or(0, |s| s.restarts),
             "last_exit": slot.and_then(|s| s.last_exit.as_ref()).map(Exit::short),
@@ -70,6 +71,7 @@ pub fn to_json(sup: &Supervisor, info: &MasterInfo, counts: Counts, now: Instant
     json!({
         "ok": true,
         "master": {
+            "name": info.name,
             "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_ms": ms(info.started),
@@ -103,6 +105,15 @@ pub fn to_json(sup: &Supervisor, info: &MasterInfo, counts: Counts, now: Instant
     })
 }
 
+/// Whether `pid` is stopped (`SIGSTOP`, a debugger): it serves nothing,
+/// whatever state the master has it in.
+fn stopped(pid: crate::vocab::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+    })
+}
+
 /// The `rcluster status` table, like `pm2 ls`.
 pub fn table(status: &Value) -> String {
     let ms = |v: &Value| {
@@ -128,7 +139,8 @@ pub fn table(status: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "master   pid {}, up {}, {}, {generation}, rcluster {}",
+        "master   {}, pid {}, up {}, {}, {generation}, rcluster {}",
+        master["name"].as_str().unwrap_or("-"),
         master["pid"],
         ms(&master["uptime_ms"]).unwrap_or_default(),
         count(
@@ -228,7 +240,7 @@ pub fn table(status: &Value) -> String {
 
 /// Rows as columns as wide as their widest cell, two spaces apart; the
 /// columns marked `true` aligned right.
-fn columns<const N: usize>(rows: &[[String; N]], right: &[bool; N]) -> String {
+pub fn columns<const N: usize>(rows: &[[String; N]], right: &[bool; N]) -> String {
     let mut widths = [0; N];
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -262,7 +274,7 @@ mod tests {
     #[test]
     fn the_table_fits_its_widest_cell() {
         let status = json!({
-            "master": {"pid": 7, "uptime_ms": 2000, "workers": 1, "generation": 3,
+            "master": {"name": "api", "pid": 7, "uptime_ms": 2000, "workers": 1, "generation": 3,
                        "serving_generations": [2], "version": "0", "listeners": []},
             "reload": {"in_progress": false},
             "last_reload": {"result": "aborted", "generation": 3, "cause": "exited"},
@@ -275,7 +287,9 @@ mod tests {
         });
         let table = table(&status);
         assert!(
-            table.contains("1 worker, serving generation 2, target 3"),
+            table.starts_with(
+                "master   api, pid 7, up 2.0s, 1 worker, serving generation 2, target 3"
+            ),
             "{table}"
         );
         let lines: Vec<&str> = table

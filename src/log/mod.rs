@@ -30,6 +30,8 @@ use sink::{Pushed, Sink};
 pub struct Log {
     logger: Logger,
     format: LogFormat,
+    /// The master's name: on every line.
+    name: String,
     /// What slog's drain wrote for the record being emitted.
     formatted: Arc<Mutex<Vec<u8>>>,
     sinks: RefCell<Sinks>,
@@ -63,8 +65,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn root(format: LogFormat, level: slog::Level, out: Formatted) -> Logger {
+fn root(format: LogFormat, level: slog::Level, out: Formatted, name: &str) -> Logger {
     match format {
+        // The name leads the sentence (see `format`).
         LogFormat::Human => {
             let decorator = slog_term::PlainSyncDecorator::new(out);
             let drain = slog_term::FullFormat::new(decorator).build();
@@ -74,15 +77,21 @@ fn root(format: LogFormat, level: slog::Level, out: Formatted) -> Logger {
             let drain = slog_json::Json::new(out).add_default_keys().build();
             Logger::root(
                 slog::LevelFilter::new(Mutex::new(drain), level).ignore_res(),
-                o!(),
+                o!("name" => name.to_string()),
             )
         }
     }
 }
 
 impl Log {
-    /// Logs to `file` if given (created, appended to), else to stderr.
-    pub fn new(format: LogFormat, level: slog::Level, file: Option<&Path>) -> io::Result<Log> {
+    /// Logs to `file` if given (created, appended to), else to stderr;
+    /// every line names the master `name`.
+    pub fn new(
+        format: LogFormat,
+        level: slog::Level,
+        file: Option<&Path>,
+        name: &str,
+    ) -> io::Result<Log> {
         let sinks = match file {
             Some(path) => Sinks {
                 log: Sink::file(path)?,
@@ -97,8 +106,9 @@ impl Log {
         };
         let formatted = Arc::new(Mutex::new(Vec::new()));
         Ok(Log {
-            logger: root(format, level, Formatted(Arc::clone(&formatted))),
+            logger: root(format, level, Formatted(Arc::clone(&formatted)), name),
             format,
+            name: name.to_string(),
             formatted,
             sinks: RefCell::new(sinks),
         })
@@ -141,7 +151,7 @@ impl Log {
             };
         }
         match self.format {
-            LogFormat::Human => at_level!("{}", render::sentence(record)),
+            LogFormat::Human => at_level!("{}: {}", self.name, render::sentence(record)),
             LogFormat::Json => at_level!("{}", record.name(); record),
         }
         let line = std::mem::take(&mut *lock(&self.formatted));

@@ -377,6 +377,22 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             r.pid(*pid).exit(*exit);
             r.say(format_args!("reaped orphan pid {pid}: {exit}"))
         }
+        StraysStopping { pids, timeout } => {
+            let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+            r.str("pids", &list.join(",")).ms("timeout_ms", *timeout);
+            r.say(format_args!(
+                "{} the workers started outlived them (pid {}); stopping them, SIGKILL after {}",
+                count(pids.len(), "process"),
+                list.join(", "),
+                human(*timeout)
+            ))
+        }
+        StrayKilled { pid } => {
+            r.pid(*pid);
+            r.say(format_args!(
+                "process {pid}, left behind by a worker, did not stop; sent SIGKILL to it and its group"
+            ))
+        }
         NotifyIgnored { pid, why } => {
             r.pid(*pid).str("reason", why);
             r.say(format_args!("notify message from pid {pid} ignored: {why}"))
@@ -396,6 +412,12 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 .str("stream", stream)
                 .str("line", line);
             r.say(format_args!("[{slot}] {line}"))
+        }
+        ControlMoved { from, to, why } => {
+            r.str("path", to).str("taken", from).str("error", why);
+            r.say(format_args!(
+                "control socket at {to}: {from} is taken ({why})"
+            ))
         }
         LogLost { lines, error } => {
             r.u64("lines", *lines).str("error", error);

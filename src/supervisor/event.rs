@@ -76,6 +76,16 @@ pub enum Event {
     },
     /// `rcluster scale N`: run N workers.
     ScaleTo(usize),
+    /// The group [`Action::StopGroup`] signalled still had processes.
+    GroupLingers {
+        pgid: Pid,
+    },
+    /// The answer to [`Action::FindStrays`] `{ of }`: processes the
+    /// workers (or the worker `of`) left behind, now the master's children.
+    Strays {
+        of: Option<Pid>,
+        pids: Vec<Pid>,
+    },
     /// The poll timed out: a deadline from `next_deadline` has passed.
     Timeout,
 }
@@ -133,9 +143,28 @@ pub enum Action {
         pid: Pid,
         signal: i32,
     },
-    /// `SIGKILL` the worker's whole process group (it leads its own group).
+    /// `SIGKILL` the worker's whole process group (it leads its own group),
+    /// or a stray's.
     KillGroup {
         pid: Pid,
+    },
+    /// `SIGKILL` what is left of an exited worker's process group (only the
+    /// group: its leader's pid is no longer ours).
+    KillRemnants {
+        pgid: Pid,
+    },
+    /// Send `signal` to what is left of an exited worker's process group
+    /// (systemd's `KillMode=mixed`); answer [`Event::GroupLingers`] if
+    /// anything was there.
+    StopGroup {
+        pgid: Pid,
+        signal: i32,
+    },
+    /// Look for the processes workers left behind among the master's
+    /// children: those of the worker `of` (by its environment), or, with
+    /// `None`, every child that is no worker. Answer [`Event::Strays`].
+    FindStrays {
+        of: Option<Pid>,
     },
     Log(Record),
     NotifyManager(ManagerState),

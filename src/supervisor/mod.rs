@@ -21,19 +21,27 @@
 //! state and what is done. "Failure" means the slot's restart policy
 //! decides (at once, after backoff, or give up: `backoff.rs`), and a
 //! reload whose new worker this was is aborted. "Stop" is a reload
-//! replacing the worker once its successor is ready, a scale-down or a
-//! graceful shutdown; "force" is a second `TERM`/`INT` or `QUIT`.
+//! replacing the worker once its successor is ready, or a scale-down;
+//! "shutdown" a graceful stop (`TERM`, `INT`); "force" a second `INT` or
+//! `QUIT`.
 //!
-//! | state \ event | exec ok | exec failed | `READY=1` | `STOPPING=1` | `WATCHDOG=1` | exited | its deadline | stop | force |
-//! |---|---|---|---|---|---|---|---|---|---|
-//! | **Spawned** | Ready (rule `exec`) or Booting | errno kept for the exit | Ready | — | — | gone: failure | `--ready-timeout`: SIGKILL group → Killed; failure | stop signal → Draining | SIGKILL group → Killed |
-//! | **Booting** | — | errno kept | Ready | — | — | gone: failure | delay over: Ready; `--ready-timeout`: SIGKILL → Killed, failure | stop signal → Draining | SIGKILL → Killed |
-//! | **Ready** | — | — | — | Draining (its successor starts) | next ping due later | gone: failure | `--watchdog`: SIGABRT → Draining; failure | stop signal → Draining | SIGKILL → Killed |
-//! | **Draining** | — | — | — | — | — | gone: stopped | `--stop-timeout`: SIGKILL → Killed | — | SIGKILL → Killed |
-//! | **Killed** | — | — | — | — | — | gone: stopped | (none) | — | — |
+//! | state \ event | exec ok | exec failed | `READY=1` | `STOPPING=1` | `WATCHDOG=1` | exited | its deadline | stop | shutdown | force |
+//! |---|---|---|---|---|---|---|---|---|---|---|
+//! | **Spawned** | Ready (rule `exec`) or Booting | errno kept for the exit | Ready | — | — | gone: failure | `--ready-timeout`: SIGKILL group → Killed; failure | stop signal → Draining | stop signal → Draining | SIGKILL group → Killed |
+//! | **Booting** | — | errno kept | Ready | — | — | gone: failure | delay over: Ready; `--ready-timeout`: SIGKILL → Killed, failure | stop signal → Draining | stop signal → Draining | SIGKILL → Killed |
+//! | **Ready** | — | — | — | Leaving (its successor starts) | next ping due later | gone: failure | `--watchdog`: SIGABRT → Draining; failure | stop signal → Draining | stop signal → Draining | SIGKILL → Killed |
+//! | **Leaving** | — | — | — | — | — | gone: stopped | `--stop-timeout`: SIGKILL → Killed | — | stop signal → Draining | SIGKILL → Killed |
+//! | **Draining** | — | — | — | — | — | gone: stopped | `--stop-timeout`: SIGKILL → Killed | — | — | SIGKILL → Killed |
+//! | **Killed** | — | — | — | — | — | gone: stopped | (none) | — | — | — |
 //!
-//! "—" means ignored. A reaped pid that is no worker is an orphan the
-//! master inherited: logged and forgotten. Every cell has a unit test.
+//! "—" means ignored. Every stop signal is followed by `SIGCONT`, for a
+//! worker stopped with `SIGSTOP`. When a worker is gone, what is left of
+//! its process group gets the stop signal, and `SIGKILL` after
+//! `--stop-timeout` if it lingers (systemd's `KillMode=mixed`); processes
+//! it started that left the group come back to the master (a child
+//! subreaper) and are stopped the same way, and the master exits only once
+//! none is left. A reaped pid that is no worker is such a process, or an
+//! orphan the master inherited as PID 1. Every cell has a unit test.
 
 pub mod backoff;
 pub mod event;
@@ -60,6 +68,17 @@ use timers::{Timer, Timers};
 /// How long a worker that missed its watchdog may take to die of `SIGABRT`
 /// (and write its core) before its process group gets `SIGKILL`.
 pub const WATCHDOG_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// At shutdown, once every worker is gone: are processes they left behind
+/// still there? The master exits only after a look found none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    NotYet,
+    /// A look was asked for; its answer has not come.
+    Asked,
+    /// The last look found nothing.
+    Clean,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
@@ -106,6 +125,14 @@ pub struct Supervisor {
     timers: Timers,
     /// Slots the current event changed: the ones to reconcile.
     dirty: BTreeSet<SlotId>,
+    /// What is left of exited workers' process groups, and when it is
+    /// killed.
+    groups: BTreeMap<Pid, Instant>,
+    /// Processes the workers left behind, now the master's children, and
+    /// when they are killed (`None`: they were).
+    strays: BTreeMap<Pid, Option<Instant>>,
+    /// Where the last look for strays at shutdown stands.
+    sweep: Sweep,
     /// The actions of the event being handled.
     actions: Vec<Action>,
 }
@@ -128,6 +155,9 @@ impl Supervisor {
             ever_started: false,
             timers: Timers::default(),
             dirty: BTreeSet::new(),
+            groups: BTreeMap::new(),
+            strays: BTreeMap::new(),
+            sweep: Sweep::NotYet,
             actions: Vec::new(),
         }
     }
@@ -167,6 +197,8 @@ impl Supervisor {
                 self.set_workers(workers, now)
             }
             Event::ScaleTo(_) => self.ignored("scale", "the master is stopping"),
+            Event::GroupLingers { pgid } => self.on_group_lingers(pgid, now),
+            Event::Strays { of, pids } => self.on_strays(of, pids, now),
             Event::Timeout => {}
         }
         self.expire(now);
@@ -378,6 +410,7 @@ impl Supervisor {
                 Ok(()),
                 WorkerState::Booting { .. }
                 | WorkerState::Ready { .. }
+                | WorkerState::Leaving { .. }
                 | WorkerState::Draining { .. }
                 | WorkerState::Killed { .. },
             ) => {}
@@ -392,6 +425,9 @@ impl Supervisor {
 
     fn on_exited(&mut self, pid: Pid, exit: Exit, now: Instant) {
         let Some(worker) = self.workers.remove(&pid) else {
+            if let Some(kill_at) = self.strays.remove(&pid) {
+                self.timers.change(Timer::Stray(pid), kill_at, None);
+            }
             self.log(Record::OrphanReaped { pid, exit });
             return;
         };
@@ -406,6 +442,7 @@ impl Supervisor {
         // giving up) is logged after it.
         let at = self.actions.len();
         let (next, killed_by_us) = match worker.state {
+            WorkerState::Leaving { .. } => (Next::Stopped(StopReason::WorkerStopping), false),
             WorkerState::Draining { why, .. } => (Next::Stopped(why), false),
             WorkerState::Killed { why } => (Next::Stopped(why), true),
             WorkerState::Spawned { .. }
@@ -448,6 +485,57 @@ impl Supervisor {
             killed_by_us,
         };
         self.actions.insert(at, Action::Log(record));
+        // Whatever it started goes with it: its process group now, and the
+        // processes that left the group and came back to the master.
+        self.actions.push(Action::StopGroup {
+            pgid: pid,
+            signal: self.policy.stop_signal,
+        });
+        self.actions.push(Action::FindStrays { of: Some(pid) });
+    }
+
+    fn on_group_lingers(&mut self, pgid: Pid, now: Instant) {
+        // At shutdown, the last look for strays takes care of them.
+        if self.phase != Phase::Running {
+            return;
+        }
+        let kill_at = now + self.policy.stop_timeout;
+        let old = self.groups.insert(pgid, kill_at);
+        self.timers.change(Timer::Group(pgid), old, Some(kill_at));
+    }
+
+    fn on_strays(&mut self, of: Option<Pid>, pids: Vec<Pid>, now: Instant) {
+        let new: Vec<Pid> = pids
+            .into_iter()
+            .filter(|pid| !self.workers.contains_key(pid) && !self.strays.contains_key(pid))
+            .collect();
+        if of.is_none() && self.sweep == Sweep::Asked {
+            self.sweep = if new.is_empty() {
+                Sweep::Clean
+            } else {
+                Sweep::NotYet
+            };
+        }
+        if new.is_empty() {
+            return;
+        }
+        let timeout = self.policy.stop_timeout;
+        self.log(Record::StraysStopping {
+            pids: new.clone(),
+            timeout,
+        });
+        let forced = matches!(self.phase, Phase::Stopping { forced: true, .. });
+        for pid in new {
+            if forced {
+                self.strays.insert(pid, None);
+                self.actions.push(Action::KillGroup { pid });
+            } else {
+                self.strays.insert(pid, Some(now + timeout));
+                self.timers
+                    .change(Timer::Stray(pid), None, Some(now + timeout));
+                self.signal(pid, self.policy.stop_signal);
+            }
+        }
     }
 
     fn on_notify(&mut self, pid: Pid, msg: NotifyMsg, now: Instant) {
@@ -462,23 +550,24 @@ impl Supervisor {
             (
                 NotifyMsg::Ready,
                 WorkerState::Ready { .. }
+                | WorkerState::Leaving { .. }
                 | WorkerState::Draining { .. }
                 | WorkerState::Killed { .. },
             ) => {}
             // A worker that decides to stop (e.g. after N requests) says so:
             // its replacement starts now instead of after its exit.
             (NotifyMsg::Stopping, WorkerState::Ready { .. }) => {
-                let draining = WorkerState::Draining {
+                let leaving = WorkerState::Leaving {
                     kill_at: now + self.policy.stop_timeout,
-                    why: StopReason::WorkerStopping,
                 };
-                self.set_state(pid, draining);
+                self.set_state(pid, leaving);
                 self.log(Record::WorkerStopping { slot, pid });
             }
             (
                 NotifyMsg::Stopping,
                 WorkerState::Spawned { .. }
                 | WorkerState::Booting { .. }
+                | WorkerState::Leaving { .. }
                 | WorkerState::Draining { .. }
                 | WorkerState::Killed { .. },
             ) => {}
@@ -493,6 +582,7 @@ impl Supervisor {
                 NotifyMsg::Watchdog,
                 WorkerState::Spawned { .. }
                 | WorkerState::Booting { .. }
+                | WorkerState::Leaving { .. }
                 | WorkerState::Draining { .. }
                 | WorkerState::Killed { .. },
             ) => {}
@@ -510,6 +600,21 @@ impl Supervisor {
                     if let Some(s) = self.slots.get_mut(slot) {
                         s.restart_at = None;
                         self.dirty.insert(slot);
+                    }
+                }
+                Timer::Group(pgid) => {
+                    self.groups.remove(&pgid);
+                    // The number may be a new worker's by now: its group is
+                    // another, and the old one is gone.
+                    if !self.workers.contains_key(&pgid) {
+                        self.actions.push(Action::KillRemnants { pgid });
+                    }
+                }
+                Timer::Stray(pid) => {
+                    if let Some(kill_at) = self.strays.get_mut(&pid) {
+                        *kill_at = None;
+                        self.log(Record::StrayKilled { pid });
+                        self.actions.push(Action::KillGroup { pid });
                     }
                 }
             }
@@ -536,6 +641,14 @@ impl Supervisor {
                     timeout: self.policy.stop_timeout,
                 });
                 self.kill(pid, why);
+            }
+            WorkerState::Leaving { .. } => {
+                self.log(Record::StopTimeout {
+                    slot: worker.slot,
+                    pid,
+                    timeout: self.policy.stop_timeout,
+                });
+                self.kill(pid, StopReason::WorkerStopping);
             }
             WorkerState::Killed { .. } => {}
         }
@@ -738,6 +851,9 @@ impl Supervisor {
         for slot in 0..self.slots.len() {
             self.set_restart(slot, None);
         }
+        for (pgid, kill_at) in std::mem::take(&mut self.groups) {
+            self.timers.change(Timer::Group(pgid), Some(kill_at), None);
+        }
         for pid in self.worker_pids() {
             if graceful {
                 self.stop(pid, StopReason::Shutdown, now);
@@ -784,7 +900,15 @@ impl Supervisor {
                 self.announce_ready(now);
             }
             Phase::Stopping { outcome, .. } => {
-                if self.workers.is_empty() && self.spawns_in_flight == 0 {
+                let gone = self.workers.is_empty() && self.spawns_in_flight == 0;
+                // The last thing before exiting: nothing the workers
+                // started may outlive the master.
+                if gone && self.strays.is_empty() && self.sweep == Sweep::NotYet {
+                    self.sweep = Sweep::Asked;
+                    self.actions.push(Action::FindStrays { of: None });
+                    return;
+                }
+                if gone && self.strays.is_empty() && self.sweep == Sweep::Clean {
                     let outcome = outcome.clone();
                     let code = outcome.exit_code();
                     self.phase = Phase::Done;
@@ -944,10 +1068,25 @@ impl Supervisor {
 
     /// Sends the stop signal to a worker that is starting or serving; it
     /// then drains, detached from its slot, until exit or `--stop-timeout`.
+    /// A worker that said `STOPPING=1` gets it only at shutdown, and keeps
+    /// its deadline.
     fn stop(&mut self, pid: Pid, why: StopReason, now: Instant) {
         let Some(worker) = self.workers.get(&pid) else {
             return;
         };
+        if let WorkerState::Leaving { kill_at } = worker.state {
+            if why == StopReason::Shutdown {
+                self.signal(pid, self.policy.stop_signal);
+                self.set_state(
+                    pid,
+                    WorkerState::Draining {
+                        kill_at,
+                        why: StopReason::WorkerStopping,
+                    },
+                );
+            }
+            return;
+        }
         if !worker.state.is_attached() {
             return;
         }
@@ -979,7 +1118,7 @@ impl Supervisor {
     /// has not yet seen exit. (The shell reports each exit right after
     /// reaping it, so such a pid is at worst a zombie, never reused.)
     fn signal(&mut self, pid: Pid, signal: i32) {
-        if self.workers.contains_key(&pid) {
+        if self.workers.contains_key(&pid) || self.strays.contains_key(&pid) {
             self.actions.push(Action::Signal { pid, signal });
         }
     }
@@ -1022,7 +1161,9 @@ impl Supervisor {
             .values()
             .filter(|w| w.state.deadline().is_some())
             .count()
-            + self.slots.iter().filter(|s| s.restart_at.is_some()).count();
+            + self.slots.iter().filter(|s| s.restart_at.is_some()).count()
+            + self.groups.len()
+            + self.strays.values().filter(|at| at.is_some()).count();
         assert_eq!(self.timers.len(), timers, "one timer per deadline");
         let ready = self
             .slots

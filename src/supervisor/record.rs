@@ -155,6 +155,15 @@ pub enum Record {
         pid: Pid,
         exit: Exit,
     },
+    /// Processes the workers left behind get the stop signal.
+    StraysStopping {
+        pids: Vec<Pid>,
+        timeout: Duration,
+    },
+    /// They did not exit in time: `SIGKILL`.
+    StrayKilled {
+        pid: Pid,
+    },
     NotifyIgnored {
         pid: Pid,
         why: String,
@@ -184,6 +193,12 @@ pub enum Record {
     Control {
         path: String,
         error: Option<String>,
+    },
+    /// The default control socket was taken; the master uses another.
+    ControlMoved {
+        from: String,
+        to: String,
+        why: String,
     },
 }
 
@@ -225,6 +240,8 @@ impl Record {
             Stopped { .. } => ("stopped", Info),
             SignalIgnored { .. } => ("signal ignored", Info),
             OrphanReaped { .. } => ("orphan reaped", Debug),
+            StraysStopping { .. } => ("strays stopping", Warning),
+            StrayKilled { .. } => ("stray killed", Warning),
             NotifyIgnored { .. } => ("notify ignored", Debug),
             OsError { .. } => ("os error", Warning),
             WorkerOutput { .. } => ("worker output", Info),
@@ -232,6 +249,7 @@ impl Record {
             LogLost { .. } => ("log lines lost", Warning),
             Control { error: None, .. } => ("control socket", Info),
             Control { error: Some(_), .. } => ("control socket", Warning),
+            ControlMoved { .. } => ("control socket", Warning),
         }
     }
 

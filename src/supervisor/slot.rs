@@ -92,9 +92,9 @@ pub struct Worker {
 /// [supervisor's docs](super).
 ///
 /// `Spawned`, `Booting` and `Ready` workers are *attached* to their slot:
-/// they are what the slot has. `Draining` and `Killed` workers are detached
-/// (nginx's "exiting"), so the slot's replacement can start and serve while
-/// they finish.
+/// they are what the slot has. `Leaving`, `Draining` and `Killed` workers
+/// are detached (nginx's "exiting"), so the slot's replacement can start
+/// and serve while they finish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerState {
     /// Forked; exec not yet confirmed.
@@ -109,6 +109,9 @@ pub enum WorkerState {
         since: Instant,
         watchdog_by: Option<Instant>,
     },
+    /// Said `STOPPING=1` on its own: detached, not sent a signal yet (a
+    /// shutdown sends it one); `SIGKILL` at `kill_at` if still running.
+    Leaving { kill_at: Instant },
     /// Sent its stop signal; `SIGKILL` at `kill_at` if still running.
     Draining { kill_at: Instant, why: StopReason },
     /// Its process group was sent `SIGKILL`; waiting to reap it.
@@ -121,7 +124,9 @@ impl WorkerState {
             WorkerState::Spawned { .. }
             | WorkerState::Booting { .. }
             | WorkerState::Ready { .. } => true,
-            WorkerState::Draining { .. } | WorkerState::Killed { .. } => false,
+            WorkerState::Leaving { .. }
+            | WorkerState::Draining { .. }
+            | WorkerState::Killed { .. } => false,
         }
     }
 
@@ -134,7 +139,7 @@ impl WorkerState {
         match self {
             WorkerState::Spawned { .. } | WorkerState::Booting { .. } => "starting",
             WorkerState::Ready { .. } => "ready",
-            WorkerState::Draining { .. } => "draining",
+            WorkerState::Leaving { .. } | WorkerState::Draining { .. } => "draining",
             WorkerState::Killed { .. } => "killed",
         }
     }
@@ -145,6 +150,7 @@ impl WorkerState {
             WorkerState::Ready { since, .. } => Some(now.saturating_duration_since(since)),
             WorkerState::Spawned { .. }
             | WorkerState::Booting { .. }
+            | WorkerState::Leaving { .. }
             | WorkerState::Draining { .. }
             | WorkerState::Killed { .. } => None,
         }
@@ -158,7 +164,9 @@ impl WorkerState {
                 Some(ready_at.map_or(ready_by, |at| at.min(ready_by)))
             }
             WorkerState::Ready { watchdog_by, .. } => watchdog_by,
-            WorkerState::Draining { kill_at, .. } => Some(kill_at),
+            WorkerState::Leaving { kill_at } | WorkerState::Draining { kill_at, .. } => {
+                Some(kill_at)
+            }
             WorkerState::Killed { .. } => None,
         }
     }

@@ -37,6 +37,9 @@ struct Sim {
     next_pid: i32,
     /// Pids reported exited: no action may name one again.
     exited: std::collections::BTreeSet<Pid>,
+    /// What the next look for strays finds (the shell would list the
+    /// master's children).
+    strays: Vec<Pid>,
 }
 
 impl Sim {
@@ -48,6 +51,7 @@ impl Sim {
             now: t0,
             next_pid: 100,
             exited: Default::default(),
+            strays: Vec::new(),
         }
     }
 
@@ -87,7 +91,19 @@ impl Sim {
                 Action::Spawn { slot, generation } => Some((slot, generation)),
                 _ => None,
             };
+            let look = match action {
+                Action::FindStrays { of } => Some(of),
+                _ => None,
+            };
             out.push(action);
+            if let Some(of) = look {
+                // Planted strays are found by the look at shutdown.
+                let pids = match of {
+                    None => std::mem::take(&mut self.strays),
+                    Some(_) => Vec::new(),
+                };
+                out.extend(self.feed(Event::Strays { of, pids }));
+            }
             if let Some((slot, generation)) = spawn {
                 let pid = Pid::from_raw(self.next_pid);
                 self.next_pid += 1;
@@ -336,7 +352,7 @@ fn max_restarts_gives_up_with_a_non_zero_exit_after_stopping_the_rest() {
     let acts = sim.exit(pids[1], 0);
     assert_eq!(exit_code(&acts), Some(1));
     assert_eq!(
-        acts.last(),
+        acts.iter().find(|a| matches!(a, Action::Exit(_))),
         Some(&Action::Exit(Outcome::GaveUp {
             slot: 0,
             crashes: 3,
@@ -851,6 +867,7 @@ enum From {
     Spawned,
     Booting,
     Ready,
+    Leaving,
     Draining,
     Killed,
 }
@@ -866,6 +883,7 @@ enum Ev {
     Exited,
     Deadline,
     Stop,
+    Shutdown,
     Force,
 }
 
@@ -884,6 +902,7 @@ fn kind(state: &WorkerState) -> &'static str {
         WorkerState::Spawned { .. } => "spawned",
         WorkerState::Booting { .. } => "booting",
         WorkerState::Ready { .. } => "ready",
+        WorkerState::Leaving { .. } => "leaving",
         WorkerState::Draining { .. } => "draining",
         WorkerState::Killed { .. } => "killed",
     }
@@ -909,10 +928,15 @@ fn set_up(from: From) -> (Sim, Pid) {
             sim.exec_ok(pid);
             sim.notify(pid, NotifyMsg::Ready);
         }
-        From::Draining => {
+        From::Leaving => {
             sim.exec_ok(pid);
             sim.notify(pid, NotifyMsg::Ready);
             sim.notify(pid, NotifyMsg::Stopping);
+        }
+        From::Draining => {
+            sim.exec_ok(pid);
+            sim.notify(pid, NotifyMsg::Ready);
+            sim.feed(Event::ScaleTo(1));
         }
         From::Killed => {
             sim.at(3000).timeout();
@@ -943,6 +967,7 @@ fn apply(sim: &mut Sim, pid: Pid, ev: Ev) -> Vec<Action> {
             }
         }
         Ev::Stop => sim.feed(Event::ScaleTo(1)),
+        Ev::Shutdown => sim.signal(MasterSignal::Terminate),
         Ev::Force => sim.signal(MasterSignal::Quit),
     }
 }
@@ -1013,6 +1038,7 @@ fn every_cell_of_the_life_cycle_table() {
         (From::Spawned, Exited, gone("failure")),
         (From::Spawned, Deadline, to("killed", None, true)),
         (From::Spawned, Stop, to("draining", term, false)),
+        (From::Spawned, Shutdown, to("draining", term, false)),
         (From::Spawned, Force, to("killed", None, true)),
         (From::Booting, ExecOk, stays("booting")),
         (From::Booting, ExecFailed, stays("booting")),
@@ -1022,16 +1048,28 @@ fn every_cell_of_the_life_cycle_table() {
         (From::Booting, Exited, gone("failure")),
         (From::Booting, Deadline, to("killed", None, true)),
         (From::Booting, Stop, to("draining", term, false)),
+        (From::Booting, Shutdown, to("draining", term, false)),
         (From::Booting, Force, to("killed", None, true)),
         (From::Ready, ExecOk, stays("ready")),
         (From::Ready, ExecFailed, stays("ready")),
         (From::Ready, Ready, stays("ready")),
-        (From::Ready, Stopping, to("draining", None, false)),
+        (From::Ready, Stopping, to("leaving", None, false)),
         (From::Ready, Watchdog, stays("ready")),
         (From::Ready, Exited, gone("failure")),
         (From::Ready, Deadline, to("draining", abrt, false)),
         (From::Ready, Stop, to("draining", term, false)),
+        (From::Ready, Shutdown, to("draining", term, false)),
         (From::Ready, Force, to("killed", None, true)),
+        (From::Leaving, ExecOk, stays("leaving")),
+        (From::Leaving, ExecFailed, stays("leaving")),
+        (From::Leaving, Ready, stays("leaving")),
+        (From::Leaving, Stopping, stays("leaving")),
+        (From::Leaving, Watchdog, stays("leaving")),
+        (From::Leaving, Exited, gone("stopped")),
+        (From::Leaving, Deadline, to("killed", None, true)),
+        (From::Leaving, Stop, stays("leaving")),
+        (From::Leaving, Shutdown, to("draining", term, false)),
+        (From::Leaving, Force, to("killed", None, true)),
         (From::Draining, ExecOk, stays("draining")),
         (From::Draining, ExecFailed, stays("draining")),
         (From::Draining, Ready, stays("draining")),
@@ -1040,6 +1078,7 @@ fn every_cell_of_the_life_cycle_table() {
         (From::Draining, Exited, gone("stopped")),
         (From::Draining, Deadline, to("killed", None, true)),
         (From::Draining, Stop, stays("draining")),
+        (From::Draining, Shutdown, stays("draining")),
         (From::Draining, Force, to("killed", None, true)),
         (From::Killed, ExecOk, stays("killed")),
         (From::Killed, ExecFailed, stays("killed")),
@@ -1049,6 +1088,7 @@ fn every_cell_of_the_life_cycle_table() {
         (From::Killed, Exited, gone("stopped")),
         (From::Killed, Deadline, stays("killed")),
         (From::Killed, Stop, stays("killed")),
+        (From::Killed, Shutdown, stays("killed")),
         (From::Killed, Force, stays("killed")),
     ];
     let mut wrong = Vec::new();
@@ -1229,4 +1269,75 @@ fn a_reload_during_a_crash_loop_backoff_starts_the_new_generation_now() {
         exit_next(&acts),
         Next::Restart { attempt: 1, delay } if delay == ms(100)
     ));
+}
+
+// ---- nothing a worker started outlives it (#11) -----------------------------------
+
+#[test]
+fn an_exited_workers_group_is_stopped_and_killed_if_it_lingers() {
+    let (mut sim, pids) = Sim::started(policy(1));
+    let acts = sim.at(5_000).exit(pids[0], 1);
+    assert!(acts.contains(&Action::StopGroup {
+        pgid: pids[0],
+        signal: TERM
+    }));
+    assert!(acts.contains(&Action::FindStrays { of: Some(pids[0]) }));
+    // Something was still in the group: killed after --stop-timeout.
+    sim.feed(Event::GroupLingers { pgid: pids[0] });
+    assert_eq!(sim.deadline_ms(), Some(35_000));
+    assert!(
+        sim.at(35_000)
+            .timeout()
+            .contains(&Action::KillRemnants { pgid: pids[0] })
+    );
+}
+
+#[test]
+fn a_lingering_group_whose_number_is_a_new_workers_is_left_alone() {
+    let (mut sim, pids) = Sim::started(policy(1));
+    sim.at(5_000).exit(pids[0], 1);
+    sim.feed(Event::GroupLingers { pgid: pids[0] });
+    // The pid came round again: the old group is gone, this one is ours.
+    let reused = pids[0];
+    sim.feed(Event::Spawned {
+        slot: 0,
+        generation: 1,
+        pid: reused,
+        confirmed: true,
+    });
+    let acts = sim.at(35_000).timeout();
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::KillRemnants { .. }))
+    );
+}
+
+#[test]
+fn a_worker_that_said_stopping_gets_the_stop_signal_at_shutdown() {
+    let (mut sim, pids) = Sim::started(policy(1));
+    let acts = sim.notify(pids[0], NotifyMsg::Stopping);
+    assert!(signalled(&acts).is_empty(), "it stops on its own");
+    let acts = sim.at(100).signal(MasterSignal::Terminate);
+    assert!(signalled(&acts).contains(&(pids[0], TERM)), "{acts:?}");
+    // Its deadline stays the one it had.
+    assert!(killed(&sim.at(29_999).timeout()).is_empty());
+    assert_eq!(killed(&sim.at(30_000).timeout()), [pids[0]]);
+}
+
+#[test]
+fn the_master_exits_only_once_nothing_the_workers_left_behind_runs() {
+    let (mut sim, pids) = Sim::started(policy(1));
+    sim.signal(MasterSignal::Terminate);
+    let stray = Pid::from_raw(900);
+    sim.strays = vec![stray];
+    let acts = sim.at(100).exit(pids[0], 0);
+    assert_eq!(exit_code(&acts), None, "a stray still runs");
+    assert!(signalled(&acts).contains(&(stray, TERM)));
+    assert_eq!(records(&acts, "strays stopping").len(), 1);
+    // It ignores TERM: SIGKILL after --stop-timeout.
+    assert_eq!(killed(&sim.at(30_100).timeout()), [stray]);
+    // Reaped: a last look finds nothing more; the master exits.
+    let acts = sim.exit(stray, 137);
+    assert_eq!(exit_code(&acts), Some(0));
 }

@@ -17,6 +17,10 @@ pub enum Timer {
     Worker(Pid),
     /// The slot may start its next worker (`Slot::restart_at`).
     Restart(SlotId),
+    /// What is left of an exited worker's process group is killed.
+    Group(Pid),
+    /// A process a worker left behind is killed.
+    Stray(Pid),
 }
 
 #[derive(Debug, Default)]

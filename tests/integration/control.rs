@@ -44,7 +44,7 @@ fn status_shows_every_worker_as_a_table_and_as_json() {
     let (code, table, _) = rcluster(&["status", "--control", &control]);
     assert_eq!(code, 0, "every worker is ready: {table}");
     assert!(
-        table.contains(&format!("master   pid {}", master.pid)),
+        table.contains(&format!("master   hello, pid {}", master.pid)),
         "{table}"
     );
     assert!(table.contains("listen   tcp-0 127.0.0.1:"), "{table}");
