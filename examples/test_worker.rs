@@ -8,6 +8,7 @@
 //! test_worker --ignore-stop       ignore the stop signal (until SIGKILL)
 //! test_worker --ready-after MS    say READY=1 after MS milliseconds
 //! test_worker --exit-after MS     exit 1 MS milliseconds after that (or after start)
+//! test_worker --say-stopping      say READY=1 then STOPPING=1, and keep running
 //! test_worker --watchdog-for MS   say READY=1, then WATCHDOG=1 as often as
 //!                                 WATCHDOG_USEC asks, for MS milliseconds only
 //!
@@ -22,6 +23,7 @@
 //!                       [--ready exec|notify|delay:MS] [--control PATH]
 //!                       [--release FILE]  (a worker exits 1 at start while FILE says bad)
 //!                       [--host-child FILE] (start `sleep 600` first, its pid in FILE)
+//!                       [--print-first TEXT] (print TEXT, without a newline, before run)
 //! ```
 
 use std::io::Write;
@@ -88,6 +90,10 @@ fn main() {
     if let Some(delay) = args.millis("--ready-after") {
         shutdown.wait_for_stop(Some(delay)).expect("waiting");
         worker::ready().expect("notify");
+    }
+    if args.flag("--say-stopping") {
+        worker::ready().expect("notify");
+        worker::stopping().expect("notify");
     }
     if let Some(delay) = args.millis("--exit-after")
         && !shutdown.wait_for_stop(Some(delay)).expect("waiting")
@@ -177,6 +183,10 @@ fn cluster(args: &Args) {
             .expect("starting sleep");
         std::fs::write(file, child.id().to_string()).expect("writing the pid");
         std::mem::forget(child);
+    }
+    if let Some(text) = args.value("--print-first") {
+        // Buffered, not flushed: forked workers must not write it again.
+        print!("{text}");
     }
     let panic_once = args.value("--panic-once").map(str::to_string);
     let release = args.value("--release").map(str::to_string);

@@ -177,9 +177,21 @@ pub fn run(command: Command) -> ExitCode {
             );
             return ExitCode::from(TIMED_OUT);
         }
+        Err(control::Failed::Busy) => {
+            complain!(
+                "rcluster: the master at {} is running, but too busy to take a client just now \
+                 (its queue is full); try again",
+                path.display()
+            );
+            return ExitCode::from(TIMED_OUT);
+        }
         Err(control::Failed::Broken(why)) => {
-            complain!("rcluster: the master at {} {why}", path.display());
-            return ExitCode::from(NO_MASTER);
+            // It took the connection: it runs.
+            complain!(
+                "rcluster: the master at {} {why}; try again",
+                path.display()
+            );
+            return ExitCode::from(TIMED_OUT);
         }
     };
     if response["ok"] != true {

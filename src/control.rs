@@ -29,9 +29,12 @@ use crate::listen::{self, Occupant};
 
 /// A request line longer than this is refused.
 pub const MAX_REQUEST: usize = 64 * 1024;
-/// Connections beyond this are closed at once.
+/// Connections beyond this: the oldest idle one is closed for the newest.
 pub const MAX_CONNECTIONS: usize = 64;
-/// How long a client may take to send its request.
+/// How long a client may take to send its first byte: clients send at once,
+/// and one that connects and says nothing holds an fd.
+pub const FIRST_BYTE_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a client may take to send its whole request.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What a client asked for.
@@ -43,15 +46,35 @@ pub enum Request {
     Stop { wait: bool },
 }
 
+/// A request, checked strictly: an object with a known `cmd`, only the
+/// fields that `cmd` takes, each of the right type (`"wait": 1` is an
+/// error, not a silent `false`).
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     let value: Value =
         serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
-    let wait = value["wait"].as_bool().unwrap_or(false);
-    match value["cmd"].as_str() {
-        Some("status") => Ok(Request::Status),
-        Some("reload") => Ok(Request::Reload { wait }),
-        Some("stop") => Ok(Request::Stop { wait }),
-        Some("scale") => match value["workers"].as_u64() {
+    let fields = value
+        .as_object()
+        .ok_or("a request is a JSON object, e.g. {\"cmd\":\"status\"}")?;
+    let cmd = value["cmd"].as_str().unwrap_or_default();
+    let takes: &[&str] = match cmd {
+        "status" => &["cmd"],
+        "reload" | "stop" => &["cmd", "wait"],
+        "scale" => &["cmd", "workers"],
+        _ => return Err("unknown request: \"cmd\" must be status, reload, scale or stop".into()),
+    };
+    if let Some(key) = fields.keys().find(|k| !takes.contains(&k.as_str())) {
+        return Err(format!("a {cmd} request has no field \"{key}\""));
+    }
+    let wait = match value.get("wait") {
+        None => false,
+        Some(Value::Bool(wait)) => *wait,
+        Some(other) => return Err(format!("\"wait\" must be true or false, not {other}")),
+    };
+    match cmd {
+        "status" => Ok(Request::Status),
+        "reload" => Ok(Request::Reload { wait }),
+        "stop" => Ok(Request::Stop { wait }),
+        _ => match value["workers"].as_u64() {
             Some(n) if n >= 1 && n <= crate::config::MAX_WORKERS as u64 => Ok(Request::Scale {
                 workers: n as usize,
             }),
@@ -60,12 +83,18 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
                 crate::config::MAX_WORKERS
             )),
         },
-        _ => Err("unknown request: \"cmd\" must be status, reload, scale or stop".into()),
     }
 }
 
 pub fn error(message: impl Into<String>) -> Value {
     json!({"ok": false, "error": message.into()})
+}
+
+/// `/dev/null`, opened to be closed when the process is out of fds.
+fn reserve_fd() -> Option<std::os::fd::OwnedFd> {
+    std::fs::File::open("/dev/null")
+        .ok()
+        .map(std::os::fd::OwnedFd::from)
 }
 
 /// Why a control socket could not be bound.
@@ -126,6 +155,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum Failed {
     /// Nothing to connect to.
     NoMaster(io::Error),
+    /// The master's queue of clients is full: it runs, but is busy.
+    Busy,
     /// Connected, but the whole answer did not come before the deadline.
     TimedOut,
     /// Connected, and the connection broke (the text says how).
@@ -136,7 +167,13 @@ pub enum Failed {
 /// answer, all within `timeout`: the client side of the protocol.
 pub fn ask(path: &Path, request: &Value, timeout: Duration) -> Result<Value, Failed> {
     let deadline = Instant::now() + timeout;
-    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(Failed::NoMaster)?;
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            Failed::Busy
+        } else {
+            Failed::NoMaster(e)
+        }
+    })?;
     let timed_out = |e: &io::Error| {
         matches!(
             e.kind(),
@@ -177,6 +214,7 @@ pub fn ask(path: &Path, request: &Value, timeout: Duration) -> Result<Value, Fai
 /// One client.
 struct Conn {
     stream: UnixStream,
+    accepted: Instant,
     input: Vec<u8>,
     output: Vec<u8>,
     /// Closed once the output is flushed.
@@ -196,6 +234,11 @@ pub struct ControlServer {
     base: usize,
     conns: HashMap<usize, Conn>,
     next_id: usize,
+    /// An fd held in reserve: when the process is out of fds, it is freed
+    /// to accept one waiting client and tell it so, so that the queue
+    /// drains (nginx and libuv do the same; an edge-triggered listener
+    /// whose queue is not drained is never woken again).
+    reserve: Option<std::os::fd::OwnedFd>,
 }
 
 impl ControlServer {
@@ -230,6 +273,7 @@ impl ControlServer {
             base: 0,
             conns: HashMap::new(),
             next_id: 0,
+            reserve: reserve_fd(),
         })
     }
 
@@ -262,6 +306,13 @@ impl ControlServer {
             let (stream, _) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if self.shed_one() {
+                        continue;
+                    }
+                    return;
+                }
                 Err(_) => return,
             };
             let peer = getsockopt(&stream, sockopt::PeerCredentials).map(|c| c.uid());
@@ -269,11 +320,12 @@ impl ControlServer {
             self.next_id = self.next_id.wrapping_add(1) % (1 << 24);
             let mut conn = Conn {
                 stream,
+                accepted: now,
                 input: Vec::new(),
                 output: Vec::new(),
                 closing: false,
                 waiting: false,
-                deadline: now + REQUEST_DEADLINE,
+                deadline: now + FIRST_BYTE_DEADLINE,
             };
             let token = Token(self.base + id);
             if registry
@@ -286,6 +338,9 @@ impl ControlServer {
             {
                 continue;
             }
+            if self.conns.len() >= MAX_CONNECTIONS {
+                self.make_room(registry);
+            }
             self.conns.insert(id, conn);
             if self.conns.len() > MAX_CONNECTIONS {
                 self.reply(id, &error("too many control connections"), registry);
@@ -296,6 +351,47 @@ impl ControlServer {
                     registry,
                 );
             }
+        }
+    }
+
+    /// Out of fds: frees the reserve, accepts one client with it, tells it
+    /// why it is turned away, and takes the reserve back. False if no
+    /// client was waiting (or the reserve could not be used).
+    fn shed_one(&mut self) -> bool {
+        if self.reserve.take().is_none() {
+            return false;
+        }
+        let shed = match self.listener.accept() {
+            Ok((mut stream, _)) => {
+                let line =
+                    error("the master is out of file descriptors just now; try again in a moment")
+                        .to_string();
+                let _ = stream.write_all(format!("{line}\n").as_bytes());
+                true
+            }
+            Err(_) => false,
+        };
+        self.reserve = reserve_fd();
+        shed
+    }
+
+    /// At the connection cap: closes the oldest client that has not sent a
+    /// whole request (not one waiting for a reload), so the newest is
+    /// served; if every one is waiting, the newest is refused.
+    fn make_room(&mut self, registry: &Registry) {
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.waiting && !c.closing)
+            .min_by_key(|(_, c)| c.accepted)
+            .map(|(&id, _)| id);
+        if let Some(id) = oldest {
+            self.reply(
+                id,
+                &error("closed to make room for a newer client (too many connections)"),
+                registry,
+            );
+            self.close(id, registry);
         }
     }
 
@@ -315,7 +411,13 @@ impl ControlServer {
                     self.close(id, registry);
                     return None;
                 }
-                Ok(n) => conn.input.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    if conn.input.is_empty() {
+                        // It speaks: the whole request may take longer.
+                        conn.deadline = conn.accepted + REQUEST_DEADLINE;
+                    }
+                    conn.input.extend_from_slice(&buf[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
@@ -405,13 +507,20 @@ impl ControlServer {
             .map(|(&id, _)| id)
             .collect();
         for id in late {
-            let unanswered = self.conns.get(&id).is_some_and(|c| !c.closing);
-            if unanswered {
-                self.reply(
+            let unanswered = self
+                .conns
+                .get(&id)
+                .map(|c| (!c.closing, c.input.is_empty()));
+            match unanswered {
+                Some((true, true)) => {
+                    self.reply(id, &error("no request within 2s of connecting"), registry)
+                }
+                Some((true, false)) => self.reply(
                     id,
                     &error("incomplete request: no newline within 10s"),
                     registry,
-                );
+                ),
+                Some((false, _)) | None => {}
             }
             self.close(id, registry);
         }
@@ -464,6 +573,34 @@ mod tests {
             parse_request(br#"{"cmd":"dance"}"#)
                 .unwrap_err()
                 .contains("unknown request")
+        );
+    }
+
+    #[test]
+    fn requests_are_checked_strictly() {
+        for (request, says) in [
+            (
+                &br#"{"cmd":"reload","wait":1}"#[..],
+                "\"wait\" must be true or false, not 1",
+            ),
+            (br#"{"cmd":"stop","wait":"yes"}"#, "must be true or false"),
+            (
+                br#"{"cmd":"status","verbose":true}"#,
+                "has no field \"verbose\"",
+            ),
+            (br#"{"cmd":"scale","workers":"8"}"#, "a number from 1"),
+            (br#"["status"]"#, "a JSON object"),
+        ] {
+            let e = parse_request(request).unwrap_err();
+            assert!(
+                e.contains(says),
+                "{}: {e}",
+                String::from_utf8_lossy(request)
+            );
+        }
+        assert_eq!(
+            parse_request(br#"{"cmd":"stop","wait":false}"#),
+            Ok(Request::Stop { wait: false })
         );
     }
 }

@@ -153,6 +153,17 @@ pub fn bind_all(
     mut listeners: Vec<Listener>,
 ) -> Result<Vec<Listener>, Error> {
     let backlog = backlog.min(somaxconn()).min(i32::MAX as u32) as i32;
+    // Port 0 twice is two ports; anything else twice is a typo.
+    for (i, spec) in specs.iter().enumerate() {
+        let twice = specs[..i].iter().any(|earlier| earlier.addr == spec.addr);
+        let any_port = matches!(spec.addr, ListenAddr::Tcp(addr) if addr.port() == 0);
+        if twice && !any_port {
+            return Err(Error::Usage(format!(
+                "--listen {} is given twice; give each address once",
+                spec.addr
+            )));
+        }
+    }
     let first = listeners.len();
     for (i, spec) in (first..).zip(specs) {
         let name = spec.name.clone().unwrap_or_else(|| match spec.addr {

@@ -454,11 +454,15 @@ impl<'a, L: Launch> Master<'a, L> {
             return;
         };
         let mut buf = [0u8; 4];
-        let result = match nix::unistd::read(pipe.as_fd(), &mut buf) {
-            Ok(0) => Ok(()),
-            Ok(_) => Err(i32::from_ne_bytes(buf)),
-            Err(nix::errno::Errno::EAGAIN) => return,
-            Err(e) => Err(e as i32),
+        let result = loop {
+            break match nix::unistd::read(pipe.as_fd(), &mut buf) {
+                Ok(0) => Ok(()),
+                Ok(_) => Err(i32::from_ne_bytes(buf)),
+                Err(nix::errno::Errno::EAGAIN) => return,
+                // A signal while reading says nothing about the exec.
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => Err(e as i32),
+            };
         };
         if let Some(pipe) = self.exec_pipes.remove(&pid) {
             let _ = self

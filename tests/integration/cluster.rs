@@ -118,3 +118,74 @@ fn a_cluster_never_reaps_a_child_of_its_host_program() {
     master.signal(libc::SIGTERM);
     assert_eq!(master.wait_exit().code(), Some(0));
 }
+
+/// The targets of a process's fds (`socket:[123]`, `anon_inode:[eventpoll]`…).
+fn fd_targets(pid: i32) -> Vec<(i32, String)> {
+    crate::support::open_fds(pid)
+        .into_iter()
+        .map(|fd| (fd, crate::support::fd_target(pid, fd)))
+        .collect()
+}
+
+#[test]
+fn a_forked_worker_keeps_nothing_of_the_master() {
+    let dir = TempDir::new("cluster-clean");
+    let out = dir.path("stdout");
+    let worker = example("test_worker");
+    let mut master = Master::start_program_with(
+        &worker,
+        &["--cluster", "--print-first", "printed-before-run"],
+        |cmd| {
+            cmd.stdout(std::fs::File::create(&out).unwrap());
+            // Only stdio, as a service manager starts it: then every other
+            // fd the master has is its own (cargo and shells leak some).
+            // SAFETY: close_range only, between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(cmd, || {
+                    libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, 0);
+                    Ok(())
+                });
+            }
+        },
+    );
+    let workers = master.ready_workers();
+    let (_, pid) = workers[0];
+    // Nothing it has open is the master's, but stdio and the listener.
+    let master_fds = fd_targets(master.pid);
+    let listener = master_fds
+        .iter()
+        .find(|(_, t)| t.starts_with("socket:"))
+        .map(|(_, t)| t.clone());
+    let shared: Vec<(i32, String)> = fd_targets(pid)
+        .into_iter()
+        .filter(|(fd, _)| *fd > 2)
+        .filter(|(_, t)| master_fds.iter().any(|(_, m)| m == t))
+        .collect();
+    assert!(
+        shared.iter().all(|(_, t)| Some(t) == listener.as_ref()),
+        "the worker holds the master's fds: {shared:?} (the master has {master_fds:?})"
+    );
+    for (_, target) in fd_targets(pid) {
+        for master_only in ["[eventpoll]", "[signalfd]", "[pidfd]"] {
+            assert!(!target.contains(master_only), "{target} in the worker");
+        }
+    }
+    // HUP to a worker ends it, as it would without rcluster; it is
+    // restarted.
+    // SAFETY: signalling a worker this test started.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let exited = master.expect("the worker's exit", |r| {
+        r["msg"] == "worker exited" && r["pid"] == pid
+    });
+    assert_eq!(exited["signal"], "SIGHUP", "{exited}");
+    assert_eq!(exited["next"], "restart", "{exited}");
+    master.expect("its replacement", |r| r["msg"] == "worker ready");
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.wait_exit().code(), Some(0));
+    let printed = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        printed.matches("printed-before-run").count(),
+        1,
+        "printed once, by the master, not again by each worker: {printed:?}"
+    );
+}

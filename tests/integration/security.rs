@@ -189,3 +189,119 @@ fn a_forged_watchdog_ping_does_not_keep_a_hung_worker_alive() {
     assert_eq!(timeout["pid"], hung);
     assert!(dropped(&control) >= before + 4);
 }
+
+#[test]
+fn a_control_path_never_replaces_what_is_not_a_stale_socket() {
+    let dir = TempDir::new("control-paths");
+    let worker = example("test_worker");
+    let notes = dir.path("notes.txt");
+    std::fs::write(&notes, "my notes").unwrap();
+    let folder = dir.path("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let fifo = dir.path("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let app = dir.path("app.sock");
+    let live = std::os::unix::net::UnixListener::bind(&app).unwrap();
+    for (path, code, says) in [
+        (&notes, 73, "it is a regular file"),
+        (&folder, 73, "it is a directory"),
+        (&fifo, 73, "it is a FIFO"),
+        (
+            &app,
+            71,
+            "a server that is not an rcluster master listens on it",
+        ),
+    ] {
+        let (got, _, err) = rcluster(&["--control", path_str(path), "--", &worker]);
+        assert_eq!(got, code, "{path:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(says), "{path:?}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes");
+    assert!(folder.is_dir());
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    // The app's socket still works.
+    let _client = std::os::unix::net::UnixStream::connect(&app).unwrap();
+    assert!(live.accept().is_ok());
+}
+
+#[test]
+fn a_unix_listen_path_never_replaces_a_file() {
+    let dir = TempDir::new("listen-paths");
+    let notes = dir.path("notes.txt");
+    std::fs::write(&notes, "my notes").unwrap();
+    let listen = format!("unix:{}", path_str(&notes));
+    let (got, _, err) = rcluster(&["-l", &listen, "--", &example("test_worker")]);
+    assert_eq!(got, 73, "{err}");
+    assert!(err.contains("it is a regular file"), "{err}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes");
+}
+
+/// `count` idle connections to `control`, held until dropped.
+fn idle_clients(control: &str, count: usize) -> Vec<std::os::unix::net::UnixStream> {
+    (0..count)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(control).ok())
+        .collect()
+}
+
+#[test]
+fn the_control_plane_recovers_when_it_ran_out_of_fds() {
+    let dir = TempDir::new("emfile");
+    let control = path_str(&dir.path("control.sock")).to_string();
+    let worker = example("test_worker");
+    let mut master = Master::start_with(
+        &[
+            "-w",
+            "1",
+            "--control",
+            &control,
+            "--",
+            &worker,
+            "--ready-after",
+            "0",
+        ],
+        |cmd| {
+            // SAFETY: setrlimit only, between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(cmd, || {
+                    let limit = libc::rlimit {
+                        rlim_cur: 24,
+                        rlim_max: 24,
+                    };
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                    Ok(())
+                });
+            }
+        },
+    );
+    master.expect_msg("workers ready");
+    let held = idle_clients(&control, 40);
+    assert_eq!(held.len(), 40, "connecting is not what runs out");
+    drop(held);
+    let (code, out, err) = rcluster(&["status", "--control", &control, "--timeout", "1s"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn idle_clients_do_not_lock_the_others_out() {
+    let dir = TempDir::new("idle-clients");
+    let control = path_str(&dir.path("control.sock")).to_string();
+    let worker = example("test_worker");
+    let mut master = Master::start(&[
+        "-w",
+        "1",
+        "--control",
+        &control,
+        "--",
+        &worker,
+        "--ready-after",
+        "0",
+    ]);
+    master.expect_msg("workers ready");
+    let held = idle_clients(&control, 200);
+    assert_eq!(held.len(), 200);
+    let (code, out, err) = rcluster(&["status", "--control", &control, "--timeout", "1s"]);
+    assert_eq!(code, 0, "with 200 idle clients: {out}{err}");
+    drop(held);
+}

@@ -127,18 +127,26 @@ impl Master {
             cmd.args(pre_args).arg(rcluster_bin());
         }
         cmd.arg("--log-format").arg("json").args(args);
-        setup(&mut cmd);
-        Master::spawn(cmd)
+        Master::spawn_with(cmd, setup)
     }
 
     /// A program that is its own master (cluster mode), logging JSON.
     pub fn start_program(program: &str, args: &[&str]) -> Master {
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        Master::spawn(cmd)
+        Master::start_program_with(program, args, |_| {})
     }
 
-    fn spawn(mut cmd: Command) -> Master {
+    pub fn start_program_with(
+        program: &str,
+        args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Master {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Master::spawn_with(cmd, setup)
+    }
+
+    /// Starts `cmd`; `setup` may change it last (stdout, say).
+    fn spawn_with(mut cmd: Command, setup: impl FnOnce(&mut Command)) -> Master {
         // No control socket unless a test asks for one (--control PATH):
         // parallel masters must not compete for the default path.
         cmd.env("RCLUSTER_CONTROL", "none");
@@ -148,6 +156,7 @@ impl Master {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
+        setup(&mut cmd);
         let mut child = cmd.spawn().expect("starting rcluster");
         let pid = child.id() as i32;
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -446,7 +455,13 @@ pub fn fd_target(pid: i32, fd: i32) -> String {
 
 /// Runs a program to completion (bounded): exit code, stdout, stderr.
 pub fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(program.as_ref())
+    run_command(Command::new(program.as_ref()), args)
+}
+
+/// As [`run`], for a command already set up.
+pub fn run_command(mut cmd: Command, args: &[&str]) -> (i32, String, String) {
+    let program = cmd.get_program().to_owned();
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -461,7 +476,7 @@ pub fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> (i32, String,
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
     let output = child.wait_with_output().expect("collecting the output");
-    assert!(exited, "{:?} {args:?} did not exit", program.as_ref());
+    assert!(exited, "{program:?} {args:?} did not exit");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -473,6 +488,15 @@ pub fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> (i32, String,
 /// its input.
 pub fn rcluster(args: &[&str]) -> (i32, String, String) {
     run(rcluster_bin(), args)
+}
+
+/// `rcluster ARGS` with its runtime directory (where masters' control
+/// sockets are) under `runtime`, so that it sees only this test's masters.
+pub fn rcluster_in(runtime: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(rcluster_bin());
+    cmd.env("XDG_RUNTIME_DIR", runtime)
+        .env_remove("RCLUSTER_CONTROL");
+    run_command(cmd, args)
 }
 
 /// `sh -c` that runs `bad` instead of hello while `flag` says `bad`: how a
