@@ -52,7 +52,8 @@ fn what_a_worker_started_goes_with_it_on_a_crash_and_at_shutdown() {
     let before_crash = pids(&file);
     // The double-forked one has left the worker's group: only the master's
     // search for what the worker left behind can find it.
-    assert!(wait_until(WAIT, || session_of(before_crash[1]) == Some(before_crash[1])));
+    assert!(wait_until(WAIT, || session_of(before_crash[1])
+        == Some(before_crash[1])));
     // A crash: its group and its double-forked child go too.
     // SAFETY: killing a worker this test started.
     unsafe { libc::kill(first, libc::SIGKILL) };
