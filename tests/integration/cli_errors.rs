@@ -130,6 +130,16 @@ fn help_works_for_every_command() {
 }
 
 #[test]
+fn the_same_address_twice_is_a_usage_error_not_a_clash() {
+    let w = example("test_worker");
+    refused(
+        &["-l", "127.0.0.1:8080", "-l", "127.0.0.1:8080", "--", &w],
+        64,
+        "--listen 127.0.0.1:8080 is given twice; give each address once",
+    );
+}
+
+#[test]
 fn an_address_in_use_exits_71_naming_it() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

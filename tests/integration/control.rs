@@ -204,3 +204,19 @@ fn peers_of_another_user_are_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_master_that_does_not_answer_is_not_called_gone() {
+    let dir = TempDir::new("control-stopped");
+    let (master, control) = hello_with_control(&dir, &[]);
+    master.signal(libc::SIGSTOP);
+    let (code, _, err) = rcluster(&["status", "--timeout", "300ms", "--control", &control]);
+    master.signal(libc::SIGCONT);
+    assert_eq!(code, 75, "{err}");
+    assert!(
+        err.contains("did not answer within 300ms") && err.contains("running"),
+        "{err}"
+    );
+    let (code, _, err) = rcluster(&["status", "--control", &control]);
+    assert_eq!(code, 0, "it answers once continued: {err}");
+}

@@ -1,6 +1,7 @@
 //! Stopping: graceful on TERM (requests in flight finish, however many
 //! TERMs arrive), forced after the stop timeout or a second INT, immediate
-//! on QUIT; no worker outlives a master killed with SIGKILL.
+//! on QUIT; a worker stopped with SIGSTOP is continued and drains; no
+//! worker outlives a master killed with SIGKILL.
 //!
 //! Workers started with `--ignore-stop` say READY=1 once they ignore their
 //! stop signal (`--ready notify`), so no stop can reach them before.
@@ -162,4 +163,40 @@ fn no_worker_outlives_a_master_killed_with_sigkill() {
         all_gone,
         "workers still running 2 s after the master died: {workers:?}"
     );
+}
+
+#[test]
+fn a_worker_stopped_with_sigstop_shows_as_stopped_and_still_drains() {
+    let dir = crate::support::TempDir::new("sigstop");
+    let control = dir.path("control.sock");
+    let control = crate::support::path_str(&control);
+    let hello = example("hello");
+    let args = [
+        "-w",
+        "1",
+        "--stop-timeout",
+        "60s",
+        "--control",
+        control,
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        &hello,
+    ];
+    let mut master = Master::start(&args);
+    let (_, pid) = master.ready_workers()[0];
+    // SAFETY: stopping the worker this test's master started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let state = || {
+        let (_, out, _) = crate::support::rcluster(&["status", "--json", "--control", control]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["workers"][0]["state"].clone()
+    };
+    assert!(wait_until(Duration::from_secs(5), || state() == "stopped"));
+    // Its stop signal is followed by SIGCONT: it drains at once, not after
+    // the 60 s stop timeout.
+    master.signal(libc::SIGTERM);
+    let exit = master.expect_msg("worker exited");
+    assert_eq!(exit["pid"], pid, "{exit}");
+    assert_eq!(exit["code"], 0, "it ended on its own stop signal: {exit}");
+    assert_eq!(master.wait_exit().code(), Some(0));
 }
