@@ -31,6 +31,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use rcluster::worker;
 
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
 
 fn main() -> Result<(), Box<dyn Error>> {
     let listener = worker::listeners()?.take_tcp(0)?;
@@ -56,7 +57,16 @@ fn main() -> Result<(), Box<dyn Error>> {
                 tokio::select! {
                     _ = &mut stop => break,
                     accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
+                        let stream = match accepted {
+                            Ok((stream, _)) => stream,
+                            // Out of fds: the connection stays queued for
+                            // another worker; try again in a moment rather
+                            // than spin on a socket that stays readable.
+                            Err(_) => {
+                                tokio::time::sleep(ACCEPT_PAUSE).await;
+                                continue;
+                            }
+                        };
                         let _ = stream.set_nodelay(true);
                         let (draining, greeting) = (Arc::clone(&draining), greeting.clone());
                         let service = service_fn(move |request| {

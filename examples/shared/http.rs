@@ -38,9 +38,14 @@ pub fn serve(listener: &TcpListener, shutdown: &Shutdown, greeting: &str) -> io:
     // the drain.
     thread::scope(|scope| -> io::Result<()> {
         while let Some(conn) = shutdown.accept(listener)? {
-            scope.spawn(move || {
+            // A thread the system refuses (`ulimit -u`, memory) costs this
+            // connection, closed unanswered, not the server.
+            let spawned = thread::Builder::new().spawn_scoped(scope, move || {
                 let _ = serve_connection(conn, shutdown, greeting, grace);
             });
+            if let Err(e) = spawned {
+                eprintln!("connection refused: cannot start a thread: {e}");
+            }
         }
         Ok(())
     })

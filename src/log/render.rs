@@ -30,20 +30,27 @@ pub trait Out {
 /// The fields, as one record's arm writes them.
 struct Fields<'o>(&'o mut dyn Out);
 
+/// Keys the logger writes on every record; no record's field may reuse one
+/// (a JSON object with a key twice is read differently by each parser).
+pub const LOGGER_KEYS: [&str; 4] = ["msg", "level", "ts", "name"];
+
 impl Fields<'_> {
-    fn u64(&mut self, key: &'static str, value: u64) -> &mut Self {
-        self.0.field(key, Value::U64(value));
+    fn put(&mut self, key: &'static str, value: Value<'_>) -> &mut Self {
+        debug_assert!(!LOGGER_KEYS.contains(&key), "{key:?} is the logger's key");
+        self.0.field(key, value);
         self
+    }
+
+    fn u64(&mut self, key: &'static str, value: u64) -> &mut Self {
+        self.put(key, Value::U64(value))
     }
 
     fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
-        self.0.field(key, Value::Str(value));
-        self
+        self.put(key, Value::Str(value))
     }
 
     fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
-        self.0.field(key, Value::Bool(value));
-        self
+        self.put(key, Value::Bool(value))
     }
 
     fn slot(&mut self, slot: SlotId) -> &mut Self {
@@ -51,8 +58,7 @@ impl Fields<'_> {
     }
 
     fn pid(&mut self, pid: Pid) -> &mut Self {
-        self.0.field("pid", Value::I64(pid.as_raw().into()));
-        self
+        self.put("pid", Value::I64(pid.as_raw().into()))
     }
 
     fn ms(&mut self, key: &'static str, d: Duration) -> &mut Self {
@@ -62,8 +68,7 @@ impl Fields<'_> {
     fn exit(&mut self, exit: Exit) -> &mut Self {
         match exit {
             Exit::Code(code) => {
-                self.0.field("code", Value::I64(code.into()));
-                self
+                self.put("code", Value::I64(code.into()))
             }
             Exit::Signaled {
                 signal,
@@ -129,7 +134,7 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             ))
         }
         Listening { name, addr } => {
-            r.str("name", name).str("addr", addr);
+            r.str("listener", name).str("addr", addr);
             r.say(format_args!("listening on {addr} ({name})"))
         }
         WorkerSpawned {

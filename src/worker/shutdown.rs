@@ -233,9 +233,13 @@ impl Shutdown {
     /// still queued go to the other workers, which share the socket.
     ///
     /// Puts `listener` in non-blocking mode (another worker may take the
-    /// connection this one was woken for).
+    /// connection this one was woken for). When the process is out of fds
+    /// or memory, it waits (5 ms, doubling to 1 s, as Go's `net/http` does)
+    /// and tries again, leaving the connection queued for another worker,
+    /// rather than failing the server.
     pub fn accept(&self, listener: &TcpListener) -> io::Result<Option<TcpStream>> {
         listener.set_nonblocking(true)?;
+        let mut pause = None;
         loop {
             if self.wait(listener, None)? == Wait::Shutdown {
                 return Ok(None);
@@ -243,6 +247,13 @@ impl Shutdown {
             match listener.accept() {
                 Ok((stream, _)) => return Ok(Some(stream)),
                 Err(e) if transient_accept_error(&e) => continue,
+                Err(e) if out_of_resources(&e) => {
+                    let next = pause.map_or(MIN_PAUSE, |p: Duration| (p * 2).min(MAX_PAUSE));
+                    pause = Some(next);
+                    if self.wait_for_stop(Some(next))? {
+                        return Ok(None);
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -263,6 +274,18 @@ fn poll_fds(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usi
             Ok(n) => return Ok(n as usize),
         }
     }
+}
+
+/// How long `accept` first waits when out of fds or memory, and at most.
+const MIN_PAUSE: Duration = Duration::from_millis(5);
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// Errors that last until something else lets go of fds or memory.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Errors after which the next accept may well succeed.

@@ -45,7 +45,7 @@ fn systemd_socket_activation_hands_rcluster_its_socket_and_hears_it_is_ready() {
     let response = http::get(addr, "/").expect("served on the socket systemd passed");
     assert_eq!(response.status, 200);
     let listening = master.expect_msg("listening");
-    assert_eq!(listening["name"], "web");
+    assert_eq!(listening["listener"], "web");
     assert_eq!(listening["addr"], addr.to_string());
     master.ready_workers();
     let mut buf = [0u8; 256];

@@ -1,73 +1,210 @@
 //! Every example server under rcluster: reloads under load (32
 //! connections, keep-alive and `Connection: close`) with zero failed
-//! requests. `hello` has its own, longer tests in reload.rs.
+//! requests, counted by the project's client and by wrk. `hello` has its
+//! own, longer tests in reload.rs.
 
 use std::path::Path;
 
-use crate::support::{Master, example, reload_under_load};
+use crate::support::{
+    Master, WAIT, example, http, is_gone, open_fds, reload_under_load, reload_under_wrk, wait_until,
+};
 
-/// Reloads per connection mode: enough to cross every worker's life cycle
-/// several times; the runtimes here take 100-300 ms to start.
-const RELOADS: u64 = 3;
+/// Reloads per connection mode and client: enough to cross every worker's
+/// life cycle several times; the runtimes here take 100-300 ms to start.
+pub const RELOADS: u64 = 5;
 
-fn path(relative: &str) -> String {
+pub fn path(relative: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(relative)
         .to_string_lossy()
         .into_owned()
 }
 
-fn under_rcluster(name: &str, command: &[&str]) {
+/// Reloads under both clients, keep-alive and close, each on a master of
+/// its own from `start`; prints what each client counted.
+pub fn reloads_lose_nothing(name: &str, exec_workers: bool, start: impl Fn() -> Master) {
     for keep_alive in [true, false] {
-        let mut args = vec!["-w", "2", "--ready", "notify", "-l", "127.0.0.1:0", "--"];
-        args.extend_from_slice(command);
-        let mut master = Master::start(&args);
-        let stats = reload_under_load(&mut master, 2, keep_alive, RELOADS, true);
+        let mode = if keep_alive { "keep-alive" } else { "close" };
+        let mut master = start();
+        let ours = reload_under_load(&mut master, 2, keep_alive, RELOADS, exec_workers);
+        stop(master);
+        let mut master = start();
+        let wrk = reload_under_wrk(&mut master, 2, keep_alive, RELOADS, exec_workers);
+        stop(master);
         eprintln!(
-            "{name}, 2 workers, keep-alive {keep_alive}: {} served, {} failed",
-            stats.ok(),
-            stats.failed()
-        );
-        master.signal(libc::SIGTERM);
-        assert_eq!(master.wait_exit().code(), Some(0));
-        assert!(
-            !master.log_text().contains("SIGKILL"),
-            "a worker had to be killed:\n{}",
-            master.log_text()
+            "{name}, {mode}, {RELOADS} reloads: our client {} served, {} failed; \
+             wrk {} served, {} failed (p50 {} us, p99 {} us)",
+            ours.ok(),
+            ours.failed(),
+            wrk.requests,
+            wrk.failed(),
+            wrk.p50_us,
+            wrk.p99_us,
         );
     }
+}
+
+/// TERM, a clean exit, and no worker that had to be killed.
+fn stop(mut master: Master) {
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.wait_exit().code(), Some(0));
+    assert!(
+        !master.log_text().contains("SIGKILL"),
+        "a worker had to be killed:\n{}",
+        master.log_text()
+    );
+}
+
+/// rcluster with 2 workers on a port of its choice, `--ready notify`.
+pub fn under_rcluster(command: &[&str], extra: &[&str]) -> Master {
+    let mut args = vec!["-w", "2", "--ready", "notify", "-l", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.extend_from_slice(command);
+    Master::start(&args)
 }
 
 #[test]
 fn node_example_reloads_under_load_without_a_failed_request() {
-    under_rcluster("node", &["node", &path("examples/node/server.js")]);
+    let server = path("examples/node/server.js");
+    reloads_lose_nothing("node", true, || under_rcluster(&["node", &server], &[]));
 }
 
 #[test]
 fn python_example_reloads_under_load_without_a_failed_request() {
-    under_rcluster("python", &["python3", &path("examples/python/server.py")]);
+    let server = path("examples/python/server.py");
+    reloads_lose_nothing("python", true, || {
+        under_rcluster(&["python3", &server], &[])
+    });
 }
 
 #[test]
 fn async_example_reloads_under_load_without_a_failed_request() {
-    under_rcluster("async (hyper on tokio)", &[&example("async_hello")]);
+    let server = example("async_hello");
+    reloads_lose_nothing("async (hyper on tokio)", true, || {
+        under_rcluster(&[&server], &[])
+    });
+}
+
+#[test]
+fn hello_example_reloads_under_wrk_without_a_failed_request() {
+    let server = example("hello");
+    reloads_lose_nothing("hello", true, || under_rcluster(&[&server], &[]));
 }
 
 #[test]
 fn cluster_example_reloads_under_load_without_a_failed_request() {
-    for keep_alive in [true, false] {
-        let cluster = example("cluster");
-        let mut master = Master::start_program(
+    let cluster = example("cluster");
+    reloads_lose_nothing("cluster (fork mode)", false, || {
+        Master::start_program(
             &cluster,
             &["--listen", "127.0.0.1:0", "--workers", "2", "--json"],
-        );
-        let stats = reload_under_load(&mut master, 2, keep_alive, RELOADS, false);
-        eprintln!(
-            "cluster (fork mode), 2 workers, keep-alive {keep_alive}: {} served, {} failed",
-            stats.ok(),
-            stats.failed()
-        );
-        master.signal(libc::SIGTERM);
-        assert_eq!(master.wait_exit().code(), Some(0));
+        )
+    });
+}
+
+/// Limits for a worker run as `daemon` (a user no other test runs as, so
+/// its process count is the worker's alone): enough threads and fds to
+/// start any of the runtimes here, too few for 100 connections at once.
+const FEW_THREADS: u64 = 16;
+const FEW_FDS: u64 = 24;
+const MANY: u64 = 256;
+const CONNECTIONS: usize = 100;
+
+#[test]
+fn examples_refuse_a_connection_not_the_server_when_out_of_threads_or_fds() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root, to run the workers as a user of their own");
+        return;
     }
+    let (hello, async_hello) = (example("hello"), example("async_hello"));
+    let (python, node) = (
+        path("examples/python/server.py"),
+        path("examples/node/server.js"),
+    );
+    // The system's interpreter: one under root's home (pyenv) is not the
+    // worker's to run.
+    let python3 = "/usr/bin/python3";
+    // (name, command, max threads, max fds): Node needs more fds to start.
+    let servers: [(&str, Vec<&str>, u64, u64); 5] = [
+        ("hello, out of threads", vec![&hello], FEW_THREADS, MANY),
+        ("hello, out of fds", vec![&hello], MANY, FEW_FDS),
+        ("async", vec![&async_hello], FEW_THREADS, FEW_FDS),
+        ("python", vec![python3, &python], FEW_THREADS, MANY),
+        ("node", vec!["node", &node], FEW_THREADS, 64),
+    ];
+    for (name, command, max_threads, max_fds) in servers {
+        if name == "python" && !Path::new(python3).exists() {
+            eprintln!("python skipped: no {python3} for the worker's user");
+            continue;
+        }
+        let mut args = vec!["-w", "1", "--ready", "notify", "--user", "daemon"];
+        args.extend_from_slice(&["-l", "127.0.0.1:0", "--"]);
+        args.extend_from_slice(&command);
+        let mut master = Master::start_with(&args, |cmd| {
+            // SAFETY: setrlimit only, between fork and exec. The master
+            // (root) is not held to RLIMIT_NPROC; its worker is.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+                    let set = |resource, max| {
+                        let limit = libc::rlimit {
+                            rlim_cur: max,
+                            rlim_max: max,
+                        };
+                        libc::setrlimit(resource, &limit)
+                    };
+                    set(libc::RLIMIT_NPROC, max_threads);
+                    set(libc::RLIMIT_NOFILE, max_fds);
+                    Ok(())
+                });
+            }
+        });
+        let addr = master.listening();
+        let (_, pid) = master.ready_workers()[0];
+        let held: Vec<_> = (0..CONNECTIONS)
+            .filter_map(|_| {
+                let mut conn = std::net::TcpStream::connect(addr).ok()?;
+                std::io::Write::write_all(&mut conn, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
+                Some(conn)
+            })
+            .collect();
+        assert_eq!(held.len(), CONNECTIONS);
+        // It ran out: of fds (they are all open), or of threads (it said so).
+        let out_of_something = || {
+            !is_gone(pid)
+                && (open_fds(pid).len() as u64 >= max_fds - 4
+                    || master.log_text().contains("thread"))
+        };
+        assert!(
+            wait_until(WAIT, out_of_something),
+            "{name}: never ran out ({} fds)\n{}",
+            open_fds(pid).len(),
+            master.log_text()
+        );
+        drop(held);
+        let response = wait_for_answer(addr);
+        assert_eq!(
+            (response.status, response.pid()),
+            (200, Some(pid)),
+            "{name}: the same worker serves on\n{}",
+            master.log_text()
+        );
+        stop(master);
+    }
+}
+
+/// The first 200 on a fresh connection, trying again (bounded) while the
+/// worker frees what the released connections held.
+fn wait_for_answer(addr: std::net::SocketAddr) -> http::Response {
+    let mut last = None;
+    let answered = wait_until(WAIT, || match http::get(addr, "/") {
+        Ok(response) if response.status == 200 => {
+            last = Some(response);
+            true
+        }
+        _ => false,
+    });
+    assert!(answered, "no answer after the connections were released");
+    last.unwrap()
 }

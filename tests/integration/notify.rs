@@ -93,7 +93,7 @@ fn sockets_passed_with_listen_fds_are_adopted_instead_of_bound() {
         |cmd| pass_as_fd_3(cmd, fd),
     );
     let listening = master.expect_msg("listening");
-    assert_eq!(listening["name"], "web");
+    assert_eq!(listening["listener"], "web");
     assert_eq!(listening["addr"], addr.to_string());
     let workers = master.ready_workers();
     assert_eq!(

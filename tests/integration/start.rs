@@ -105,7 +105,7 @@ fn options_are_read_from_rcluster_environment_variables() {
             .env("RCLUSTER_LISTEN", "env=127.0.0.1:0");
     });
     let listening = master.expect_msg("listening");
-    assert_eq!(listening["name"], "env");
+    assert_eq!(listening["listener"], "env");
     assert_eq!(master.ready_workers().len(), 2);
 }
 

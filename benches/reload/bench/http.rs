@@ -1,6 +1,9 @@
-//! A minimal HTTP/1.1 client: one request per connection, or keep-alive,
-//! with timeouts so nothing hangs. Shared by the benchmark's load generator
-//! and the integration tests.
+//! A minimal HTTP/1.1 client, as strict as the clients people use: it reuses
+//! a connection whenever the response allows it (HTTP/1.1 without
+//! `Connection: close`, or HTTP/1.0 with `keep-alive`), whatever it asked
+//! for, so a server that closes without saying so fails the next request, as
+//! it would under wrk or a browser. Timeouts, so nothing hangs. Shared by the
+//! benchmark's load generator and the integration tests.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,6 +17,10 @@ pub struct Response {
     pub body: String,
     /// The server said `Connection: close`.
     pub close: bool,
+    /// A client may send its next request on this connection: HTTP/1.1
+    /// without `Connection: close`, or HTTP/1.0 with `keep-alive`, and a
+    /// body whose end was marked (a length or chunks, not the close).
+    pub reusable: bool,
 }
 
 impl Response {
@@ -67,18 +74,17 @@ fn read_response<R: BufRead>(reader: &mut R) -> io::Result<Response> {
             "connection closed before a response",
         ));
     }
-    let status = line
-        .split_whitespace()
-        .nth(1)
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut words = line.split_whitespace();
+    let version = words.next().unwrap_or_default().to_string();
+    let status = words
+        .next()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad status line {line:?}"),
-            )
-        })?;
-    let mut length = 0usize;
-    let mut close = false;
+        .filter(|_| version.starts_with("HTTP/1."))
+        .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+    let mut length = None;
+    let mut chunked = false;
+    let mut connection = String::new();
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
@@ -91,20 +97,79 @@ fn read_response<R: BufRead>(reader: &mut R) -> io::Result<Response> {
         if header.is_empty() {
             break;
         }
-        if let Some((name, value)) = header.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse().unwrap_or(0);
-            } else if name.eq_ignore_ascii_case("connection") {
-                close = value.eq_ignore_ascii_case("close");
-            }
+        let Some((name, value)) = header.split_once(':') else {
+            return Err(bad(format!("bad header line {header:?}")));
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                value
+                    .parse()
+                    .map_err(|_| bad(format!("bad length {value:?}")))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection = value.to_ascii_lowercase();
         }
     }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body)?;
+    let has = |token: &str| connection.split(',').any(|t| t.trim() == token);
+    let close = has("close");
+    let mut delimited = true;
+    let body = if status == 204 || status == 304 || (100..200).contains(&status) {
+        Vec::new()
+    } else if chunked {
+        read_chunks(reader)?
+    } else if let Some(length) = length {
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        body
+    } else {
+        // No length: the body ends when the server closes.
+        delimited = false;
+        let mut body = Vec::new();
+        reader.read_to_end(&mut body)?;
+        body
+    };
+    let keep_alive = if version == "HTTP/1.0" {
+        has("keep-alive")
+    } else {
+        !close
+    };
     Ok(Response {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
         close,
+        reusable: keep_alive && delimited,
     })
+}
+
+/// A chunked body (RFC 9112 7.1), trailers skipped.
+fn read_chunks<R: BufRead>(reader: &mut R) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size, 16).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad chunk size {line:?}"),
+            )
+        })?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                line.clear();
+                if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size + 2, 0);
+        reader.read_exact(&mut body[start..])?;
+        body.truncate(start + size);
+    }
 }

@@ -115,8 +115,10 @@ pub struct Load {
 }
 
 impl Load {
-    /// `connections` threads, each on its own connection; `keep_alive`
-    /// reuses a connection until the server says `Connection: close`.
+    /// `connections` threads, each on its own connection. Every request
+    /// says `Connection: keep-alive` with `keep_alive`, else
+    /// `Connection: close`; a connection is reused whenever the response
+    /// allows it.
     pub fn start(addr: SocketAddr, connections: usize, keep_alive: bool) -> Load {
         Load::start_at(addr, connections, keep_alive, Instant::now())
     }
@@ -200,7 +202,10 @@ fn run(
         match &result {
             Ok(response) if outcome == Outcome::Ok => {
                 ok.fetch_add(1, Ordering::SeqCst);
-                if response.close || !keep_alive {
+                // Reused whenever the response allows it, as real clients
+                // do, even in close mode: a server that closes without
+                // saying so fails the next request here too.
+                if !response.reusable {
                     conn = None;
                 }
             }

@@ -3,6 +3,8 @@
 
 pub use crate::bench::{http, load};
 
+pub mod wrk;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -343,11 +345,71 @@ pub fn apply_ready(current: &mut BTreeMap<u64, (i32, u64)>, records: &[Value]) {
     }
 }
 
-/// Sends `reloads` HUPs, each after the previous reload completed, while 32
-/// connections request continuously; checks that every reload replaced
-/// every worker (and, for exec'd workers, that each one's environment has
-/// the new generation) and that not one request failed. The master must
-/// have just been started (its `listening` record unread).
+/// Reloads a master under traffic and checks that each one replaced every
+/// worker: the generation of each slot's ready worker, from the log.
+pub struct Reloads {
+    current: BTreeMap<u64, (i32, u64)>,
+    workers: usize,
+    exec_workers: bool,
+}
+
+impl Reloads {
+    /// For a master just started (its `worker ready` records unread).
+    pub fn new(master: &mut Master, workers: usize, exec_workers: bool) -> Reloads {
+        let current = master
+            .ready_workers()
+            .into_iter()
+            .map(|(slot, pid)| (slot, (pid, 1)))
+            .collect();
+        Reloads {
+            current,
+            workers,
+            exec_workers,
+        }
+    }
+
+    /// Sends `count` HUPs, each after the previous reload completed and
+    /// `more(n)` saw `n` more requests served, so each one happens under
+    /// load; checks that every reload replaced every worker (and, for
+    /// exec'd workers, that each one's environment has the new generation).
+    pub fn run(&mut self, master: &mut Master, count: u64, more: impl Fn(u64)) {
+        more(200);
+        for _ in 0..count {
+            let target = self.current.values().map(|w| w.1).max().unwrap_or(1) + 1;
+            let before: BTreeSet<i32> = self.current.values().map(|w| w.0).collect();
+            master.signal(libc::SIGHUP);
+            let records =
+                master.collect_until("reload complete", |r| r["msg"] == "reload complete");
+            let started = records
+                .iter()
+                .find(|r| r["msg"] == "reload started")
+                .expect("reload started");
+            assert_eq!(started["generation"], target);
+            assert_eq!(started["workers"], self.workers);
+            assert_eq!(records.last().unwrap()["generation"], target);
+            apply_ready(&mut self.current, &records);
+            assert_eq!(self.current.len(), self.workers);
+            for (slot, &(pid, generation)) in &self.current {
+                assert_eq!(generation, target, "slot {slot} after reload {target}");
+                assert!(!before.contains(&pid), "slot {slot} still has pid {pid}");
+                // /proc shows the environment a process was exec'd with, so
+                // a forked worker's (cluster mode) is its master's.
+                if self.exec_workers {
+                    assert_eq!(
+                        environ(pid, "RCLUSTER_GENERATION"),
+                        Some(target.to_string())
+                    );
+                }
+            }
+            more(100);
+        }
+    }
+}
+
+/// Sends `reloads` HUPs while 32 connections of the project's client
+/// request continuously (see `Reloads::run`), and checks that not one
+/// request failed. The master must have just been started (its `listening`
+/// record unread).
 pub fn reload_under_load(
     master: &mut Master,
     workers: usize,
@@ -356,47 +418,38 @@ pub fn reload_under_load(
     exec_workers: bool,
 ) -> load::Samples {
     let addr = master.listening();
-    let mut current: BTreeMap<u64, (i32, u64)> = master
-        .ready_workers()
-        .into_iter()
-        .map(|(slot, pid)| (slot, (pid, 1)))
-        .collect();
+    let mut reloading = Reloads::new(master, workers, exec_workers);
     let load = load::Load::start(addr, 32, keep_alive);
-    load.wait_for_more(200);
-    for target in 2..=reloads + 1 {
-        let before: BTreeSet<i32> = current.values().map(|w| w.0).collect();
-        master.signal(libc::SIGHUP);
-        let records = master.collect_until("reload complete", |r| r["msg"] == "reload complete");
-        let started = records
-            .iter()
-            .find(|r| r["msg"] == "reload started")
-            .expect("reload started");
-        assert_eq!(started["generation"], target);
-        assert_eq!(started["workers"], workers);
-        assert_eq!(records.last().unwrap()["generation"], target);
-        apply_ready(&mut current, &records);
-        assert_eq!(current.len(), workers);
-        for (slot, &(pid, generation)) in &current {
-            assert_eq!(generation, target, "slot {slot} after reload {target}");
-            assert!(!before.contains(&pid), "slot {slot} still has pid {pid}");
-            // /proc shows the environment a process was exec'd with, so a
-            // forked worker's (cluster mode) is its master's.
-            if exec_workers {
-                assert_eq!(
-                    environ(pid, "RCLUSTER_GENERATION"),
-                    Some(target.to_string())
-                );
-            }
-        }
-        // Traffic flows between reloads, so each one happens under load.
-        load.wait_for_more(100);
-    }
+    reloading.run(master, reloads, |n| load.wait_for_more(n));
     let stats = load.finish();
     assert_eq!(
         stats.failed(),
         0,
         "failed requests during reloads: {:?}",
         stats.errors
+    );
+    stats
+}
+
+/// The same under wrk (`wrk -t2 -c32`, keep-alive or `Connection: close`):
+/// zero socket errors and zero non-2xx answers.
+pub fn reload_under_wrk(
+    master: &mut Master,
+    workers: usize,
+    keep_alive: bool,
+    reloads: u64,
+    exec_workers: bool,
+) -> wrk::WrkStats {
+    let addr = master.listening();
+    let mut reloading = Reloads::new(master, workers, exec_workers);
+    let wrk = wrk::Wrk::start(addr, 32, keep_alive);
+    reloading.run(master, reloads, |n| wrk.wait_for_more(n));
+    let stats = wrk.finish();
+    assert!(stats.requests > 0, "wrk served nothing: {stats:?}");
+    assert_eq!(
+        stats.failed(),
+        0,
+        "wrk counted failures during reloads: {stats:?}"
     );
     stats
 }
