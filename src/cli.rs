@@ -13,6 +13,7 @@ use crate::client;
 use crate::config::{self, Config, Control, LogFormat};
 use crate::error::Error;
 use crate::listen::ListenSpec;
+use crate::shim::Mode as ShimMode;
 use crate::supervisor::policy::{ReadyRule, RestartDelay};
 use crate::vocab::parse_duration;
 
@@ -144,7 +145,8 @@ struct Args {
     pid_file: Option<PathBuf>,
 
     /// The control socket for `rcluster status|reload|scale|stop`, or
-    /// `none`; default: beside the pid file, else $XDG_RUNTIME_DIR or /run
+    /// `none`; default: NAME.sock in $XDG_RUNTIME_DIR/rcluster,
+    /// /run/rcluster (root) or /tmp/rcluster-UID
     #[arg(long, env = "RCLUSTER_CONTROL", value_name = "PATH")]
     control: Option<PathBuf>,
 
@@ -155,6 +157,19 @@ struct Args {
     /// Run the workers with this group (default: the user's)
     #[arg(long, env = "RCLUSTER_GROUP", value_name = "GROUP")]
     group: Option<String>,
+
+    /// For a server that binds its own port (`app.listen(3000)`): its
+    /// bind() to a --listen port (or to any port, with one listener) gets
+    /// rcluster's socket instead; implies --http-drain. Not for statically
+    /// linked servers (Go)
+    #[arg(long, env = "RCLUSTER_ADOPT_BIND")]
+    adopt_bind: bool,
+
+    /// Drain for a server that cannot: on its stop signal, take it off the
+    /// listeners, mark each response `Connection: close`, close idle
+    /// connections after 500ms, and pass the signal on once none is left
+    #[arg(long, env = "RCLUSTER_HTTP_DRAIN")]
+    http_drain: bool,
 
     /// Read the workers' stdout and stderr and write them line by line,
     /// prefixed with the slot (`[2] ...`), or as JSON records
@@ -254,6 +269,11 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
         pid_file: args.pid_file,
         log_file: args.log_file,
         log_prefix: args.log_prefix,
+        shim: match (args.adopt_bind, args.http_drain) {
+            (true, _) => Some(ShimMode::AdoptAndDrain),
+            (false, true) => Some(ShimMode::Drain),
+            (false, false) => None,
+        },
         user: args.user,
         group: args.group,
         log_format: match args.log_format {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::listen::ListenSpec;
+use crate::shim::Mode as ShimMode;
 use crate::supervisor::policy::{Policy, ReadyRule, RestartDelay};
 
 pub const DEFAULT_BACKLOG: u32 = 2048;
@@ -56,6 +57,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Workers' stdout and stderr through the master, prefixed by slot.
     pub log_prefix: bool,
+    /// `--adopt-bind` or `--http-drain`: the shim in every worker.
+    pub shim: Option<ShimMode>,
     pub user: Option<String>,
     pub group: Option<String>,
     pub command: Vec<OsString>,
@@ -86,6 +89,7 @@ impl Config {
             log_level: slog::Level::Info,
             log_file: None,
             log_prefix: false,
+            shim: None,
             user: None,
             group: None,
             command: Vec::new(),

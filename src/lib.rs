@@ -69,9 +69,12 @@ pub(crate) mod listen;
 pub(crate) mod notify;
 pub(crate) mod output;
 pub(crate) mod pidfile;
+pub(crate) mod portcheck;
 #[doc(hidden)]
 pub mod reap;
 pub(crate) mod rundir;
+#[doc(hidden)]
+pub mod shim;
 pub(crate) mod signals;
 pub(crate) mod status;
 pub(crate) mod supervisor;

@@ -9,6 +9,7 @@ use rcluster::client;
 use rcluster::launch::exec::ExecLauncher;
 use rcluster::log::Log;
 use rcluster::setup::Setup;
+use rcluster::shim::Shim;
 use rcluster::spawn::command::{self, Identity};
 
 fn main() -> ExitCode {
@@ -63,14 +64,28 @@ fn fail(e: &rcluster::Error) -> ExitCode {
 fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Error> {
     let command = command::resolve(&config.command)?;
     let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
+    let shim = match config.shim {
+        Some(mode) => {
+            let shim = Shim::new(mode).map_err(|source| rcluster::Error::Os {
+                op: "preparing the shim (memfd_create)".into(),
+                source,
+            })?;
+            shim.check(&command.path(), &command.display())?;
+            Some(shim)
+        }
+        None => None,
+    };
     let setup = Setup::new(config, log)?;
-    let launcher = ExecLauncher::new(
+    let mut launcher = ExecLauncher::new(
         command,
         setup.listener_fds(),
         setup.worker_vars(true),
         identity,
         config.log_prefix,
     );
+    if let Some(shim) = shim {
+        launcher = launcher.with_shim(shim, config.stop_signal);
+    }
     // Whatever the workers start comes back to the master if orphaned, so
     // nothing they start can outlive them unnoticed.
     if let Err(e) = rcluster::reap::become_subreaper() {

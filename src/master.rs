@@ -8,7 +8,7 @@
 //! up zero times a second. How workers are started is the [`Launch`]er's
 //! business; what was set up before the loop is `setup.rs`'s.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use crate::launch::{Launch, Launched, Reaping};
 use crate::log::{Log, render};
 use crate::notify::{self, Datagram, Manager, NotifySocket};
 use crate::output::{Output, Stream};
+use crate::portcheck;
 use crate::reap;
 use crate::setup::Setup;
 use crate::signals::{self, Signals};
@@ -62,6 +63,10 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
     } = setup;
     let supervisor = Supervisor::new(policy);
     let mut master = Master::new(supervisor, launcher, signals, notify, control, info, log)?;
+    master.listener_inodes = listeners
+        .iter()
+        .filter_map(|l| portcheck::inode(l.fd()))
+        .collect();
     let outcome = master.run();
     drop(master);
     drop(listeners);
@@ -90,6 +95,9 @@ struct Master<'a, L: Launch> {
     pidfds: HashMap<Pid, OwnedFd>,
     /// Notify datagrams dropped: not from a worker, or not its user.
     notify_dropped: u64,
+    /// The listeners' socket inodes: a worker's other listening sockets
+    /// are ports of its own.
+    listener_inodes: BTreeSet<u64>,
     /// The notify socket was not drained to the end last turn.
     notify_pending: bool,
     log: &'a Log,
@@ -139,6 +147,7 @@ impl<'a, L: Launch> Master<'a, L> {
             exec_pipes: HashMap::new(),
             pidfds: HashMap::new(),
             notify_dropped: 0,
+            listener_inodes: BTreeSet::new(),
             notify_pending: false,
             log,
             outcome: None,
@@ -521,6 +530,24 @@ impl<'a, L: Launch> Master<'a, L> {
                     if libc::kill(-pid.as_raw(), libc::SIGKILL) != 0 {
                         libc::kill(pid.as_raw(), libc::SIGKILL);
                     }
+                }
+            }
+            Action::CheckListeners { pid } => {
+                let Some(pidfd) = self.pidfds.get(&pid) else {
+                    return;
+                };
+                let ports = portcheck::own_ports(pid, pidfd.as_fd(), &self.listener_inodes);
+                if !ports.is_empty() {
+                    self.log.emit(&Record::OwnPorts {
+                        pid,
+                        ports,
+                        ours: self
+                            .info
+                            .listeners
+                            .iter()
+                            .map(|(_, addr)| addr.clone())
+                            .collect(),
+                    });
                 }
             }
             Action::Log(record) => self.log.emit(&record),

@@ -3,13 +3,13 @@
 //! needs is built before the fork ([`ChildPlan`]); what runs between fork
 //! and exec is `spawn/child.rs`.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use libc::c_char;
 use nix::fcntl::OFlag;
 
+use crate::shim::Shim;
 use crate::spawn::child::{self, ChildPlan, PID_DIGITS};
 use crate::spawn::command::{Command, Identity};
 use crate::spawn::env::{Value, WorkerEnv, slot_vars};
@@ -24,8 +24,12 @@ pub struct ExecLauncher {
     command: Command,
     /// The master's environment without ours, and ours.
     env: WorkerEnv,
-    /// Listener fds, in order: they become fds 3, 4, … in the worker.
+    /// Listener fds, in order: they become fds 3, 4, … in the worker; then
+    /// the shim's, if any.
     fds: Vec<RawFd>,
+    /// Loaded by every worker (`--adopt-bind`, `--http-drain`); owned here
+    /// so its fd lives as long as the launcher.
+    shim: Option<Shim>,
     identity: Option<Identity>,
     /// Give each worker pipes for stdout and stderr (`--log-prefix`).
     capture_output: bool,
@@ -47,10 +51,23 @@ impl ExecLauncher {
             command,
             env: WorkerEnv::new(vars),
             fds,
+            shim: None,
             identity,
             capture_output,
             parent: std::process::id() as libc::pid_t,
         }
+    }
+
+    /// Every worker loads `shim`, inherited after the listeners. Its
+    /// variables replace any of the master's of the same name.
+    pub fn with_shim(mut self, shim: Shim, stop_signal: i32) -> ExecLauncher {
+        let vars = shim.vars(3 + self.fds.len() as RawFd, stop_signal);
+        self.fds.push(shim.fd());
+        self.shim = Some(shim);
+        let mut all = self.env.vars;
+        all.extend(vars);
+        self.env = WorkerEnv::new(all);
+        self
     }
 
     fn plan(&self, slot: SlotId, generation: Generation) -> ChildPlan {
@@ -136,12 +153,6 @@ impl Launch for ExecLauncher {
     }
 
     fn describe(&self) -> String {
-        self.command
-            .argv
-            .first()
-            .map(CString::as_bytes)
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default()
-            .into_owned()
+        self.command.display()
     }
 }

@@ -67,9 +67,7 @@ impl Fields<'_> {
 
     fn exit(&mut self, exit: Exit) -> &mut Self {
         match exit {
-            Exit::Code(code) => {
-                self.put("code", Value::I64(code.into()))
-            }
+            Exit::Code(code) => self.put("code", Value::I64(code.into())),
             Exit::Signaled {
                 signal,
                 core_dumped,
@@ -401,6 +399,19 @@ pub fn render(record: &Record, out: &mut dyn Out) {
         NotifyIgnored { pid, why } => {
             r.pid(*pid).str("reason", why);
             r.say(format_args!("notify message from pid {pid} ignored: {why}"))
+        }
+        OwnPorts { pid, ports, ours } => {
+            let list =
+                |items: &mut dyn Iterator<Item = String>| items.collect::<Vec<_>>().join(", ");
+            let ports = list(&mut ports.iter().map(u16::to_string));
+            let ours = list(&mut ours.iter().cloned());
+            r.pid(*pid).str("ports", &ports).str("listen", &ours);
+            r.say(format_args!(
+                "worker (pid {pid}) listens on port {ports}, a socket of its own, not only on the \
+                 one rcluster passed it ({ours}): clients of port {ports} bypass rcluster, and \
+                 no other worker can bind it; have the server use fd 3 (LISTEN_FDS), or run \
+                 rcluster with --adopt-bind (README: \"A server that binds its own port\")"
+            ))
         }
         OsError { op, error } => {
             r.str("op", op).str("error", error);

@@ -23,6 +23,21 @@ pub struct Command {
     pub argv: Vec<CString>,
 }
 
+impl Command {
+    /// The program's path, as resolved.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(OsStr::from_bytes(self.program.as_bytes()))
+    }
+
+    /// The command's name as given, for messages.
+    pub fn display(&self) -> String {
+        self.argv
+            .first()
+            .map(|a| String::from_utf8_lossy(a.as_bytes()).into_owned())
+            .unwrap_or_default()
+    }
+}
+
 pub fn resolve(command: &[OsString]) -> Result<Command, Error> {
     let name = command
         .first()

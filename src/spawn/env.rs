@@ -87,7 +87,7 @@ pub fn slot_vars(slot: SlotId, generation: Generation) -> [(&'static str, String
 }
 
 /// One variable of a worker's environment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Text(String),
     /// The worker's own pid, known only after fork (`LISTEN_PID`).

@@ -166,6 +166,11 @@ pub enum Action {
     FindStrays {
         of: Option<Pid>,
     },
+    /// See whether the worker listens on a TCP port of its own rather than
+    /// on the sockets it was given; log a warning if so. Nothing to answer.
+    CheckListeners {
+        pid: Pid,
+    },
     Log(Record),
     NotifyManager(ManagerState),
     /// A reload ended: clients waiting for it (`rcluster reload --wait`)

@@ -117,6 +117,9 @@ pub struct Supervisor {
     announced_ready: bool,
     /// How many slots have a ready worker.
     ready_slots: usize,
+    /// The newest generation whose first ready worker was looked at for a
+    /// port of its own.
+    listeners_checked: Generation,
     /// Spawn actions out whose answer was not seen yet.
     spawns_in_flight: usize,
     /// Some worker's exec succeeded once: from then on an exec failure is
@@ -151,6 +154,7 @@ impl Supervisor {
             started: None,
             announced_ready: false,
             ready_slots: 0,
+            listeners_checked: 0,
             spawns_in_flight: 0,
             ever_started: false,
             timers: Timers::default(),
@@ -1062,8 +1066,15 @@ impl Supervisor {
             since: now,
             watchdog_by: self.policy.watchdog.map(|d| now + d),
         };
+        let generation = worker.generation;
         self.set_state(pid, ready);
         self.log(record);
+        // A server that binds a port of its own serves nobody on ours:
+        // looked for once per generation, in its first ready worker.
+        if generation > self.listeners_checked {
+            self.listeners_checked = generation;
+            self.actions.push(Action::CheckListeners { pid });
+        }
     }
 
     /// Sends the stop signal to a worker that is starting or serving; it

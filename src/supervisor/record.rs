@@ -194,6 +194,15 @@ pub enum Record {
         path: String,
         error: Option<String>,
     },
+    /// A ready worker listens on TCP ports of its own, besides or instead
+    /// of the sockets it was given: nobody who connects to rcluster's
+    /// addresses reaches it there.
+    OwnPorts {
+        pid: Pid,
+        ports: Vec<u16>,
+        /// rcluster's own addresses, for the message.
+        ours: Vec<String>,
+    },
     /// The default control socket was taken; the master uses another.
     ControlMoved {
         from: String,
@@ -250,6 +259,7 @@ impl Record {
             Control { error: None, .. } => ("control socket", Info),
             Control { error: Some(_), .. } => ("control socket", Warning),
             ControlMoved { .. } => ("control socket", Warning),
+            OwnPorts { .. } => ("worker listens on its own port", Warning),
         }
     }
 

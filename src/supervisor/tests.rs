@@ -1341,3 +1341,27 @@ fn the_master_exits_only_once_nothing_the_workers_left_behind_runs() {
     let acts = sim.exit(stray, 137);
     assert_eq!(exit_code(&acts), Some(0));
 }
+
+#[test]
+fn the_first_ready_worker_of_each_generation_is_looked_at_for_a_port_of_its_own() {
+    let checks = |acts: &[Action]| -> Vec<Pid> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::CheckListeners { pid } => Some(*pid),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut p = policy(2);
+    p.ready = ReadyRule::Notify;
+    let mut sim = Sim::new(p);
+    let pids = spawned(&sim.feed(Event::Start));
+    assert_eq!(checks(&sim.notify(pids[0], NotifyMsg::Ready)), [pids[0]]);
+    assert!(checks(&sim.notify(pids[1], NotifyMsg::Ready)).is_empty());
+    // A restart in the same generation: not again.
+    let restarted = spawned(&sim.at(5000).exit(pids[1], 1))[0];
+    assert!(checks(&sim.notify(restarted, NotifyMsg::Ready)).is_empty());
+    // A reload's first ready worker: once more.
+    let new = spawned(&sim.signal(MasterSignal::Reload))[0];
+    assert_eq!(checks(&sim.notify(new, NotifyMsg::Ready)), [new]);
+}

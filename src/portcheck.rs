@@ -1,0 +1,112 @@
+//! Whether a worker listens on TCP ports of its own. A server that calls
+//! `listen(3000)` itself runs under rcluster without an error and serves
+//! nobody on rcluster's address; the master looks once per generation (when
+//! its first worker is ready) and warns.
+//!
+//! It looks at the worker's own sockets only, never the namespace's socket
+//! table (`/proc/net/tcp` lists every connection on the host, tens of
+//! thousands in TIME_WAIT under load, and reading it stalled the master for
+//! a second): each socket the worker holds that is not one of rcluster's is
+//! copied into the master for a moment (`pidfd_getfd`) and asked whether it
+//! listens, and on which port.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use crate::vocab::Pid;
+
+/// The TCP ports the worker `pid` (whose pidfd is `pidfd`) listens on
+/// through sockets other than `ours` (the inodes of rcluster's listeners).
+/// Empty if it cannot be told (`pidfd_getfd` needs Linux 5.6).
+pub fn own_ports(pid: Pid, pidfd: BorrowedFd<'_>, ours: &BTreeSet<u64>) -> Vec<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut ports = Vec::new();
+    for entry in fds.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let socket_inode = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse::<u64>().ok());
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if socket_inode.is_none_or(|inode| ours.contains(&inode)) {
+            continue;
+        }
+        if let Some(port) = copy_fd(pidfd, fd).and_then(|socket| tcp_listening_port(&socket)) {
+            ports.push(port);
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// A copy of the worker's `fd` (close-on-exec), or `None`.
+fn copy_fd(pidfd: BorrowedFd<'_>, fd: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_getfd only reads its integer arguments; a new fd it
+    // returns is ours alone.
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    // SAFETY: a fresh fd, owned from here.
+    (copy >= 0).then(|| unsafe { OwnedFd::from_raw_fd(copy as i32) })
+}
+
+/// The port a listening TCP socket is bound to.
+fn tcp_listening_port(socket: &OwnedFd) -> Option<u16> {
+    let socket = socket2::SockRef::from(socket);
+    if !socket.is_listener().ok()? {
+        return None;
+    }
+    socket
+        .local_addr()
+        .ok()?
+        .as_socket()
+        .map(|addr| addr.port())
+}
+
+/// The inode of a file descriptor's socket (to recognize ours in a worker).
+pub fn inode(fd: std::os::fd::RawFd) -> Option<u64> {
+    std::fs::metadata(format!("/proc/self/fd/{fd}"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    #[test]
+    fn a_port_of_a_child_is_found_and_ours_and_unix_sockets_are_not() {
+        let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dir = std::env::temp_dir().join(format!("portcheck-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let unix = std::os::unix::net::UnixListener::bind(&dir).unwrap();
+        let port = own.local_addr().unwrap().port();
+        let ours_inode = inode(ours.as_raw_fd()).unwrap();
+        // This process stands in for the worker: its own pidfd works too.
+        let me = Pid::from_raw(std::process::id() as i32);
+        // SAFETY: pidfd_open on our own pid.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, me.as_raw(), 0) };
+        assert!(pidfd >= 0);
+        // SAFETY: a fresh fd.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+        let found = own_ports(me, pidfd.as_fd(), &BTreeSet::from([ours_inode]));
+        assert!(found.contains(&port), "{found:?}");
+        assert!(!found.contains(&ours.local_addr().unwrap().port()));
+        drop(unix);
+        let _ = std::fs::remove_file(&dir);
+    }
+}
