@@ -27,10 +27,10 @@ pub fn reloads_lose_nothing(name: &str, exec_workers: bool, start: impl Fn() -> 
         let mode = if keep_alive { "keep-alive" } else { "close" };
         let mut master = start();
         let ours = reload_under_load(&mut master, 2, keep_alive, RELOADS, exec_workers);
-        stop(master);
+        master.stop_cleanly();
         let mut master = start();
         let wrk = reload_under_wrk(&mut master, 2, keep_alive, RELOADS, exec_workers);
-        stop(master);
+        master.stop_cleanly();
         eprintln!(
             "{name}, {mode}, {RELOADS} reloads: our client {} served, {} failed; \
              wrk {} served, {} failed (p50 {} us, p99 {} us)",
@@ -42,17 +42,6 @@ pub fn reloads_lose_nothing(name: &str, exec_workers: bool, start: impl Fn() -> 
             wrk.p99_us,
         );
     }
-}
-
-/// TERM, a clean exit, and no worker that had to be killed.
-fn stop(mut master: Master) {
-    master.signal(libc::SIGTERM);
-    assert_eq!(master.wait_exit().code(), Some(0));
-    assert!(
-        !master.log_text().contains("SIGKILL"),
-        "a worker had to be killed:\n{}",
-        master.log_text()
-    );
 }
 
 /// rcluster with 2 workers on a port of its choice, `--ready notify`.
@@ -190,7 +179,7 @@ fn examples_refuse_a_connection_not_the_server_when_out_of_threads_or_fds() {
             "{name}: the same worker serves on\n{}",
             master.log_text()
         );
-        stop(master);
+        master.stop_cleanly();
     }
 }
 

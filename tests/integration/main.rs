@@ -9,6 +9,7 @@ mod support;
 #[path = "../../benches/reload/bench/mod.rs"]
 mod bench;
 
+mod adopt;
 mod bench_quick;
 mod cli_errors;
 mod cluster;
@@ -29,5 +30,6 @@ mod reload;
 mod restart;
 mod scale;
 mod security;
+mod servers;
 mod start;
 mod stop;

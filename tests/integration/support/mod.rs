@@ -3,6 +3,7 @@
 
 pub use crate::bench::{http, load};
 
+pub mod installs;
 pub mod wrk;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -301,6 +302,18 @@ impl Master {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("rcluster did not exit within {WAIT:?}");
+    }
+
+    /// TERM; checks that the master exits 0 and that no worker had to be
+    /// killed (each drained in time).
+    pub fn stop_cleanly(mut self) {
+        self.signal(libc::SIGTERM);
+        assert_eq!(self.wait_exit().code(), Some(0), "{}", self.log_text());
+        assert!(
+            !self.log_text().contains("SIGKILL"),
+            "a worker had to be killed:\n{}",
+            self.log_text()
+        );
     }
 
     /// Every line rcluster and its workers wrote to stderr so far.
