@@ -536,7 +536,7 @@ impl<'a, L: Launch> Master<'a, L> {
                 let Some(pidfd) = self.pidfds.get(&pid) else {
                     return;
                 };
-                let ports = portcheck::own_ports(pid, pidfd.as_fd(), &self.listener_inodes);
+                let ports = portcheck::own_ports(pidfd.as_fd(), &self.listener_inodes);
                 if !ports.is_empty() {
                     self.log.emit(&Record::OwnPorts {
                         pid,

@@ -3,47 +3,35 @@
 //! nobody on rcluster's address; the master looks once per generation (when
 //! its first worker is ready) and warns.
 //!
-//! It looks at the worker's own sockets only, never the namespace's socket
+//! It looks at the worker's own fds only, never the namespace's socket
 //! table (`/proc/net/tcp` lists every connection on the host, tens of
 //! thousands in TIME_WAIT under load, and reading it stalled the master for
-//! a second): each socket the worker holds that is not one of rcluster's is
-//! copied into the master for a moment (`pidfd_getfd`) and asked whether it
-//! listens, and on which port.
+//! a second): each fd the worker holds is copied into the master for a
+//! moment (`pidfd_getfd`) and, if it is a socket that is not one of
+//! rcluster's, asked whether it listens, and on which port.
 
 use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use crate::vocab::Pid;
+/// How many of a worker's fd numbers are looked at: a server opens its
+/// listening socket early, and each number is one cheap syscall.
+const FDS_LOOKED_AT: i32 = 1024;
 
-/// The TCP ports the worker `pid` (whose pidfd is `pidfd`) listens on
-/// through sockets other than `ours` (the inodes of rcluster's listeners).
-/// Empty if it cannot be told (`pidfd_getfd` needs Linux 5.6).
-pub fn own_ports(pid: Pid, pidfd: BorrowedFd<'_>, ours: &BTreeSet<u64>) -> Vec<u16> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
+/// The TCP ports the worker whose pidfd is `pidfd` listens on through
+/// sockets other than `ours` (the inodes of rcluster's listeners), among
+/// its first [`FDS_LOOKED_AT`] fds. Empty if it cannot be told
+/// (`pidfd_getfd` needs Linux 5.6).
+pub fn own_ports(pidfd: BorrowedFd<'_>, ours: &BTreeSet<u64>) -> Vec<u16> {
     let mut ports = Vec::new();
-    for entry in fds.flatten() {
-        let Ok(target) = std::fs::read_link(entry.path()) else {
+    for fd in 0..FDS_LOOKED_AT {
+        let Some(copy) = copy_fd(pidfd, fd) else {
             continue;
         };
-        let socket_inode = target
-            .to_str()
-            .and_then(|t| t.strip_prefix("socket:["))
-            .and_then(|t| t.strip_suffix(']'))
-            .and_then(|t| t.parse::<u64>().ok());
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if socket_inode.is_none_or(|inode| ours.contains(&inode)) {
-            continue;
-        }
-        if let Some(port) = copy_fd(pidfd, fd).and_then(|socket| tcp_listening_port(&socket)) {
+        let ino = nix::sys::stat::fstat(&copy).map(|st| st.st_ino);
+        if ino.is_ok_and(|ino| !ours.contains(&ino))
+            && let Some(port) = tcp_listening_port(&copy)
+        {
             ports.push(port);
         }
     }
@@ -86,6 +74,7 @@ mod tests {
     use std::os::fd::AsFd;
 
     use super::*;
+    use crate::vocab::Pid;
 
     #[test]
     fn a_port_of_a_child_is_found_and_ours_and_unix_sockets_are_not() {
@@ -103,7 +92,7 @@ mod tests {
         assert!(pidfd >= 0);
         // SAFETY: a fresh fd.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-        let found = own_ports(me, pidfd.as_fd(), &BTreeSet::from([ours_inode]));
+        let found = own_ports(pidfd.as_fd(), &BTreeSet::from([ours_inode]));
         assert!(found.contains(&port), "{found:?}");
         assert!(!found.contains(&ours.local_addr().unwrap().port()));
         drop(unix);
