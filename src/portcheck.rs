@@ -25,8 +25,12 @@ const FDS_LOOKED_AT: i32 = 1024;
 pub fn own_ports(pidfd: BorrowedFd<'_>, ours: &BTreeSet<u64>) -> Vec<u16> {
     let mut ports = Vec::new();
     for fd in 0..FDS_LOOKED_AT {
-        let Some(copy) = copy_fd(pidfd, fd) else {
-            continue;
+        let copy = match copy_fd(pidfd, fd) {
+            Ok(copy) => copy,
+            Err(nix::errno::Errno::EBADF) => continue,
+            // Not permitted (ptrace rules), not supported, or the worker
+            // is gone: no fd will do better.
+            Err(_) => break,
         };
         let ino = nix::sys::stat::fstat(&copy).map(|st| st.st_ino);
         if ino.is_ok_and(|ino| !ours.contains(&ino))
@@ -40,13 +44,16 @@ pub fn own_ports(pidfd: BorrowedFd<'_>, ours: &BTreeSet<u64>) -> Vec<u16> {
     ports
 }
 
-/// A copy of the worker's `fd` (close-on-exec), or `None`.
-fn copy_fd(pidfd: BorrowedFd<'_>, fd: i32) -> Option<OwnedFd> {
+/// A copy of the worker's `fd` (close-on-exec); EBADF if it has none.
+fn copy_fd(pidfd: BorrowedFd<'_>, fd: i32) -> nix::Result<OwnedFd> {
     // SAFETY: pidfd_getfd only reads its integer arguments; a new fd it
     // returns is ours alone.
     let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if copy < 0 {
+        return Err(nix::errno::Errno::last());
+    }
     // SAFETY: a fresh fd, owned from here.
-    (copy >= 0).then(|| unsafe { OwnedFd::from_raw_fd(copy as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(copy as i32) })
 }
 
 /// The port a listening TCP socket is bound to.
