@@ -448,22 +448,24 @@ static ssize_t drain_write(int fd, const struct iovec *iov, int count, int flags
     return (ssize_t)head_len + (r > 0 ? r : 0);
 }
 
+/* drain_write for one buffer. Once active, every real function is
+ * resolved (the constructor did it), so only each wrapper's own is needed
+ * before. */
+static ssize_t drain_buffer(int fd, const void *buf, size_t n, int flags, int *done) {
+    struct iovec one = {(void *)buf, n};
+    *done = 0;
+    return cfg.active ? drain_write(fd, &one, 1, flags, done) : 0;
+}
+
 ssize_t write(int fd, const void *buf, size_t n) {
     NEED(write);
-    NEED(sendmsg);
-    NEED(writev);
-    int done = 0;
-    ssize_t r = 0;
-    if (cfg.active) {
-        struct iovec one = {(void *)buf, n};
-        r = drain_write(fd, &one, 1, 0, &done);
-    }
+    int done;
+    ssize_t r = drain_buffer(fd, buf, n, 0, &done);
     return done ? r : real_write(fd, buf, n);
 }
 
 ssize_t writev(int fd, const struct iovec *iov, int count) {
     NEED(writev);
-    NEED(sendmsg);
     int done = 0;
     ssize_t r = cfg.active ? drain_write(fd, iov, count, 0, &done) : 0;
     return done ? r : real_writev(fd, iov, count);
@@ -471,34 +473,21 @@ ssize_t writev(int fd, const struct iovec *iov, int count) {
 
 ssize_t send(int fd, const void *buf, size_t n, int flags) {
     NEED(send);
-    NEED(sendmsg);
-    NEED(writev);
-    int done = 0;
-    ssize_t r = 0;
-    if (cfg.active) {
-        struct iovec one = {(void *)buf, n};
-        r = drain_write(fd, &one, 1, flags, &done);
-    }
+    int done;
+    ssize_t r = drain_buffer(fd, buf, n, flags, &done);
     return done ? r : real_send(fd, buf, n, flags);
 }
 
 ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr,
                socklen_t len) {
     NEED(sendto);
-    NEED(sendmsg);
-    NEED(writev);
     int done = 0;
-    ssize_t r = 0;
-    if (cfg.active && !addr) {
-        struct iovec one = {(void *)buf, n};
-        r = drain_write(fd, &one, 1, flags, &done);
-    }
+    ssize_t r = addr ? 0 : drain_buffer(fd, buf, n, flags, &done);
     return done ? r : real_sendto(fd, buf, n, flags, addr, len);
 }
 
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
     NEED(sendmsg);
-    NEED(writev);
     int done = 0;
     ssize_t r = 0;
     if (cfg.active && !msg->msg_name && !msg->msg_controllen && msg->msg_iovlen <= MAX_IOV)
