@@ -171,6 +171,12 @@ struct Args {
     #[arg(long, env = "RCLUSTER_HTTP_DRAIN")]
     http_drain: bool,
 
+    /// Where each worker's stderr goes: `master` (through the master, which
+    /// keeps its last lines for the exit record and `rcluster status`) or
+    /// `direct` (the master's stderr, untouched)
+    #[arg(long, env = "RCLUSTER_WORKER_STDERR", value_enum, default_value_t = WorkerStderr::Master)]
+    worker_stderr: WorkerStderr,
+
     /// Read the workers' stdout and stderr and write them line by line,
     /// prefixed with the slot (`[2] ...`), or as JSON records
     #[arg(long, env = "RCLUSTER_LOG_PREFIX")]
@@ -192,6 +198,12 @@ struct Args {
     /// The server to run, and its arguments
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum WorkerStderr {
+    Master,
+    Direct,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -269,6 +281,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
         pid_file: args.pid_file,
         log_file: args.log_file,
         log_prefix: args.log_prefix,
+        capture_stderr: matches!(args.worker_stderr, WorkerStderr::Master),
         shim: match (args.adopt_bind, args.http_drain) {
             (true, _) => Some(ShimMode::AdoptAndDrain),
             (false, true) => Some(ShimMode::Drain),

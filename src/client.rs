@@ -61,6 +61,10 @@ pub enum Command {
         /// The raw JSON
         #[arg(long)]
         json: bool,
+        /// One slot in detail: its worker, and the last lines on stderr of
+        /// the worker before it and of this one
+        #[arg(long, value_name = "N")]
+        slot: Option<usize>,
         #[command(flatten)]
         target: Target,
     },
@@ -142,6 +146,11 @@ pub fn run(command: Command) -> ExitCode {
             timeout,
         } => return notify(*ready, *stopping, status.as_deref(), *pid, *timeout),
         Command::Ls { json } => return ls(*json),
+        Command::Status {
+            target,
+            slot: Some(slot),
+            ..
+        } => (target, json!({"cmd": "status", "slot": slot}), false),
         Command::Status { target, .. } => (target, json!({"cmd": "status"}), false),
         Command::Reload { wait, target } => (target, json!({"cmd": "reload", "wait": wait}), *wait),
         Command::Scale { workers, target } => {
@@ -208,8 +217,19 @@ pub fn run(command: Command) -> ExitCode {
                 serde_json::to_string_pretty(&response).unwrap_or_default()
             )
         }
-        Command::Status { json: false, .. } => {
+        Command::Status {
+            json: false,
+            slot: None,
+            ..
+        } => {
             let _ = std::io::stdout().write_all(status::table(&response).as_bytes());
+        }
+        Command::Status {
+            json: false,
+            slot: Some(_),
+            ..
+        } => {
+            let _ = std::io::stdout().write_all(status::slot_view(&response).as_bytes());
         }
         Command::Reload { wait: true, .. } => say!(
             "reload complete: generation {} in {} ms",

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::launch::Capture;
 use crate::listen::ListenSpec;
 use crate::shim::Mode as ShimMode;
 use crate::supervisor::policy::{Policy, ReadyRule, RestartDelay};
@@ -57,6 +58,9 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Workers' stdout and stderr through the master, prefixed by slot.
     pub log_prefix: bool,
+    /// Workers' stderr through the master (the default), so that it keeps
+    /// their last lines.
+    pub capture_stderr: bool,
     /// `--adopt-bind` or `--http-drain`: the shim in every worker.
     pub shim: Option<ShimMode>,
     pub user: Option<String>,
@@ -89,10 +93,20 @@ impl Config {
             log_level: slog::Level::Info,
             log_file: None,
             log_prefix: false,
+            capture_stderr: true,
             shim: None,
             user: None,
             group: None,
             command: Vec::new(),
+        }
+    }
+
+    /// Which of each worker's streams go through the master.
+    pub fn capture(&self) -> Capture {
+        Capture {
+            stdout: self.log_prefix,
+            stderr: self.log_prefix || self.capture_stderr,
+            prefixed: self.log_prefix,
         }
     }
 

@@ -40,10 +40,19 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Status,
-    Reload { wait: bool },
-    Scale { workers: usize },
-    Stop { wait: bool },
+    /// With a slot: also the last lines its workers wrote to stderr.
+    Status {
+        slot: Option<usize>,
+    },
+    Reload {
+        wait: bool,
+    },
+    Scale {
+        workers: usize,
+    },
+    Stop {
+        wait: bool,
+    },
 }
 
 /// A request, checked strictly: an object with a known `cmd`, only the
@@ -57,7 +66,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         .ok_or("a request is a JSON object, e.g. {\"cmd\":\"status\"}")?;
     let cmd = value["cmd"].as_str().unwrap_or_default();
     let takes: &[&str] = match cmd {
-        "status" => &["cmd"],
+        "status" => &["cmd", "slot"],
         "reload" | "stop" => &["cmd", "wait"],
         "scale" => &["cmd", "workers"],
         _ => return Err("unknown request: \"cmd\" must be status, reload, scale or stop".into()),
@@ -71,7 +80,15 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         Some(other) => return Err(format!("\"wait\" must be true or false, not {other}")),
     };
     match cmd {
-        "status" => Ok(Request::Status),
+        "status" => match value.get("slot") {
+            None => Ok(Request::Status { slot: None }),
+            Some(slot) => match slot.as_u64() {
+                Some(n) if n < crate::config::MAX_WORKERS as u64 => Ok(Request::Status {
+                    slot: Some(n as usize),
+                }),
+                _ => Err(format!("\"slot\" must be a slot number, not {slot}")),
+            },
+        },
         "reload" => Ok(Request::Reload { wait }),
         "stop" => Ok(Request::Stop { wait }),
         _ => match value["workers"].as_u64() {
@@ -302,12 +319,22 @@ impl ControlServer {
     /// Accepts every waiting client. Peers of another uid (other than
     /// root) get an error and are closed.
     pub fn accept(&mut self, registry: &Registry, now: Instant) {
+        let mut swept = false;
         loop {
             let (stream, _) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Clients that hung up may not have been seen yet
+                    // (their events can come after this one): their fds
+                    // first, then, if still out, turn the newcomer away.
+                    if !swept {
+                        swept = true;
+                        if self.close_hung_up(registry) {
+                            continue;
+                        }
+                    }
                     if self.shed_one() {
                         continue;
                     }
@@ -352,6 +379,32 @@ impl ControlServer {
                 );
             }
         }
+    }
+
+    /// Closes the connections whose client has hung up; true if any was.
+    fn close_hung_up(&mut self, registry: &Registry) -> bool {
+        let gone: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| {
+                let mut byte = [0u8; 1];
+                // SAFETY: a peek into a local buffer on a socket we own.
+                let n = unsafe {
+                    libc::recv(
+                        conn.stream.as_raw_fd(),
+                        byte.as_mut_ptr().cast(),
+                        1,
+                        libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                    )
+                };
+                n == 0
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &gone {
+            self.close(id, registry);
+        }
+        !gone.is_empty()
     }
 
     /// Out of fds: frees the reserve, accepts one client with it, tells it
@@ -550,7 +603,14 @@ mod tests {
 
     #[test]
     fn requests_parse_and_bad_ones_say_why() {
-        assert_eq!(parse_request(br#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(br#"{"cmd":"status"}"#),
+            Ok(Request::Status { slot: None })
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"status","slot":2}"#),
+            Ok(Request::Status { slot: Some(2) })
+        );
         assert_eq!(
             parse_request(br#"{"cmd":"reload","wait":true}"#),
             Ok(Request::Reload { wait: true })

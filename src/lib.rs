@@ -78,6 +78,7 @@ pub mod shim;
 pub(crate) mod signals;
 pub(crate) mod status;
 pub(crate) mod supervisor;
+pub(crate) mod usage;
 pub(crate) mod vocab;
 
 /// Opens `/dev/null` on any of fds 0, 1 and 2 that is closed, so a socket

@@ -81,7 +81,7 @@ fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Err
         setup.listener_fds(),
         setup.worker_vars(true),
         identity,
-        config.log_prefix,
+        config.capture(),
     );
     if let Some(shim) = shim {
         launcher = launcher.with_shim(shim, config.stop_signal);

@@ -19,19 +19,20 @@ use serde_json::{Value, json};
 
 use crate::control::{self, ControlServer, Request};
 use crate::error::Error;
-use crate::launch::{Launch, Launched, Reaping};
+use crate::launch::{Launch, Launched, OutputPipe, Reaping};
 use crate::log::{Log, render};
 use crate::notify::{self, Datagram, Manager, NotifySocket};
-use crate::output::{Output, Stream};
+use crate::output::{Output, Tail};
 use crate::portcheck;
 use crate::reap;
 use crate::setup::Setup;
 use crate::signals::{self, Signals};
-use crate::status::{self, Counts, MasterInfo};
+use crate::status::{self, Counts, MasterInfo, Observed};
 use crate::supervisor::Supervisor;
 use crate::supervisor::event::{Action, Event, MasterSignal, Outcome};
 use crate::supervisor::record::Record;
 use crate::supervisor::reload::ReloadOutcome;
+use crate::usage;
 use crate::vocab::{Generation, Pid, SlotId, errno_name};
 
 const SIGNALS: Token = Token(0);
@@ -95,6 +96,11 @@ struct Master<'a, L: Launch> {
     pidfds: HashMap<Pid, OwnedFd>,
     /// Notify datagrams dropped: not from a worker, or not its user.
     notify_dropped: u64,
+    /// The last lines on stderr of each slot's last exited worker.
+    last_words: HashMap<SlotId, (Pid, Tail)>,
+    /// Each worker's CPU time when last looked at, and the share of a CPU
+    /// it used up to then (for `status` and `/metrics`).
+    cpu_samples: HashMap<Pid, (Instant, u64, f64)>,
     /// The listeners' socket inodes: a worker's other listening sockets
     /// are ports of its own.
     listener_inodes: BTreeSet<u64>,
@@ -148,6 +154,8 @@ impl<'a, L: Launch> Master<'a, L> {
             pidfds: HashMap::new(),
             notify_dropped: 0,
             listener_inodes: BTreeSet::new(),
+            last_words: HashMap::new(),
+            cpu_samples: HashMap::new(),
             notify_pending: false,
             log,
             outcome: None,
@@ -194,11 +202,14 @@ impl<'a, L: Launch> Master<'a, L> {
             if self.notify_pending {
                 self.on_notify(now);
             }
+            let mut new_clients = false;
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signals(now),
                     NOTIFY => self.on_notify(now),
-                    CONTROL => self.on_control_listener(now),
+                    // After the clients' events: those that hung up free
+                    // their fds before new ones are accepted.
+                    CONTROL => new_clients = true,
                     token @ Token(CONTROL_BASE..OUTPUT_BASE) => self.on_control_client(token, now),
                     token @ Token(OUTPUT_BASE..PIDFD_BASE) => {
                         if let Some(id) = self.output.owns(token) {
@@ -218,6 +229,9 @@ impl<'a, L: Launch> Master<'a, L> {
                     }
                     Token(_) => {}
                 }
+            }
+            if new_clients {
+                self.on_control_listener(now);
             }
             if !self.log.congested() {
                 self.output.service_pending(self.poll.registry(), self.log);
@@ -286,12 +300,20 @@ impl<'a, L: Launch> Master<'a, L> {
     fn on_request(&mut self, id: usize, request: Request, now: Instant) {
         let running = self.supervisor.is_running();
         let response = match request {
-            Request::Status => {
+            Request::Status { slot } => {
                 let counts = Counts {
                     log_lines_lost: self.log.lines_lost(),
                     notify_dropped: self.notify_dropped,
                 };
-                Some(status::to_json(&self.supervisor, &self.info, counts, now))
+                let observed = self.observe(now);
+                Some(status::to_json(
+                    &self.supervisor,
+                    &self.info,
+                    counts,
+                    &observed,
+                    slot,
+                    now,
+                ))
             }
             Request::Reload { .. } | Request::Scale { .. } if !running => {
                 Some(control::error("the master is stopping"))
@@ -325,6 +347,60 @@ impl<'a, L: Launch> Master<'a, L> {
         if let Some(response) = response {
             self.answer(vec![id], &response);
         }
+    }
+
+    /// What the workers use and said, read now (never polled): memory and
+    /// CPU from `/proc`, CPU as a share of one CPU since the last look at
+    /// least a second ago, else over the worker's life.
+    fn observe(&mut self, now: Instant) -> Observed {
+        let ticks_per_second = usage::ticks_per_second() as f64;
+        let mut observed = Observed {
+            master_rss: usage::of_process(Pid::from_raw(std::process::id() as i32))
+                .map(|u| u.rss_bytes),
+            ..Observed::default()
+        };
+        for worker in self.supervisor.workers() {
+            let Some(used) = usage::of_tree(worker.pid) else {
+                continue;
+            };
+            let percent = match self.cpu_samples.get(&worker.pid) {
+                Some(&(_, _, percent)) if self.cpu_samples_fresh(worker.pid, now) => percent,
+                last => {
+                    let (since, ticks) =
+                        last.map_or((worker.started, 0), |&(at, ticks, _)| (at, ticks));
+                    let seconds = now.saturating_duration_since(since).as_secs_f64();
+                    let used_seconds =
+                        used.cpu_ticks.saturating_sub(ticks) as f64 / ticks_per_second;
+                    let percent = if seconds > 0.0 {
+                        100.0 * used_seconds / seconds
+                    } else {
+                        0.0
+                    };
+                    self.cpu_samples
+                        .insert(worker.pid, (now, used.cpu_ticks, percent));
+                    percent
+                }
+            };
+            observed.usage.insert(worker.pid, (used, percent));
+        }
+        for (pid, tail) in self.output.tails() {
+            observed
+                .tails
+                .insert(pid, tail.lines().map(str::to_string).collect());
+        }
+        for (&slot, (pid, tail)) in &self.last_words {
+            observed
+                .last_words
+                .insert(slot, (*pid, tail.lines().map(str::to_string).collect()));
+        }
+        observed
+    }
+
+    /// A CPU sample under a second old: too short to measure again.
+    fn cpu_samples_fresh(&self, pid: Pid, now: Instant) -> bool {
+        self.cpu_samples
+            .get(&pid)
+            .is_some_and(|&(at, _, _)| now.saturating_duration_since(at) < Duration::from_secs(1))
     }
 
     fn hold(&mut self, id: usize) {
@@ -455,7 +531,22 @@ impl<'a, L: Launch> Master<'a, L> {
         if self.exec_pipes.contains_key(&pid) {
             self.on_exec_pipe(pid, now);
         }
-        self.dispatch(Event::Exited { pid, exit }, now);
+        // Its last words first: what it wrote just before it died may still
+        // be in its pipe.
+        let tail = self.output.last_words(pid, self.poll.registry(), self.log);
+        let last_line = tail.last().map(str::to_string);
+        self.cpu_samples.remove(&pid);
+        if let Some(slot) = self.supervisor.slot_of(pid) {
+            self.last_words.insert(slot, (pid, tail));
+        }
+        self.dispatch(
+            Event::Exited {
+                pid,
+                exit,
+                last_line,
+            },
+            now,
+        );
     }
 
     fn on_exec_pipe(&mut self, pid: Pid, now: Instant) {
@@ -621,9 +712,7 @@ impl<'a, L: Launch> Master<'a, L> {
                 exec_pipe,
                 output,
             }) => {
-                if let Some((stdout, stderr)) = output {
-                    self.watch_output(slot, pid, stdout, stderr);
-                }
+                self.watch_output(slot, pid, output);
                 let confirmed = exec_pipe.is_none();
                 if let Some(pipe) = exec_pipe {
                     self.watch_exec_pipe(pid, pipe);
@@ -648,11 +737,16 @@ impl<'a, L: Launch> Master<'a, L> {
         }
     }
 
-    fn watch_output(&mut self, slot: SlotId, pid: Pid, stdout: OwnedFd, stderr: OwnedFd) {
-        for (stream, fd) in [(Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
+    fn watch_output(&mut self, slot: SlotId, pid: Pid, pipes: Vec<OutputPipe>) {
+        for OutputPipe {
+            stream,
+            prefixed,
+            fd,
+        } in pipes
+        {
             if let Err(e) = self
                 .output
-                .watch(self.poll.registry(), slot, pid, stream, fd)
+                .watch(self.poll.registry(), slot, pid, stream, prefixed, fd)
             {
                 self.log.emit(&Record::OsError {
                     op: format!("watching the {} of pid {pid}", stream.name()),

@@ -1,6 +1,9 @@
-//! What `rcluster status` reports, built from the supervisor's state: the
-//! JSON the control socket sends, and the table the client prints from it.
+//! What `rcluster status` reports, built from the supervisor's state and
+//! what the shell read or kept (each worker's memory and CPU, the last
+//! lines of its stderr): the JSON the control socket sends, and the table
+//! the client prints from it.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -8,7 +11,8 @@ use serde_json::{Value, json};
 
 use crate::supervisor::Supervisor;
 use crate::supervisor::reload::ReloadOutcome;
-use crate::vocab::{Exit, count, human};
+use crate::usage::Usage;
+use crate::vocab::{Exit, Pid, SlotId, count, human};
 
 /// What the shell knows that the supervisor does not, fixed at start.
 pub struct MasterInfo {
@@ -16,6 +20,19 @@ pub struct MasterInfo {
     pub started: Instant,
     pub listeners: Vec<(String, String)>,
     pub control: String,
+}
+
+/// What the shell read or kept about the workers, when asked.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Each live worker's process tree, and its CPU use in percent of one
+    /// CPU: since the previous look, or over its life.
+    pub usage: HashMap<Pid, (Usage, f64)>,
+    /// Each live worker's last lines on stderr so far.
+    pub tails: HashMap<Pid, Vec<String>>,
+    /// Each slot's last exited worker, and its last lines on stderr.
+    pub last_words: HashMap<SlotId, (Pid, Vec<String>)>,
+    pub master_rss: Option<u64>,
 }
 
 /// What the shell has counted: things that went wrong at the edges.
@@ -27,21 +44,40 @@ pub struct Counts {
     pub notify_dropped: u64,
 }
 
-pub fn to_json(sup: &Supervisor, info: &MasterInfo, counts: Counts, now: Instant) -> Value {
+pub fn to_json(
+    sup: &Supervisor,
+    info: &MasterInfo,
+    counts: Counts,
+    observed: &Observed,
+    detail: Option<SlotId>,
+    now: Instant,
+) -> Value {
     let ms = |since: Instant| now.saturating_duration_since(since).as_millis() as u64;
+    let last_line = |slot: SlotId| {
+        observed
+            .last_words
+            .get(&slot)
+            .and_then(|(_, lines)| lines.last().cloned())
+    };
     let mut workers: Vec<Value> = Vec::new();
     let mut rows: Vec<_> = sup.workers().collect();
     rows.sort_by_key(|w| (w.slot, w.generation, w.pid));
     for w in rows {
         let slot = sup.slots().get(w.slot);
+        let usage = observed.usage.get(&w.pid);
         workers.push(json!({
             "slot": w.slot,
             "pid": w.pid.as_raw(),
             "generation": w.generation,
             "state": if stopped(w.pid) { "stopped" } else { w.state.name() },
             "uptime_ms": ms(w.started),
+            "rss_bytes": usage.map(|(u, _)| u.rss_bytes),
+            "cpu_seconds": usage.map(|(u, _)| round(u.cpu_time().as_secs_f64())),
+            "cpu_percent": usage.map(|&(_, percent)| round(percent)),
+            "processes": usage.map(|(u, _)| u.processes),
             "restarts": slot.map_or(0, |s| s.restarts),
             "last_exit": slot.and_then(|s| s.last_exit.as_ref()).map(Exit::short),
+            "last_exit_line": last_line(w.slot),
         }));
     }
     // A slot waiting out its restart backoff has no process to show.
@@ -56,6 +92,7 @@ pub fn to_json(sup: &Supervisor, info: &MasterInfo, counts: Counts, now: Instant
                 "restart_in_ms": slot.restart_at.map(|at| at.saturating_duration_since(now).as_millis() as u64),
                 "restarts": slot.restarts,
                 "last_exit": slot.last_exit.as_ref().map(Exit::short),
+                "last_exit_line": last_line(id),
             }));
         }
     }
@@ -79,6 +116,7 @@ pub fn to_json(sup: &Supervisor, info: &MasterInfo, counts: Counts, now: Instant
             "generation": sup.target_generation(),
             "serving_generations": serving,
             "all_ready": ready,
+            "rss_bytes": observed.master_rss,
             "log_lines_lost": counts.log_lines_lost,
             "notify_dropped": counts.notify_dropped,
             "stopping": !sup.is_running(),
@@ -102,7 +140,36 @@ pub fn to_json(sup: &Supervisor, info: &MasterInfo, counts: Counts, now: Instant
             None => Value::Null,
         },
         "workers": workers,
+        "slot": detail.map(|slot| slot_detail(sup, observed, slot)),
     })
+}
+
+/// One slot in detail: its workers' last lines on stderr, and those of the
+/// worker before them.
+fn slot_detail(sup: &Supervisor, observed: &Observed, slot: SlotId) -> Value {
+    let current: Vec<Value> = sup
+        .workers()
+        .filter(|w| w.slot == slot)
+        .map(|w| {
+            json!({
+                "pid": w.pid.as_raw(),
+                "generation": w.generation,
+                "stderr": observed.tails.get(&w.pid).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    let previous = observed.last_words.get(&slot).map(|(pid, lines)| {
+        json!({
+            "pid": pid.as_raw(),
+            "exit": sup.slots().get(slot).and_then(|s| s.last_exit.as_ref()).map(Exit::short),
+            "stderr": lines,
+        })
+    });
+    json!({"slot": slot, "workers": current, "previous": previous})
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 /// Whether `pid` is stopped (`SIGSTOP`, a debugger): it serves nothing,
@@ -207,6 +274,8 @@ pub fn table(status: &Value) -> String {
             "gen",
             "state",
             "uptime",
+            "rss",
+            "cpu",
             "restarts",
             "last exit",
         ]
@@ -226,15 +295,128 @@ pub fn table(status: &Value) -> String {
                 .map_or_else(dash, |g| g.to_string()),
             state,
             ms(&w["uptime_ms"]).unwrap_or_else(dash),
+            w["rss_bytes"].as_u64().map_or_else(dash, megabytes),
+            w["cpu_percent"]
+                .as_f64()
+                .map_or_else(dash, |p| format!("{p:.1}%")),
             w["restarts"].to_string(),
-            w["last_exit"].as_str().unwrap_or("-").to_string(),
+            last_exit(w),
         ]);
     }
     out.push('\n');
     out.push_str(&columns(
         &rows,
-        &[false, false, false, false, true, true, false],
+        &[false, false, false, false, true, true, true, true, false],
     ));
+    out
+}
+
+/// How the slot's last worker ended, and the last line it wrote (cut to
+/// fit a terminal: `rcluster status --slot N` shows its last lines whole).
+fn last_exit(w: &Value) -> String {
+    const SHOWN: usize = 48;
+    let exit = w["last_exit"].as_str().unwrap_or("-");
+    match w["last_exit_line"].as_str().map(str::trim) {
+        Some(line) if !line.is_empty() => {
+            let mut shown: String = line.chars().take(SHOWN).collect();
+            if shown.len() < line.len() {
+                shown.push('…');
+            }
+            format!("{exit}: {shown}")
+        }
+        _ => exit.to_string(),
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1}M", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// `rcluster status --slot N`: the slot's workers and the last lines on
+/// stderr of each, and of the worker before them.
+pub fn slot_view(status: &Value) -> String {
+    let detail = &status["slot"];
+    let slot = detail["slot"].as_u64().unwrap_or_default();
+    let mut out = String::new();
+    let rows: Vec<&Value> = status["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["slot"].as_u64() == Some(slot))
+        .collect();
+    for w in &rows {
+        if w["pid"].is_null() {
+            let _ = writeln!(
+                out,
+                "slot {slot}: no worker, restart in {}, {} (last exit: {})",
+                w["restart_in_ms"]
+                    .as_u64()
+                    .map(|ms| human(std::time::Duration::from_millis(ms)))
+                    .unwrap_or_else(|| "-".into()),
+                count(
+                    w["restarts"].as_u64().unwrap_or_default() as usize,
+                    "restart"
+                ),
+                w["last_exit"].as_str().unwrap_or("none"),
+            );
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "slot {slot}: pid {}, generation {}, {}, up {}, rss {}, cpu {}, {} (last exit: {})",
+            w["pid"],
+            w["generation"],
+            w["state"].as_str().unwrap_or_default(),
+            w["uptime_ms"]
+                .as_u64()
+                .map(|ms| human(std::time::Duration::from_millis(ms)))
+                .unwrap_or_else(|| "-".into()),
+            w["rss_bytes"]
+                .as_u64()
+                .map_or_else(|| "-".into(), megabytes),
+            w["cpu_percent"]
+                .as_f64()
+                .map_or_else(|| "-".into(), |p| format!("{p:.1}%")),
+            count(
+                w["restarts"].as_u64().unwrap_or_default() as usize,
+                "restart"
+            ),
+            w["last_exit"].as_str().unwrap_or("none"),
+        );
+    }
+    let lines = |value: &Value| -> Vec<String> {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str().map(|l| format!("  | {l}")))
+            .collect()
+    };
+    if let Some(previous) = detail["previous"].as_object() {
+        let said = lines(&previous["stderr"]);
+        let _ = writeln!(
+            out,
+            "\nthe worker before (pid {}, {}), its last lines on stderr:",
+            previous["pid"],
+            previous["exit"].as_str().unwrap_or("exit unknown"),
+        );
+        if said.is_empty() {
+            let _ = writeln!(out, "  (none)");
+        }
+        for line in said {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    for w in detail["workers"].as_array().into_iter().flatten() {
+        let said = lines(&w["stderr"]);
+        let _ = writeln!(out, "\npid {}, its last lines on stderr so far:", w["pid"]);
+        if said.is_empty() {
+            let _ = writeln!(out, "  (none)");
+        }
+        for line in said {
+            let _ = writeln!(out, "{line}");
+        }
+    }
     out
 }
 

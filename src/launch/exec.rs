@@ -15,7 +15,8 @@ use crate::spawn::command::{Command, Identity};
 use crate::spawn::env::{Value, WorkerEnv, slot_vars};
 use crate::vocab::{Generation, SlotId};
 
-use super::{Launch, Launched, Reaping};
+use super::{Capture, Launch, Launched, OutputPipe, Reaping};
+use crate::output::Stream;
 
 /// What every worker of this master gets; [`Launch::launch`] adds the slot
 /// and generation.
@@ -31,8 +32,8 @@ pub struct ExecLauncher {
     /// so its fd lives as long as the launcher.
     shim: Option<Shim>,
     identity: Option<Identity>,
-    /// Give each worker pipes for stdout and stderr (`--log-prefix`).
-    capture_output: bool,
+    /// Which of each worker's output streams go through the master.
+    capture: Capture,
     parent: libc::pid_t,
 }
 
@@ -42,7 +43,7 @@ impl ExecLauncher {
         fds: Vec<RawFd>,
         mut vars: Vec<(String, Value)>,
         identity: Option<Identity>,
-        capture_output: bool,
+        capture: Capture,
     ) -> ExecLauncher {
         if let Some(identity) = &identity {
             vars.extend(identity.vars().iter().cloned());
@@ -53,7 +54,7 @@ impl ExecLauncher {
             fds,
             shim: None,
             identity,
-            capture_output,
+            capture,
             parent: std::process::id() as libc::pid_t,
         }
     }
@@ -103,7 +104,7 @@ impl ExecLauncher {
             env,
             fds: self.fds.clone(),
             scratch: vec![-1; self.fds.len()],
-            stdio: None,
+            stdio: [None, None],
             credentials: self.identity.as_ref().map(|i| i.credentials.clone()),
             parent: self.parent,
             max_signal: libc::SIGRTMAX(),
@@ -117,26 +118,36 @@ impl Launch for ExecLauncher {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         // Output pipes: the master's ends never block it; the worker's are
         // ordinary (a worker that outwrites the master waits, not the master).
-        let output = if self.capture_output {
-            let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-            let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-            for fd in [&out_read, &err_read] {
-                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        let mut output = Vec::new();
+        let mut worker_ends = Vec::new();
+        let streams = [
+            (Stream::Stdout, self.capture.stdout),
+            (Stream::Stderr, self.capture.stderr),
+        ];
+        for (i, (stream, captured)) in streams.into_iter().enumerate() {
+            if !captured {
+                continue;
             }
-            plan.stdio = Some((out_write.as_raw_fd(), err_write.as_raw_fd()));
-            Some(((out_read, err_read), (out_write, err_write)))
-        } else {
-            None
-        };
+            let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+            nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+            plan.stdio[i] = Some(write.as_raw_fd());
+            worker_ends.push(write);
+            output.push(OutputPipe {
+                stream,
+                prefixed: self.capture.prefixed,
+                fd: read,
+            });
+        }
         // SAFETY: the master is single-threaded, and the plan is this
         // child's.
         let pid = unsafe { child::spawn(&mut plan, write.as_raw_fd()) }?;
+        // The worker's ends close here: the worker holds its own copies.
         drop(write);
+        drop(worker_ends);
         Ok(Launched {
             pid,
             exec_pipe: Some(read),
-            // The worker's ends close here, with `output`'s second half.
-            output: output.map(|(reads, _writes)| reads),
+            output,
         })
     }
 

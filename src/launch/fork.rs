@@ -122,7 +122,7 @@ impl Launch for ForkLauncher<'_> {
             Some(pid) => Ok(Launched {
                 pid,
                 exec_pipe: None,
-                output: None,
+                output: Vec::new(),
             }),
         }
     }

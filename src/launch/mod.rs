@@ -8,6 +8,7 @@ pub mod fork;
 use std::io;
 use std::os::fd::OwnedFd;
 
+use crate::output::Stream;
 use crate::vocab::{Generation, Pid, SlotId};
 
 /// How a master starts its workers.
@@ -34,9 +35,25 @@ pub struct Launched {
     /// start is confirmed through this pipe: EOF when exec succeeded, four
     /// bytes of errno when it failed.
     pub exec_pipe: Option<OwnedFd>,
-    /// The read ends of its stdout and stderr, when they go through the
-    /// master (`--log-prefix`).
-    pub output: Option<(OwnedFd, OwnedFd)>,
+    /// The read ends of its output streams that go through the master.
+    pub output: Vec<OutputPipe>,
+}
+
+/// Which of a worker's output streams go through the master, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capture {
+    pub stdout: bool,
+    pub stderr: bool,
+    /// Marked with the slot, or as JSON records (`--log-prefix`).
+    pub prefixed: bool,
+}
+
+/// The master's end of one captured stream.
+#[derive(Debug)]
+pub struct OutputPipe {
+    pub stream: Stream,
+    pub prefixed: bool,
+    pub fd: OwnedFd,
 }
 
 /// Which exited children the master collects.

@@ -219,11 +219,12 @@ fn count_lines(bytes: &[u8]) -> u64 {
 }
 
 impl LineSink for Log {
-    /// Lines a worker wrote: `[slot] line` on the same stream (or in the
-    /// log file), all in one write, or one `worker output` JSON record each.
-    fn lines(&self, slot: SlotId, pid: Pid, stream: Stream, lines: &[&[u8]]) {
-        match self.format {
-            LogFormat::Json => {
+    /// Lines a worker wrote: as written (its stderr by default), or with
+    /// `--log-prefix` `[slot] line`, or one `worker output` JSON record
+    /// each; on the same stream (or in the log file), all in one write.
+    fn lines(&self, slot: SlotId, pid: Pid, stream: Stream, prefixed: bool, lines: &[&[u8]]) {
+        match (self.format, prefixed) {
+            (LogFormat::Json, true) => {
                 for line in lines {
                     self.emit(&Record::WorkerOutput {
                         slot,
@@ -233,8 +234,12 @@ impl LineSink for Log {
                     });
                 }
             }
-            LogFormat::Human => {
-                let prefix = format!("[{slot}] ");
+            (LogFormat::Human, _) | (LogFormat::Json, false) => {
+                let prefix = if prefixed {
+                    format!("[{slot}] ")
+                } else {
+                    String::new()
+                };
                 let mut out =
                     Vec::with_capacity(lines.iter().map(|l| l.len() + prefix.len() + 1).sum());
                 for line in lines {

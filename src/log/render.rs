@@ -186,6 +186,7 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             uptime,
             next,
             killed_by_us,
+            last_line,
         } => {
             r.slot(*slot)
                 .pid(*pid)
@@ -196,6 +197,9 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             }
             r.ms("uptime_ms", *uptime)
                 .bool("killed_by_rcluster", *killed_by_us);
+            if let Some(line) = last_line {
+                r.str("last_line", line);
+            }
             match next {
                 Next::Restart { delay, attempt } => {
                     r.str("next", "restart")
@@ -228,8 +232,15 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             } else {
                 ""
             };
+            // What it said last, for an end nobody asked for.
+            let said = match (last_line, next) {
+                (Some(line), Next::Restart { .. } | Next::SlotServed | Next::GiveUp) => {
+                    format!("; its last line on stderr: {line}")
+                }
+                _ => String::new(),
+            };
             r.say(format_args!(
-                "{} {how}{not_ours}; {}",
+                "{} {how}{not_ours}; {}{said}",
                 worker(*slot, *pid),
                 next_text(next)
             ))
@@ -529,6 +540,7 @@ mod tests {
                 attempt: 0,
             },
             killed_by_us: false,
+            last_line: None,
         };
         assert_eq!(
             sentence(&rec),

@@ -154,8 +154,9 @@ pub struct ChildPlan {
     pub fds: Vec<RawFd>,
     /// Room for copies of `fds`, so moving them needs no allocation.
     pub scratch: Vec<RawFd>,
-    /// Pipe write ends for the worker's stdout and stderr.
-    pub stdio: Option<(RawFd, RawFd)>,
+    /// Pipe write ends for the worker's stdout and stderr, where they go
+    /// through the master.
+    pub stdio: [Option<RawFd>; 2],
     pub credentials: Option<Credentials>,
     /// The master's pid: the child checks it still has that parent.
     pub parent: libc::pid_t,
@@ -196,10 +197,12 @@ pub unsafe fn exec_child(plan: &mut ChildPlan, err_fd: RawFd) -> ! {
         libc::setpgid(0, 0);
         // stdout and stderr first: their targets (1, 2) are below every
         // listener, and the pipes' own fds may be clobbered after this.
-        if let Some((stdout, stderr)) = plan.stdio
-            && (libc::dup2(stdout, 1) < 0 || libc::dup2(stderr, 2) < 0)
-        {
-            libc::_exit(127);
+        for (target, pipe) in [(1, plan.stdio[0]), (2, plan.stdio[1])] {
+            if let Some(pipe) = pipe
+                && libc::dup2(pipe, target) < 0
+            {
+                libc::_exit(127);
+            }
         }
         // Listener i goes to fd 3 + i. Copy every listener above the target
         // range first, so moving one never clobbers another (or the exec

@@ -65,9 +65,11 @@ pub enum Event {
         result: Result<(), i32>,
     },
     /// A child was reaped: a worker, or an orphan the master inherited.
+    /// `last_line`: the last line it wrote to stderr, if the master saw it.
     Exited {
         pid: Pid,
         exit: Exit,
+        last_line: Option<String>,
     },
     /// A worker (or a process it started) spoke on `NOTIFY_SOCKET`.
     Notify {

@@ -195,7 +195,11 @@ impl Supervisor {
                 error,
             } => self.on_spawn_failed(slot, generation, error, now),
             Event::Exec { pid, result } => self.on_exec(pid, result, now),
-            Event::Exited { pid, exit } => self.on_exited(pid, exit, now),
+            Event::Exited {
+                pid,
+                exit,
+                last_line,
+            } => self.on_exited(pid, exit, last_line, now),
             Event::Notify { pid, msg } => self.on_notify(pid, msg, now),
             Event::ScaleTo(workers) if self.phase == Phase::Running => {
                 self.set_workers(workers, now)
@@ -218,6 +222,11 @@ impl Supervisor {
 
     /// Whether this pid is one of our workers (the shell uses it to resolve
     /// notify senders).
+    /// The slot of a worker the supervisor has not seen exit.
+    pub fn slot_of(&self, pid: Pid) -> Option<SlotId> {
+        self.workers.get(&pid).map(|w| w.slot)
+    }
+
     pub fn is_worker(&self, pid: Pid) -> bool {
         self.workers.contains_key(&pid)
     }
@@ -427,7 +436,7 @@ impl Supervisor {
         }
     }
 
-    fn on_exited(&mut self, pid: Pid, exit: Exit, now: Instant) {
+    fn on_exited(&mut self, pid: Pid, exit: Exit, last_line: Option<String>, now: Instant) {
         let Some(worker) = self.workers.remove(&pid) else {
             if let Some(kill_at) = self.strays.remove(&pid) {
                 self.timers.change(Timer::Stray(pid), kill_at, None);
@@ -487,6 +496,7 @@ impl Supervisor {
             uptime,
             next,
             killed_by_us,
+            last_line,
         };
         self.actions.insert(at, Action::Log(record));
         // Whatever it started goes with it: its process group now, and the

@@ -72,6 +72,8 @@ pub enum Record {
         next: Next,
         /// Whether a `SIGKILL` that ended it was sent by rcluster.
         killed_by_us: bool,
+        /// The last line it wrote to stderr.
+        last_line: Option<String>,
     },
     WorkerStatus {
         slot: SlotId,

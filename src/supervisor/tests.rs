@@ -129,6 +129,7 @@ impl Sim {
         self.feed(Event::Exited {
             pid,
             exit: Exit::Code(code),
+            last_line: None,
         })
     }
 
@@ -276,6 +277,7 @@ fn a_worker_that_stayed_up_is_restarted_at_once_in_its_slot() {
             signal: libc::SIGKILL,
             core_dumped: false,
         },
+        last_line: None,
     });
     assert_eq!(spawns(&acts), [(1, 1)]);
     assert_eq!(
@@ -476,6 +478,7 @@ fn a_worker_that_ignores_its_stop_signal_is_killed_after_the_stop_timeout() {
             signal: libc::SIGKILL,
             core_dumped: false,
         },
+        last_line: None,
     });
     assert_eq!(exit_code(&acts), Some(0));
     assert!(!sentence(&records(&acts, "worker exited")[0]).contains("not sent by rcluster"));
@@ -517,6 +520,7 @@ fn a_crash_while_stopping_is_not_restarted() {
             signal: libc::SIGSEGV,
             core_dumped: true,
         },
+        last_line: None,
     });
     assert!(spawns(&acts).is_empty());
 }
@@ -736,6 +740,7 @@ fn a_new_worker_that_is_never_ready_is_killed_and_the_reload_aborted() {
             signal: libc::SIGKILL,
             core_dumped: false,
         },
+        last_line: None,
     });
     assert!(matches!(
         exit_next(&acts),

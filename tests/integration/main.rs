@@ -25,6 +25,7 @@ mod library;
 mod listen;
 mod names;
 mod notify;
+mod observe;
 mod output;
 mod reload;
 mod restart;
