@@ -135,6 +135,18 @@ struct Args {
           value_parser = parse_batch)]
     reload_batch: usize,
 
+    /// Replace a worker whose resident memory (with the processes it
+    /// started) passes SIZE (512M, 2G): its successor first, then it drains;
+    /// looked at every 5s
+    #[arg(long, env = "RCLUSTER_MAX_MEMORY", value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+
+    /// Replace a worker after at most DUR (between DUR/2 and DUR, spread
+    /// by slot and at random, so workers started together leave one by
+    /// one): its successor first, then it drains
+    #[arg(long, env = "RCLUSTER_MAX_AGE", value_name = "DUR", value_parser = parse_duration)]
+    max_age: Option<Duration>,
+
     /// Kill and replace a ready worker that sends no WATCHDOG=1 for this
     /// long (workers get WATCHDOG_USEC and WATCHDOG_PID)
     #[arg(long, env = "RCLUSTER_WATCHDOG", value_name = "DUR", value_parser = parse_duration)]
@@ -149,6 +161,16 @@ struct Args {
     /// /run/rcluster (root) or /tmp/rcluster-UID
     #[arg(long, env = "RCLUSTER_CONTROL", value_name = "PATH")]
     control: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (127.0.0.1:9100, or
+    /// unix:/path), from the master's own loop
+    #[arg(long, env = "RCLUSTER_METRICS", value_name = "ADDR")]
+    metrics: Option<ListenSpec>,
+
+    /// Variables for the workers from a dotenv file (KEY=value, comments,
+    /// quotes), read again at every reload: a reload rolls out new values
+    #[arg(long, env = "RCLUSTER_ENV_FILE", value_name = "PATH")]
+    env_file: Option<PathBuf>,
 
     /// Run the workers as this user (rcluster binds first, as root)
     #[arg(long, env = "RCLUSTER_USER", value_name = "USER")]
@@ -279,6 +301,10 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
             None => Control::Default,
         },
         pid_file: args.pid_file,
+        metrics: args.metrics,
+        env_file: args.env_file,
+        max_memory: args.max_memory,
+        max_age: args.max_age,
         log_file: args.log_file,
         log_prefix: args.log_prefix,
         capture_stderr: matches!(args.worker_stderr, WorkerStderr::Master),
@@ -323,6 +349,25 @@ fn with_tips(mut e: clap::Error) -> clap::Error {
         );
     }
     e
+}
+
+/// `512M`, `2G`, `800K` (powers of 1024; `B`, `iB` optional) or bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    const FORMS: &str = "expected a size like 512M, 2G or 800K";
+    let upper = s.trim().to_ascii_uppercase();
+    let number = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (digits, unit) = match number.char_indices().last() {
+        Some((i, 'K')) => (&number[..i], 1u64 << 10),
+        Some((i, 'M')) => (&number[..i], 1 << 20),
+        Some((i, 'G')) => (&number[..i], 1 << 30),
+        Some((i, 'T')) => (&number[..i], 1 << 40),
+        _ => (number, 1),
+    };
+    let value: f64 = digits.trim().parse().map_err(|_| FORMS.to_string())?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(FORMS.into());
+    }
+    Ok((value * unit as f64) as u64)
 }
 
 fn parse_workers(s: &str) -> Result<usize, String> {
@@ -410,6 +455,18 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("800kB"), Ok(800 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "M", "-1M", "lots", "0"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 
     fn parse_args(args: &[&str]) -> Result<Parsed, Error> {
         parse(

@@ -8,12 +8,23 @@ use crate::launch::Capture;
 use crate::listen::ListenSpec;
 use crate::shim::Mode as ShimMode;
 use crate::supervisor::policy::{Policy, ReadyRule, RestartDelay};
+use crate::supervisor::recycle::RecyclePolicy;
+
+/// A seed for the `--max-age` jitter, from the kernel.
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most the buffer's length.
+    unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    u64::from_ne_bytes(seed)
+}
 
 pub const DEFAULT_BACKLOG: u32 = 2048;
 pub const DEFAULT_RELOAD_BATCH: usize = 1;
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(1);
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the workers' memory is looked at, with `--max-memory` only.
+pub const MEMORY_CHECK: Duration = Duration::from_secs(5);
 /// More workers than this is a typo, not a deployment.
 pub const MAX_WORKERS: usize = 4096;
 
@@ -53,6 +64,13 @@ pub struct Config {
     pub watchdog: Option<Duration>,
     pub pid_file: Option<PathBuf>,
     pub control: Control,
+    /// `--metrics ADDR`: where `/metrics` is served.
+    pub metrics: Option<ListenSpec>,
+    /// `--env-file`: read at start and at every reload.
+    pub env_file: Option<PathBuf>,
+    /// `--max-memory`: resident bytes of a worker's process tree.
+    pub max_memory: Option<u64>,
+    pub max_age: Option<Duration>,
     pub log_format: LogFormat,
     pub log_level: slog::Level,
     pub log_file: Option<PathBuf>,
@@ -89,6 +107,10 @@ impl Config {
             watchdog: None,
             pid_file: None,
             control: Control::Off,
+            metrics: None,
+            env_file: None,
+            max_memory: None,
+            max_age: None,
             log_format: LogFormat::Human,
             log_level: slog::Level::Info,
             log_file: None,
@@ -123,6 +145,12 @@ impl Config {
             ready_timeout: self.ready_timeout,
             reload_batch: self.reload_batch,
             watchdog: self.watchdog,
+            recycle: RecyclePolicy {
+                max_memory: self.max_memory,
+                max_age: self.max_age,
+                memory_check: MEMORY_CHECK,
+                seed: random_seed(),
+            },
         }
     }
 }

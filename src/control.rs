@@ -1,7 +1,6 @@
 //! The control socket: a Unix stream socket (mode 0600, peers of another
 //! uid refused) that `rcluster status`, `reload`, `scale` and `stop` talk
-//! to, served inside the master's event loop. No threads: every connection
-//! is a non-blocking socket with its buffers and a deadline.
+//! to, served inside the master's event loop (`endpoint.rs`).
 //!
 //! The protocol is one JSON object per line, one request per connection:
 //!
@@ -13,29 +12,17 @@
 //! ← {"ok":false,"error":"…"}          for anything malformed, too large or too slow
 //! ```
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mio::net::{UnixListener, UnixStream};
-use mio::{Interest, Registry, Token};
-use nix::sys::socket::{getsockopt, sockopt};
+use mio::Registry;
+use mio::net::UnixListener;
 use serde_json::{Value, json};
 
+use crate::endpoint::{Endpoint, Framing, Listener};
 use crate::listen::{self, Occupant};
-
-/// A request line longer than this is refused.
-pub const MAX_REQUEST: usize = 64 * 1024;
-/// Connections beyond this: the oldest idle one is closed for the newest.
-pub const MAX_CONNECTIONS: usize = 64;
-/// How long a client may take to send its first byte: clients send at once,
-/// and one that connects and says nothing holds an fd.
-pub const FIRST_BYTE_DEADLINE: Duration = Duration::from_secs(2);
-/// How long a client may take to send its whole request.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,13 +92,6 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
 
 pub fn error(message: impl Into<String>) -> Value {
     json!({"ok": false, "error": message.into()})
-}
-
-/// `/dev/null`, opened to be closed when the process is out of fds.
-fn reserve_fd() -> Option<std::os::fd::OwnedFd> {
-    std::fs::File::open("/dev/null")
-        .ok()
-        .map(std::os::fd::OwnedFd::from)
 }
 
 /// Why a control socket could not be bound.
@@ -228,34 +208,12 @@ pub fn ask(path: &Path, request: &Value, timeout: Duration) -> Result<Value, Fai
         .map_err(|e| Failed::Broken(format!("answered something that is not JSON: {e}")))
 }
 
-/// One client.
-struct Conn {
-    stream: UnixStream,
-    accepted: Instant,
-    input: Vec<u8>,
-    output: Vec<u8>,
-    /// Closed once the output is flushed.
-    closing: bool,
-    /// Waiting for a reload or stop to finish: no deadline.
-    waiting: bool,
-    deadline: Instant,
-}
-
 /// The listening control socket and its clients.
 pub struct ControlServer {
-    listener: UnixListener,
+    endpoint: Endpoint,
     path: PathBuf,
     ino: u64,
     owner: u32,
-    uid: u32,
-    base: usize,
-    conns: HashMap<usize, Conn>,
-    next_id: usize,
-    /// An fd held in reserve: when the process is out of fds, it is freed
-    /// to accept one waiting client and tell it so, so that the queue
-    /// drains (nginx and libuv do the same; an edge-triggered listener
-    /// whose queue is not drained is never woken again).
-    reserve: Option<std::os::fd::OwnedFd>,
 }
 
 impl ControlServer {
@@ -278,19 +236,15 @@ impl ControlServer {
         let listener = bound.map_err(BindError::Failed)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(BindError::Failed)?;
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
         Ok(ControlServer {
-            listener,
+            endpoint: Endpoint::new(Listener::Unix(listener), Framing::Line, Some(uid)),
             path: path.to_path_buf(),
             ino: std::fs::symlink_metadata(path)
                 .map_err(BindError::Failed)?
                 .ino(),
             owner: std::process::id(),
-            // SAFETY: geteuid has no preconditions.
-            uid: unsafe { libc::geteuid() },
-            base: 0,
-            conns: HashMap::new(),
-            next_id: 0,
-            reserve: reserve_fd(),
         })
     }
 
@@ -298,293 +252,37 @@ impl ControlServer {
         &self.path
     }
 
-    /// Registers the listener as `listen`; connections get `base + id`.
-    pub fn register(&mut self, registry: &Registry, listen: Token, base: usize) -> io::Result<()> {
-        self.base = base;
-        registry.register(&mut self.listener, listen, Interest::READABLE)
+    /// The connections, served in the master's loop.
+    pub fn endpoint(&mut self) -> &mut Endpoint {
+        &mut self.endpoint
     }
 
-    pub fn owns(&self, token: Token) -> Option<usize> {
-        let id = token.0.checked_sub(self.base)?;
-        self.conns.contains_key(&id).then_some(id)
-    }
-
-    /// The listener's and every client's fd (a forked worker closes them).
     pub fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
-        std::iter::once(self.listener.as_raw_fd())
-            .chain(self.conns.values().map(|c| c.stream.as_raw_fd()))
-            .collect()
+        self.endpoint.raw_fds()
     }
 
-    /// Accepts every waiting client. Peers of another uid (other than
-    /// root) get an error and are closed.
-    pub fn accept(&mut self, registry: &Registry, now: Instant) {
-        let mut swept = false;
-        loop {
-            let (stream, _) = match self.listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    // Clients that hung up may not have been seen yet
-                    // (their events can come after this one): their fds
-                    // first, then, if still out, turn the newcomer away.
-                    if !swept {
-                        swept = true;
-                        if self.close_hung_up(registry) {
-                            continue;
-                        }
-                    }
-                    if self.shed_one() {
-                        continue;
-                    }
-                    return;
-                }
-                Err(_) => return,
-            };
-            let peer = getsockopt(&stream, sockopt::PeerCredentials).map(|c| c.uid());
-            let id = self.next_id;
-            self.next_id = self.next_id.wrapping_add(1) % (1 << 24);
-            let mut conn = Conn {
-                stream,
-                accepted: now,
-                input: Vec::new(),
-                output: Vec::new(),
-                closing: false,
-                waiting: false,
-                deadline: now + FIRST_BYTE_DEADLINE,
-            };
-            let token = Token(self.base + id);
-            if registry
-                .register(
-                    &mut conn.stream,
-                    token,
-                    Interest::READABLE | Interest::WRITABLE,
-                )
-                .is_err()
-            {
-                continue;
-            }
-            if self.conns.len() >= MAX_CONNECTIONS {
-                self.make_room(registry);
-            }
-            self.conns.insert(id, conn);
-            if self.conns.len() > MAX_CONNECTIONS {
-                self.reply(id, &error("too many control connections"), registry);
-            } else if !matches!(peer, Ok(uid) if uid == self.uid || uid == 0) {
-                self.reply(
-                    id,
-                    &error("permission denied: not the master's user"),
-                    registry,
-                );
-            }
-        }
-    }
-
-    /// Closes the connections whose client has hung up; true if any was.
-    fn close_hung_up(&mut self, registry: &Registry) -> bool {
-        let gone: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, conn)| {
-                let mut byte = [0u8; 1];
-                // SAFETY: a peek into a local buffer on a socket we own.
-                let n = unsafe {
-                    libc::recv(
-                        conn.stream.as_raw_fd(),
-                        byte.as_mut_ptr().cast(),
-                        1,
-                        libc::MSG_PEEK | libc::MSG_DONTWAIT,
-                    )
-                };
-                n == 0
-            })
-            .map(|(&id, _)| id)
-            .collect();
-        for &id in &gone {
-            self.close(id, registry);
-        }
-        !gone.is_empty()
-    }
-
-    /// Out of fds: frees the reserve, accepts one client with it, tells it
-    /// why it is turned away, and takes the reserve back. False if no
-    /// client was waiting (or the reserve could not be used).
-    fn shed_one(&mut self) -> bool {
-        if self.reserve.take().is_none() {
-            return false;
-        }
-        let shed = match self.listener.accept() {
-            Ok((mut stream, _)) => {
-                let line =
-                    error("the master is out of file descriptors just now; try again in a moment")
-                        .to_string();
-                let _ = stream.write_all(format!("{line}\n").as_bytes());
-                true
-            }
-            Err(_) => false,
-        };
-        self.reserve = reserve_fd();
-        shed
-    }
-
-    /// At the connection cap: closes the oldest client that has not sent a
-    /// whole request (not one waiting for a reload), so the newest is
-    /// served; if every one is waiting, the newest is refused.
-    fn make_room(&mut self, registry: &Registry) {
-        let oldest = self
-            .conns
-            .iter()
-            .filter(|(_, c)| !c.waiting && !c.closing)
-            .min_by_key(|(_, c)| c.accepted)
-            .map(|(&id, _)| id);
-        if let Some(id) = oldest {
-            self.reply(
-                id,
-                &error("closed to make room for a newer client (too many connections)"),
-                registry,
-            );
-            self.close(id, registry);
-        }
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.endpoint.next_deadline()
     }
 
     /// Reads what a client sent; returns its request once a whole line is
-    /// in. Malformed and oversized requests are answered here.
+    /// in. Malformed requests are answered here.
     pub fn on_event(&mut self, id: usize, registry: &Registry) -> Option<Request> {
-        let conn = self.conns.get_mut(&id)?;
-        if conn.closing || conn.waiting {
-            self.flush(id, registry);
-            return None;
-        }
-        let mut buf = [0u8; 4096];
-        loop {
-            match conn.stream.read(&mut buf) {
-                Ok(0) => {
-                    // The client hung up before a whole request.
-                    self.close(id, registry);
-                    return None;
-                }
-                Ok(n) => {
-                    if conn.input.is_empty() {
-                        // It speaks: the whole request may take longer.
-                        conn.deadline = conn.accepted + REQUEST_DEADLINE;
-                    }
-                    conn.input.extend_from_slice(&buf[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.close(id, registry);
-                    return None;
-                }
-            }
-            if conn.input.contains(&b'\n') || conn.input.len() > MAX_REQUEST {
-                break;
-            }
-        }
-        let Some(end) = conn.input.iter().position(|&b| b == b'\n') else {
-            if conn.input.len() > MAX_REQUEST {
-                let message = format!("request too large (the limit is {MAX_REQUEST} bytes)");
-                self.reply(id, &error(message), registry);
-            }
-            return None;
-        };
-        match parse_request(&conn.input[..end]) {
+        let line = self.endpoint.on_event(id, registry)?;
+        match parse_request(&line) {
             Ok(request) => Some(request),
             Err(message) => {
-                self.reply(id, &error(message), registry);
+                self.endpoint.refuse(id, &message, registry);
                 None
             }
         }
     }
 
-    /// Keeps a connection open, without deadline, until [`reply`] is
-    /// called for it (reload --wait, stop --wait).
-    pub fn hold(&mut self, id: usize) {
-        if let Some(conn) = self.conns.get_mut(&id) {
-            conn.waiting = true;
-        }
-    }
-
     /// Sends one response line and closes the connection once it is out.
     pub fn reply(&mut self, id: usize, response: &Value, registry: &Registry) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
         let mut line = response.to_string();
         line.push('\n');
-        conn.output.extend_from_slice(line.as_bytes());
-        conn.closing = true;
-        conn.waiting = false;
-        self.flush(id, registry);
-    }
-
-    /// Writes what it can; a client that reads slowly is written to as its
-    /// socket drains (edge-triggered writable events).
-    fn flush(&mut self, id: usize, registry: &Registry) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        while !conn.output.is_empty() {
-            match conn.stream.write(&conn.output) {
-                Ok(0) => break,
-                Ok(n) => {
-                    conn.output.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    conn.output.clear();
-                    break;
-                }
-            }
-        }
-        if conn.closing {
-            self.close(id, registry);
-        }
-    }
-
-    fn close(&mut self, id: usize, registry: &Registry) {
-        if let Some(mut conn) = self.conns.remove(&id) {
-            let _ = registry.deregister(&mut conn.stream);
-        }
-    }
-
-    /// Closes clients that did not send a whole request in time, and those
-    /// whose response could not be written in time.
-    pub fn expire(&mut self, now: Instant, registry: &Registry) {
-        let late: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| !c.waiting && c.deadline <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in late {
-            let unanswered = self
-                .conns
-                .get(&id)
-                .map(|c| (!c.closing, c.input.is_empty()));
-            match unanswered {
-                Some((true, true)) => {
-                    self.reply(id, &error("no request within 2s of connecting"), registry)
-                }
-                Some((true, false)) => self.reply(
-                    id,
-                    &error("incomplete request: no newline within 10s"),
-                    registry,
-                ),
-                Some((false, _)) | None => {}
-            }
-            self.close(id, registry);
-        }
-    }
-
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.conns
-            .values()
-            .filter(|c| !c.waiting)
-            .map(|c| c.deadline)
-            .min()
+        self.endpoint.reply(id, line.as_bytes(), registry);
     }
 }
 

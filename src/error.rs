@@ -53,6 +53,9 @@ pub enum Error {
          {count} threads, and a forked worker would get only the calling one"
     )]
     Threads { count: usize },
+    /// `--env-file` cannot be read (66) or parsed (65) at start.
+    #[error("{message}")]
+    EnvFile { message: String, unreadable: bool },
     #[error("no such {kind}: {name} (check --user and --group)")]
     NoSuchUser { kind: &'static str, name: String },
     /// `--max-restarts` was used up; the message says which worker and how.
@@ -64,6 +67,12 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::GaveUp(_) => 1,
+            Error::EnvFile {
+                unreadable: true, ..
+            } => 66,
+            Error::EnvFile {
+                unreadable: false, ..
+            } => 65,
             Error::Usage(_) | Error::Cli(_) => 64,
             Error::NoSuchUser { .. } => 67,
             Error::Threads { .. } => 70,

@@ -64,8 +64,12 @@ pub mod trim;
 #[doc(hidden)]
 pub mod config;
 pub(crate) mod control;
+pub(crate) mod endpoint;
+#[doc(hidden)]
+pub mod envfile;
 pub mod error;
 pub(crate) mod listen;
+pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod output;
 pub(crate) mod pidfile;

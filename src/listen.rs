@@ -17,6 +17,7 @@ use std::str::FromStr;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use crate::endpoint;
 use crate::error::Error;
 use crate::worker::ListenersError;
 
@@ -102,6 +103,18 @@ pub struct Listener {
 impl Listener {
     pub fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
+    }
+
+    /// The socket as one the master serves itself (`/metrics`), non-blocking;
+    /// the returned guard removes a Unix socket's file when dropped.
+    pub fn into_endpoint(self) -> io::Result<(endpoint::Listener, Option<SocketFile>)> {
+        self.socket.set_nonblocking(true)?;
+        let fd = OwnedFd::from(self.socket);
+        let listener = match self.local.starts_with("unix:") {
+            true => endpoint::Listener::Unix(mio::net::UnixListener::from_std(fd.into())),
+            false => endpoint::Listener::Tcp(mio::net::TcpListener::from_std(fd.into())),
+        };
+        Ok((listener, self._socket_file))
     }
 
     /// Wraps a socket the master was given (systemd socket activation).
@@ -329,7 +342,7 @@ pub fn remove_stale(path: &Path) -> io::Result<()> {
 /// it drops it. Workers never drop it: exec'd workers do not run our
 /// destructors, and forked ones (cluster mode) are not the owner.
 #[derive(Debug)]
-struct SocketFile {
+pub struct SocketFile {
     path: PathBuf,
     owner: u32,
     ino: u64,

@@ -75,7 +75,18 @@ fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Err
         }
         None => None,
     };
-    let setup = Setup::new(config, log)?;
+    // The first reading of --env-file: one that cannot be used stops
+    // rcluster now (65, 66), as it stops a reload later.
+    let env_file = config
+        .env_file
+        .as_deref()
+        .map(rcluster::envfile::read)
+        .transpose()
+        .map_err(|e| rcluster::Error::EnvFile {
+            message: e.message,
+            unreadable: e.unreadable,
+        })?;
+    let mut setup = Setup::new(config, log)?;
     let mut launcher = ExecLauncher::new(
         command,
         setup.listener_fds(),
@@ -85,6 +96,10 @@ fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Err
     );
     if let Some(shim) = shim {
         launcher = launcher.with_shim(shim, config.stop_signal);
+    }
+    if let Some(file) = env_file {
+        rcluster::launch::Launch::set_env_file(&mut launcher, &file.vars);
+        setup.info.env_versions.insert(1, file.version);
     }
     // Whatever the workers start comes back to the master if orphaned, so
     // nothing they start can outlive them unnoticed.

@@ -18,9 +18,11 @@ use mio::{Events, Interest, Poll, Token};
 use serde_json::{Value, json};
 
 use crate::control::{self, ControlServer, Request};
+use crate::envfile;
 use crate::error::Error;
 use crate::launch::{Launch, Launched, OutputPipe, Reaping};
 use crate::log::{Log, render};
+use crate::metrics::{Metrics, MetricsServer};
 use crate::notify::{self, Datagram, Manager, NotifySocket};
 use crate::output::{Output, Tail};
 use crate::portcheck;
@@ -38,6 +40,7 @@ use crate::vocab::{Generation, Pid, SlotId, errno_name};
 const SIGNALS: Token = Token(0);
 const NOTIFY: Token = Token(1);
 const CONTROL: Token = Token(2);
+const METRICS: Token = Token(5);
 /// The log's destinations, when they have room again (3 and 4).
 const LOG_BASE: usize = 3;
 /// Exec pipes are registered as `EXEC_BASE + pid` (a live child's pid is
@@ -48,6 +51,8 @@ const CONTROL_BASE: usize = 2 << 24;
 const OUTPUT_BASE: usize = 3 << 24;
 /// Each worker's pidfd, as `PIDFD_BASE + pid`.
 const PIDFD_BASE: usize = 4 << 24;
+/// `/metrics` clients.
+const METRICS_BASE: usize = 5 << 24;
 
 /// Runs the master until it stops: starts the workers with `launcher` and
 /// supervises them. The listeners and the pid file live until it returns.
@@ -58,12 +63,22 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         pid_file,
         notify,
         control,
+        metrics,
         info,
         policy,
+        env_file,
         ..
     } = setup;
     let supervisor = Supervisor::new(policy);
     let mut master = Master::new(supervisor, launcher, signals, notify, control, info, log)?;
+    master.env_file = env_file;
+    if let Some(mut metrics) = metrics {
+        metrics
+            .endpoint()
+            .register(master.poll.registry(), METRICS, METRICS_BASE)
+            .map_err(|e| Error::os("registering the metrics socket", e))?;
+        master.metrics_server = Some(metrics);
+    }
     master.listener_inodes = listeners
         .iter()
         .filter_map(|l| portcheck::inode(l.fd()))
@@ -84,6 +99,9 @@ struct Master<'a, L: Launch> {
     /// systemd, when rcluster runs under it with `Type=notify`.
     manager: Option<Manager>,
     control: Option<ControlServer>,
+    /// `--metrics`, and what the master counts for it.
+    metrics_server: Option<MetricsServer>,
+    metrics: Metrics,
     info: MasterInfo,
     /// Control clients waiting for the reload to end, or the master to stop.
     reload_waiters: Vec<usize>,
@@ -101,6 +119,8 @@ struct Master<'a, L: Launch> {
     /// Each worker's CPU time when last looked at, and the share of a CPU
     /// it used up to then (for `status` and `/metrics`).
     cpu_samples: HashMap<Pid, (Instant, u64, f64)>,
+    /// `--env-file`, read again at each reload.
+    env_file: Option<std::path::PathBuf>,
     /// The listeners' socket inodes: a worker's other listening sockets
     /// are ports of its own.
     listener_inodes: BTreeSet<u64>,
@@ -134,6 +154,7 @@ impl<'a, L: Launch> Master<'a, L> {
             .map_err(|e| Error::os("registering the notify socket", e))?;
         if let Some(control) = &mut control {
             control
+                .endpoint()
                 .register(poll.registry(), CONTROL, CONTROL_BASE)
                 .map_err(|e| Error::os("registering the control socket", e))?;
         }
@@ -146,6 +167,8 @@ impl<'a, L: Launch> Master<'a, L> {
             notify,
             manager: Manager::from_env(),
             control,
+            metrics_server: None,
+            metrics: Metrics::default(),
             info,
             reload_waiters: Vec::new(),
             stop_waiters: Vec::new(),
@@ -154,6 +177,7 @@ impl<'a, L: Launch> Master<'a, L> {
             pidfds: HashMap::new(),
             notify_dropped: 0,
             listener_inodes: BTreeSet::new(),
+            env_file: None,
             last_words: HashMap::new(),
             cpu_samples: HashMap::new(),
             notify_pending: false,
@@ -174,6 +198,9 @@ impl<'a, L: Launch> Master<'a, L> {
             let deadline = [
                 self.supervisor.next_deadline(),
                 self.control.as_ref().and_then(ControlServer::next_deadline),
+                self.metrics_server
+                    .as_mut()
+                    .and_then(|m| m.endpoint().next_deadline()),
             ]
             .into_iter()
             .flatten()
@@ -203,6 +230,7 @@ impl<'a, L: Launch> Master<'a, L> {
                 self.on_notify(now);
             }
             let mut new_clients = false;
+            let mut new_scrapers = false;
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signals(now),
@@ -210,6 +238,7 @@ impl<'a, L: Launch> Master<'a, L> {
                     // After the clients' events: those that hung up free
                     // their fds before new ones are accepted.
                     CONTROL => new_clients = true,
+                    METRICS => new_scrapers = true,
                     token @ Token(CONTROL_BASE..OUTPUT_BASE) => self.on_control_client(token, now),
                     token @ Token(OUTPUT_BASE..PIDFD_BASE) => {
                         if let Some(id) = self.output.owns(token) {
@@ -221,7 +250,8 @@ impl<'a, L: Launch> Master<'a, L> {
                         }
                     }
                     Token(t) if (LOG_BASE..LOG_BASE + 2).contains(&t) => self.log.flush(),
-                    Token(t @ PIDFD_BASE..) => {
+                    token @ Token(METRICS_BASE..) => self.on_scraper(token, now),
+                    Token(t @ PIDFD_BASE..METRICS_BASE) => {
                         let pid = Pid::from_raw((t - PIDFD_BASE) as i32);
                         if let Some(exit) = reap::pid(pid) {
                             self.on_reaped(pid, exit, now);
@@ -233,11 +263,17 @@ impl<'a, L: Launch> Master<'a, L> {
             if new_clients {
                 self.on_control_listener(now);
             }
+            if new_scrapers && let Some(metrics) = &mut self.metrics_server {
+                metrics.endpoint().accept(self.poll.registry(), now);
+            }
             if !self.log.congested() {
                 self.output.service_pending(self.poll.registry(), self.log);
             }
             if let Some(control) = &mut self.control {
-                control.expire(now, self.poll.registry());
+                control.endpoint().expire(now, self.poll.registry());
+            }
+            if let Some(metrics) = &mut self.metrics_server {
+                metrics.endpoint().expire(now, self.poll.registry());
             }
             if self.supervisor.next_deadline().is_some_and(|d| d <= now) {
                 self.dispatch(Event::Timeout, now);
@@ -248,6 +284,9 @@ impl<'a, L: Launch> Master<'a, L> {
     fn on_signals(&mut self, now: Instant) {
         for received in self.signals.pending() {
             match (received.signal, signals::classify(received.signal)) {
+                (_, Some(MasterSignal::Reload)) => {
+                    let _ = self.reload(now);
+                }
                 (_, Some(signal)) => self.dispatch(Event::Signal(signal), now),
                 (libc::SIGUSR1, None) => self.reopen_log(),
                 (libc::SIGCHLD, None) => self.on_child(received.sender, now),
@@ -278,7 +317,35 @@ impl<'a, L: Launch> Master<'a, L> {
 
     fn on_control_listener(&mut self, now: Instant) {
         if let Some(control) = &mut self.control {
-            control.accept(self.poll.registry(), now);
+            control.endpoint().accept(self.poll.registry(), now);
+        }
+    }
+
+    /// A `/metrics` client's event; a whole `GET /metrics` is answered with
+    /// the figures as they are now.
+    fn on_scraper(&mut self, token: Token, now: Instant) {
+        let Some(server) = &mut self.metrics_server else {
+            return;
+        };
+        let Some(id) = server.endpoint().owns(token) else {
+            return;
+        };
+        if !server.on_event(id, self.poll.registry()) {
+            return;
+        }
+        let observed = self.observe(now);
+        let exposition =
+            self.metrics
+                .render(&self.supervisor, &self.info, &observed, self.counts(), now);
+        if let Some(server) = &mut self.metrics_server {
+            server.reply(id, &exposition, self.poll.registry());
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            log_lines_lost: self.log.lines_lost(),
+            notify_dropped: self.notify_dropped,
         }
     }
 
@@ -286,7 +353,7 @@ impl<'a, L: Launch> Master<'a, L> {
         let Some(control) = &mut self.control else {
             return;
         };
-        let Some(id) = control.owns(token) else {
+        let Some(id) = control.endpoint().owns(token) else {
             return;
         };
         if let Some(request) = control.on_event(id, self.poll.registry()) {
@@ -301,10 +368,7 @@ impl<'a, L: Launch> Master<'a, L> {
         let running = self.supervisor.is_running();
         let response = match request {
             Request::Status { slot } => {
-                let counts = Counts {
-                    log_lines_lost: self.log.lines_lost(),
-                    notify_dropped: self.notify_dropped,
-                };
+                let counts = self.counts();
                 let observed = self.observe(now);
                 Some(status::to_json(
                     &self.supervisor,
@@ -318,16 +382,23 @@ impl<'a, L: Launch> Master<'a, L> {
             Request::Reload { .. } | Request::Scale { .. } if !running => {
                 Some(control::error("the master is stopping"))
             }
-            Request::Reload { wait: true } => {
-                self.hold(id);
-                self.reload_waiters.push(id);
-                self.dispatch(Event::Signal(MasterSignal::Reload), now);
-                None
-            }
-            Request::Reload { wait: false } => {
-                self.dispatch(Event::Signal(MasterSignal::Reload), now);
-                let generation = self.supervisor.target_generation();
-                Some(json!({"ok": true, "generation": generation}))
+            Request::Reload { wait } => {
+                if wait {
+                    self.hold(id);
+                    self.reload_waiters.push(id);
+                }
+                match self.reload(now) {
+                    Err(cause) => {
+                        self.reload_waiters.retain(|&w| w != id);
+                        Some(
+                            json!({"ok": false, "result": "aborted", "cause": cause, "error": format!("reload aborted: {cause}")}),
+                        )
+                    }
+                    Ok(()) if wait => None,
+                    Ok(()) => {
+                        Some(json!({"ok": true, "generation": self.supervisor.target_generation()}))
+                    }
+                }
             }
             Request::Scale { workers } => {
                 self.dispatch(Event::ScaleTo(workers), now);
@@ -347,6 +418,34 @@ impl<'a, L: Launch> Master<'a, L> {
         if let Some(response) = response {
             self.answer(vec![id], &response);
         }
+    }
+
+    /// A reload (HUP or `rcluster reload`): the env file is read first, and
+    /// one that cannot be read or parsed stops the reload before it starts.
+    fn reload(&mut self, now: Instant) -> Result<(), String> {
+        if let Some(path) = self.env_file.clone() {
+            match envfile::read(&path) {
+                Ok(file) => {
+                    self.launcher.set_env_file(&file.vars);
+                    self.dispatch(Event::Signal(MasterSignal::Reload), now);
+                    let generation = self.supervisor.target_generation();
+                    self.info.env_versions.insert(generation, file.version);
+                }
+                Err(e) => {
+                    let cause = e.message;
+                    self.dispatch(
+                        Event::ReloadRefused {
+                            cause: cause.clone(),
+                        },
+                        now,
+                    );
+                    return Err(cause);
+                }
+            }
+        } else {
+            self.dispatch(Event::Signal(MasterSignal::Reload), now);
+        }
+        Ok(())
     }
 
     /// What the workers use and said, read now (never polled): memory and
@@ -405,7 +504,7 @@ impl<'a, L: Launch> Master<'a, L> {
 
     fn hold(&mut self, id: usize) {
         if let Some(control) = &mut self.control {
-            control.hold(id);
+            control.endpoint().hold(id);
         }
     }
 
@@ -623,6 +722,13 @@ impl<'a, L: Launch> Master<'a, L> {
                     }
                 }
             }
+            Action::MeasureMemory { pids } => {
+                let rss = pids
+                    .into_iter()
+                    .filter_map(|pid| Some((pid, usage::of_tree(pid)?.rss_bytes)))
+                    .collect();
+                self.dispatch(Event::Memory(rss), now);
+            }
             Action::CheckListeners { pid } => {
                 let Some(pidfd) = self.pidfds.get(&pid) else {
                     return;
@@ -641,7 +747,10 @@ impl<'a, L: Launch> Master<'a, L> {
                     });
                 }
             }
-            Action::Log(record) => self.log.emit(&record),
+            Action::Log(record) => {
+                self.metrics.observe(&record);
+                self.log.emit(&record)
+            }
             Action::NotifyManager(state) => {
                 if let Some(manager) = &self.manager
                     && let Err(e) = manager.tell(state)
@@ -653,6 +762,7 @@ impl<'a, L: Launch> Master<'a, L> {
                 }
             }
             Action::ReloadFinished(outcome) => {
+                self.metrics.reload_finished(&outcome);
                 let waiters = std::mem::take(&mut self.reload_waiters);
                 self.answer(waiters, &reload_answer(&outcome));
             }

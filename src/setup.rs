@@ -12,6 +12,7 @@ use crate::control::{BindError, ControlServer, Taken};
 use crate::error::Error;
 use crate::listen::{self, Listener};
 use crate::log::Log;
+use crate::metrics::MetricsServer;
 use crate::notify::NotifySocket;
 use crate::pidfile::PidFile;
 use crate::rundir;
@@ -28,8 +29,11 @@ pub struct Setup {
     pub pid_file: Option<PidFile>,
     pub notify: NotifySocket,
     pub control: Option<ControlServer>,
+    pub metrics: Option<MetricsServer>,
     pub info: MasterInfo,
     pub policy: Policy,
+    /// `--env-file`, read again at each reload.
+    pub env_file: Option<std::path::PathBuf>,
     watchdog: Option<Duration>,
 }
 
@@ -48,6 +52,11 @@ impl Setup {
         let notify =
             NotifySocket::bind().map_err(|e| Error::os("creating the notify socket", e))?;
         let control = open_control(config, &listeners, log)?;
+        let metrics = config
+            .metrics
+            .as_ref()
+            .map(MetricsServer::bind)
+            .transpose()?;
         log.emit(&Record::Started {
             pid: std::process::id(),
             workers: config.workers,
@@ -57,6 +66,11 @@ impl Setup {
             log.emit(&Record::Listening {
                 name: listener.name.clone(),
                 addr: listener.local.clone(),
+            });
+        }
+        if let Some(metrics) = &metrics {
+            log.emit(&Record::MetricsEndpoint {
+                addr: metrics.addr.clone(),
             });
         }
         let info = MasterInfo {
@@ -70,6 +84,8 @@ impl Setup {
                 .as_ref()
                 .map(|c| c.path().display().to_string())
                 .unwrap_or_default(),
+            env_file: config.env_file.as_ref().map(|p| p.display().to_string()),
+            env_versions: Default::default(),
         };
         Ok(Setup {
             signals,
@@ -77,8 +93,10 @@ impl Setup {
             pid_file,
             notify,
             control,
+            metrics,
             info,
             policy: config.policy(),
+            env_file: config.env_file.clone(),
             watchdog: config.watchdog,
         })
     }

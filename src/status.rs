@@ -20,6 +20,9 @@ pub struct MasterInfo {
     pub started: Instant,
     pub listeners: Vec<(String, String)>,
     pub control: String,
+    /// `--env-file`, and the version of it each generation got.
+    pub env_file: Option<String>,
+    pub env_versions: std::collections::BTreeMap<crate::vocab::Generation, String>,
 }
 
 /// What the shell read or kept about the workers, when asked.
@@ -121,6 +124,10 @@ pub fn to_json(
             "notify_dropped": counts.notify_dropped,
             "stopping": !sup.is_running(),
             "control": info.control,
+            "env_file": info.env_file.as_ref().map(|path| json!({
+                "path": path,
+                "versions": info.env_versions.iter().map(|(g, v)| (g.to_string(), json!(v))).collect::<serde_json::Map<String, Value>>(),
+            })),
             "listeners": info.listeners.iter().map(|(name, addr)| json!({"name": name, "addr": addr})).collect::<Vec<_>>(),
         },
         "reload": match sup.reload_in_progress() {

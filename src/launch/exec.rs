@@ -25,6 +25,8 @@ pub struct ExecLauncher {
     command: Command,
     /// The master's environment without ours, and ours.
     env: WorkerEnv,
+    /// The variables of `--env-file`, as last read.
+    file_vars: Vec<(String, String)>,
     /// Listener fds, in order: they become fds 3, 4, … in the worker; then
     /// the shim's, if any.
     fds: Vec<RawFd>,
@@ -51,6 +53,7 @@ impl ExecLauncher {
         ExecLauncher {
             command,
             env: WorkerEnv::new(vars),
+            file_vars: Vec::new(),
             fds,
             shim: None,
             identity,
@@ -65,9 +68,9 @@ impl ExecLauncher {
         let vars = shim.vars(3 + self.fds.len() as RawFd, stop_signal);
         self.fds.push(shim.fd());
         self.shim = Some(shim);
-        let mut all = self.env.vars;
+        let mut all = std::mem::take(&mut self.env.vars);
         all.extend(vars);
-        self.env = WorkerEnv::new(all);
+        self.env = WorkerEnv::with_file(all, &self.file_vars);
         self
     }
 
@@ -165,5 +168,11 @@ impl Launch for ExecLauncher {
 
     fn describe(&self) -> String {
         self.command.display()
+    }
+
+    fn set_env_file(&mut self, vars: &[(String, String)]) {
+        self.file_vars = vars.to_vec();
+        let ours = std::mem::take(&mut self.env.vars);
+        self.env = WorkerEnv::with_file(ours, &self.file_vars);
     }
 }

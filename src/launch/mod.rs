@@ -25,6 +25,9 @@ pub trait Launch {
     /// The user the workers run as: only it (or root) may speak for them
     /// on the notify socket.
     fn uid(&self) -> u32;
+
+    /// Workers started from now on get these variables too (`--env-file`).
+    fn set_env_file(&mut self, _vars: &[(String, String)]) {}
 }
 
 /// A worker just started.

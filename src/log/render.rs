@@ -9,6 +9,7 @@ use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use crate::supervisor::record::{Next, Record};
+use crate::supervisor::recycle::RecycleReason;
 use crate::supervisor::slot::StopReason;
 use crate::vocab::{Exit, Pid, SlotId, count, errno_name, human, signal_name};
 
@@ -96,7 +97,25 @@ pub fn stop_reason(why: &StopReason) -> String {
         StopReason::Watchdog { timeout } => format!("no watchdog ping for {}", human(*timeout)),
         StopReason::NotReady { timeout } => format!("not ready within {}", human(*timeout)),
         StopReason::WorkerStopping => "it said STOPPING=1".into(),
+        StopReason::Recycled(reason) => format!("recycled: {}", recycle_reason(reason)),
     }
+}
+
+fn recycle_reason(reason: &RecycleReason) -> String {
+    match reason {
+        RecycleReason::Memory { rss, limit } => format!(
+            "{} resident, over --max-memory {}",
+            megabytes(*rss),
+            megabytes(*limit)
+        ),
+        RecycleReason::Age { limit } => {
+            format!("its age limit, {} (--max-age with jitter)", human(*limit))
+        }
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// What follows an exit, as the end of its sentence.
@@ -130,6 +149,10 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 "rcluster {version} started (pid {pid}), {}",
                 count(*workers, "worker")
             ))
+        }
+        MetricsEndpoint { addr } => {
+            r.str("addr", addr);
+            r.say(format_args!("serving metrics at http://{addr}/metrics"))
         }
         Listening { name, addr } => {
             r.str("listener", name).str("addr", addr);
@@ -422,6 +445,26 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                  one rcluster passed it ({ours}): clients of port {ports} bypass rcluster, and \
                  no other worker can bind it; have the server use fd 3 (LISTEN_FDS), or run \
                  rcluster with --adopt-bind (README: \"A server that binds its own port\")"
+            ))
+        }
+        WorkerRecycled { slot, pid, reason } => {
+            r.slot(*slot).pid(*pid).str("reason", reason.name());
+            if let RecycleReason::Memory { rss, limit } = reason {
+                r.u64("rss_bytes", *rss).u64("limit_bytes", *limit);
+            }
+            if let RecycleReason::Age { limit } = reason {
+                r.ms("age_limit_ms", *limit);
+            }
+            r.say(format_args!(
+                "{} recycled ({}): its successor starts now; it drains once that one is ready",
+                worker(*slot, *pid),
+                recycle_reason(reason)
+            ))
+        }
+        ReloadRefused { cause, serving } => {
+            r.str("cause", cause).u64("generation", *serving);
+            r.say(format_args!(
+                "reload aborted before it started: {cause}; generation {serving} keeps serving"
             ))
         }
         OsError { op, error } => {

@@ -85,6 +85,7 @@ static struct {
 
 struct conn {
     _Atomic(uint64_t) ino; /* 0: not a connection we accepted */
+    atomic_int answered;   /* a response began on it: it may now sit idle */
     atomic_int pending;    /* request bytes read since the last response began */
     atomic_int shut;
     _Atomic(int64_t) active_ms; /* last read or write */
@@ -216,6 +217,7 @@ static void track(int fd) {
     struct stat st;
     if (fd < 0 || fd >= MAX_FDS || fstat(fd, &st) != 0) return;
     struct conn *c = &conns[fd];
+    atomic_store(&c->answered, 0);
     atomic_store(&c->pending, 0);
     atomic_store(&c->shut, 0);
     atomic_store(&c->active_ms, now_ms());
@@ -401,6 +403,7 @@ static ssize_t drain_write(int fd, const struct iovec *iov, int count, int flags
     if (!c || count < 1 || iov[0].iov_len < 12) return 0;
     const char *head = iov[0].iov_base;
     if (memcmp(head, "HTTP/1.", 7) != 0) return 0;
+    atomic_store(&c->answered, 1);
     atomic_store(&c->pending, 0);
     atomic_store(&c->active_ms, now_ms());
     struct edit e;
@@ -620,11 +623,21 @@ static int sweep(int64_t started) {
             continue;
         }
         open++;
-        if (now - started >= GRACE_MS && !atomic_load(&c->pending) &&
+        /* Idle: between two requests of a keep-alive connection. One that
+         * was never answered has a request coming (a server slow to read
+         * it under load is not a client gone quiet). */
+        if (now - started >= GRACE_MS && atomic_load(&c->answered) && !atomic_load(&c->pending) &&
             now - atomic_load(&c->active_ms) >= GRACE_MS && !atomic_exchange(&c->shut, 1)) {
             /* Looked at again just before: a number the server reused in
-             * between would be someone else's socket. */
-            if (still_open(fd, c)) shutdown(fd, SHUT_RDWR);
+             * between would be someone else's socket. And a request that
+             * arrived but that a busy server has not read yet is not
+             * idleness. */
+            char byte;
+            int unread = (int)real_recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+            if (unread)
+                atomic_store(&c->shut, 0);
+            else if (still_open(fd, c))
+                shutdown(fd, SHUT_RDWR);
         }
     }
     return open;

@@ -106,14 +106,27 @@ pub struct WorkerEnv {
 
 impl WorkerEnv {
     pub fn new(vars: Vec<(String, Value)>) -> WorkerEnv {
+        WorkerEnv::with_file(vars, &[])
+    }
+
+    /// With the variables of an env file, which replace the master's own of
+    /// the same name; rcluster's (`LISTEN_FDS`…) are never replaced.
+    pub fn with_file(vars: Vec<(String, Value)>, file: &[(String, String)]) -> WorkerEnv {
+        let from_file = |key: &OsStr| file.iter().any(|(k, _)| OsStr::new(k) == key);
+        let entry = |key: Vec<u8>, value: Vec<u8>| {
+            let mut entry = key;
+            entry.push(b'=');
+            entry.extend(value);
+            CString::new(entry).ok()
+        };
         let inherited = std::env::vars_os()
-            .filter(|(k, _)| !is_ours(k, &vars))
-            .filter_map(|(k, v)| {
-                let mut entry = k.into_vec();
-                entry.push(b'=');
-                entry.extend(v.into_vec());
-                CString::new(entry).ok()
-            })
+            .filter(|(k, _)| !is_ours(k, &vars) && !from_file(k))
+            .filter_map(|(k, v)| entry(k.into_vec(), v.into_vec()))
+            .chain(
+                file.iter()
+                    .filter(|(k, _)| !is_ours(OsStr::new(k), &vars))
+                    .filter_map(|(k, v)| entry(k.clone().into_bytes(), v.clone().into_bytes())),
+            )
             .collect();
         WorkerEnv { inherited, vars }
     }

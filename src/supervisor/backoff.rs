@@ -73,6 +73,7 @@ mod tests {
             ready_timeout: Duration::from_secs(60),
             reload_batch: 1,
             watchdog: None,
+            recycle: Default::default(),
         }
     }
 

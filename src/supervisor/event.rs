@@ -78,6 +78,14 @@ pub enum Event {
     },
     /// `rcluster scale N`: run N workers.
     ScaleTo(usize),
+    /// A reload was asked for but cannot start (`--env-file` cannot be read
+    /// or parsed): the workers keep serving as they are.
+    ReloadRefused {
+        cause: String,
+    },
+    /// The answer to [`Action::MeasureMemory`]: the resident bytes of each
+    /// worker's process tree (those still alive).
+    Memory(Vec<(Pid, u64)>),
     /// The group [`Action::StopGroup`] signalled still had processes.
     GroupLingers {
         pgid: Pid,
@@ -167,6 +175,11 @@ pub enum Action {
     /// `None`, every child that is no worker. Answer [`Event::Strays`].
     FindStrays {
         of: Option<Pid>,
+    },
+    /// Read the memory of these workers' process trees; answer
+    /// [`Event::Memory`].
+    MeasureMemory {
+        pids: Vec<Pid>,
     },
     /// See whether the worker listens on a TCP port of its own rather than
     /// on the sockets it was given; log a warning if so. Nothing to answer.

@@ -47,6 +47,7 @@ pub mod backoff;
 pub mod event;
 pub mod policy;
 pub mod record;
+pub mod recycle;
 pub mod reload;
 pub mod slot;
 #[cfg(test)]
@@ -61,6 +62,7 @@ use backoff::{Backoff, Restart};
 use event::{Action, Event, ManagerState, MasterSignal, NotifyMsg, Outcome};
 use policy::{Policy, ReadyRule};
 use record::{Next, Record};
+use recycle::{Due, RecycleReason, Rng};
 use reload::{Progress, ReloadOutcome, ReloadPlan};
 use slot::{Slot, SlotView, StopReason, Worker, WorkerState};
 use timers::{Timer, Timers};
@@ -120,6 +122,18 @@ pub struct Supervisor {
     /// The newest generation whose first ready worker was looked at for a
     /// port of its own.
     listeners_checked: Generation,
+    /// Serving workers over `--max-memory` or `--max-age`, waiting their
+    /// turn; and the one being replaced now (one slot at a time).
+    due: BTreeMap<Pid, Due>,
+    recycling: Option<(Pid, RecycleReason)>,
+    /// When each ready worker reaches its `--max-age`, and that limit.
+    age_limits: BTreeMap<Pid, (Instant, Duration)>,
+    /// The next look at the workers' memory (`--max-memory` only).
+    memory_check_at: Option<Instant>,
+    /// The `--max-age` jitter.
+    rng: Rng,
+    /// How many successors of the current recycle failed before it.
+    failed_successors: u32,
     /// Spawn actions out whose answer was not seen yet.
     spawns_in_flight: usize,
     /// Some worker's exec succeeded once: from then on an exec failure is
@@ -142,6 +156,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(policy: Policy) -> Supervisor {
+        let rng = Rng::new(policy.recycle.seed);
         Supervisor {
             slots: (0..policy.workers.max(1)).map(|_| Slot::new()).collect(),
             policy,
@@ -155,6 +170,12 @@ impl Supervisor {
             announced_ready: false,
             ready_slots: 0,
             listeners_checked: 0,
+            due: BTreeMap::new(),
+            recycling: None,
+            age_limits: BTreeMap::new(),
+            memory_check_at: None,
+            rng,
+            failed_successors: 0,
             spawns_in_flight: 0,
             ever_started: false,
             timers: Timers::default(),
@@ -175,6 +196,7 @@ impl Supervisor {
             Event::Start => {
                 self.started.get_or_insert(now);
                 self.dirty.extend(0..self.slots.len());
+                self.schedule_memory_check(now);
             }
             Event::Signal(signal) => self.on_signal(signal, now),
             Event::Spawned {
@@ -205,6 +227,19 @@ impl Supervisor {
                 self.set_workers(workers, now)
             }
             Event::ScaleTo(_) => self.ignored("scale", "the master is stopping"),
+            Event::Memory(rss) => self.on_memory(rss),
+            Event::ReloadRefused { cause } => {
+                self.log(Record::ReloadRefused {
+                    cause: cause.clone(),
+                    serving: self.target,
+                });
+                if self.reload.is_none() {
+                    self.last_reload = Some(ReloadOutcome::Aborted {
+                        generation: self.target + 1,
+                        cause,
+                    });
+                }
+            }
             Event::GroupLingers { pgid } => self.on_group_lingers(pgid, now),
             Event::Strays { of, pids } => self.on_strays(of, pids, now),
             Event::Timeout => {}
@@ -446,6 +481,7 @@ impl Supervisor {
         };
         self.timers
             .change(Timer::Worker(pid), worker.state.deadline(), None);
+        self.forget_recycling(pid);
         self.detach(&worker);
         if let Some(slot) = self.slots.get_mut(worker.slot) {
             slot.last_exit = Some(exit);
@@ -631,6 +667,24 @@ impl Supervisor {
                         self.actions.push(Action::KillGroup { pid });
                     }
                 }
+                Timer::Age(pid) => {
+                    if let Some((_, limit)) = self.age_limits.remove(&pid) {
+                        self.make_due(pid, RecycleReason::Age { limit });
+                    }
+                }
+                Timer::MemoryCheck => {
+                    self.memory_check_at = None;
+                    if self.phase == Phase::Running {
+                        let pids = self
+                            .workers
+                            .values()
+                            .filter(|w| w.state.is_ready())
+                            .map(|w| w.pid)
+                            .collect();
+                        self.actions.push(Action::MeasureMemory { pids });
+                        self.schedule_memory_check(now);
+                    }
+                }
             }
         }
     }
@@ -732,6 +786,7 @@ impl Supervisor {
         if is_new {
             self.abort_reload(&failure, now);
         }
+        self.recycle_failed(&failure, now);
         if !self.slots[failure.slot].is_empty() {
             return Next::SlotServed;
         }
@@ -912,6 +967,7 @@ impl Supervisor {
             Phase::Running => {
                 self.advance_reload(now);
                 self.announce_ready(now);
+                self.start_recycle();
             }
             Phase::Stopping { outcome, .. } => {
                 let gone = self.workers.is_empty() && self.spawns_in_flight == 0;
@@ -951,7 +1007,16 @@ impl Supervisor {
             .map(|w| w.pid)
             .collect();
         for pid in older {
-            self.stop(pid, StopReason::Replaced { by }, now);
+            let why = match self.recycling {
+                Some((recycled, reason)) if recycled == pid => {
+                    // Its successor serves: the next slot may take its turn.
+                    self.recycling = None;
+                    StopReason::Recycled(reason)
+                }
+                _ => StopReason::Replaced { by },
+            };
+            self.forget_recycling(pid);
+            self.stop(pid, why, now);
         }
     }
 
@@ -992,6 +1057,113 @@ impl Supervisor {
         });
         self.actions
             .push(Action::NotifyManager(ManagerState::Ready));
+    }
+
+    // ---- recycling -----------------------------------------------------------
+
+    fn schedule_memory_check(&mut self, now: Instant) {
+        if self.policy.recycle.max_memory.is_some() && self.memory_check_at.is_none() {
+            let at = now + self.policy.recycle.memory_check;
+            self.memory_check_at = Some(at);
+            self.timers.change(Timer::MemoryCheck, None, Some(at));
+        }
+    }
+
+    /// The answer to a memory check: workers over the limit are due.
+    fn on_memory(&mut self, rss: Vec<(Pid, u64)>) {
+        let Some(limit) = self.policy.recycle.max_memory else {
+            return;
+        };
+        for (pid, rss) in rss {
+            if rss > limit {
+                self.make_due(pid, RecycleReason::Memory { rss, limit });
+            }
+        }
+    }
+
+    /// Queues a serving worker for recycling (once).
+    fn make_due(&mut self, pid: Pid, reason: RecycleReason) {
+        let serving = self
+            .workers
+            .get(&pid)
+            .is_some_and(|w| w.state.is_ready() && w.state.is_attached());
+        let queued = self.due.contains_key(&pid) || self.recycling.is_some_and(|(p, _)| p == pid);
+        if serving && !queued && self.phase == Phase::Running {
+            self.due.insert(pid, Due { reason, failed: 0 });
+            if let Some(w) = self.workers.get(&pid) {
+                self.dirty.insert(w.slot);
+            }
+        }
+    }
+
+    /// Starts the next recycle, if none is under way and no reload is: the
+    /// worker's successor starts now, in the same slot; `retire_replaced`
+    /// stops the worker once the successor is ready.
+    fn start_recycle(&mut self) {
+        if self.recycling.is_some() || self.reload.is_some() {
+            return;
+        }
+        let due: Vec<(Pid, Due)> = self.due.iter().map(|(&p, &d)| (p, d)).collect();
+        for (pid, entry) in due {
+            let Some(worker) = self.workers.get(&pid) else {
+                self.due.remove(&pid);
+                continue;
+            };
+            if !(worker.state.is_ready() && worker.state.is_attached()) {
+                self.due.remove(&pid);
+                continue;
+            }
+            let slot = worker.slot;
+            let s = &self.slots[slot];
+            // A slot already replacing, or backing off after a failed
+            // successor, waits.
+            if s.attached.len() > 1 || s.spawning || s.restart_at.is_some() {
+                continue;
+            }
+            self.due.remove(&pid);
+            self.recycling = Some((pid, entry.reason));
+            self.failed_successors = entry.failed;
+            self.log(Record::WorkerRecycled {
+                slot,
+                pid,
+                reason: entry.reason,
+            });
+            self.spawn(slot);
+            self.refresh(slot);
+            return;
+        }
+    }
+
+    /// A worker failed: if it was a recycle's successor, the recycle waits
+    /// and is tried again after a delay that grows with each failure; the
+    /// worker it was to replace keeps serving.
+    fn recycle_failed(&mut self, failure: &Failure, now: Instant) {
+        let Some((old, reason)) = self.recycling else {
+            return;
+        };
+        let same_slot = self
+            .workers
+            .get(&old)
+            .is_some_and(|w| w.slot == failure.slot);
+        if !same_slot || failure.pid == Some(old) || failure.ready_for.is_some() {
+            return;
+        }
+        self.recycling = None;
+        let failed = self.failed_successors + 1;
+        self.due.insert(old, Due { reason, failed });
+        let delay = self.policy.restart_delay.after(failed);
+        self.set_restart(failure.slot, Some(now + delay));
+    }
+
+    /// A worker stopped or exited: it is no longer due, nor timed.
+    fn forget_recycling(&mut self, pid: Pid) {
+        self.due.remove(&pid);
+        if let Some((at, _)) = self.age_limits.remove(&pid) {
+            self.timers.change(Timer::Age(pid), Some(at), None);
+        }
+        if self.recycling.is_some_and(|(p, _)| p == pid) {
+            self.recycling = None;
+        }
     }
 
     // ---- helpers -----------------------------------------------------------
@@ -1076,9 +1248,15 @@ impl Supervisor {
             since: now,
             watchdog_by: self.policy.watchdog.map(|d| now + d),
         };
-        let generation = worker.generation;
+        let (generation, slot, started) = (worker.generation, worker.slot, worker.started);
         self.set_state(pid, ready);
         self.log(record);
+        if let Some(max_age) = self.policy.recycle.max_age {
+            let limit = recycle::lifetime(max_age, slot, self.slots.len(), self.rng.next_f64());
+            let at = (started + limit).max(now);
+            self.age_limits.insert(pid, (at, limit));
+            self.timers.change(Timer::Age(pid), None, Some(at));
+        }
         // A server that binds a port of its own serves nobody on ours:
         // looked for once per generation, in its first ready worker.
         if generation > self.listeners_checked {
@@ -1184,7 +1362,9 @@ impl Supervisor {
             .count()
             + self.slots.iter().filter(|s| s.restart_at.is_some()).count()
             + self.groups.len()
-            + self.strays.values().filter(|at| at.is_some()).count();
+            + self.strays.values().filter(|at| at.is_some()).count()
+            + self.age_limits.len()
+            + usize::from(self.memory_check_at.is_some());
         assert_eq!(self.timers.len(), timers, "one timer per deadline");
         let ready = self
             .slots

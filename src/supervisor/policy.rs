@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use super::recycle::RecyclePolicy;
+
 /// Everything the core needs to know about policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -17,6 +19,7 @@ pub struct Policy {
     pub ready_timeout: Duration,
     pub reload_batch: usize,
     pub watchdog: Option<Duration>,
+    pub recycle: RecyclePolicy,
 }
 
 /// When a started worker counts as Ready: what a reload waits for before

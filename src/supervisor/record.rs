@@ -13,6 +13,7 @@ use slog::Level;
 
 use crate::vocab::{Exit, Generation, Pid, SlotId};
 
+use super::recycle::RecycleReason;
 use super::slot::StopReason;
 
 /// What happens after a worker ended, as its exit record says.
@@ -39,6 +40,10 @@ pub enum Record {
     },
     Listening {
         name: String,
+        addr: String,
+    },
+    /// `--metrics`: where `/metrics` is served.
+    MetricsEndpoint {
         addr: String,
     },
     WorkerSpawned {
@@ -134,6 +139,11 @@ pub enum Record {
         cause: String,
         old_serving: usize,
     },
+    /// A reload that could not start; the workers of `serving` go on.
+    ReloadRefused {
+        cause: String,
+        serving: Generation,
+    },
     Scaled {
         workers: usize,
     },
@@ -205,6 +215,13 @@ pub enum Record {
         /// rcluster's own addresses, for the message.
         ours: Vec<String>,
     },
+    /// A serving worker is replaced for its memory or age: its successor
+    /// starts now; it drains once that one is ready.
+    WorkerRecycled {
+        slot: SlotId,
+        pid: Pid,
+        reason: RecycleReason,
+    },
     /// The default control socket was taken; the master uses another.
     ControlMoved {
         from: String,
@@ -221,6 +238,7 @@ impl Record {
         match self {
             Started { .. } => ("started", Info),
             Listening { .. } => ("listening", Info),
+            MetricsEndpoint { .. } => ("metrics endpoint", Info),
             WorkerSpawned { .. } => ("worker spawned", Info),
             WorkerStarted { .. } => ("worker started", Debug),
             WorkerReady { .. } => ("worker ready", Info),
@@ -245,6 +263,7 @@ impl Record {
             ReloadRetargeted { .. } => ("reload retargeted", Info),
             ReloadComplete { .. } => ("reload complete", Info),
             ReloadAborted { .. } => ("reload aborted", Error),
+            ReloadRefused { .. } => ("reload aborted", Error),
             Scaled { .. } => ("scaled", Info),
             StopRequested { .. } => ("stop requested", Info),
             GivingUp { .. } => ("giving up", Critical),
@@ -262,6 +281,7 @@ impl Record {
             Control { error: Some(_), .. } => ("control socket", Warning),
             ControlMoved { .. } => ("control socket", Warning),
             OwnPorts { .. } => ("worker listens on its own port", Warning),
+            WorkerRecycled { .. } => ("worker recycled", Info),
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::vocab::{Exit, Generation, Pid, SlotId};
 
 use super::backoff::Backoff;
+use super::recycle::RecycleReason;
 
 /// A stable position `0..workers`. Its worker may come and go; the slot
 /// remembers how often it crashed and when it may start the next one.
@@ -193,4 +194,6 @@ pub enum StopReason {
     },
     /// It said `STOPPING=1` on its own.
     WorkerStopping,
+    /// Its successor is ready; it was over `--max-memory` or `--max-age`.
+    Recycled(RecycleReason),
 }

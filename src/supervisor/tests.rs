@@ -25,6 +25,7 @@ fn policy(workers: usize) -> Policy {
         ready_timeout: ms(60_000),
         reload_batch: 1,
         watchdog: None,
+        recycle: Default::default(),
     }
 }
 
@@ -1369,4 +1370,123 @@ fn the_first_ready_worker_of_each_generation_is_looked_at_for_a_port_of_its_own(
     // A reload's first ready worker: once more.
     let new = spawned(&sim.signal(MasterSignal::Reload))[0];
     assert_eq!(checks(&sim.notify(new, NotifyMsg::Ready)), [new]);
+}
+
+fn recycling(max_memory: Option<u64>, max_age: Option<Duration>) -> Policy {
+    let mut p = policy(2);
+    p.ready = ReadyRule::Notify;
+    p.recycle = recycle::RecyclePolicy {
+        max_memory,
+        max_age,
+        memory_check: ms(5000),
+        seed: 7,
+    };
+    p
+}
+
+fn recycled(acts: &[Action]) -> Vec<Pid> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Log(Record::WorkerRecycled { pid, .. }) => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn without_recycling_options_an_idle_master_has_no_deadline() {
+    let (mut sim, pids) = Sim::started(policy(2));
+    for &pid in &pids {
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    assert_eq!(sim.deadline_ms(), None);
+    // With --max-memory, the memory check is the one deadline.
+    let mut sim = Sim::new(recycling(Some(50 << 20), None));
+    let pids = spawned(&sim.feed(Event::Start));
+    for &pid in &pids {
+        sim.exec_ok(pid);
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    assert_eq!(sim.deadline_ms(), Some(5000));
+}
+
+#[test]
+fn a_worker_over_max_memory_is_replaced_successor_first_one_slot_at_a_time() {
+    let mut sim = Sim::new(recycling(Some(50 << 20), None));
+    let pids = spawned(&sim.feed(Event::Start));
+    for &pid in &pids {
+        sim.exec_ok(pid);
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    let acts = sim.at(5000).timeout();
+    let asked = acts.iter().find_map(|a| match a {
+        Action::MeasureMemory { pids } => Some(pids.clone()),
+        _ => None,
+    });
+    assert_eq!(asked, Some(pids.clone()));
+    // Both over the limit: only the first is recycled now, and nothing is
+    // signalled before its successor is ready.
+    let acts = sim.feed(Event::Memory(vec![
+        (pids[0], 60 << 20),
+        (pids[1], 70 << 20),
+    ]));
+    assert_eq!(recycled(&acts), [pids[0]]);
+    assert_eq!(spawns(&acts), [(0, 1)]);
+    assert!(signalled(&acts).is_empty());
+    let successor = sim.pid_of(0);
+    sim.exec_ok(successor);
+    let acts = sim.notify(successor, NotifyMsg::Ready);
+    assert_eq!(signalled(&acts), [(pids[0], TERM)]);
+    // Then the second slot's turn.
+    assert_eq!(recycled(&acts), [pids[1]]);
+    assert_eq!(spawns(&acts), [(1, 1)]);
+    // The memory check goes on.
+    assert_eq!(sim.deadline_ms(), Some(10_000));
+}
+
+#[test]
+fn a_recycle_whose_successor_fails_keeps_the_old_worker_and_tries_again_later() {
+    let mut sim = Sim::new(recycling(Some(50 << 20), None));
+    let pids = spawned(&sim.feed(Event::Start));
+    for &pid in &pids {
+        sim.exec_ok(pid);
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    sim.at(5000).timeout();
+    sim.feed(Event::Memory(vec![(pids[0], 60 << 20)]));
+    let successor = sim.pid_of(0);
+    sim.exec_ok(successor);
+    let acts = sim.at(5010).exit(successor, 1);
+    assert!(signalled(&acts).is_empty(), "the old worker keeps serving");
+    assert!(spawns(&acts).is_empty(), "not again at once");
+    // After the restart delay (100 ms for the first failure), again.
+    let acts = sim.at(5110).timeout();
+    assert_eq!(recycled(&acts), [pids[0]]);
+    assert_eq!(spawns(&acts), [(0, 1)]);
+}
+
+#[test]
+fn max_age_recycles_slot_by_slot_within_the_limit() {
+    let mut sim = Sim::new(recycling(None, Some(ms(4000))));
+    let pids = spawned(&sim.feed(Event::Start));
+    for &pid in &pids {
+        sim.exec_ok(pid);
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    // Slot 0 lives between 3 and 4 s, slot 1 between 2 and 3 s.
+    let mut when = Vec::new();
+    for t in (0..=4000).step_by(10) {
+        let acts = sim.at(t).timeout();
+        for pid in recycled(&acts) {
+            when.push((pid, t));
+            let successor = sim.pid_of(if pid == pids[0] { 0 } else { 1 });
+            sim.exec_ok(successor);
+            sim.notify(successor, NotifyMsg::Ready);
+        }
+    }
+    assert_eq!(when.len(), 2, "{when:?}");
+    assert_eq!(when[0].0, pids[1]);
+    assert!((2000..3000).contains(&when[0].1), "{when:?}");
+    assert_eq!(when[1].0, pids[0]);
+    assert!((3000..=4000).contains(&when[1].1), "{when:?}");
 }

@@ -21,6 +21,10 @@ pub enum Timer {
     Group(Pid),
     /// A process a worker left behind is killed.
     Stray(Pid),
+    /// A ready worker reaches its `--max-age`.
+    Age(Pid),
+    /// The workers' memory is looked at (`--max-memory`).
+    MemoryCheck,
 }
 
 #[derive(Debug, Default)]

@@ -106,3 +106,136 @@ fn the_tail_stays_small_under_a_flood_and_the_figures_are_live() {
     );
     master.stop_cleanly();
 }
+
+/// `GET /metrics`, as Prometheus scrapes it.
+fn scrape(addr: &str) -> String {
+    let mut conn = std::net::TcpStream::connect(addr).expect("connecting to /metrics");
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept: text/plain\r\n\r\n",
+    )
+    .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_string()
+}
+
+/// `promtool check metrics`: Prometheus's own parser and linter.
+fn promtool_accepts(exposition: &str) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian: apt install prometheus; .ci/run does)");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), exposition.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value of one sample, by its name and labels as written.
+fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{exposition}"))
+}
+
+#[test]
+fn metrics_parse_before_during_and_after_a_reload_and_agree_with_the_log() {
+    let hello = crate::support::example("hello");
+    let mut master = Master::start(&[
+        "-w",
+        "2",
+        "--ready",
+        "notify",
+        "--metrics",
+        "127.0.0.1:0",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        &hello,
+    ]);
+    let endpoint = master.expect_msg("metrics endpoint");
+    let addr = endpoint["addr"].as_str().unwrap().to_string();
+    master.ready_workers();
+    let before = scrape(&addr);
+    promtool_accepts(&before);
+    assert_eq!(sample(&before, "rcluster_workers{state=\"ready\"}"), 2.0);
+    // During: between the HUP and the reload's end.
+    master.signal(libc::SIGHUP);
+    master.expect_msg("reload started");
+    promtool_accepts(&scrape(&addr));
+    let records = master.collect_until("the old workers' exits", {
+        let mut exits = 0;
+        move |r| {
+            exits += usize::from(r["msg"] == "worker exited");
+            exits == 2
+        }
+    });
+    let complete = records
+        .iter()
+        .find(|r| r["msg"] == "reload complete")
+        .expect("reload complete")
+        .clone();
+    let new_worker = records
+        .iter()
+        .rfind(|r| r["msg"] == "worker ready")
+        .expect("a new worker")
+        .clone();
+    // An exit nobody asked for, and its restart.
+    // SAFETY: killing a worker this test's master started.
+    unsafe { libc::kill(new_worker["pid"].as_i64().unwrap() as i32, libc::SIGABRT) };
+    master.expect_msg("worker exited");
+    master.expect_msg("worker ready");
+    let after = scrape(&addr);
+    promtool_accepts(&after);
+    assert_eq!(
+        sample(&after, "rcluster_reloads_total{result=\"complete\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, "rcluster_reload_duration_seconds_count"),
+        1.0
+    );
+    let duration = complete["duration_ms"].as_f64().unwrap() / 1000.0;
+    let sum = sample(&after, "rcluster_reload_duration_seconds_sum");
+    assert!((sum - duration).abs() < 0.002, "{sum} vs {duration}");
+    assert_eq!(sample(&after, "rcluster_generation"), 2.0);
+    // Ready records in the log: 2 at start, 2 in the reload, 1 restart.
+    let log = master.log_text();
+    let count = |msg: &str| log.lines().filter(|l| l.contains(msg)).count() as f64;
+    assert_eq!(
+        sample(&after, "rcluster_worker_startup_seconds_count"),
+        count("\"msg\":\"worker ready\"")
+    );
+    let slot = new_worker["slot"].to_string();
+    let series =
+        |cause: &str| format!("rcluster_worker_exits_total{{slot=\"{slot}\",cause=\"{cause}\"}}");
+    assert_eq!(sample(&after, &series("signal")), 1.0);
+    assert_eq!(
+        sample(
+            &after,
+            &format!("rcluster_worker_restarts_total{{slot=\"{slot}\"}}")
+        ),
+        1.0
+    );
+    let exits: f64 = after
+        .lines()
+        .filter(|l| l.starts_with("rcluster_worker_exits_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(exits, count("\"msg\":\"worker exited\""), "{after}");
+    assert!(sample(&after, "rcluster_worker_resident_memory_bytes{slot=\"0\"}") > 0.0);
+    master.stop_cleanly();
+}
