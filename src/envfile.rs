@@ -47,23 +47,31 @@ pub fn read(path: &Path) -> Result<EnvFile, EnvFileError> {
     })
 }
 
-/// `PATH line N: what is wrong`, as far as the error can tell.
+/// `PATH line N: what is wrong`, as far as the error can tell. dotenvy
+/// reports the statement (several lines for a quoted value that goes on)
+/// and the character where parsing stopped.
 fn describe(path: &Path, text: &str, e: &dotenvy::Error) -> String {
-    match e {
-        dotenvy::Error::LineParse(line, at) => {
-            let number = text
-                .lines()
-                .position(|l| l.trim_end() == line.trim_end())
-                .map_or(String::new(), |n| format!(" line {}", n + 1));
-            format!(
-                "the env file {}{number} cannot be parsed at character {}: {}",
-                path.display(),
-                at + 1,
-                line.trim_end()
-            )
-        }
-        other => format!("the env file {} cannot be parsed: {other}", path.display()),
+    let dotenvy::Error::LineParse(statement, at) = e else {
+        return format!("the env file {} cannot be parsed: {e}", path.display());
+    };
+    let first = statement.lines().next().unwrap_or_default().trim_end();
+    let start = text.lines().position(|l| l.trim_end() == first);
+    let at = (*at).min(statement.len());
+    let within = statement[..at].matches('\n').count();
+    let line = |n: usize| start.map_or(String::new(), |s| format!(" line {}", s + n + 1));
+    if statement.trim_end().contains('\n') && at >= statement.trim_end().len() {
+        return format!(
+            "the env file {}{} cannot be parsed: a quote opened there is never closed: {first}",
+            path.display(),
+            line(0)
+        );
     }
+    let bad = statement.lines().nth(within).unwrap_or(first).trim_end();
+    format!(
+        "the env file {}{} cannot be parsed: {bad}",
+        path.display(),
+        line(within)
+    )
 }
 
 #[cfg(test)]
@@ -104,6 +112,16 @@ mod tests {
         assert!(!e.unreadable);
         assert!(e.message.contains(" line 2 "), "{}", e.message);
         assert!(e.message.contains("BAD LINE HERE"), "{}", e.message);
+        let path = file("GOOD=1\nLEVEL=\"info\nPORT=1\n");
+        let e = read(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            e.message.ends_with(
+                " line 2 cannot be parsed: a quote opened there is never closed: LEVEL=\"info"
+            ),
+            "{}",
+            e.message
+        );
         let e = read(Path::new("/nonexistent/.env")).unwrap_err();
         assert!(e.unreadable && e.message.contains("/nonexistent/.env"));
     }

@@ -429,6 +429,10 @@ impl<'a, L: Launch> Master<'a, L> {
                     self.launcher.set_env_file(&file.vars);
                     self.dispatch(Event::Signal(MasterSignal::Reload), now);
                     let generation = self.supervisor.target_generation();
+                    // Only the versions some worker still runs are kept.
+                    let oldest = self.supervisor.workers().map(|w| w.generation).min();
+                    let oldest = oldest.unwrap_or(generation);
+                    self.info.env_versions.retain(|g, _| *g >= oldest);
                     self.info.env_versions.insert(generation, file.version);
                 }
                 Err(e) => {

@@ -148,7 +148,41 @@ impl Metrics {
             Record::WorkerRecycled { reason, .. } => {
                 *self.recycles.entry(reason.name()).or_default() += 1;
             }
-            _ => {}
+            // Reload outcomes are counted by `reload_finished`; the
+            // rest are not counted.
+            Record::Started { .. }
+            | Record::Listening { .. }
+            | Record::MetricsEndpoint { .. }
+            | Record::WorkerSpawned { .. }
+            | Record::WorkerStarted { .. }
+            | Record::WorkersReady { .. }
+            | Record::WorkerStatus { .. }
+            | Record::WorkerStopping { .. }
+            | Record::WorkerDraining { .. }
+            | Record::SpawnFailed { .. }
+            | Record::NotReady { .. }
+            | Record::WatchdogTimeout { .. }
+            | Record::StopTimeout { .. }
+            | Record::ReloadStarted { .. }
+            | Record::BackoffCut { .. }
+            | Record::ReloadRetargeted { .. }
+            | Record::ReloadAborted { .. }
+            | Record::Scaled { .. }
+            | Record::StopRequested { .. }
+            | Record::GivingUp { .. }
+            | Record::Stopped { .. }
+            | Record::SignalIgnored { .. }
+            | Record::OrphanReaped { .. }
+            | Record::StraysStopping { .. }
+            | Record::StrayKilled { .. }
+            | Record::NotifyIgnored { .. }
+            | Record::OsError { .. }
+            | Record::WorkerOutput { .. }
+            | Record::LogReopened { .. }
+            | Record::LogLost { .. }
+            | Record::Control { .. }
+            | Record::OwnPorts { .. }
+            | Record::ControlMoved { .. } => {}
         }
     }
 
@@ -182,7 +216,7 @@ impl Metrics {
         out.sample(
             "rcluster_uptime_seconds",
             &[],
-            now.saturating_duration_since(info.started).as_secs_f64(),
+            now.saturating_duration_since(info.started).as_millis() as f64 / 1e3,
         );
         out.family(
             "rcluster_generation",
@@ -270,7 +304,7 @@ impl Metrics {
             out.sample(
                 "rcluster_worker_uptime_seconds",
                 &[("slot", &slot)],
-                now.saturating_duration_since(worker.started).as_secs_f64(),
+                now.saturating_duration_since(worker.started).as_millis() as f64 / 1e3,
             );
         }
 

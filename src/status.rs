@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::supervisor::Supervisor;
 use crate::supervisor::reload::ReloadOutcome;
 use crate::usage::Usage;
-use crate::vocab::{Exit, Pid, SlotId, count, human};
+use crate::vocab::{Exit, Pid, SlotId, count, human, megabytes};
 
 /// What the shell knows that the supervisor does not, fixed at start.
 pub struct MasterInfo {
@@ -126,7 +126,10 @@ pub fn to_json(
             "control": info.control,
             "env_file": info.env_file.as_ref().map(|path| json!({
                 "path": path,
-                "versions": info.env_versions.iter().map(|(g, v)| (g.to_string(), json!(v))).collect::<serde_json::Map<String, Value>>(),
+                "versions": info.env_versions.iter()
+                    .filter(|(g, _)| **g == sup.target_generation() || sup.workers().any(|w| w.generation == **g))
+                    .map(|(g, v)| (g.to_string(), json!(v)))
+                    .collect::<serde_json::Map<String, Value>>(),
             })),
             "listeners": info.listeners.iter().map(|(name, addr)| json!({"name": name, "addr": addr})).collect::<Vec<_>>(),
         },
@@ -213,10 +216,13 @@ pub fn table(status: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "master   {}, pid {}, up {}, {}, {generation}, rcluster {}",
+        "master   {}, pid {}, up {}{}, {}, {generation}, rcluster {}",
         master["name"].as_str().unwrap_or("-"),
         master["pid"],
         ms(&master["uptime_ms"]).unwrap_or_default(),
+        master["rss_bytes"]
+            .as_u64()
+            .map_or_else(String::new, |rss| format!(", rss {}", megabytes(rss))),
         count(
             master["workers"].as_u64().unwrap_or_default() as usize,
             "worker"
@@ -230,6 +236,17 @@ pub fn table(status: &Value) -> String {
             listener["name"].as_str().unwrap_or_default(),
             listener["addr"].as_str().unwrap_or_default()
         );
+    }
+    let env_file = &master["env_file"];
+    if let Some(path) = env_file["path"].as_str() {
+        let versions = env_file["versions"].as_object().into_iter().flatten();
+        let versions: Vec<String> = versions
+            .map(|(generation, hash)| {
+                let hash = hash.as_str().unwrap_or_default();
+                format!("{} in generation {generation}", &hash[..hash.len().min(8)])
+            })
+            .collect();
+        let _ = writeln!(out, "env      {path}: {}", versions.join(", "));
     }
     let reload = &status["reload"];
     let last = &status["last_reload"];
@@ -333,10 +350,6 @@ fn last_exit(w: &Value) -> String {
         }
         _ => exit.to_string(),
     }
-}
-
-fn megabytes(bytes: u64) -> String {
-    format!("{:.1}M", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// `rcluster status --slot N`: the slot's workers and the last lines on

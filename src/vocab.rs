@@ -84,6 +84,12 @@ pub fn human(d: Duration) -> String {
     }
 }
 
+/// `2.2M`, `50.0M`: memory in binary megabytes, the unit `--max-memory`
+/// takes (`50M` is 50 MiB), so that a limit reads back as it was written.
+pub fn megabytes(bytes: u64) -> String {
+    format!("{:.1}M", bytes as f64 / f64::from(1 << 20))
+}
+
 /// `500ms`, `30s`, `2m`: a duration as people write it on a command line.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::supervisor::record::{Next, Record};
 use crate::supervisor::recycle::RecycleReason;
 use crate::supervisor::slot::StopReason;
-use crate::vocab::{Exit, Pid, SlotId, count, errno_name, human, signal_name};
+use crate::vocab::{Exit, Pid, SlotId, count, errno_name, human, megabytes, signal_name};
 
 /// One field's value.
 #[derive(Debug, Clone, Copy)]
@@ -112,10 +112,6 @@ fn recycle_reason(reason: &RecycleReason) -> String {
             format!("its age limit, {} (--max-age with jitter)", human(*limit))
         }
     }
-}
-
-fn megabytes(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// What follows an exit, as the end of its sentence.

@@ -21,6 +21,7 @@ fn the_reload_bench_runs_every_scenario_and_writes_its_report() {
         "crash:",
         "scale",
         "idle master",
+        "worker stderr",
     ] {
         assert!(table.contains(heading), "no {heading} in\n{table}");
     }
@@ -37,6 +38,7 @@ fn the_reload_bench_runs_every_scenario_and_writes_its_report() {
         serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     assert_eq!(json["reload"].as_array().map(Vec::len), Some(2));
     assert_eq!(json["scale"].as_array().map(Vec::len), Some(2));
+    assert_eq!(json["stderr"].as_array().map(Vec::len), Some(4));
     let svg = std::fs::read_to_string(svg).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("failed request"),

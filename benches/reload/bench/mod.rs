@@ -10,7 +10,9 @@
 //! - `scale`: reload and restart cost at 8, 64, 256 and 1024 workers of a worker
 //!   that only says ready: per-worker reload time, master CPU per reload,
 //!   master RSS;
-//! - `idle`: the master's RSS, CPU ticks and wakeups over 10 s of nothing.
+//! - `idle`: the master's RSS, CPU ticks and wakeups over 10 s of nothing;
+//! - `stderr`: a worker writing 100 MB/s, then as fast as it can, to stderr
+//!   through the master and straight out: bytes delivered, master CPU.
 //!
 //! Each runs in keep-alive and `Connection: close` modes where it applies.
 //! `--start-cmd`, `--reload-cmd` and `--addr` drive another process manager
@@ -46,6 +48,7 @@ pub enum Scenario {
     Crash,
     Scale,
     Idle,
+    Stderr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,7 +67,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "steady,reload,crash,scale,idle"
+        default_value = "steady,reload,crash,scale,idle,stderr"
     )]
     scenario: Vec<Scenario>,
     /// A few seconds per scenario (what the test suite runs)
@@ -132,6 +135,7 @@ impl Opts {
                 Scenario::Crash,
                 Scenario::Scale,
                 Scenario::Idle,
+                Scenario::Stderr,
             ],
             modes: vec![Mode::KeepAlive, Mode::Close],
             workers: vec![2, 4],
@@ -206,7 +210,8 @@ pub fn run(opts: &Opts, server: &Server) -> Report {
                 }
             }
             (Scenario::Idle, Some(bins)) => report.idle = Some(scenarios::idle(bins, opts.idle)),
-            (Scenario::Crash | Scenario::Scale | Scenario::Idle, None) => {
+            (Scenario::Stderr, Some(bins)) => report.stderr = scenarios::stderr(bins, opts.steady),
+            (Scenario::Crash | Scenario::Scale | Scenario::Idle | Scenario::Stderr, None) => {
                 eprintln!("skipping {scenario:?}: it needs rcluster's own log");
             }
         }

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 use super::load::{Outcome, Sample};
-use super::scenarios::{Crash, Idle, Reload, ScaleRow, Steady};
+use super::scenarios::{Crash, Idle, Reload, ScaleRow, StderrRow, Steady};
 use super::stats::{self, Latency, median, ms};
 
 /// Everything one run measured.
@@ -21,6 +21,7 @@ pub struct Report {
     pub crash: Vec<Crash>,
     pub scale: Vec<ScaleRow>,
     pub idle: Option<Idle>,
+    pub stderr: Vec<StderrRow>,
 }
 
 fn lat(l: &Latency) -> String {
@@ -186,6 +187,25 @@ impl Report {
                 i.rss_kib
             );
         }
+        if !self.stderr.is_empty() {
+            let _ = writeln!(
+                t,
+                "\nworker stderr      offered MB/s  delivered MB/s  master CPU (% of a core)"
+            );
+            for r in &self.stderr {
+                let offered = r
+                    .offered
+                    .map_or("flood".into(), |b| format!("{:.0}", b as f64 / 1e6));
+                let _ = writeln!(
+                    t,
+                    "  {:<16} {:>12} {:>15.1} {:>25.1}",
+                    r.route,
+                    offered,
+                    r.delivered / 1e6,
+                    r.master_cpu * 100.0
+                );
+            }
+        }
         t
     }
 
@@ -197,6 +217,7 @@ impl Report {
             "crash": self.crash.iter().map(Crash::json).collect::<Vec<_>>(),
             "scale": self.scale.iter().map(ScaleRow::json).collect::<Vec<_>>(),
             "idle": self.idle.as_ref().map(Idle::json),
+            "stderr": self.stderr.iter().map(StderrRow::json).collect::<Vec<_>>(),
         })
     }
 

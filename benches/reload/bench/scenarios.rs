@@ -505,3 +505,76 @@ pub fn idle(bins: &Bins, period: Duration) -> Idle {
         rss_kib: after.rss_kib,
     }
 }
+
+/// A worker that writes 100-byte lines to stderr at `argv[1]` bytes a
+/// second (0: as fast as it can). Each write is 40 whole lines, under
+/// PIPE_BUF, so that with `--worker-stderr direct` the master's own log
+/// lines, written to the same pipe, never land inside one.
+const STDERR_WRITER: &str = r#"
+import os, sys, time
+rate = int(sys.argv[1])
+chunk = (b"x" * 99 + b"\n") * 40
+start, sent = time.monotonic(), 0
+while True:
+    os.write(2, chunk)
+    sent += len(chunk)
+    if rate:
+        ahead = sent / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+"#;
+
+/// One row of `stderr`: a worker writing to stderr, through the master or
+/// straight to its destination (a pipe, as under systemd or Docker).
+pub struct StderrRow {
+    pub route: &'static str,
+    /// Bytes a second the worker tries to write; None: as fast as it can.
+    pub offered: Option<u64>,
+    /// Bytes a second that reached the destination.
+    pub delivered: f64,
+    /// The master's CPU time over the window, as a share of one core.
+    pub master_cpu: f64,
+}
+
+impl StderrRow {
+    pub fn json(&self) -> Value {
+        json!({
+            "route": self.route,
+            "offered_bytes_per_s": self.offered,
+            "delivered_bytes_per_s": self.delivered,
+            "master_cpu_share": self.master_cpu,
+        })
+    }
+}
+
+/// `stderr`: one worker writing 100 MB/s, then as fast as it can, with
+/// `--worker-stderr master` (the default) and `direct`.
+pub fn stderr(bins: &Bins, window: Duration) -> Vec<StderrRow> {
+    let mut rows = Vec::new();
+    for offered in [Some(100_000_000), None] {
+        for route in ["master", "direct"] {
+            let rate = offered.unwrap_or(0).to_string();
+            let worker = ["python3", "-c", STDERR_WRITER, &rate];
+            let args = ["-w", "1", "--worker-stderr", route];
+            let rcluster = Rcluster::start(bins, &args, &worker);
+            let bytes = || {
+                rcluster
+                    .stderr_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            };
+            let (before, sent_before) = (procfs::read(rcluster.pid), bytes());
+            let started = Instant::now();
+            std::thread::sleep(window);
+            let (after, sent_after) = (procfs::read(rcluster.pid), bytes());
+            let seconds = started.elapsed().as_secs_f64();
+            rcluster.stop();
+            rows.push(StderrRow {
+                route,
+                offered,
+                delivered: (sent_after - sent_before) as f64 / seconds,
+                master_cpu: after.cpu.saturating_sub(before.cpu).as_secs_f64() / seconds,
+            });
+        }
+    }
+    rows
+}

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -97,6 +98,9 @@ pub struct Rcluster {
     pub addr: Option<SocketAddr>,
     events: Receiver<Event>,
     live: Arc<Mutex<BTreeSet<i32>>>,
+    /// Bytes read so far from the master's stderr: its log, and the
+    /// workers' stderr (which goes through the master, or straight there).
+    pub stderr_bytes: Arc<AtomicU64>,
 }
 
 impl Rcluster {
@@ -126,10 +130,23 @@ impl Rcluster {
         let (tx, events) = crossbeam_channel::unbounded();
         let live = Arc::new(Mutex::new(BTreeSet::new()));
         let live2 = Arc::clone(&live);
+        let stderr_bytes = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&stderr_bytes);
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let Ok(record) = serde_json::from_str::<Value>(&line) else {
+            let mut reader = BufReader::with_capacity(1 << 16, stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => counted.fetch_add(n as u64, Ordering::Relaxed),
+                };
+                // Workers' own lines (their stderr goes through the master)
+                // are counted, not parsed.
+                if line.first() != Some(&b'{') {
+                    continue;
+                }
+                let Ok(record) = serde_json::from_slice::<Value>(&line) else {
                     continue;
                 };
                 let at = record["ts"]
@@ -157,6 +174,7 @@ impl Rcluster {
             addr: None,
             events,
             live,
+            stderr_bytes,
         };
         let mut addr = None;
         rcluster.collect_until("workers ready", |e| {
