@@ -88,6 +88,12 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..))]
     backlog: u32,
 
+    /// How connections reach the workers: `shared` (one queue per address,
+    /// every worker accepts from it) or `reuseport` (a queue per worker
+    /// slot, SO_REUSEPORT, balanced by flow hash over the ready ones)
+    #[arg(long, env = "RCLUSTER_BALANCE", value_enum, default_value_t = BalanceArg::Shared)]
+    balance: BalanceArg,
+
     /// Signal a worker receives to stop (QUIT for nginx-style servers)
     #[arg(long, env = "RCLUSTER_STOP_SIGNAL", value_name = "SIG",
           default_value = "TERM", value_parser = parse_signal)]
@@ -223,6 +229,12 @@ struct Args {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum BalanceArg {
+    Shared,
+    Reuseport,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum WorkerStderr {
     Master,
     Direct,
@@ -286,6 +298,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
         workers: args.workers,
         listen: args.listen,
         backlog: args.backlog,
+        reuseport: matches!(args.balance, BalanceArg::Reuseport),
         stop_signal: args.stop_signal,
         stop_timeout: args.stop_timeout,
         min_uptime: args.min_uptime,

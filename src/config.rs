@@ -25,6 +25,10 @@ pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(1);
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the workers' memory is looked at, with `--max-memory` only.
 pub const MEMORY_CHECK: Duration = Duration::from_secs(5);
+
+/// `--balance reuseport`: how long a scaled-away slot's worker goes on
+/// accepting after its queue was steered away (it empties what was queued).
+pub const SCALE_DOWN_GRACE: Duration = Duration::from_millis(250);
 /// More workers than this is a typo, not a deployment.
 pub const MAX_WORKERS: usize = 4096;
 
@@ -53,6 +57,9 @@ pub struct Config {
     pub workers: usize,
     pub listen: Vec<ListenSpec>,
     pub backlog: u32,
+    /// `--balance reuseport`: a listening socket per slot for each TCP
+    /// address (`balance.rs`).
+    pub reuseport: bool,
     pub stop_signal: i32,
     pub stop_timeout: Duration,
     pub min_uptime: Duration,
@@ -96,6 +103,7 @@ impl Config {
             workers: 1,
             listen: Vec::new(),
             backlog: DEFAULT_BACKLOG,
+            reuseport: false,
             stop_signal: libc::SIGTERM,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             min_uptime: DEFAULT_MIN_UPTIME,
@@ -151,6 +159,7 @@ impl Config {
                 memory_check: MEMORY_CHECK,
                 seed: random_seed(),
             },
+            scale_down_grace: self.reuseport.then_some(SCALE_DOWN_GRACE),
         }
     }
 }

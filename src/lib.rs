@@ -61,6 +61,7 @@ pub mod spawn;
 #[doc(hidden)]
 pub mod trim;
 
+pub(crate) mod balance;
 #[doc(hidden)]
 pub mod config;
 pub(crate) mod control;

@@ -98,6 +98,9 @@ pub struct Listener {
     pub local: String,
     /// A Unix socket file this process created; held to be removed on drop.
     _socket_file: Option<SocketFile>,
+    /// Bound here with `SO_REUSEPORT` (`--balance reuseport`): the address
+    /// and backlog that more sockets of its group are bound with.
+    pub reuseport: Option<(SocketAddr, i32)>,
 }
 
 impl Listener {
@@ -127,6 +130,7 @@ impl Listener {
             socket,
             local,
             _socket_file: None,
+            reuseport: None,
         })
     }
 }
@@ -160,10 +164,13 @@ fn describe(addr: &SockAddr) -> String {
 /// Binds every spec, in order, after the `listeners` already held. Names
 /// default to `tcp-<i>` / `unix-<i>`, where `i` is the listener's position
 /// (fd `3 + i` in a worker).
+/// With `reuseport`, TCP sockets are bound with `SO_REUSEPORT`, once
+/// nothing else listens there, to be the first of a group (`balance.rs`).
 pub fn bind_all(
     specs: &[ListenSpec],
     backlog: u32,
     mut listeners: Vec<Listener>,
+    reuseport: bool,
 ) -> Result<Vec<Listener>, Error> {
     let backlog = backlog.min(somaxconn()).min(i32::MAX as u32) as i32;
     // Port 0 twice is two ports; anything else twice is a typo.
@@ -194,7 +201,7 @@ pub fn bind_all(
         };
         let (socket, unix_file) = match &spec.addr {
             ListenAddr::Tcp(addr) => (
-                bind_tcp(*addr, backlog).map_err(|e| bind_error(tcp_cause(&e)))?,
+                bind_tcp(*addr, backlog, reuseport).map_err(|e| bind_error(tcp_cause(&e)))?,
                 None,
             ),
             ListenAddr::Unix(path) => {
@@ -202,20 +209,33 @@ pub fn bind_all(
                 (socket, Some(file))
             }
         };
-        let local = describe(&socket.local_addr().map_err(|e| bind_error(e.to_string()))?);
+        let bound = socket.local_addr().map_err(|e| bind_error(e.to_string()))?;
+        let local = describe(&bound);
+        let reuseport = match (reuseport, bound.as_socket()) {
+            (true, Some(addr)) => Some((addr, backlog)),
+            _ => None,
+        };
         listeners.push(Listener {
             name,
             socket,
             local,
             _socket_file: unix_file,
+            reuseport,
         });
     }
     Ok(listeners)
 }
 
-fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+fn bind_tcp(addr: SocketAddr, backlog: i32, reuseport: bool) -> io::Result<Socket> {
+    if reuseport && addr.port() != 0 {
+        // A socket with SO_REUSEPORT would join another process's group of
+        // the same user on this port instead of failing: make sure the
+        // port is free first, with a plain bind.
+        drop(bind_tcp(addr, backlog, false)?);
+    }
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(reuseport)?;
     if addr.is_ipv6() {
         // `[::]` means IPv6 only; bind 0.0.0.0 as well for both.
         socket.set_only_v6(true)?;

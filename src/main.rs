@@ -89,7 +89,7 @@ fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Err
     let mut setup = Setup::new(config, log)?;
     let mut launcher = ExecLauncher::new(
         command,
-        setup.listener_fds(),
+        &setup.listener_fds(),
         setup.worker_vars(true),
         identity,
         config.capture(),

@@ -10,17 +10,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{Value, json};
 
+use crate::balance::Balancer;
 use crate::control::{self, ControlServer, Request};
 use crate::envfile;
 use crate::error::Error;
 use crate::launch::{Launch, Launched, OutputPipe, Reaping};
+use crate::listen::Listener;
 use crate::log::{Log, render};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::notify::{self, Datagram, Manager, NotifySocket};
@@ -83,6 +85,12 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         .iter()
         .filter_map(|l| portcheck::inode(l.fd()))
         .collect();
+    master.listener_fds = listeners.iter().map(Listener::fd).collect();
+    let groups: Vec<_> = listeners.iter().map(|l| (l.fd(), l.reuseport)).collect();
+    if groups.iter().any(|(_, group)| group.is_some()) {
+        let balancer = Balancer::new(&groups).map_err(|e| Error::os("--balance reuseport", e))?;
+        master.balancer = Some(balancer);
+    }
     let outcome = master.run();
     drop(master);
     drop(listeners);
@@ -124,6 +132,10 @@ struct Master<'a, L: Launch> {
     /// The listeners' socket inodes: a worker's other listening sockets
     /// are ports of its own.
     listener_inodes: BTreeSet<u64>,
+    /// What every worker gets at fd 3, 4, …
+    listener_fds: Vec<RawFd>,
+    /// `--balance reuseport`: each slot's own sockets, and the steering.
+    balancer: Option<Balancer>,
     /// The notify socket was not drained to the end last turn.
     notify_pending: bool,
     log: &'a Log,
@@ -177,6 +189,8 @@ impl<'a, L: Launch> Master<'a, L> {
             pidfds: HashMap::new(),
             notify_dropped: 0,
             listener_inodes: BTreeSet::new(),
+            listener_fds: Vec::new(),
+            balancer: None,
             env_file: None,
             last_words: HashMap::new(),
             cpu_samples: HashMap::new(),
@@ -682,6 +696,45 @@ impl<'a, L: Launch> Master<'a, L> {
         for action in self.supervisor.handle(event, now) {
             self.execute(action, now);
         }
+        self.steer();
+    }
+
+    /// `--balance reuseport`: new connections go only to slots with a
+    /// ready worker (with none, to every slot in use, whose queues wait).
+    fn steer(&mut self) {
+        let Some(balancer) = &mut self.balancer else {
+            return;
+        };
+        let slots = self.supervisor.slot_count();
+        let mut live: Vec<SlotId> = self
+            .supervisor
+            .workers()
+            .filter(|w| w.state.is_ready() && w.slot < slots)
+            .map(|w| w.slot)
+            .collect();
+        live.sort_unstable();
+        live.dedup();
+        if live.is_empty() {
+            live = (0..slots).collect();
+        }
+        if let Err(e) = balancer.steer(&live) {
+            self.log.emit(&Record::OsError {
+                op: "steering new connections (SO_ATTACH_REUSEPORT_CBPF)".into(),
+                error: e.to_string(),
+            });
+        }
+    }
+
+    /// The listeners a worker of `slot` gets.
+    fn listeners_for(&mut self, slot: SlotId) -> io::Result<Vec<RawFd>> {
+        let Some(balancer) = &mut self.balancer else {
+            return Ok(self.listener_fds.clone());
+        };
+        let fds = balancer.fds(slot)?;
+        // The slot's sockets are the worker's own, not ports of its own.
+        self.listener_inodes
+            .extend(fds.iter().filter_map(|&fd| portcheck::inode(fd)));
+        Ok(fds)
     }
 
     fn execute(&mut self, action: Action, now: Instant) {
@@ -820,7 +873,19 @@ impl<'a, L: Launch> Master<'a, L> {
     }
 
     fn spawn(&mut self, slot: SlotId, generation: Generation, now: Instant) {
-        match self.launcher.launch(slot, generation) {
+        let listeners = match self.listeners_for(slot) {
+            Ok(fds) => fds,
+            Err(e) => {
+                let error = format!("binding slot {slot}'s sockets failed: {}", io_errno(&e));
+                let failed = Event::SpawnFailed {
+                    slot,
+                    generation,
+                    error,
+                };
+                return self.dispatch(failed, now);
+            }
+        };
+        match self.launcher.launch(slot, generation, &listeners) {
             Ok(Launched {
                 pid,
                 exec_pipe,

@@ -35,7 +35,7 @@ impl MetricsServer {
     /// Binds `spec` (TCP, or `unix:PATH`), with the same checks and
     /// messages as `--listen`.
     pub fn bind(spec: &ListenSpec) -> Result<MetricsServer, Error> {
-        let listener = listen::bind_all(std::slice::from_ref(spec), 64, Vec::new())?
+        let listener = listen::bind_all(std::slice::from_ref(spec), 64, Vec::new(), false)?
             .pop()
             .expect("one listener for one spec");
         let addr = listener.local.clone();

@@ -42,8 +42,12 @@ impl Setup {
         // First, so that a signal sent while binding waits for the loop.
         let signals =
             Signals::block().map_err(|e| Error::os("blocking the master's signals", e))?;
-        let listeners =
-            listen::bind_all(&config.listen, config.backlog, listen::adopt_inherited()?)?;
+        let listeners = listen::bind_all(
+            &config.listen,
+            config.backlog,
+            listen::adopt_inherited()?,
+            config.reuseport,
+        )?;
         let pid_file = config
             .pid_file
             .as_deref()

@@ -22,6 +22,12 @@ let draining = false;
 const server = http.createServer((req, res) => {
   const m = /^\/sleep\/(\d+)$/.exec(req.url);
   const delay = m ? Math.min(Number(m[1]), 60000) : 0;
+  // CPU work, to load a worker (the bench's balance scenario).
+  const burn = /^\/burn\/(\d+)$/.exec(req.url);
+  if (burn) {
+    const until = process.cpuUsage().user + Math.min(Number(burn[1]), 60000) * 1000;
+    while (process.cpuUsage().user < until);
+  }
   req.resume();
   setTimeout(() => {
     const headers = {

@@ -71,9 +71,14 @@ class Handler(BaseHTTPRequestHandler):
         return super().parse_request()
 
     def do_GET(self):
-        match = re.fullmatch(r"/sleep/(\d+)", self.path)
-        if match:
-            time.sleep(min(int(match.group(1)), 60000) / 1000)
+        match = re.fullmatch(r"/(sleep|burn)/(\d+)", self.path)
+        if match and match.group(1) == "sleep":
+            time.sleep(min(int(match.group(2)), 60000) / 1000)
+        elif match:
+            # CPU work, to load a worker (the bench's balance scenario).
+            until = time.thread_time() + min(int(match.group(2)), 60000) / 1000
+            while time.thread_time() < until:
+                pass
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(GREETING)))

@@ -7,7 +7,8 @@
 //! a short grace with `Connection: close`, closes idle connections politely,
 //! and returns once the last connection is done.
 //!
-//! `GET /sleep/<ms>` answers after `<ms>`, to watch a drain.
+//! `GET /sleep/<ms>` answers after `<ms>`, to watch a drain; `GET
+//! /burn/<ms>` after spending `<ms>` of CPU, to load a worker (the bench).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown as Half, TcpListener, TcpStream};
@@ -55,6 +56,7 @@ struct Request {
     /// The client asked to close (or speaks HTTP/1.0 without keep-alive).
     close: bool,
     sleep: Option<Duration>,
+    burn: Option<Duration>,
 }
 
 fn serve_connection(
@@ -79,6 +81,12 @@ fn serve_connection(
             Err(e) if is_timeout(&e) => return close_politely(conn),
             Err(e) => return Err(e),
         };
+        if let Some(work) = request.burn {
+            let start = std::time::Instant::now();
+            while start.elapsed() < work {
+                std::hint::spin_loop();
+            }
+        }
         if let Some(delay) = request.sleep {
             thread::sleep(delay);
         }
@@ -111,6 +119,10 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
         .strip_prefix("/sleep/")
         .and_then(|ms| ms.parse().ok())
         .map(|ms| Duration::from_millis(ms).min(MAX_SLEEP));
+    let burn = path
+        .strip_prefix("/burn/")
+        .and_then(|ms| ms.parse().ok())
+        .map(|ms| Duration::from_millis(ms).min(MAX_SLEEP));
     let mut close = parts.next() != Some("HTTP/1.1");
     let mut body = 0u64;
     for _ in 0..MAX_HEADER_LINES {
@@ -121,7 +133,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
         let header = line.trim_end();
         if header.is_empty() {
             io::copy(&mut reader.by_ref().take(body), &mut io::sink())?;
-            return Ok(Some(Request { close, sleep }));
+            return Ok(Some(Request { close, sleep, burn }));
         }
         if let Some((name, value)) = header.split_once(':') {
             let value = value.trim();

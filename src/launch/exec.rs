@@ -27,9 +27,10 @@ pub struct ExecLauncher {
     env: WorkerEnv,
     /// The variables of `--env-file`, as last read.
     file_vars: Vec<(String, String)>,
-    /// Listener fds, in order: they become fds 3, 4, … in the worker; then
-    /// the shim's, if any.
-    fds: Vec<RawFd>,
+    /// How many listeners every worker gets at fd 3, 4, …
+    listeners: usize,
+    /// What follows them: the shim's fd, if any.
+    after: Vec<RawFd>,
     /// Loaded by every worker (`--adopt-bind`, `--http-drain`); owned here
     /// so its fd lives as long as the launcher.
     shim: Option<Shim>,
@@ -42,7 +43,7 @@ pub struct ExecLauncher {
 impl ExecLauncher {
     pub fn new(
         command: Command,
-        fds: Vec<RawFd>,
+        listeners: &[RawFd],
         mut vars: Vec<(String, Value)>,
         identity: Option<Identity>,
         capture: Capture,
@@ -54,7 +55,8 @@ impl ExecLauncher {
             command,
             env: WorkerEnv::new(vars),
             file_vars: Vec::new(),
-            fds,
+            listeners: listeners.len(),
+            after: Vec::new(),
             shim: None,
             identity,
             capture,
@@ -65,8 +67,11 @@ impl ExecLauncher {
     /// Every worker loads `shim`, inherited after the listeners. Its
     /// variables replace any of the master's of the same name.
     pub fn with_shim(mut self, shim: Shim, stop_signal: i32) -> ExecLauncher {
-        let vars = shim.vars(3 + self.fds.len() as RawFd, stop_signal);
-        self.fds.push(shim.fd());
+        let vars = shim.vars(
+            (3 + self.listeners + self.after.len()) as RawFd,
+            stop_signal,
+        );
+        self.after.push(shim.fd());
         self.shim = Some(shim);
         let mut all = std::mem::take(&mut self.env.vars);
         all.extend(vars);
@@ -74,7 +79,9 @@ impl ExecLauncher {
         self
     }
 
-    fn plan(&self, slot: SlotId, generation: Generation) -> ChildPlan {
+    fn plan(&self, slot: SlotId, generation: Generation, listeners: &[RawFd]) -> ChildPlan {
+        debug_assert_eq!(listeners.len(), self.listeners, "one fd per listener");
+        let fds: Vec<RawFd> = listeners.iter().chain(&self.after).copied().collect();
         let mut env: Vec<Vec<u8>> = self
             .env
             .inherited
@@ -105,8 +112,8 @@ impl ExecLauncher {
             envp,
             pid_entries,
             env,
-            fds: self.fds.clone(),
-            scratch: vec![-1; self.fds.len()],
+            scratch: vec![-1; fds.len()],
+            fds,
             stdio: [None, None],
             credentials: self.identity.as_ref().map(|i| i.credentials.clone()),
             parent: self.parent,
@@ -116,8 +123,13 @@ impl ExecLauncher {
 }
 
 impl Launch for ExecLauncher {
-    fn launch(&mut self, slot: SlotId, generation: Generation) -> io::Result<Launched> {
-        let mut plan = self.plan(slot, generation);
+    fn launch(
+        &mut self,
+        slot: SlotId,
+        generation: Generation,
+        listeners: &[RawFd],
+    ) -> io::Result<Launched> {
+        let mut plan = self.plan(slot, generation, listeners);
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         // Output pipes: the master's ends never block it; the worker's are
         // ordinary (a worker that outwrites the master waits, not the master).

@@ -111,7 +111,14 @@ impl<'r> ForkLauncher<'r> {
 }
 
 impl Launch for ForkLauncher<'_> {
-    fn launch(&mut self, slot: SlotId, generation: Generation) -> io::Result<Launched> {
+    /// A forked worker keeps every listener it was built with: `Cluster`
+    /// shares its sockets (`--balance` is the binary's).
+    fn launch(
+        &mut self,
+        slot: SlotId,
+        generation: Generation,
+        _listeners: &[RawFd],
+    ) -> io::Result<Launched> {
         // Output the program buffered would otherwise be written again by
         // every worker.
         let _ = io::stdout().flush();

@@ -6,15 +6,21 @@ pub mod exec;
 pub mod fork;
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 
 use crate::output::Stream;
 use crate::vocab::{Generation, Pid, SlotId};
 
 /// How a master starts its workers.
 pub trait Launch {
-    /// Starts a worker for `slot`, of `generation`.
-    fn launch(&mut self, slot: SlotId, generation: Generation) -> io::Result<Launched>;
+    /// Starts a worker for `slot`, of `generation`, with `listeners` at fd
+    /// 3, 4, …: the master's, or the slot's own (`--balance reuseport`).
+    fn launch(
+        &mut self,
+        slot: SlotId,
+        generation: Generation,
+        listeners: &[RawFd],
+    ) -> io::Result<Launched>;
 
     /// Which children the master may reap.
     fn reaping(&self) -> Reaping;

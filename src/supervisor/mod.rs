@@ -130,6 +130,9 @@ pub struct Supervisor {
     age_limits: BTreeMap<Pid, (Instant, Duration)>,
     /// The next look at the workers' memory (`--max-memory` only).
     memory_check_at: Option<Instant>,
+    /// Workers of slots scaled away, still accepting until this time
+    /// (`--balance reuseport`: new connections are steered away first).
+    scaled_away: BTreeMap<Pid, Instant>,
     /// The `--max-age` jitter.
     rng: Rng,
     /// How many successors of the current recycle failed before it.
@@ -174,6 +177,7 @@ impl Supervisor {
             recycling: None,
             age_limits: BTreeMap::new(),
             memory_check_at: None,
+            scaled_away: BTreeMap::new(),
             rng,
             failed_successors: 0,
             spawns_in_flight: 0,
@@ -346,7 +350,16 @@ impl Supervisor {
         while self.slots.len() > workers {
             let id = self.slots.len() - 1;
             for pid in self.slots[id].attached.clone() {
-                self.stop(pid, StopReason::ScaledDown, now);
+                // With a queue of its own, the slot is steered away first and
+                // its worker accepts what is queued there before it stops.
+                match self.policy.scale_down_grace {
+                    Some(grace) => {
+                        self.scaled_away.insert(pid, now + grace);
+                        self.timers
+                            .change(Timer::ScaledAway(pid), None, Some(now + grace));
+                    }
+                    None => self.stop(pid, StopReason::ScaledDown, now),
+                }
             }
             self.set_restart(id, None);
             self.count(id, SlotView::default());
@@ -481,7 +494,7 @@ impl Supervisor {
         };
         self.timers
             .change(Timer::Worker(pid), worker.state.deadline(), None);
-        self.forget_recycling(pid);
+        self.forget_pending(pid);
         self.detach(&worker);
         if let Some(slot) = self.slots.get_mut(worker.slot) {
             slot.last_exit = Some(exit);
@@ -670,6 +683,11 @@ impl Supervisor {
                 Timer::Age(pid) => {
                     if let Some((_, limit)) = self.age_limits.remove(&pid) {
                         self.make_due(pid, RecycleReason::Age { limit });
+                    }
+                }
+                Timer::ScaledAway(pid) => {
+                    if self.scaled_away.remove(&pid).is_some() {
+                        self.stop(pid, StopReason::ScaledDown, now);
                     }
                 }
                 Timer::MemoryCheck => {
@@ -1015,7 +1033,7 @@ impl Supervisor {
                 }
                 _ => StopReason::Replaced { by },
             };
-            self.forget_recycling(pid);
+            self.forget_pending(pid);
             self.stop(pid, why, now);
         }
     }
@@ -1155,8 +1173,12 @@ impl Supervisor {
         self.set_restart(failure.slot, Some(now + delay));
     }
 
-    /// A worker stopped or exited: it is no longer due, nor timed.
-    fn forget_recycling(&mut self, pid: Pid) {
+    /// A worker stopped or exited: it is no longer due for recycling, nor
+    /// timed, nor waiting to stop for a slot scaled away.
+    fn forget_pending(&mut self, pid: Pid) {
+        if let Some(at) = self.scaled_away.remove(&pid) {
+            self.timers.change(Timer::ScaledAway(pid), Some(at), None);
+        }
         self.due.remove(&pid);
         if let Some((at, _)) = self.age_limits.remove(&pid) {
             self.timers.change(Timer::Age(pid), Some(at), None);

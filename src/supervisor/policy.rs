@@ -20,6 +20,10 @@ pub struct Policy {
     pub reload_batch: usize,
     pub watchdog: Option<Duration>,
     pub recycle: RecyclePolicy,
+    /// How long a scaled-away slot's worker goes on accepting, after new
+    /// connections were steered away from its queue, before it is told to
+    /// stop (`--balance reuseport`); `None`: at once.
+    pub scale_down_grace: Option<Duration>,
 }
 
 /// When a started worker counts as Ready: what a reload waits for before

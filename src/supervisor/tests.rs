@@ -26,6 +26,7 @@ fn policy(workers: usize) -> Policy {
         reload_batch: 1,
         watchdog: None,
         recycle: Default::default(),
+        scale_down_grace: None,
     }
 }
 

@@ -10,6 +10,7 @@ mod support;
 mod bench;
 
 mod adopt;
+mod balance;
 mod bench_quick;
 mod cli_errors;
 mod cluster;

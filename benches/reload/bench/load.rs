@@ -50,7 +50,7 @@ impl Outcome {
         }
     }
 
-    fn of(result: &io::Result<Response>) -> Outcome {
+    pub fn of(result: &io::Result<Response>) -> Outcome {
         match result {
             Ok(r) if r.status == 200 => Outcome::Ok,
             Ok(_) => Outcome::BadStatus,

@@ -12,7 +12,11 @@
 //!   master RSS;
 //! - `idle`: the master's RSS, CPU ticks and wakeups over 10 s of nothing;
 //! - `stderr`: a worker writing 100 MB/s, then as fast as it can, to stderr
-//!   through the master and straight out: bytes delivered, master CPU.
+//!   through the master and straight out: bytes delivered, master CPU;
+//! - `balance` (not in the default run): `--balance shared` against
+//!   `reuseport` with hello, Node and Python workers burning 2 ms of CPU a
+//!   request: each worker's share and latency at 30/60/90% of capacity.
+//!   `--balance reuseport` runs the other scenarios in that mode.
 //!
 //! Each runs in keep-alive and `Connection: close` modes where it applies.
 //! `--start-cmd`, `--reload-cmd` and `--addr` drive another process manager
@@ -49,6 +53,7 @@ pub enum Scenario {
     Scale,
     Idle,
     Stderr,
+    Balance,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -102,6 +107,10 @@ struct Args {
     /// ...and the 127.0.0.1 address it serves on
     #[arg(long, requires = "start_cmd")]
     addr: Option<SocketAddr>,
+    /// `--balance` for every rcluster the scenarios start (the balance
+    /// scenario runs both)
+    #[arg(long, value_parser = ["shared", "reuseport"], default_value = "shared")]
+    balance: String,
     /// Passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     bench: bool,
@@ -123,6 +132,8 @@ pub struct Opts {
     pub scale_sizes: Vec<usize>,
     pub scale_reloads: usize,
     pub idle: Duration,
+    /// `--balance` of the rclusters started.
+    pub balance: &'static str,
 }
 
 impl Opts {
@@ -148,6 +159,7 @@ impl Opts {
             scale_sizes: vec![8, 64, 256, 1024],
             scale_reloads: 3,
             idle: Duration::from_secs(10),
+            balance: "shared",
         }
     }
 
@@ -172,7 +184,10 @@ impl Opts {
 /// Runs the scenarios `opts` selects against `server`.
 pub fn run(opts: &Opts, server: &Server) -> Report {
     let mut report = Report {
-        machine: machine(),
+        machine: match opts.balance {
+            "shared" => machine(),
+            other => format!("{}, --balance {other}", machine()),
+        },
         ..Report::default()
     };
     let bins = match server {
@@ -211,7 +226,15 @@ pub fn run(opts: &Opts, server: &Server) -> Report {
             }
             (Scenario::Idle, Some(bins)) => report.idle = Some(scenarios::idle(bins, opts.idle)),
             (Scenario::Stderr, Some(bins)) => report.stderr = scenarios::stderr(bins, opts.steady),
-            (Scenario::Crash | Scenario::Scale | Scenario::Idle | Scenario::Stderr, None) => {
+            (Scenario::Balance, Some(bins)) => report.balance = scenarios::balance(opts, bins),
+            (
+                Scenario::Crash
+                | Scenario::Scale
+                | Scenario::Idle
+                | Scenario::Stderr
+                | Scenario::Balance,
+                None,
+            ) => {
                 eprintln!("skipping {scenario:?}: it needs rcluster's own log");
             }
         }
@@ -244,6 +267,11 @@ pub fn main() -> ExitCode {
         opts.workers = args.workers.iter().map(|&n| n.max(1)).collect();
     }
     opts.connections = args.connections.max(1);
+    opts.balance = if args.balance == "reuseport" {
+        "reuseport"
+    } else {
+        "shared"
+    };
     opts.reloads = args.reloads.unwrap_or(opts.reloads);
     opts.modes = match args.mode {
         Modes::KeepAlive => vec![Mode::KeepAlive],

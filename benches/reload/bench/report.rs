@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 use super::load::{Outcome, Sample};
-use super::scenarios::{Crash, Idle, Reload, ScaleRow, StderrRow, Steady};
+use super::scenarios::{BalanceRow, Crash, Idle, Reload, ScaleRow, StderrRow, Steady};
 use super::stats::{self, Latency, median, ms};
 
 /// Everything one run measured.
@@ -22,6 +22,7 @@ pub struct Report {
     pub scale: Vec<ScaleRow>,
     pub idle: Option<Idle>,
     pub stderr: Vec<StderrRow>,
+    pub balance: Vec<BalanceRow>,
 }
 
 fn lat(l: &Latency) -> String {
@@ -187,6 +188,27 @@ impl Report {
                 i.rss_kib
             );
         }
+        if !self.balance.is_empty() {
+            let _ = writeln!(
+                t,
+                "\nbalance (4 workers, 2 ms CPU a request)   load    req/s  per worker            max/min   p50 ms   p99 ms p99.9 ms   max ms  failed"
+            );
+            for b in &self.balance {
+                let shares: Vec<String> = b.shares.iter().map(u64::to_string).collect();
+                let _ = writeln!(
+                    t,
+                    "  {:<8} {:<29} {:>3.0}% {:>8.0}  {:<22} {:>6.1} {} {:>7}",
+                    b.server,
+                    b.balance,
+                    b.load * 100.0,
+                    b.rate,
+                    shares.join("/"),
+                    b.spread(),
+                    lat(&b.latency),
+                    b.failed
+                );
+            }
+        }
         if !self.stderr.is_empty() {
             let _ = writeln!(
                 t,
@@ -218,6 +240,7 @@ impl Report {
             "scale": self.scale.iter().map(ScaleRow::json).collect::<Vec<_>>(),
             "idle": self.idle.as_ref().map(Idle::json),
             "stderr": self.stderr.iter().map(StderrRow::json).collect::<Vec<_>>(),
+            "balance": self.balance.iter().map(BalanceRow::json).collect::<Vec<_>>(),
         })
     }
 

@@ -38,9 +38,10 @@ pub enum Server<'a> {
 }
 
 /// rcluster with `hello` workers that say READY=1.
-fn hello_cluster(bins: &Bins, workers: usize, extra: &[&str]) -> Rcluster {
+fn hello_cluster(opts: &Opts, bins: &Bins, workers: usize, extra: &[&str]) -> Rcluster {
     let n = workers.to_string();
     let mut args = vec!["-w", &n, "--ready", "notify", "-l", "127.0.0.1:0"];
+    args.extend(["--balance", opts.balance]);
     args.extend_from_slice(extra);
     Rcluster::start(bins, &args, &[bins.hello.to_str().expect("utf-8 path")])
 }
@@ -75,7 +76,7 @@ impl Steady {
 }
 
 pub fn steady(opts: &Opts, server: &Server, workers: usize, mode: Mode) -> Steady {
-    let (_running, addr) = start(server, workers);
+    let (_running, addr) = start(opts, server, workers);
     let epoch = Instant::now();
     let load = Load::start_at(addr, opts.connections, mode == Mode::KeepAlive, epoch);
     // Measured after a warm-up: the first requests pay for connecting.
@@ -106,10 +107,10 @@ enum Running {
     External(External),
 }
 
-fn start(server: &Server, workers: usize) -> (Running, SocketAddr) {
+fn start(opts: &Opts, server: &Server, workers: usize) -> (Running, SocketAddr) {
     match server {
         Server::Rcluster(bins) => {
-            let rcluster = hello_cluster(bins, workers, &[]);
+            let rcluster = hello_cluster(opts, bins, workers, &[]);
             let addr = rcluster.addr.expect("a TCP listener");
             (Running::Rcluster(rcluster), addr)
         }
@@ -185,7 +186,7 @@ impl Reload {
 }
 
 pub fn reload(opts: &Opts, server: &Server, workers: usize, mode: Mode) -> Reload {
-    let (mut running, addr) = start(server, workers);
+    let (mut running, addr) = start(opts, server, workers);
     let (epoch, epoch_wall) = (Instant::now(), SystemTime::now());
     let load = Load::start_at(addr, opts.connections, mode == Mode::KeepAlive, epoch);
     load.wait_for_more(100);
@@ -307,7 +308,7 @@ fn next_random(state: &mut u64) -> u64 {
 pub fn crash(opts: &Opts, bins: &Bins, workers: usize, mode: Mode) -> Crash {
     // Workers killed every `every` live longer than --min-uptime here, so
     // each is restarted at once; quicker crashes back off by design.
-    let mut rcluster = hello_cluster(bins, workers, &["--min-uptime", "100ms"]);
+    let mut rcluster = hello_cluster(opts, bins, workers, &["--min-uptime", "100ms"]);
     let addr = rcluster.addr.expect("a TCP listener");
     let (epoch, epoch_wall) = (Instant::now(), SystemTime::now());
     let load = Load::start_at(addr, opts.connections, mode == Mode::KeepAlive, epoch);
@@ -577,4 +578,161 @@ pub fn stderr(bins: &Bins, window: Duration) -> Vec<StderrRow> {
         }
     }
     rows
+}
+
+// ---- balance ----------------------------------------------------------------
+
+/// CPU each request of the balance scenario costs its worker.
+const BURN: &str = "/burn/2";
+
+/// One row of `balance`: a server, a `--balance` mode, a load.
+pub struct BalanceRow {
+    pub server: &'static str,
+    pub balance: &'static str,
+    /// Share of the measured capacity offered.
+    pub load: f64,
+    pub rate: f64,
+    /// Requests served by each worker, most first (a worker that served
+    /// none is a 0).
+    pub shares: Vec<u64>,
+    pub failed: u64,
+    pub latency: Latency,
+}
+
+impl BalanceRow {
+    /// Most served / least served.
+    pub fn spread(&self) -> f64 {
+        let most = self.shares.first().copied().unwrap_or(0) as f64;
+        let least = self.shares.last().copied().unwrap_or(0) as f64;
+        most / least
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "server": self.server,
+            "balance": self.balance,
+            "load": self.load,
+            "requests_per_second": self.rate,
+            "per_worker": self.shares,
+            "failed": self.failed,
+            "latency": self.latency.json(),
+        })
+    }
+}
+
+/// `balance`: 4 workers of hello, the Node example and the Python one, each
+/// request burning 2 ms of CPU, in `--balance shared` and `reuseport`. The
+/// capacity is measured first (8 clients back to back); then new
+/// connections arrive at 30%, 60% and 90% of it, on a fixed schedule (an
+/// open loop: latency counts from when a request was due, so a queue
+/// shows), and the bench counts who served each.
+pub fn balance(opts: &Opts, bins: &Bins) -> Vec<BalanceRow> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let node = root.join("node/server.js");
+    let python = root.join("python/server.py");
+    let hello = bins.hello.to_str().expect("utf-8 path").to_string();
+    let servers: [(&str, Vec<String>); 3] = [
+        ("hello", vec![hello]),
+        ("node", vec!["node".into(), node.display().to_string()]),
+        (
+            "python",
+            vec!["python3".into(), python.display().to_string()],
+        ),
+    ];
+    let window = opts.steady.min(Duration::from_secs(3));
+    let mut rows = Vec::new();
+    for (server, command) in &servers {
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
+        for balance in ["shared", "reuseport"] {
+            let args = ["-w", "4", "-l", "127.0.0.1:0", "--balance", balance];
+            let rcluster = Rcluster::start(bins, &args, &command);
+            let addr = rcluster.addr.expect("a TCP listener");
+            let capacity = capacity(addr, window);
+            for load in [0.3, 0.6, 0.9] {
+                let rate = capacity * load;
+                let (samples, pids) = open_loop(addr, rate, window);
+                let mut shares: Vec<u64> = pids.values().copied().collect();
+                shares.resize(shares.len().max(4), 0);
+                shares.sort_unstable_by(|a, b| b.cmp(a));
+                rows.push(BalanceRow {
+                    server,
+                    balance,
+                    load,
+                    rate,
+                    shares,
+                    failed: samples.iter().filter(|s| s.outcome != Outcome::Ok).count() as u64,
+                    latency: latency(&samples),
+                });
+            }
+            rcluster.stop();
+        }
+    }
+    rows
+}
+
+/// Requests a second that 8 clients back to back get answered.
+fn capacity(addr: SocketAddr, window: Duration) -> f64 {
+    let until = Instant::now() + window;
+    let served: u64 = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0;
+                    while Instant::now() < until {
+                        n += u64::from(super::http::get(addr, BURN).is_ok());
+                    }
+                    n
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap_or(0)).sum()
+    });
+    served as f64 / window.as_secs_f64()
+}
+
+/// New connections at `rate` a second for `window`, from 16 client
+/// threads taking turns; each request's latency counts from when it was
+/// due. Returns the samples and how many each worker pid served.
+fn open_loop(
+    addr: SocketAddr,
+    rate: f64,
+    window: Duration,
+) -> (Vec<Sample>, std::collections::BTreeMap<i32, u64>) {
+    const CLIENTS: usize = 16;
+    let count = (rate * window.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let epoch = Instant::now();
+    let results: Vec<(Sample, Option<i32>)> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for i in (c..count).step_by(CLIENTS) {
+                        let due = epoch + interval * i as u32;
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        let result = super::http::get(addr, BURN);
+                        let sample = Sample {
+                            start: due - epoch,
+                            latency: due.elapsed(),
+                            outcome: Outcome::of(&result),
+                            fresh: true,
+                        };
+                        out.push((sample, result.ok().and_then(|r| r.pid())));
+                    }
+                    out
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap_or_default())
+            .collect()
+    });
+    let mut pids = std::collections::BTreeMap::new();
+    for pid in results.iter().filter_map(|(_, pid)| *pid) {
+        *pids.entry(pid).or_insert(0) += 1;
+    }
+    (results.into_iter().map(|(s, _)| s).collect(), pids)
 }

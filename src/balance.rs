@@ -1,0 +1,279 @@
+//! `--balance reuseport`: one listening socket per slot for each TCP
+//! address, all bound with `SO_REUSEPORT` by the master and kept open by
+//! it, so the kernel spreads new connections over the slots by flow hash
+//! (nginx's `listen … reuseport`), while no queue dies with a worker: a
+//! slot's new worker takes over the same socket, and a crashed worker's
+//! queue waits for its replacement.
+//!
+//! The kernel would still hash connections onto a slot with no ready
+//! worker, so the master steers: a classic BPF program on the group
+//! (`SO_ATTACH_REUSEPORT_CBPF`, no privilege needed) maps each connection's
+//! hash onto the slots that have one, and is swapped whenever that set
+//! changes.
+//!
+//! A program answers with an index into the group, the order in which its
+//! sockets started listening; a socket that closes gives its index to the
+//! last one. So sockets are only ever added (a slot's socket is made when
+//! it first starts a worker) and kept until the master exits: a slot
+//! scaled away keeps its socket, steered away and empty, for when it comes
+//! back. Indices never move, and a stray process still holding a socket
+//! can never make them wrong.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::vocab::SlotId;
+
+/// One instruction of a classic BPF program (`struct sock_filter`).
+pub type Insn = libc::sock_filter;
+
+/// The reuseport groups, one per TCP address the master bound.
+#[derive(Debug)]
+pub struct Balancer {
+    /// What each worker gets at fd 3, 4, …: the master's listeners; those
+    /// of a group are replaced by the slot's own socket.
+    listeners: Vec<RawFd>,
+    groups: Vec<Group>,
+    /// The slots the current programs steer to.
+    steered: Option<Vec<SlotId>>,
+}
+
+#[derive(Debug)]
+struct Group {
+    /// Which listener this is (fd `3 + position` in a worker).
+    position: usize,
+    addr: SocketAddr,
+    backlog: i32,
+    /// Each slot's socket, with its index in the kernel's group.
+    sockets: BTreeMap<SlotId, (Socket, u32)>,
+}
+
+impl Balancer {
+    /// `listeners`: every listener's fd, in order, and for those that are
+    /// TCP sockets bound here with `SO_REUSEPORT`, the address and backlog.
+    /// Each of those becomes slot 0's socket of a group (a duplicate fd of
+    /// the same socket, index 0).
+    pub fn new(listeners: &[(RawFd, Option<(SocketAddr, i32)>)]) -> io::Result<Balancer> {
+        let mut groups = Vec::new();
+        for (position, (fd, bound)) in listeners.iter().enumerate() {
+            if let Some((addr, backlog)) = *bound {
+                // SAFETY: the fd is the master's listener, open for as long
+                // as it runs; dup'd, never closed through this borrow.
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+                let socket = Socket::from(borrowed.try_clone_to_owned()?);
+                groups.push(Group {
+                    position,
+                    addr,
+                    backlog,
+                    sockets: BTreeMap::from([(0, (socket, 0))]),
+                });
+            }
+        }
+        Ok(Balancer {
+            listeners: listeners.iter().map(|(fd, _)| *fd).collect(),
+            groups,
+            steered: None,
+        })
+    }
+
+    /// The fds a worker of `slot` gets, in listener order; the slot's
+    /// sockets are made (bound and listening) the first time.
+    pub fn fds(&mut self, slot: SlotId) -> io::Result<Vec<RawFd>> {
+        let mut fds = self.listeners.clone();
+        for group in &mut self.groups {
+            if !group.sockets.contains_key(&slot) {
+                let socket = reuseport_socket(group.addr, group.backlog)?;
+                let index = group.sockets.len() as u32;
+                group.sockets.insert(slot, (socket, index));
+                // A new member: the program must know its index (and until
+                // then the kernel may hash onto it; its worker is coming).
+                self.steered = None;
+            }
+            fds[group.position] = group.sockets[&slot].0.as_raw_fd();
+        }
+        Ok(fds)
+    }
+
+    /// Steers new connections onto `live` (the slots with a ready worker;
+    /// never empty: with none ready, every slot in use). Swaps the
+    /// programs only when the set changed; true if it did.
+    pub fn steer(&mut self, live: &[SlotId]) -> io::Result<bool> {
+        if self.steered.as_deref() == Some(live) {
+            return Ok(false);
+        }
+        for group in &self.groups {
+            let indices: Vec<u32> = live
+                .iter()
+                .filter_map(|slot| group.sockets.get(slot).map(|(_, index)| *index))
+                .collect();
+            let (socket, _) = group.sockets.get(&0).expect("slot 0's socket");
+            attach(socket, &program(&indices))?;
+        }
+        self.steered = Some(live.to_vec());
+        Ok(true)
+    }
+}
+
+/// A socket that joins the group at `addr`.
+fn reuseport_socket(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket)
+}
+
+/// The program for a group whose live members are at `indices`: the
+/// connection's flow hash (or, if the packet has none, a random number),
+/// modulo their count, picks one. With none, it answers an index past the
+/// end, and the kernel falls back to its own hash over the whole group.
+pub fn program(indices: &[u32]) -> Vec<Insn> {
+    const LD_ANC: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const MOD: u16 = (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let ancillary = |what: i32| (libc::SKF_AD_OFF + what) as u32;
+    let insn = |code, jt, jf, k| Insn { code, jt, jf, k };
+    match indices {
+        [] => vec![insn(RET, 0, 0, u32::MAX)],
+        [only] => vec![insn(RET, 0, 0, *only)],
+        _ => {
+            let mut p = vec![
+                insn(LD_ANC, 0, 0, ancillary(libc::SKF_AD_RXHASH)),
+                insn(JEQ, 0, 1, 0),
+                insn(LD_ANC, 0, 0, ancillary(libc::SKF_AD_RANDOM)),
+                insn(MOD, 0, 0, indices.len() as u32),
+            ];
+            for (n, index) in indices.iter().enumerate() {
+                p.push(insn(JEQ, 0, 1, n as u32));
+                p.push(insn(RET, 0, 0, *index));
+            }
+            p.push(insn(RET, 0, 0, indices[0]));
+            p
+        }
+    }
+}
+
+/// Swaps the group's program (atomically: a connection sees the old one or
+/// the new one).
+fn attach(socket: &Socket, program: &[Insn]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points into `program`, alive for the call; the kernel
+    // copies the instructions.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// Runs `program` the way the kernel would, for the few instructions
+    /// it uses, on a packet whose flow hash is `hash`.
+    fn run(program: &[Insn], hash: u32, random: u32) -> u32 {
+        let (mut a, mut pc) = (0u32, 0usize);
+        for _ in 0..program.len() {
+            let i = program[pc];
+            pc += 1;
+            match (u32::from(i.code), i.k) {
+                (c, k) if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                    a = match k as i32 - libc::SKF_AD_OFF {
+                        libc::SKF_AD_RXHASH => hash,
+                        libc::SKF_AD_RANDOM => random,
+                        other => panic!("loads ancillary {other}"),
+                    }
+                }
+                (c, k) if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
+                    pc += usize::from(if a == k { i.jt } else { i.jf });
+                }
+                (c, k) if c == libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K => a %= k,
+                (c, k) if c == libc::BPF_RET | libc::BPF_K => return k,
+                (c, _) => panic!("instruction {c:#x}"),
+            }
+        }
+        panic!("ran off the end");
+    }
+
+    #[test]
+    fn the_program_maps_every_hash_onto_exactly_the_live_slots() {
+        for live in [vec![0], vec![1, 3], vec![0, 1, 2, 3], vec![5, 2, 7]] {
+            let p = program(&live);
+            assert!(p.len() <= 4 + 2 * live.len() + 1);
+            let mut hit = BTreeSet::new();
+            for hash in (0..4000u32).map(|h| h.wrapping_mul(2_654_435_761)) {
+                let index = run(&p, hash, 0);
+                assert!(live.contains(&index), "{hash} -> {index} not in {live:?}");
+                hit.insert(index);
+            }
+            assert_eq!(
+                hit,
+                live.iter().copied().collect(),
+                "every live slot gets some"
+            );
+            // A packet without a hash is placed at random, still on a live one.
+            assert!(live.contains(&run(&p, 0, 12_345)));
+        }
+        assert_eq!(
+            run(&program(&[]), 7, 0),
+            u32::MAX,
+            "none: the kernel's hash"
+        );
+    }
+
+    #[test]
+    fn the_kernel_sends_connections_only_to_the_live_sockets() {
+        let first = reuseport_socket("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        let addr = first.local_addr().unwrap().as_socket().unwrap();
+        let fd = first.as_raw_fd();
+        let mut balancer = Balancer::new(&[(fd, Some((addr, 64)))]).unwrap();
+        let fds: Vec<RawFd> = (0..4).map(|slot| balancer.fds(slot).unwrap()[0]).collect();
+        assert_eq!(
+            fds.iter().collect::<BTreeSet<_>>().len(),
+            4,
+            "one socket each"
+        );
+        assert!(balancer.steer(&[1, 3]).unwrap());
+        assert!(!balancer.steer(&[1, 3]).unwrap(), "unchanged: not swapped");
+        let clients: Vec<_> = (0..40)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut accepted = [0; 4];
+        for (slot, fd) in fds.iter().enumerate() {
+            // SAFETY: borrowed for this loop; the balancer owns the socket.
+            let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+            let socket = Socket::from(socket.try_clone_to_owned().unwrap());
+            socket.set_nonblocking(true).unwrap();
+            while socket.accept().is_ok() {
+                accepted[slot] += 1;
+            }
+        }
+        drop(clients);
+        assert_eq!(accepted[0] + accepted[2], 0, "{accepted:?}");
+        assert_eq!(accepted[1] + accepted[3], 40, "{accepted:?}");
+        assert!(accepted[1] > 0 && accepted[3] > 0, "{accepted:?}");
+    }
+}
