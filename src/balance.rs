@@ -88,19 +88,17 @@ impl Balancer {
             if !group.sockets.contains_key(&slot) {
                 let socket = reuseport_socket(group.addr, group.backlog)?;
                 let index = group.sockets.len() as u32;
+                // Not steered to until its worker is ready.
                 group.sockets.insert(slot, (socket, index));
-                // A new member: the program must know its index (and until
-                // then the kernel may hash onto it; its worker is coming).
-                self.steered = None;
             }
             fds[group.position] = group.sockets[&slot].0.as_raw_fd();
         }
         Ok(fds)
     }
 
-    /// Steers new connections onto `live` (the slots with a ready worker;
-    /// never empty: with none ready, every slot in use). Swaps the
-    /// programs only when the set changed; true if it did.
+    /// Steers new connections onto the sockets of `live` (the slots with a
+    /// ready worker, or all of them). Swaps the programs only when the set
+    /// changed; true if it did.
     pub fn steer(&mut self, live: &[SlotId]) -> io::Result<bool> {
         if self.steered.as_deref() == Some(live) {
             return Ok(false);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::launch::Capture;
 use crate::listen::ListenSpec;
 use crate::shim::Mode as ShimMode;
-use crate::supervisor::policy::{Policy, ReadyRule, RestartDelay};
+use crate::supervisor::policy::{Balance, Policy, ReadyRule, RestartDelay};
 use crate::supervisor::recycle::RecyclePolicy;
 
 /// A seed for the `--max-age` jitter, from the kernel.
@@ -159,7 +159,9 @@ impl Config {
                 memory_check: MEMORY_CHECK,
                 seed: random_seed(),
             },
-            scale_down_grace: self.reuseport.then_some(SCALE_DOWN_GRACE),
+            balance: self.reuseport.then_some(Balance {
+                scale_down_grace: SCALE_DOWN_GRACE,
+            }),
         }
     }
 }

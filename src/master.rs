@@ -56,6 +56,9 @@ const PIDFD_BASE: usize = 4 << 24;
 /// `/metrics` clients.
 const METRICS_BASE: usize = 5 << 24;
 
+/// A worker's CPU share is measured over at least this long.
+const CPU_SAMPLE: Duration = Duration::from_secs(1);
+
 /// Runs the master until it stops: starts the workers with `launcher` and
 /// supervises them. The listeners and the pid file live until it returns.
 pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error> {
@@ -347,7 +350,7 @@ impl<'a, L: Launch> Master<'a, L> {
         if !server.on_event(id, self.poll.registry()) {
             return;
         }
-        let observed = self.observe(now);
+        let observed = self.observe(now, None);
         let exposition =
             self.metrics
                 .render(&self.supervisor, &self.info, &observed, self.counts(), now);
@@ -383,7 +386,7 @@ impl<'a, L: Launch> Master<'a, L> {
         let response = match request {
             Request::Status { slot } => {
                 let counts = self.counts();
-                let observed = self.observe(now);
+                let observed = self.observe(now, slot);
                 Some(status::to_json(
                     &self.supervisor,
                     &self.info,
@@ -468,8 +471,9 @@ impl<'a, L: Launch> Master<'a, L> {
 
     /// What the workers use and said, read now (never polled): memory and
     /// CPU from `/proc`, CPU as a share of one CPU since the last look at
-    /// least a second ago, else over the worker's life.
-    fn observe(&mut self, now: Instant) -> Observed {
+    /// least a second ago, else over the worker's life; and, for `slot`
+    /// (`status --slot N`), the last lines on stderr its workers kept.
+    fn observe(&mut self, now: Instant, slot: Option<SlotId>) -> Observed {
         let ticks_per_second = usage::ticks_per_second() as f64;
         let mut observed = Observed {
             master_rss: usage::of_process(Pid::from_raw(std::process::id() as i32))
@@ -481,7 +485,10 @@ impl<'a, L: Launch> Master<'a, L> {
                 continue;
             };
             let percent = match self.cpu_samples.get(&worker.pid) {
-                Some(&(_, _, percent)) if self.cpu_samples_fresh(worker.pid, now) => percent,
+                // Under a second since the last look: too short to measure.
+                Some(&(at, _, percent)) if now.saturating_duration_since(at) < CPU_SAMPLE => {
+                    percent
+                }
                 last => {
                     let (since, ticks) =
                         last.map_or((worker.started, 0), |&(at, ticks, _)| (at, ticks));
@@ -500,24 +507,26 @@ impl<'a, L: Launch> Master<'a, L> {
             };
             observed.usage.insert(worker.pid, (used, percent));
         }
+        for (&id, (_, tail)) in &self.last_words {
+            if let Some(line) = tail.lines().last() {
+                observed.last_lines.insert(id, line.to_string());
+            }
+        }
+        let Some(slot) = slot else {
+            return observed;
+        };
         for (pid, tail) in self.output.tails() {
-            observed
-                .tails
-                .insert(pid, tail.lines().map(str::to_string).collect());
+            if self.supervisor.slot_of(pid) == Some(slot) {
+                observed
+                    .tails
+                    .insert(pid, tail.lines().map(str::to_string).collect());
+            }
         }
-        for (&slot, (pid, tail)) in &self.last_words {
-            observed
-                .last_words
-                .insert(slot, (*pid, tail.lines().map(str::to_string).collect()));
-        }
+        observed.previous = self
+            .last_words
+            .get(&slot)
+            .map(|(pid, tail)| (*pid, tail.lines().map(str::to_string).collect()));
         observed
-    }
-
-    /// A CPU sample under a second old: too short to measure again.
-    fn cpu_samples_fresh(&self, pid: Pid, now: Instant) -> bool {
-        self.cpu_samples
-            .get(&pid)
-            .is_some_and(|&(at, _, _)| now.saturating_duration_since(at) < Duration::from_secs(1))
     }
 
     fn hold(&mut self, id: usize) {
@@ -696,33 +705,6 @@ impl<'a, L: Launch> Master<'a, L> {
         for action in self.supervisor.handle(event, now) {
             self.execute(action, now);
         }
-        self.steer();
-    }
-
-    /// `--balance reuseport`: new connections go only to slots with a
-    /// ready worker (with none, to every slot in use, whose queues wait).
-    fn steer(&mut self) {
-        let Some(balancer) = &mut self.balancer else {
-            return;
-        };
-        let slots = self.supervisor.slot_count();
-        let mut live: Vec<SlotId> = self
-            .supervisor
-            .workers()
-            .filter(|w| w.state.is_ready() && w.slot < slots)
-            .map(|w| w.slot)
-            .collect();
-        live.sort_unstable();
-        live.dedup();
-        if live.is_empty() {
-            live = (0..slots).collect();
-        }
-        if let Err(e) = balancer.steer(&live) {
-            self.log.emit(&Record::OsError {
-                op: "steering new connections (SO_ATTACH_REUSEPORT_CBPF)".into(),
-                error: e.to_string(),
-            });
-        }
     }
 
     /// The listeners a worker of `slot` gets.
@@ -801,6 +783,15 @@ impl<'a, L: Launch> Master<'a, L> {
                             .iter()
                             .map(|(_, addr)| addr.clone())
                             .collect(),
+                    });
+                }
+            }
+            Action::Steer { slots } => {
+                let steered = self.balancer.as_mut().map(|b| b.steer(&slots));
+                if let Some(Err(e)) = steered {
+                    self.log.emit(&Record::OsError {
+                        op: "steering new connections (SO_ATTACH_REUSEPORT_CBPF)".into(),
+                        error: e.to_string(),
                     });
                 }
             }

@@ -21,6 +21,7 @@ use crate::status::{MasterInfo, Observed};
 use crate::supervisor::Supervisor;
 use crate::supervisor::record::{Next, Record};
 use crate::supervisor::reload::ReloadOutcome;
+use crate::supervisor::slot::Worker;
 use crate::vocab::{Exit, SlotId};
 
 /// The `--metrics` socket and its clients.
@@ -227,25 +228,15 @@ impl Metrics {
         out.family("rcluster_slots", "gauge", "Worker slots (--workers).");
         out.sample("rcluster_slots", &[], sup.slot_count() as f64);
 
-        let mut states: BTreeMap<&'static str, u64> = [
-            "starting",
-            "ready",
-            "leaving",
-            "draining",
-            "killed",
-            "restarting",
-        ]
-        .into_iter()
-        .map(|s| (s, 0))
-        .collect();
+        let mut states: BTreeMap<&'static str, u64> =
+            ["starting", "ready", "draining", "killed", "restarting"]
+                .into_iter()
+                .map(|s| (s, 0))
+                .collect();
         for worker in sup.workers() {
             *states.entry(worker.state.name()).or_default() += 1;
         }
-        let waiting = sup
-            .slots()
-            .iter()
-            .filter(|s| s.attached.is_empty() && !s.spawning)
-            .count();
+        let waiting = sup.slots().iter().filter(|s| s.is_empty()).count();
         *states.entry("restarting").or_default() += waiting as u64;
         out.family(
             "rcluster_workers",
@@ -264,49 +255,28 @@ impl Metrics {
                 *entry = worker;
             }
         }
-        out.family(
+        let usage = |w: &Worker| observed.usage.get(&w.pid).map(|(usage, _)| usage);
+        out.per_slot(
             "rcluster_worker_resident_memory_bytes",
             "gauge",
             "Resident memory of each slot's newest worker and the processes it started.",
+            &newest,
+            |w| usage(w).map(|u| u.rss_bytes as f64),
         );
-        for (slot, worker) in &newest {
-            if let Some((usage, _)) = observed.usage.get(&worker.pid) {
-                let slot = slot.to_string();
-                out.sample(
-                    "rcluster_worker_resident_memory_bytes",
-                    &[("slot", &slot)],
-                    usage.rss_bytes as f64,
-                );
-            }
-        }
-        out.family(
+        out.per_slot(
             "rcluster_worker_cpu_seconds_total",
             "counter",
             "CPU time of each slot's newest worker and the processes it started.",
+            &newest,
+            |w| usage(w).map(|u| u.cpu_time().as_secs_f64()),
         );
-        for (slot, worker) in &newest {
-            if let Some((usage, _)) = observed.usage.get(&worker.pid) {
-                let slot = slot.to_string();
-                out.sample(
-                    "rcluster_worker_cpu_seconds_total",
-                    &[("slot", &slot)],
-                    usage.cpu_time().as_secs_f64(),
-                );
-            }
-        }
-        out.family(
+        out.per_slot(
             "rcluster_worker_uptime_seconds",
             "gauge",
             "Seconds since each slot's newest worker started.",
+            &newest,
+            |w| Some(now.saturating_duration_since(w.started).as_millis() as f64 / 1e3),
         );
-        for (slot, worker) in &newest {
-            let slot = slot.to_string();
-            out.sample(
-                "rcluster_worker_uptime_seconds",
-                &[("slot", &slot)],
-                now.saturating_duration_since(worker.started).as_millis() as f64 / 1e3,
-            );
-        }
 
         out.family(
             "rcluster_worker_exits_total",
@@ -411,6 +381,23 @@ impl Out {
             let _ = write!(self.0, "{{{}}}", labels.join(","));
         }
         let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A family with one sample per slot, of its newest worker.
+    fn per_slot(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        newest: &BTreeMap<SlotId, &Worker>,
+        value: impl Fn(&Worker) -> Option<f64>,
+    ) {
+        self.family(name, kind, help);
+        for (slot, worker) in newest {
+            if let Some(value) = value(worker) {
+                self.sample(name, &[("slot", &slot.to_string())], value);
+            }
+        }
     }
 
     fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {

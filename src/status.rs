@@ -31,10 +31,13 @@ pub struct Observed {
     /// Each live worker's process tree, and its CPU use in percent of one
     /// CPU: since the previous look, or over its life.
     pub usage: HashMap<Pid, (Usage, f64)>,
-    /// Each live worker's last lines on stderr so far.
+    /// Each slot's last exited worker's last line on stderr.
+    pub last_lines: HashMap<SlotId, String>,
+    /// For `status --slot N`: the slot's live workers' last lines on
+    /// stderr so far...
     pub tails: HashMap<Pid, Vec<String>>,
-    /// Each slot's last exited worker, and its last lines on stderr.
-    pub last_words: HashMap<SlotId, (Pid, Vec<String>)>,
+    /// ...and the slot's last exited worker, with its last lines.
+    pub previous: Option<(Pid, Vec<String>)>,
     pub master_rss: Option<u64>,
 }
 
@@ -56,12 +59,7 @@ pub fn to_json(
     now: Instant,
 ) -> Value {
     let ms = |since: Instant| now.saturating_duration_since(since).as_millis() as u64;
-    let last_line = |slot: SlotId| {
-        observed
-            .last_words
-            .get(&slot)
-            .and_then(|(_, lines)| lines.last().cloned())
-    };
+    let last_line = |slot: SlotId| observed.last_lines.get(&slot).cloned();
     let mut workers: Vec<Value> = Vec::new();
     let mut rows: Vec<_> = sup.workers().collect();
     rows.sort_by_key(|w| (w.slot, w.generation, w.pid));
@@ -85,7 +83,7 @@ pub fn to_json(
     }
     // A slot waiting out its restart backoff has no process to show.
     for (id, slot) in sup.slots().iter().enumerate() {
-        if slot.attached.is_empty() && !slot.spawning {
+        if slot.is_empty() {
             workers.push(json!({
                 "slot": id,
                 "pid": null,
@@ -168,7 +166,7 @@ fn slot_detail(sup: &Supervisor, observed: &Observed, slot: SlotId) -> Value {
             })
         })
         .collect();
-    let previous = observed.last_words.get(&slot).map(|(pid, lines)| {
+    let previous = observed.previous.as_ref().map(|(pid, lines)| {
         json!({
             "pid": pid.as_raw(),
             "exit": sup.slots().get(slot).and_then(|s| s.last_exit.as_ref()).map(Exit::short),

@@ -74,7 +74,7 @@ mod tests {
             reload_batch: 1,
             watchdog: None,
             recycle: Default::default(),
-            scale_down_grace: None,
+            balance: None,
         }
     }
 

@@ -186,6 +186,11 @@ pub enum Action {
     CheckListeners {
         pid: Pid,
     },
+    /// Steer new connections to these slots' queues only (`--balance
+    /// reuseport`).
+    Steer {
+        slots: Vec<SlotId>,
+    },
     Log(Record),
     NotifyManager(ManagerState),
     /// A reload ended: clients waiting for it (`rcluster reload --wait`)

@@ -133,6 +133,8 @@ pub struct Supervisor {
     /// Workers of slots scaled away, still accepting until this time
     /// (`--balance reuseport`: new connections are steered away first).
     scaled_away: BTreeMap<Pid, Instant>,
+    /// Which slots have a ready worker changed: the shell must steer anew.
+    steering_due: bool,
     /// The `--max-age` jitter.
     rng: Rng,
     /// How many successors of the current recycle failed before it.
@@ -178,6 +180,7 @@ impl Supervisor {
             age_limits: BTreeMap::new(),
             memory_check_at: None,
             scaled_away: BTreeMap::new(),
+            steering_due: false,
             rng,
             failed_successors: 0,
             spawns_in_flight: 0,
@@ -250,6 +253,7 @@ impl Supervisor {
         }
         self.expire(now);
         self.reconcile(now);
+        self.steer();
         std::mem::take(&mut self.actions)
     }
 
@@ -259,13 +263,13 @@ impl Supervisor {
         self.timers.next()
     }
 
-    /// Whether this pid is one of our workers (the shell uses it to resolve
-    /// notify senders).
     /// The slot of a worker the supervisor has not seen exit.
     pub fn slot_of(&self, pid: Pid) -> Option<SlotId> {
         self.workers.get(&pid).map(|w| w.slot)
     }
 
+    /// Whether this pid is one of our workers (the shell uses it to resolve
+    /// notify senders).
     pub fn is_worker(&self, pid: Pid) -> bool {
         self.workers.contains_key(&pid)
     }
@@ -352,7 +356,7 @@ impl Supervisor {
             for pid in self.slots[id].attached.clone() {
                 // With a queue of its own, the slot is steered away first and
                 // its worker accepts what is queued there before it stops.
-                match self.policy.scale_down_grace {
+                match self.policy.balance.map(|b| b.scale_down_grace) {
                     Some(grace) => {
                         self.scaled_away.insert(pid, now + grace);
                         self.timers
@@ -1236,8 +1240,25 @@ impl Supervisor {
             return;
         }
         self.progress.update(slot, old, view, self.target);
+        self.steering_due |= old.ready.is_some() != view.ready.is_some();
         self.ready_slots =
             self.ready_slots + usize::from(view.ready.is_some()) - usize::from(old.ready.is_some());
+    }
+
+    /// With queues per slot, tells the shell where new connections go once
+    /// the slots with a ready worker changed: to those, or, with none, to
+    /// every slot (whose queues wait for their workers).
+    fn steer(&mut self) {
+        if !std::mem::take(&mut self.steering_due) || self.policy.balance.is_none() {
+            return;
+        }
+        let mut slots: Vec<SlotId> = (0..self.slots.len())
+            .filter(|&id| self.slots[id].view.ready.is_some())
+            .collect();
+        if slots.is_empty() {
+            slots = (0..self.slots.len()).collect();
+        }
+        self.actions.push(Action::Steer { slots });
     }
 
     fn set_restart(&mut self, slot: SlotId, at: Option<Instant>) {
@@ -1386,6 +1407,7 @@ impl Supervisor {
             + self.groups.len()
             + self.strays.values().filter(|at| at.is_some()).count()
             + self.age_limits.len()
+            + self.scaled_away.len()
             + usize::from(self.memory_check_at.is_some());
         assert_eq!(self.timers.len(), timers, "one timer per deadline");
         let ready = self

@@ -20,10 +20,19 @@ pub struct Policy {
     pub reload_batch: usize,
     pub watchdog: Option<Duration>,
     pub recycle: RecyclePolicy,
-    /// How long a scaled-away slot's worker goes on accepting, after new
-    /// connections were steered away from its queue, before it is told to
-    /// stop (`--balance reuseport`); `None`: at once.
-    pub scale_down_grace: Option<Duration>,
+    /// `Some` when each slot has a queue of its own (`--balance reuseport`).
+    pub balance: Option<Balance>,
+}
+
+/// Slots with queues of their own: the shell is told where to steer new
+/// connections ([`Action::Steer`](super::event::Action::Steer)) whenever
+/// the slots with a ready worker change, and a slot scaled away is steered
+/// away before its worker stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    /// How long a scaled-away slot's worker goes on accepting (emptying its
+    /// queue) after new connections were steered away, before it stops.
+    pub scale_down_grace: Duration,
 }
 
 /// When a started worker counts as Ready: what a reload waits for before

@@ -26,7 +26,7 @@ fn policy(workers: usize) -> Policy {
         reload_batch: 1,
         watchdog: None,
         recycle: Default::default(),
-        scale_down_grace: None,
+        balance: None,
     }
 }
 
@@ -1490,4 +1490,58 @@ fn max_age_recycles_slot_by_slot_within_the_limit() {
     assert!((2000..3000).contains(&when[0].1), "{when:?}");
     assert_eq!(when[1].0, pids[0]);
     assert!((3000..=4000).contains(&when[1].1), "{when:?}");
+}
+
+/// The slots the last `Steer` in `acts` names.
+fn steered(acts: &[Action]) -> Option<Vec<SlotId>> {
+    acts.iter().rev().find_map(|a| match a {
+        Action::Steer { slots } => Some(slots.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn with_a_queue_per_slot_new_connections_follow_the_ready_workers() {
+    let mut p = policy(3);
+    p.balance = Some(policy::Balance {
+        scale_down_grace: ms(250),
+    });
+    let mut sim = Sim::new(p);
+    let acts = sim.feed(Event::Start);
+    assert_eq!(steered(&acts), None, "nobody is ready yet");
+    let pids = spawned(&acts);
+    let steers: Vec<_> = pids
+        .iter()
+        .filter_map(|&pid| steered(&sim.exec_ok(pid)))
+        .collect();
+    assert_eq!(steers, [vec![0], vec![0, 1], vec![0, 1, 2]]);
+
+    // A worker that exits is steered away from at once, and back to when
+    // its replacement is ready.
+    let acts = sim.at(5000).exit(pids[1], 1);
+    assert_eq!(steered(&acts), Some(vec![0, 2]));
+    let replacement = spawned(&acts)[0];
+    assert_eq!(steered(&sim.exec_ok(replacement)), Some(vec![0, 1, 2]));
+    // Nothing changed, nothing to steer.
+    assert_eq!(steered(&sim.at(5100).timeout()), None);
+
+    // Scaling down steers away first; the worker stops after the grace.
+    let acts = sim.feed(Event::ScaleTo(2));
+    assert_eq!(steered(&acts), Some(vec![0, 1]));
+    assert!(signalled(&acts).is_empty(), "still emptying its queue");
+    assert_eq!(sim.deadline_ms(), Some(5350));
+    assert_eq!(signalled(&sim.at(5350).timeout()), [(pids[2], TERM)]);
+
+    // With no ready worker at all, every slot's queue takes connections
+    // (they wait for the workers).
+    sim.at(9000).exit(pids[0], 1);
+    let acts = sim.exit(replacement, 1);
+    assert_eq!(steered(&acts), Some(vec![0, 1]));
+}
+
+#[test]
+fn with_one_shared_queue_nothing_is_steered() {
+    let (mut sim, pids) = Sim::started(policy(2));
+    let acts = sim.at(5000).exit(pids[0], 1);
+    assert_eq!(steered(&acts), None);
 }

@@ -25,7 +25,7 @@ pub enum Timer {
     Age(Pid),
     /// The workers' memory is looked at (`--max-memory`).
     MemoryCheck,
-    /// A worker of a slot scaled away stops (`Policy::scale_down_grace`).
+    /// A worker of a slot scaled away stops (`Balance::scale_down_grace`).
     ScaledAway(Pid),
 }
 
