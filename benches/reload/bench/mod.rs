@@ -57,6 +57,12 @@ pub enum Scenario {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Balance {
+    Shared,
+    Reuseport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Modes {
     KeepAlive,
     Close,
@@ -109,8 +115,8 @@ struct Args {
     addr: Option<SocketAddr>,
     /// `--balance` for every rcluster the scenarios start (the balance
     /// scenario runs both)
-    #[arg(long, value_parser = ["shared", "reuseport"], default_value = "shared")]
-    balance: String,
+    #[arg(long, value_enum, default_value_t = Balance::Shared)]
+    balance: Balance,
     /// Passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     bench: bool,
@@ -267,10 +273,9 @@ pub fn main() -> ExitCode {
         opts.workers = args.workers.iter().map(|&n| n.max(1)).collect();
     }
     opts.connections = args.connections.max(1);
-    opts.balance = if args.balance == "reuseport" {
-        "reuseport"
-    } else {
-        "shared"
+    opts.balance = match args.balance {
+        Balance::Shared => "shared",
+        Balance::Reuseport => "reuseport",
     };
     opts.reloads = args.reloads.unwrap_or(opts.reloads);
     opts.modes = match args.mode {
