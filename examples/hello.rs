@@ -26,6 +26,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         worker::id().map_or("-".into(), |id| id.to_string()),
         std::process::id()
     );
-    http::serve(&listener, &shutdown, &greeting)?;
+    http::serve(listener, &shutdown, &greeting)?;
     Ok(())
 }

@@ -6,6 +6,9 @@
 //! test_worker                     wait for the stop signal, exit 0
 //! test_worker --exit CODE         exit at once with CODE
 //! test_worker --ignore-stop       ignore the stop signal (until SIGKILL)
+//! test_worker --never-listen      hold the listeners without watching them
+//!                                 (by default they are in an epoll set,
+//!                                 so `--ready auto` sees a server)
 //! test_worker --ready-after MS    say READY=1 after MS milliseconds
 //! test_worker --exit-after MS     exit 1 MS milliseconds after that (or after start)
 //! test_worker --say-stopping      say READY=1 then STOPPING=1, and keep running
@@ -60,9 +63,11 @@ fn main() {
     if let Some(text) = args.value("--send-notify") {
         let text = text.replace("\\n", "\n");
         let socket = std::env::var("NOTIFY_SOCKET").expect("NOTIFY_SOCKET");
-        let name = socket.strip_prefix('@').expect("an abstract socket");
-        let addr = <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name.as_bytes())
-            .expect("a socket name");
+        let addr = match socket.strip_prefix('@') {
+            Some(name) => <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name.as_bytes()),
+            None => std::os::unix::net::SocketAddr::from_pathname(&socket),
+        }
+        .expect("a socket address");
         std::os::unix::net::UnixDatagram::unbound()
             .and_then(|s| s.send_to_addr(text.as_bytes(), &addr))
             .expect("sending the datagram");
@@ -85,6 +90,9 @@ fn main() {
         }
         worker::ready().expect("notify");
         sleep_forever();
+    }
+    if !args.flag("--never-listen") {
+        watch_listeners();
     }
     let shutdown = worker::shutdown().expect("installing stop handlers");
     if let Some(delay) = args.millis("--ready-after") {
@@ -113,6 +121,31 @@ fn main() {
         .wait_for_stop(None)
         .expect("waiting for the stop signal")
     {}
+}
+
+/// Puts the inherited listeners in an epoll set nobody waits on, as an
+/// event-loop server does when it starts listening: to `--ready auto`'s
+/// look, this worker serves (it accepts nothing: `hello` is the server).
+fn watch_listeners() {
+    let count: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if count == 0 {
+        return;
+    }
+    // SAFETY: plain syscalls on fds this process owns; the epoll fd is
+    // left open for the life of the process.
+    unsafe {
+        let epoll = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        for fd in 3..3 + count {
+            let mut event = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: fd as u64,
+            };
+            libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event);
+        }
+    }
 }
 
 fn sleep_forever() -> ! {

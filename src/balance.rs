@@ -11,11 +11,17 @@
 //! hash onto the slots that have one, and is swapped whenever that set
 //! changes.
 //!
+//! Each slot has two sockets (lanes). A reload's new worker takes the lane
+//! its predecessor does not use, so it gets no connection until the master
+//! steers the slot onto its lane, once it has proven itself; a release that
+//! dies before that loses nothing. The predecessor, steered away from,
+//! accepts what its queue still holds for a grace before it stops.
+//!
 //! A program answers with an index into the group, the order in which its
 //! sockets started listening; a socket that closes gives its index to the
-//! last one. So sockets are only ever added (a slot's socket is made when
-//! it first starts a worker) and kept until the master exits: a slot
-//! scaled away keeps its socket, steered away and empty, for when it comes
+//! last one. So sockets are only ever added (a lane's socket is made when
+//! it first starts a worker) and kept until the master stops: a slot
+//! scaled away keeps its sockets, steered away and empty, for when it comes
 //! back. Indices never move, and a stray process still holding a socket
 //! can never make them wrong.
 
@@ -26,6 +32,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Socket, Type};
 
+use crate::supervisor::slot::Lane;
 use crate::vocab::SlotId;
 
 /// One instruction of a classic BPF program (`struct sock_filter`).
@@ -38,8 +45,8 @@ pub struct Balancer {
     /// of a group are replaced by the slot's own socket.
     listeners: Vec<RawFd>,
     groups: Vec<Group>,
-    /// The slots the current programs steer to.
-    steered: Option<Vec<SlotId>>,
+    /// The queues the current programs steer to.
+    steered: Option<Vec<(SlotId, Lane)>>,
 }
 
 #[derive(Debug)]
@@ -48,15 +55,16 @@ struct Group {
     position: usize,
     addr: SocketAddr,
     backlog: i32,
-    /// Each slot's socket, with its index in the kernel's group.
-    sockets: BTreeMap<SlotId, (Socket, u32)>,
+    /// Each slot's sockets, by lane, with their index in the kernel's
+    /// group.
+    sockets: BTreeMap<(SlotId, Lane), (Socket, u32)>,
 }
 
 impl Balancer {
     /// `listeners`: every listener's fd, in order, and for those that are
     /// TCP sockets bound here with `SO_REUSEPORT`, the address and backlog.
-    /// Each of those becomes slot 0's socket of a group (a duplicate fd of
-    /// the same socket, index 0).
+    /// Each of those becomes slot 0's first socket of a group (a duplicate
+    /// fd of the same socket, index 0).
     pub fn new(listeners: &[(RawFd, Option<(SocketAddr, i32)>)]) -> io::Result<Balancer> {
         let mut groups = Vec::new();
         for (position, (fd, bound)) in listeners.iter().enumerate() {
@@ -69,7 +77,7 @@ impl Balancer {
                     position,
                     addr,
                     backlog,
-                    sockets: BTreeMap::from([(0, (socket, 0))]),
+                    sockets: BTreeMap::from([((0, 0), (socket, 0))]),
                 });
             }
         }
@@ -80,35 +88,45 @@ impl Balancer {
         })
     }
 
-    /// The fds a worker of `slot` gets, in listener order; the slot's
-    /// sockets are made (bound and listening) the first time.
-    pub fn fds(&mut self, slot: SlotId) -> io::Result<Vec<RawFd>> {
+    /// The fds a worker of `slot` on `lane` gets, in listener order; the
+    /// lane's sockets are made (bound and listening) the first time.
+    pub fn fds(&mut self, slot: SlotId, lane: Lane) -> io::Result<Vec<RawFd>> {
         let mut fds = self.listeners.clone();
         for group in &mut self.groups {
-            if !group.sockets.contains_key(&slot) {
+            let key = (slot, lane);
+            if !group.sockets.contains_key(&key) {
                 let socket = reuseport_socket(group.addr, group.backlog)?;
                 let index = group.sockets.len() as u32;
-                // Not steered to until its worker is ready.
-                group.sockets.insert(slot, (socket, index));
+                // Not steered to until its worker is proven.
+                group.sockets.insert(key, (socket, index));
             }
-            fds[group.position] = group.sockets[&slot].0.as_raw_fd();
+            fds[group.position] = group.sockets[&key].0.as_raw_fd();
         }
         Ok(fds)
     }
 
-    /// Steers new connections onto the sockets of `live` (the slots with a
-    /// ready worker, or all of them). Swaps the programs only when the set
-    /// changed; true if it did.
-    pub fn steer(&mut self, live: &[SlotId]) -> io::Result<bool> {
+    /// Closes the master's copies of every socket (a stop began); the
+    /// workers' copies stay open while they drain.
+    pub fn close(&mut self) {
+        self.groups.clear();
+        self.listeners.clear();
+    }
+
+    /// Steers new connections onto the sockets of `live` (each slot's
+    /// queue whose worker is proven, or every slot's). Swaps the programs
+    /// only when the set changed; true if it did.
+    pub fn steer(&mut self, live: &[(SlotId, Lane)]) -> io::Result<bool> {
         if self.steered.as_deref() == Some(live) {
             return Ok(false);
         }
         for group in &self.groups {
             let indices: Vec<u32> = live
                 .iter()
-                .filter_map(|slot| group.sockets.get(slot).map(|(_, index)| *index))
+                .filter_map(|queue| group.sockets.get(queue).map(|(_, index)| *index))
                 .collect();
-            let (socket, _) = group.sockets.get(&0).expect("slot 0's socket");
+            let Some((socket, _)) = group.sockets.get(&(0, 0)) else {
+                continue;
+            };
             attach(socket, &program(&indices))?;
         }
         self.steered = Some(live.to_vec());
@@ -248,14 +266,19 @@ mod tests {
         let addr = first.local_addr().unwrap().as_socket().unwrap();
         let fd = first.as_raw_fd();
         let mut balancer = Balancer::new(&[(fd, Some((addr, 64)))]).unwrap();
-        let fds: Vec<RawFd> = (0..4).map(|slot| balancer.fds(slot).unwrap()[0]).collect();
+        let fds: Vec<RawFd> = (0..4)
+            .map(|slot| balancer.fds(slot, 0).unwrap()[0])
+            .collect();
         assert_eq!(
             fds.iter().collect::<BTreeSet<_>>().len(),
             4,
             "one socket each"
         );
-        assert!(balancer.steer(&[1, 3]).unwrap());
-        assert!(!balancer.steer(&[1, 3]).unwrap(), "unchanged: not swapped");
+        assert!(balancer.steer(&[(1, 0), (3, 0)]).unwrap());
+        assert!(
+            !balancer.steer(&[(1, 0), (3, 0)]).unwrap(),
+            "unchanged: not swapped"
+        );
         let clients: Vec<_> = (0..40)
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
             .collect();

@@ -122,9 +122,10 @@ struct Args {
     restart_delay: RestartDelay,
 
     /// When a new worker counts as ready (a reload stops an old worker only
-    /// then): `auto` (READY=1, or alive for --min-uptime, whichever comes
-    /// first), `notify` (READY=1 only), `delay:DUR`, or `exec` (exec
-    /// succeeded: protects only against a command that cannot run)
+    /// then): `auto` (READY=1; for a server that never says it, waiting on
+    /// its listeners after --min-uptime), `notify` (READY=1 only),
+    /// `delay:DUR`, or `exec` (exec succeeded: protects only against a
+    /// command that cannot run)
     #[arg(long, env = "RCLUSTER_READY", value_name = "MODE",
           default_value = "auto", value_parser = parse_ready)]
     ready: ReadyRule,
@@ -135,11 +136,17 @@ struct Args {
           default_value = "60s", value_parser = parse_duration)]
     ready_timeout: Duration,
 
-    /// How many workers a reload replaces at a time
-    #[arg(long, env = "RCLUSTER_RELOAD_BATCH", value_name = "N",
-          default_value_t = config::DEFAULT_RELOAD_BATCH,
-          value_parser = parse_batch)]
-    reload_batch: usize,
+    /// How long a reload's first new worker (its canary) must stay ready
+    /// before any old worker stops; 0 turns the canary off
+    #[arg(long, env = "RCLUSTER_MIN_READY", value_name = "DUR",
+          default_value = "1s", value_parser = parse_duration)]
+    min_ready: Duration,
+
+    /// How many workers a reload replaces at a time once its canary has
+    /// proven itself: `auto` (a quarter of the workers, at least one) or N
+    #[arg(long, env = "RCLUSTER_RELOAD_BATCH", value_name = "auto|N",
+          default_value = "auto", value_parser = parse_batch)]
+    reload_batch: Batch,
 
     /// Replace a worker whose resident memory (with the processes it
     /// started) passes SIZE (512M, 2G): its successor first, then it drains;
@@ -306,7 +313,8 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
         restart_delay: args.restart_delay,
         ready: args.ready,
         ready_timeout: args.ready_timeout,
-        reload_batch: args.reload_batch,
+        min_ready: args.min_ready,
+        reload_batch: args.reload_batch.0,
         watchdog: args.watchdog,
         control: match args.control {
             Some(path) if path.as_os_str() == "none" => Control::Off,
@@ -399,11 +407,16 @@ fn parse_workers(s: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_batch(s: &str) -> Result<usize, String> {
+/// `--reload-batch`: `auto` (`None`: a quarter of the workers) or a number.
+#[derive(Debug, Clone, Copy)]
+struct Batch(Option<usize>);
+
+fn parse_batch(s: &str) -> Result<Batch, String> {
     match s.parse::<usize>() {
-        Ok(n) if (1..=config::MAX_WORKERS).contains(&n) => Ok(n),
+        _ if s == "auto" => Ok(Batch(None)),
+        Ok(n) if (1..=config::MAX_WORKERS).contains(&n) => Ok(Batch(Some(n))),
         _ => Err(format!(
-            "expected a number from 1 to {}",
+            "expected auto or a number from 1 to {}",
             config::MAX_WORKERS
         )),
     }
@@ -520,6 +533,7 @@ mod tests {
         assert_eq!(c.ready, d.ready);
         assert_eq!(c.ready_timeout, d.ready_timeout);
         assert_eq!(c.reload_batch, d.reload_batch);
+        assert_eq!(c.min_ready, d.min_ready);
         assert_eq!(c.watchdog, d.watchdog);
         assert_eq!(c.command, [OsString::from("./server")]);
     }
@@ -570,7 +584,11 @@ mod tests {
         ]);
         assert_eq!(c.ready, ReadyRule::Delay(Duration::from_millis(1500)));
         assert_eq!(c.ready_timeout, Duration::from_secs(5));
-        assert_eq!(c.reload_batch, 2);
+        assert_eq!(c.reload_batch, Some(2));
+        assert_eq!(
+            config(&["--reload-batch", "auto", "--", "x"]).reload_batch,
+            None
+        );
         assert_eq!(c.watchdog, Some(Duration::from_secs(10)));
         assert_eq!(
             config(&["--ready", "notify", "--", "x"]).ready,

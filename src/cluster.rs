@@ -153,8 +153,17 @@ impl ClusterBuilder {
         self
     }
 
+    /// How many workers a reload replaces at a time once its first has
+    /// proven itself (default: a quarter of them).
     pub fn reload_batch(mut self, batch: usize) -> Self {
-        self.config.reload_batch = batch.max(1);
+        self.config.reload_batch = Some(batch.max(1));
+        self
+    }
+
+    /// How long a reload's first new worker must stay ready before any old
+    /// worker stops (default 1 s; zero: no such hold).
+    pub fn min_ready(mut self, hold: Duration) -> Self {
+        self.config.min_ready = hold;
         self
     }
 
@@ -230,7 +239,7 @@ impl ClusterBuilder {
         };
         let log = Log::new(config.log_format, config.log_level, None, &config.name)
             .map_err(|e| Error::os("opening the log", e))?;
-        let setup = Setup::new(&config, &log)?;
+        let setup = Setup::new(&config, &log, None)?;
         let sockets: Vec<(String, RawFd)> = setup
             .listeners
             .iter()

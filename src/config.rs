@@ -19,16 +19,19 @@ fn random_seed() -> u64 {
 }
 
 pub const DEFAULT_BACKLOG: u32 = 2048;
-pub const DEFAULT_RELOAD_BATCH: usize = 1;
+/// `None`: a quarter of the workers, at least one (`--reload-batch auto`).
+pub const DEFAULT_RELOAD_BATCH: Option<usize> = None;
+/// How long a reload's canary must stay ready (`--min-ready`).
+pub const DEFAULT_MIN_READY: Duration = Duration::from_secs(1);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(1);
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the workers' memory is looked at, with `--max-memory` only.
 pub const MEMORY_CHECK: Duration = Duration::from_secs(5);
 
-/// `--balance reuseport`: how long a scaled-away slot's worker goes on
-/// accepting after its queue was steered away (it empties what was queued).
-pub const SCALE_DOWN_GRACE: Duration = Duration::from_millis(250);
+/// `--balance reuseport`: how long a worker steered away from (replaced or
+/// scaled away) goes on accepting, to empty what was queued for it.
+pub const RETIRE_GRACE: Duration = Duration::from_millis(250);
 /// More workers than this is a typo, not a deployment.
 pub const MAX_WORKERS: usize = 4096;
 
@@ -67,7 +70,8 @@ pub struct Config {
     pub restart_delay: RestartDelay,
     pub ready: ReadyRule,
     pub ready_timeout: Duration,
-    pub reload_batch: usize,
+    pub min_ready: Duration,
+    pub reload_batch: Option<usize>,
     pub watchdog: Option<Duration>,
     pub pid_file: Option<PathBuf>,
     pub control: Control,
@@ -111,6 +115,7 @@ impl Config {
             restart_delay: RestartDelay::default(),
             ready: ReadyRule::Auto,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            min_ready: DEFAULT_MIN_READY,
             reload_batch: DEFAULT_RELOAD_BATCH,
             watchdog: None,
             pid_file: None,
@@ -151,6 +156,7 @@ impl Config {
             restart_delay: self.restart_delay,
             ready: self.ready,
             ready_timeout: self.ready_timeout,
+            min_ready: self.min_ready,
             reload_batch: self.reload_batch,
             watchdog: self.watchdog,
             recycle: RecyclePolicy {
@@ -160,7 +166,7 @@ impl Config {
                 seed: random_seed(),
             },
             balance: self.reuseport.then_some(Balance {
-                scale_down_grace: SCALE_DOWN_GRACE,
+                retire_grace: RETIRE_GRACE,
             }),
         }
     }

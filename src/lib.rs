@@ -78,6 +78,7 @@ pub(crate) mod portcheck;
 #[doc(hidden)]
 pub mod reap;
 pub(crate) mod rundir;
+pub(crate) mod serving;
 #[doc(hidden)]
 pub mod shim;
 pub(crate) mod signals;

@@ -86,7 +86,10 @@ fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Err
             message: e.message,
             unreadable: e.unreadable,
         })?;
-    let mut setup = Setup::new(config, log)?;
+    let owner = identity
+        .as_ref()
+        .map(|i| (i.credentials.uid, i.credentials.gid));
+    let mut setup = Setup::new(config, log, owner)?;
     let mut launcher = ExecLauncher::new(
         command,
         &setup.listener_fds(),

@@ -8,7 +8,7 @@
 //! up zero times a second. How workers are started is the [`Launch`]er's
 //! business; what was set up before the loop is `setup.rs`'s.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ use crate::notify::{self, Datagram, Manager, NotifySocket};
 use crate::output::{Output, Tail};
 use crate::portcheck;
 use crate::reap;
+use crate::serving;
 use crate::setup::Setup;
 use crate::signals::{self, Signals};
 use crate::status::{self, Counts, MasterInfo, Observed};
@@ -36,6 +37,7 @@ use crate::supervisor::Supervisor;
 use crate::supervisor::event::{Action, Event, MasterSignal, Outcome};
 use crate::supervisor::record::Record;
 use crate::supervisor::reload::ReloadOutcome;
+use crate::supervisor::slot::Lane;
 use crate::usage;
 use crate::vocab::{Generation, Pid, SlotId, errno_name};
 
@@ -84,19 +86,18 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
             .map_err(|e| Error::os("registering the metrics socket", e))?;
         master.metrics_server = Some(metrics);
     }
-    master.listener_inodes = listeners
-        .iter()
-        .filter_map(|l| portcheck::inode(l.fd()))
-        .collect();
+    for listener in &listeners {
+        master.ours.add(listener.fd());
+    }
     master.listener_fds = listeners.iter().map(Listener::fd).collect();
     let groups: Vec<_> = listeners.iter().map(|l| (l.fd(), l.reuseport)).collect();
     if groups.iter().any(|(_, group)| group.is_some()) {
         let balancer = Balancer::new(&groups).map_err(|e| Error::os("--balance reuseport", e))?;
         master.balancer = Some(balancer);
     }
+    master.listeners = listeners;
     let outcome = master.run();
     drop(master);
-    drop(listeners);
     drop(pid_file);
     outcome
 }
@@ -132,11 +133,15 @@ struct Master<'a, L: Launch> {
     cpu_samples: HashMap<Pid, (Instant, u64, f64)>,
     /// `--env-file`, read again at each reload.
     env_file: Option<std::path::PathBuf>,
-    /// The listeners' socket inodes: a worker's other listening sockets
-    /// are ports of its own.
-    listener_inodes: BTreeSet<u64>,
+    /// The listeners' socket inodes and addresses: what a worker serves
+    /// on; its other listening sockets are ports of its own.
+    ours: serving::Listeners,
+    /// The master's copies of the listeners, until a stop begins.
+    listeners: Vec<Listener>,
     /// What every worker gets at fd 3, 4, …
     listener_fds: Vec<RawFd>,
+    /// What the last look at each booting worker saw (`serving.rs`).
+    look_samples: serving::Samples,
     /// `--balance reuseport`: each slot's own sockets, and the steering.
     balancer: Option<Balancer>,
     /// The notify socket was not drained to the end last turn.
@@ -191,8 +196,10 @@ impl<'a, L: Launch> Master<'a, L> {
             exec_pipes: HashMap::new(),
             pidfds: HashMap::new(),
             notify_dropped: 0,
-            listener_inodes: BTreeSet::new(),
+            ours: serving::Listeners::default(),
+            listeners: Vec::new(),
             listener_fds: Vec::new(),
+            look_samples: serving::Samples::new(),
             balancer: None,
             env_file: None,
             last_words: HashMap::new(),
@@ -508,8 +515,8 @@ impl<'a, L: Launch> Master<'a, L> {
             observed.usage.insert(worker.pid, (used, percent));
         }
         for (&id, (_, tail)) in &self.last_words {
-            if let Some(line) = tail.lines().last() {
-                observed.last_lines.insert(id, line.to_string());
+            if let Some(line) = tail.cause() {
+                observed.last_lines.insert(id, line);
             }
         }
         let Some(slot) = slot else {
@@ -581,8 +588,16 @@ impl<'a, L: Launch> Master<'a, L> {
         );
         match speaker {
             Ok(worker) => {
+                let sender = datagram.sender.unwrap_or(worker);
                 for msg in datagram.messages {
-                    self.dispatch(Event::Notify { pid: worker, msg }, now);
+                    self.dispatch(
+                        Event::Notify {
+                            pid: worker,
+                            msg,
+                            sender,
+                        },
+                        now,
+                    );
                 }
             }
             Err(why) => {
@@ -660,8 +675,9 @@ impl<'a, L: Launch> Master<'a, L> {
         // Its last words first: what it wrote just before it died may still
         // be in its pipe.
         let tail = self.output.last_words(pid, self.poll.registry(), self.log);
-        let last_line = tail.last().map(str::to_string);
+        let last_line = tail.cause();
         self.cpu_samples.remove(&pid);
+        self.look_samples.remove(&pid);
         if let Some(slot) = self.supervisor.slot_of(pid) {
             self.last_words.insert(slot, (pid, tail));
         }
@@ -707,21 +723,28 @@ impl<'a, L: Launch> Master<'a, L> {
         }
     }
 
-    /// The listeners a worker of `slot` gets.
-    fn listeners_for(&mut self, slot: SlotId) -> io::Result<Vec<RawFd>> {
+    /// The listeners a worker of `slot` on `lane` gets.
+    fn listeners_for(&mut self, slot: SlotId, lane: Lane) -> io::Result<Vec<RawFd>> {
         let Some(balancer) = &mut self.balancer else {
             return Ok(self.listener_fds.clone());
         };
-        let fds = balancer.fds(slot)?;
+        let fds = balancer.fds(slot, lane)?;
         // The slot's sockets are the worker's own, not ports of its own.
-        self.listener_inodes
-            .extend(fds.iter().filter_map(|&fd| portcheck::inode(fd)));
+        for &fd in &fds {
+            if !self.ours.knows(fd) {
+                self.ours.add(fd);
+            }
+        }
         Ok(fds)
     }
 
     fn execute(&mut self, action: Action, now: Instant) {
         match action {
-            Action::Spawn { slot, generation } => self.spawn(slot, generation, now),
+            Action::Spawn {
+                slot,
+                generation,
+                lane,
+            } => self.spawn(slot, generation, lane, now),
             Action::Signal { pid, signal } => {
                 // SAFETY: plain syscalls. The supervisor signals only pids it
                 // has not seen exit, and exits are reported as they are
@@ -772,7 +795,7 @@ impl<'a, L: Launch> Master<'a, L> {
                 let Some(pidfd) = self.pidfds.get(&pid) else {
                     return;
                 };
-                let ports = portcheck::own_ports(pidfd.as_fd(), &self.listener_inodes);
+                let ports = portcheck::own_ports(pidfd.as_fd(), &self.ours.inodes);
                 if !ports.is_empty() {
                     self.log.emit(&Record::OwnPorts {
                         pid,
@@ -786,8 +809,21 @@ impl<'a, L: Launch> Master<'a, L> {
                     });
                 }
             }
-            Action::Steer { slots } => {
-                let steered = self.balancer.as_mut().map(|b| b.steer(&slots));
+            Action::LookServing { pid } => {
+                let serving = serving::look(pid, &self.ours, &mut self.look_samples);
+                self.dispatch(Event::Serving { pid, serving }, now);
+            }
+            Action::CloseListeners => {
+                // Workers hold their own copies while they drain; once the
+                // last is closed, a new connection is refused at once.
+                self.listeners.clear();
+                self.listener_fds.clear();
+                if let Some(balancer) = &mut self.balancer {
+                    balancer.close();
+                }
+            }
+            Action::Steer { queues } => {
+                let steered = self.balancer.as_mut().map(|b| b.steer(&queues));
                 if let Some(Err(e)) = steered {
                     self.log.emit(&Record::OsError {
                         op: "steering new connections (SO_ATTACH_REUSEPORT_CBPF)".into(),
@@ -801,7 +837,7 @@ impl<'a, L: Launch> Master<'a, L> {
             }
             Action::NotifyManager(state) => {
                 if let Some(manager) = &self.manager
-                    && let Err(e) = manager.tell(state)
+                    && let Err(e) = manager.tell(&state)
                 {
                     self.log.emit(&Record::OsError {
                         op: "notifying systemd (NOTIFY_SOCKET)".into(),
@@ -863,8 +899,8 @@ impl<'a, L: Launch> Master<'a, L> {
             .collect()
     }
 
-    fn spawn(&mut self, slot: SlotId, generation: Generation, now: Instant) {
-        let listeners = match self.listeners_for(slot) {
+    fn spawn(&mut self, slot: SlotId, generation: Generation, lane: Lane, now: Instant) {
+        let listeners = match self.listeners_for(slot, lane) {
             Ok(fds) => fds,
             Err(e) => {
                 let error = format!("binding slot {slot}'s sockets failed: {}", io_errno(&e));

@@ -157,6 +157,9 @@ impl Metrics {
             | Record::WorkerSpawned { .. }
             | Record::WorkerStarted { .. }
             | Record::WorkersReady { .. }
+            | Record::ReadinessLearned { .. }
+            | Record::CanaryProven { .. }
+            | Record::NotServing { .. }
             | Record::WorkerStatus { .. }
             | Record::WorkerStopping { .. }
             | Record::WorkerDraining { .. }

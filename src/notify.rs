@@ -1,6 +1,9 @@
 //! The sd_notify protocol (systemd's `NOTIFY_SOCKET`), both sides.
 //!
-//! The master owns one datagram socket and passes its name to every worker.
+//! The master owns one datagram socket and passes its path to every worker
+//! (as systemd passes `/run/systemd/notify`: some clients, such as Rust's
+//! `sd-notify` crate, take the variable for a file path and cannot reach an
+//! abstract name).
 //! Anyone on the host can send to it, so a message counts only if the
 //! kernel says its sender (`SO_PASSCRED`, `SCM_CREDENTIALS`) is a worker or
 //! a process a worker started, running as the workers' user or as root, and
@@ -15,7 +18,9 @@
 use std::io::{self, IoSliceMut};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 
@@ -54,20 +59,74 @@ pub fn parse(text: &str) -> (Vec<NotifyMsg>, Option<Pid>) {
     (messages, main_pid)
 }
 
-/// The master's `NOTIFY_SOCKET`: a datagram socket in the abstract
-/// namespace (`@rcluster-<pid>-<n>` in the variable, as systemd writes it),
-/// so it leaves no file behind, even when the master is killed. Any process
-/// may send to it; which sender counts is decided by its pid, which the
-/// kernel vouches for.
+/// The master's `NOTIFY_SOCKET`: a datagram socket at
+/// `<dir>/notify-<pid>-<random>/sock`, in a directory of its own that only the
+/// workers' user may enter (after `--user`, that user's), removed when the
+/// master exits; one left by a master that was killed is removed by the
+/// next to start. Without a directory, a name in the abstract namespace
+/// (`@rcluster-<pid>-<n>`). Any process that reaches it may send; which
+/// sender counts is decided by its pid, which the kernel vouches for.
 #[derive(Debug)]
 pub struct NotifySocket {
     socket: mio::net::UnixDatagram,
-    name: String,
+    /// The `NOTIFY_SOCKET` value: a path, or `@` and an abstract name.
+    address: String,
+    /// The directory of a path socket, and the pid that made it (a forked
+    /// worker holds a copy, but does not remove it).
+    dir: Option<(PathBuf, u32)>,
 }
 
 impl NotifySocket {
-    pub fn bind() -> io::Result<NotifySocket> {
+    /// A socket in `dir` (the runtime directory), its directory owned by
+    /// `owner` (uid, gid) when the workers run as another user; in the
+    /// abstract namespace without `dir`, or if the path would be too long.
+    pub fn bind(dir: Option<&Path>, owner: Option<(u32, u32)>) -> io::Result<NotifySocket> {
         let pid = std::process::id();
+        match dir {
+            Some(dir) => {
+                remove_stale(dir);
+                let mut random = [0u8; 4];
+                // SAFETY: getrandom writes at most the buffer's length.
+                unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+                let own = dir.join(format!("notify-{pid}-{:08x}", u32::from_ne_bytes(random)));
+                let path = own.join("sock");
+                // sun_path holds 107 bytes and a NUL.
+                if path.as_os_str().len() < 108 {
+                    return Self::bind_path(&own, &path, owner);
+                }
+                Self::bind_abstract(pid)
+            }
+            None => Self::bind_abstract(pid),
+        }
+    }
+
+    fn bind_path(dir: &Path, path: &Path, owner: Option<(u32, u32)>) -> io::Result<NotifySocket> {
+        std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+        let made = (|| {
+            let socket = mio::net::UnixDatagram::bind(path)?;
+            setsockopt(&socket, sockopt::PassCred, &true)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+            }
+            Ok(socket)
+        })();
+        match made {
+            Ok(socket) => Ok(NotifySocket {
+                socket,
+                address: path.display().to_string(),
+                dir: Some((dir.to_path_buf(), std::process::id())),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_dir(dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn bind_abstract(pid: u32) -> io::Result<NotifySocket> {
         let mut last_error = None;
         for n in 0..100 {
             let name = format!("rcluster-{pid}-{n}");
@@ -75,7 +134,11 @@ impl NotifySocket {
             match mio::net::UnixDatagram::bind_addr(&addr) {
                 Ok(socket) => {
                     setsockopt(&socket, sockopt::PassCred, &true)?;
-                    return Ok(NotifySocket { socket, name });
+                    return Ok(NotifySocket {
+                        socket,
+                        address: format!("@{name}"),
+                        dir: None,
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
                 Err(e) => return Err(e),
@@ -84,9 +147,9 @@ impl NotifySocket {
         Err(last_error.unwrap_or_else(|| io::Error::other("no free notify socket name")))
     }
 
-    /// The `NOTIFY_SOCKET` value: `@` and the abstract name.
+    /// The `NOTIFY_SOCKET` value: a path, or `@` and an abstract name.
     pub fn address(&self) -> String {
-        format!("@{}", self.name)
+        self.address.clone()
     }
 
     pub fn source(&mut self) -> &mut mio::net::UnixDatagram {
@@ -140,6 +203,40 @@ impl NotifySocket {
     }
 }
 
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        if let Some((dir, owner)) = &self.dir
+            && *owner == std::process::id()
+        {
+            let _ = std::fs::remove_file(dir.join("sock"));
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Removes the notify directories of masters that were killed and could
+/// not clean up: those whose socket nobody has bound (a connect is
+/// refused). A pid says nothing here: the master may be in another pid
+/// namespace.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("notify-") {
+            continue;
+        }
+        let sock = entry.path().join("sock");
+        let refused = UnixDatagram::unbound()
+            .and_then(|probe| probe.connect(&sock))
+            .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused);
+        if refused {
+            let _ = std::fs::remove_file(&sock);
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
 impl AsRawFd for NotifySocket {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.socket.as_raw_fd()
@@ -162,13 +259,14 @@ impl Manager {
         Some(Manager { sender, socket })
     }
 
-    pub fn tell(&self, state: ManagerState) -> io::Result<()> {
+    pub fn tell(&self, state: &ManagerState) -> io::Result<()> {
         let message = match state {
             ManagerState::Ready => "READY=1".to_string(),
             // systemd (v253+, Type=notify-reload) wants the time the reload
             // started, to tell it from an earlier one.
             ManagerState::Reloading => format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()),
             ManagerState::Stopping => "STOPPING=1".to_string(),
+            ManagerState::Status(status) => format!("STATUS={}", status.replace('\n', " ")),
         };
         send_to(&self.sender, &self.socket, &message)
     }
@@ -364,7 +462,7 @@ mod tests {
 
     #[test]
     fn a_datagram_is_received_with_the_senders_pid() {
-        let socket = NotifySocket::bind().unwrap();
+        let socket = NotifySocket::bind(None, None).unwrap();
         assert!(socket.address().starts_with("@rcluster-"));
         let sender = UnixDatagram::unbound().unwrap();
         send_to(&sender, &socket.address(), "READY=1\nSTATUS=ok").unwrap();

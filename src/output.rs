@@ -67,9 +67,74 @@ impl Tail {
         self.lines.iter().map(String::as_str)
     }
 
+    #[cfg(test)]
     pub fn last(&self) -> Option<&str> {
         self.lines.back().map(String::as_str)
     }
+
+    /// The line that says why the worker died: in the last stack trace,
+    /// its error line (`Error: …`, Python's last `…Error: …`, Rust's panic
+    /// message, Go's `panic:` or `fatal error:`), not what runtimes print
+    /// after it (`Node.js v20.20.2`, frames, `note: run with
+    /// RUST_BACKTRACE=1`); failing that, the last line that is not such
+    /// noise, or the last line.
+    pub fn cause(&self) -> Option<String> {
+        let lines: Vec<&str> = self.lines().collect();
+        if let Some(at) = lines.iter().rposition(|l| says_why(l)) {
+            let line = lines[at].trim();
+            // Rust 1.73+: `thread 'main' panicked at src/main.rs:2:5:`, and
+            // the message on the next line.
+            if line.starts_with("thread '")
+                && line.ends_with(':')
+                && let Some(message) = lines.get(at + 1).filter(|m| !is_noise(m))
+            {
+                return Some(format!("{line} {}", message.trim()));
+            }
+            return Some(line.to_string());
+        }
+        lines
+            .iter()
+            .rev()
+            .find(|l| !is_noise(l))
+            .or(lines.last())
+            .map(|l| l.trim().to_string())
+    }
+}
+
+/// A line that names an error: what a runtime prints first about a crash.
+fn says_why(line: &str) -> bool {
+    let line = line.trim_start();
+    if line.starts_with("panic: ")
+        || line.starts_with("fatal error: ")
+        || line.starts_with("Uncaught ")
+        || line.contains("' panicked at ")
+    {
+        return true;
+    }
+    // `Error: …`, `TypeError: …`, `KeyError: 'X'`, `java.lang.IllegalStateException: …`,
+    // `node:internal/…  Error [ERR_…]: …`: a word ending in Error or
+    // Exception before the first colon, at the start of the line.
+    let Some((head, _)) = line.split_once(':') else {
+        return false;
+    };
+    let word = head.split([' ', '[']).next().unwrap_or_default();
+    let word = word.rsplit('.').next().unwrap_or_default();
+    !line.starts_with(' ')
+        && (word.ends_with("Error") || word.ends_with("Exception"))
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// What runtimes print around a crash that does not say why.
+fn is_noise(line: &&str) -> bool {
+    let trimmed = line.trim();
+    trimmed.is_empty()
+        || line.starts_with(char::is_whitespace)
+        || trimmed.starts_with("Node.js v")
+        || trimmed.starts_with("note: run with")
+        || trimmed.starts_with("Traceback (most recent call last)")
+        || trimmed.starts_with("goroutine ")
+        || trimmed.starts_with("exit status ")
+        || trimmed.chars().all(|c| c == '^' || c == '~')
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +347,43 @@ fn emit_lines(pipe: &mut Pipe, log: &dyn LineSink) {
 
 #[cfg(test)]
 mod tests {
+    fn cause(text: &str) -> Option<String> {
+        let mut tail = super::Tail::default();
+        for line in text.lines() {
+            tail.push(line.as_bytes());
+        }
+        tail.cause()
+    }
+
+    #[test]
+    fn the_cause_of_a_crash_is_its_error_line_not_what_follows() {
+        let node = "/srv/app.js:3\nthrow new Error('DATABASE_URL is not set');\n^\n\n\
+                    Error: DATABASE_URL is not set\n    at Object.<anonymous> (/srv/app.js:3:7)\n\
+                    \x20   at node:internal/main/run_main_module:28:49\n\nNode.js v20.20.2";
+        assert_eq!(
+            cause(node).as_deref(),
+            Some("Error: DATABASE_URL is not set")
+        );
+        let python = "Traceback (most recent call last):\n  File \"/srv/app.py\", line 3, in <module>\n\
+                      \x20   url = os.environ[\"DATABASE_URL\"]\nKeyError: 'DATABASE_URL'";
+        assert_eq!(cause(python).as_deref(), Some("KeyError: 'DATABASE_URL'"));
+        let rust = "thread 'main' panicked at src/main.rs:2:5:\nDATABASE_URL is not set\n\
+                    note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace";
+        assert_eq!(
+            cause(rust).as_deref(),
+            Some("thread 'main' panicked at src/main.rs:2:5: DATABASE_URL is not set")
+        );
+        let go = "panic: DATABASE_URL is not set\n\ngoroutine 1 [running]:\nmain.main()\n\
+                  \t/srv/main.go:9 +0x25\nexit status 2";
+        assert_eq!(cause(go).as_deref(), Some("panic: DATABASE_URL is not set"));
+        // Nothing that names an error: the last line that says something.
+        assert_eq!(
+            cause("starting\nno database, giving up\n\n").as_deref(),
+            Some("no database, giving up")
+        );
+        assert_eq!(cause(""), None);
+    }
+
     use super::*;
 
     #[test]

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 
 /// How many of a worker's fd numbers are looked at: a server opens its
 /// listening socket early, and each number is one cheap syscall.
@@ -69,16 +68,10 @@ fn tcp_listening_port(socket: &OwnedFd) -> Option<u16> {
         .map(|addr| addr.port())
 }
 
-/// The inode of a file descriptor's socket (to recognize ours in a worker).
-pub fn inode(fd: std::os::fd::RawFd) -> Option<u64> {
-    std::fs::metadata(format!("/proc/self/fd/{fd}"))
-        .ok()
-        .map(|m| m.ino())
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
 
     use super::*;
     use crate::vocab::Pid;
@@ -91,7 +84,9 @@ mod tests {
         let _ = std::fs::remove_file(&dir);
         let unix = std::os::unix::net::UnixListener::bind(&dir).unwrap();
         let port = own.local_addr().unwrap().port();
-        let ours_inode = inode(ours.as_raw_fd()).unwrap();
+        let ours_inode = std::fs::metadata(format!("/proc/self/fd/{}", ours.as_raw_fd()))
+            .unwrap()
+            .ino();
         // This process stands in for the worker: its own pidfd works too.
         let me = Pid::from_raw(std::process::id() as i32);
         // SAFETY: pidfd_open on our own pid.

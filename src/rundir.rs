@@ -1,8 +1,11 @@
 //! Where a user's masters put their control sockets, so that clients can
 //! find them: `$XDG_RUNTIME_DIR/rcluster`, `/run/rcluster` for root, else
-//! `$TMPDIR/rcluster-<uid>`; one `NAME.sock` per master. The directory is
-//! the user's alone (mode 0700, owned by them, not a symlink): only they
-//! (and root) can reach the sockets in it, and nobody else can plant one.
+//! `$TMPDIR/rcluster-<uid>`; one `NAME.sock` per master, and each master's
+//! notify socket in a directory of its own. The directory is the user's
+//! (owned by them, not a symlink, mode 0711): nobody else can list it or
+//! plant a file in it. Others may pass through it, to a notify directory
+//! that belongs to the workers' user (`--user`); the control sockets are
+//! the owner's alone (mode 0600, and the peer's uid is checked).
 //!
 //! Also what a master is called ([`default_name`]) when `--name` is not
 //! given: the command's file name, or the script's for an interpreter.
@@ -16,12 +19,15 @@ use std::path::{Path, PathBuf};
 /// this user's alone.
 pub fn dir() -> io::Result<PathBuf> {
     let dir = location();
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+    match std::fs::DirBuilder::new().mode(0o711).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
     check(&dir)?;
+    // Made 0700 by an earlier version: workers of another user could not
+    // reach their notify socket.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
     Ok(dir)
 }
 
@@ -42,7 +48,7 @@ pub fn location() -> PathBuf {
 }
 
 /// The directory must be a real directory owned by this user, that no one
-/// else may enter or write: otherwise another user could have made it, and
+/// else may list or write: otherwise another user could have made it, and
 /// could read or replace what is put in it.
 fn check(dir: &Path) -> io::Result<()> {
     let meta = std::fs::symlink_metadata(dir)?;
@@ -52,9 +58,9 @@ fn check(dir: &Path) -> io::Result<()> {
         Some("it is not a directory".to_string())
     } else if meta.uid() != uid {
         Some(format!("it belongs to uid {}, not {uid}", meta.uid()))
-    } else if meta.permissions().mode() & 0o077 != 0 {
+    } else if meta.permissions().mode() & 0o066 != 0 {
         Some(format!(
-            "others may use it (mode {:o}; it must be 700)",
+            "others may list or write it (mode {:o}; it must be 711 or 700)",
             meta.permissions().mode() & 0o777
         ))
     } else {

@@ -38,7 +38,9 @@ pub struct Setup {
 }
 
 impl Setup {
-    pub fn new(config: &Config, log: &Log) -> Result<Setup, Error> {
+    /// `owner`: the workers' uid and gid when they run as another user
+    /// (`--user`), who must be able to reach the notify socket.
+    pub fn new(config: &Config, log: &Log, owner: Option<(u32, u32)>) -> Result<Setup, Error> {
         // First, so that a signal sent while binding waits for the loop.
         let signals =
             Signals::block().map_err(|e| Error::os("blocking the master's signals", e))?;
@@ -53,8 +55,10 @@ impl Setup {
             .as_deref()
             .map(PidFile::create)
             .transpose()?;
-        let notify =
-            NotifySocket::bind().map_err(|e| Error::os("creating the notify socket", e))?;
+        // A path, as systemd gives (some clients cannot reach an abstract
+        // name); in the runtime directory, or abstract if there is none.
+        let notify = NotifySocket::bind(rundir::dir().ok().as_deref(), owner)
+            .map_err(|e| Error::os("creating the notify socket", e))?;
         let control = open_control(config, &listeners, log)?;
         let metrics = config
             .metrics

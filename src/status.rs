@@ -71,6 +71,7 @@ pub fn to_json(
             "pid": w.pid.as_raw(),
             "generation": w.generation,
             "state": if stopped(w.pid) { "stopped" } else { w.state.name() },
+            "ready_by": w.ready_by.map(|by| by.name()),
             "uptime_ms": ms(w.started),
             "rss_bytes": usage.map(|(u, _)| u.rss_bytes),
             "cpu_seconds": usage.map(|(u, _)| round(u.cpu_time().as_secs_f64())),

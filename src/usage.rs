@@ -61,7 +61,8 @@ pub fn of_process(pid: Pid) -> Option<Usage> {
     })
 }
 
-fn children(pid: i32) -> Vec<i32> {
+/// The children of every thread of `pid`.
+pub(crate) fn children(pid: i32) -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };

@@ -1,9 +1,9 @@
 //! The HTTP/1.1 server behind `hello` and `cluster` (std only, keep-alive):
 //! accept until told to stop, then drain without losing a request.
 //!
-//! On the stop signal it stops accepting at once (queued connections go to
-//! the other workers, which share the socket), answers every request in
-//! flight, answers a request that arrives on a keep-alive connection within
+//! On the stop signal it takes what is already queued, then closes its
+//! listener (once every copy is closed a new connection is refused at
+//! once), answers every request in flight, answers a request that arrives on a keep-alive connection within
 //! a short grace with `Connection: close`, closes idle connections politely,
 //! and returns once the last connection is done.
 //!
@@ -28,9 +28,9 @@ const LINGER: Duration = Duration::from_secs(1);
 const MAX_HEADER_LINES: usize = 100;
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
-/// Serves `listener` until the stop signal, then drains: returns once every
-/// connection is done.
-pub fn serve(listener: &TcpListener, shutdown: &Shutdown, greeting: &str) -> io::Result<()> {
+/// Serves `listener` until the stop signal, then closes it and drains:
+/// returns once every connection is done.
+pub fn serve(listener: TcpListener, shutdown: &Shutdown, greeting: &str) -> io::Result<()> {
     let grace = std::env::var("HELLO_DRAIN_GRACE_MS")
         .ok()
         .and_then(|ms| ms.parse().ok())
@@ -38,7 +38,7 @@ pub fn serve(listener: &TcpListener, shutdown: &Shutdown, greeting: &str) -> io:
     // The scope returns once every connection thread has finished: that is
     // the drain.
     thread::scope(|scope| -> io::Result<()> {
-        while let Some(conn) = shutdown.accept(listener)? {
+        while let Some(conn) = shutdown.accept(&listener)? {
             // A thread the system refuses (`ulimit -u`, memory) costs this
             // connection, closed unanswered, not the server.
             let spawned = thread::Builder::new().spawn_scoped(scope, move || {
@@ -48,6 +48,7 @@ pub fn serve(listener: &TcpListener, shutdown: &Shutdown, greeting: &str) -> io:
                 eprintln!("connection refused: cannot start a thread: {e}");
             }
         }
+        drop(listener);
         Ok(())
     })
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::supervisor::record::{Next, Record};
 use crate::supervisor::recycle::RecycleReason;
-use crate::supervisor::slot::StopReason;
+use crate::supervisor::slot::{ReadyBy, StopReason};
 use crate::vocab::{Exit, Pid, SlotId, count, errno_name, human, megabytes, signal_name};
 
 /// One field's value.
@@ -96,6 +96,7 @@ pub fn stop_reason(why: &StopReason) -> String {
         StopReason::ReloadAborted => "reload aborted".into(),
         StopReason::Watchdog { timeout } => format!("no watchdog ping for {}", human(*timeout)),
         StopReason::NotReady { timeout } => format!("not ready within {}", human(*timeout)),
+        StopReason::NotServing => "idle and not listening".into(),
         StopReason::WorkerStopping => "it said STOPPING=1".into(),
         StopReason::Recycled(reason) => format!("recycled: {}", recycle_reason(reason)),
     }
@@ -111,6 +112,18 @@ fn recycle_reason(reason: &RecycleReason) -> String {
         RecycleReason::Age { limit } => {
             format!("its age limit, {} (--max-age with jitter)", human(*limit))
         }
+    }
+}
+
+/// What made a worker ready, in words.
+fn ready_by(by: &ReadyBy, pid: Pid) -> String {
+    match by {
+        ReadyBy::Notify { sender } if *sender == pid => "READY=1".into(),
+        ReadyBy::Notify { sender } => format!("READY=1 from pid {sender}"),
+        ReadyBy::Listening => "waits on its listeners".into(),
+        ReadyBy::Uptime => "alive for --min-uptime".into(),
+        ReadyBy::Delay => "--ready delay".into(),
+        ReadyBy::Exec => "exec succeeded".into(),
     }
 }
 
@@ -177,15 +190,67 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             pid,
             generation,
             startup,
+            by,
+            hold,
         } => {
+            let words = ready_by(by, *pid);
             r.slot(*slot)
                 .pid(*pid)
                 .u64("generation", *generation)
-                .ms("startup_ms", *startup);
+                .ms("startup_ms", *startup)
+                .str("ready_by", by.name());
+            if let ReadyBy::Notify { sender } = by {
+                r.put("sender", Value::I64(sender.as_raw().into()));
+            }
+            if let Some(hold) = hold {
+                r.ms("hold_ms", *hold);
+            }
+            let hold = match hold {
+                Some(hold) => format!(
+                    "; the reload's canary: the worker it replaces stops once it has \
+                     stayed ready {} (--min-ready)",
+                    human(*hold)
+                ),
+                None => String::new(),
+            };
             r.say(format_args!(
-                "{} ready after {}",
+                "{} ready after {} ({words}){hold}",
                 worker(*slot, *pid),
                 human(*startup)
+            ))
+        }
+        ReadinessLearned { slot, pid } => {
+            r.slot(*slot).pid(*pid);
+            r.say(format_args!(
+                "{} said READY=1: from now on a new worker is ready only when it says \
+                 so (within --ready-timeout), not after --min-uptime",
+                worker(*slot, *pid)
+            ))
+        }
+        CanaryProven {
+            slot,
+            pid,
+            held,
+            batch,
+        } => {
+            r.slot(*slot)
+                .pid(*pid)
+                .ms("held_ms", *held)
+                .u64("batch", *batch as u64);
+            r.say(format_args!(
+                "{} stayed ready {}: the reload goes on, {} at a time",
+                worker(*slot, *pid),
+                human(*held),
+                count(*batch, "worker")
+            ))
+        }
+        NotServing { slot, pid, after } => {
+            r.slot(*slot).pid(*pid).ms("after_ms", *after);
+            r.say(format_args!(
+                "{} is alive but idle and not waiting on its listeners {} after it started: \
+                 it does not serve; stopping it",
+                worker(*slot, *pid),
+                human(*after)
             ))
         }
         WorkersReady { workers, startup } => {
@@ -284,10 +349,26 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             r.slot(*slot).str("error", error);
             r.say(format_args!("could not start worker {slot}: {error}"))
         }
-        NotReady { slot, pid, timeout } => {
+        NotReady {
+            slot,
+            pid,
+            timeout,
+            listening,
+        } => {
             r.slot(*slot).pid(*pid).ms("timeout_ms", *timeout);
+            let hint = match listening {
+                Some(true) => {
+                    "; it waits on its listeners but never said READY=1, which earlier workers \
+                     did (is its notify call still there, and `rcluster` on its PATH?)"
+                }
+                Some(false) => "; earlier workers said READY=1, this one never did",
+                None => "",
+            };
+            if let Some(listening) = listening {
+                r.bool("listening", *listening);
+            }
             r.say(format_args!(
-                "{} not ready within {} (--ready-timeout); killing it",
+                "{} not ready within {} (--ready-timeout); killing it{hint}",
                 worker(*slot, *pid),
                 human(*timeout)
             ))

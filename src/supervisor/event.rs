@@ -8,6 +8,7 @@ use crate::vocab::{Exit, Generation, Pid, SlotId};
 
 use super::record::Record;
 use super::reload::ReloadOutcome;
+use super::slot::{Lane, Serving};
 
 /// A signal sent to the master, already translated into what it asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +72,17 @@ pub enum Event {
         exit: Exit,
         last_line: Option<String>,
     },
-    /// A worker (or a process it started) spoke on `NOTIFY_SOCKET`.
+    /// A worker (or a process it started, `sender`) spoke on
+    /// `NOTIFY_SOCKET`.
     Notify {
         pid: Pid,
         msg: NotifyMsg,
+        sender: Pid,
+    },
+    /// The answer to [`Action::LookServing`].
+    Serving {
+        pid: Pid,
+        serving: Serving,
     },
     /// `rcluster scale N`: run N workers.
     ScaleTo(usize),
@@ -101,11 +109,14 @@ pub enum Event {
 }
 
 /// What the service manager above rcluster (systemd) should be told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManagerState {
     Ready,
     Reloading,
     Stopping,
+    /// A line for `systemctl status`: what serves, how the last reload
+    /// ended.
+    Status(String),
 }
 
 /// How the master ends.
@@ -147,6 +158,8 @@ pub enum Action {
     Spawn {
         slot: SlotId,
         generation: Generation,
+        /// Which of the slot's two queues it takes (`--balance reuseport`).
+        lane: Lane,
     },
     /// Send `signal` to the worker process itself.
     Signal {
@@ -186,10 +199,19 @@ pub enum Action {
     CheckListeners {
         pid: Pid,
     },
-    /// Steer new connections to these slots' queues only (`--balance
-    /// reuseport`).
+    /// Look whether a booting worker's process tree waits on its
+    /// listeners; answer [`Event::Serving`].
+    LookServing {
+        pid: Pid,
+    },
+    /// A stop began: the master closes its copies of the listeners, so
+    /// that once the workers have closed theirs a new connection is
+    /// refused at once instead of waiting in a queue nobody accepts from.
+    CloseListeners,
+    /// Steer new connections to these queues only (`--balance
+    /// reuseport`): each slot's, on the lane its proven worker takes.
     Steer {
-        slots: Vec<SlotId>,
+        queues: Vec<(SlotId, Lane)>,
     },
     Log(Record),
     NotifyManager(ManagerState),

@@ -28,13 +28,14 @@
 //! | state \ event | exec ok | exec failed | `READY=1` | `STOPPING=1` | `WATCHDOG=1` | exited | its deadline | stop | shutdown | force |
 //! |---|---|---|---|---|---|---|---|---|---|---|
 //! | **Spawned** | Ready (rule `exec`) or Booting | errno kept for the exit | Ready | — | — | gone: failure | `--ready-timeout`: SIGKILL group → Killed; failure | stop signal → Draining | stop signal → Draining | SIGKILL group → Killed |
-//! | **Booting** | — | errno kept | Ready | — | — | gone: failure | delay over: Ready; `--ready-timeout`: SIGKILL → Killed, failure | stop signal → Draining | stop signal → Draining | SIGKILL → Killed |
-//! | **Ready** | — | — | — | Leaving (its successor starts) | next ping due later | gone: failure | `--watchdog`: SIGABRT → Draining; failure | stop signal → Draining | stop signal → Draining | SIGKILL → Killed |
+//! | **Booting** | — | errno kept | Ready | — | — | gone: failure | delay over: Ready; `auto`: a look (listening: Ready; a reload's new worker idle and not listening: stop signal → Draining, failure; else looked at again); `--ready-timeout`: SIGKILL → Killed, failure | stop signal → Draining | stop signal → Draining | SIGKILL → Killed |
+//! | **Ready** | — | — | — | Leaving (its successor starts) | next ping due later | gone: failure | a canary's hold over: proven (its old worker stops); `--watchdog`: SIGABRT → Draining; failure | stop signal → Draining | stop signal → Draining | SIGKILL → Killed |
 //! | **Leaving** | — | — | — | — | — | gone: stopped | `--stop-timeout`: SIGKILL → Killed | — | stop signal → Draining | SIGKILL → Killed |
 //! | **Draining** | — | — | — | — | — | gone: stopped | `--stop-timeout`: SIGKILL → Killed | — | — | SIGKILL → Killed |
 //! | **Killed** | — | — | — | — | — | gone: stopped | (none) | — | — | — |
 //!
-//! "—" means ignored. Every stop signal is followed by `SIGCONT`, for a
+//! A reload's new worker that fails stops the reload, before or after its
+//! ready. "—" means ignored. Every stop signal is followed by `SIGCONT`, for a
 //! worker stopped with `SIGSTOP`. When a worker is gone, what is left of
 //! its process group gets the stop signal, and `SIGKILL` after
 //! `--stop-timeout` if it lingers (systemd's `KillMode=mixed`); processes
@@ -63,13 +64,19 @@ use event::{Action, Event, ManagerState, MasterSignal, NotifyMsg, Outcome};
 use policy::{Policy, ReadyRule};
 use record::{Next, Record};
 use recycle::{Due, RecycleReason, Rng};
-use reload::{Progress, ReloadOutcome, ReloadPlan};
-use slot::{Slot, SlotView, StopReason, Worker, WorkerState};
+use reload::{Canary, Progress, ReloadOutcome, ReloadPlan};
+use slot::{Lane, ReadyBy, Serving, Slot, SlotView, StopReason, Worker, WorkerState};
 use timers::{Timer, Timers};
 
 /// How long a worker that missed its watchdog may take to die of `SIGABRT`
 /// (and write its core) before its process group gets `SIGKILL`.
 pub const WATCHDOG_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// A booting worker that does not serve yet is looked at again after this,
+/// twice as long each time, up to [`LOOK_MAX`]: a few wakeups while a
+/// worker boots, none once it serves.
+const LOOK_FIRST: Duration = Duration::from_millis(100);
+const LOOK_MAX: Duration = Duration::from_secs(1);
 
 /// At shutdown, once every worker is gone: are processes they left behind
 /// still there? The master exits only after a look found none.
@@ -130,10 +137,12 @@ pub struct Supervisor {
     age_limits: BTreeMap<Pid, (Instant, Duration)>,
     /// The next look at the workers' memory (`--max-memory` only).
     memory_check_at: Option<Instant>,
-    /// Workers of slots scaled away, still accepting until this time
-    /// (`--balance reuseport`: new connections are steered away first).
-    scaled_away: BTreeMap<Pid, Instant>,
-    /// Which slots have a ready worker changed: the shell must steer anew.
+    /// Workers steered away from (`--balance reuseport`: their slot was
+    /// scaled away, or their successor is proven), still accepting what
+    /// their queue holds until this time; then stopped, for this reason.
+    retiring: BTreeMap<Pid, (Instant, StopReason)>,
+    /// Where some slot's new connections go changed: the shell must steer
+    /// anew.
     steering_due: bool,
     /// The `--max-age` jitter.
     rng: Rng,
@@ -144,6 +153,10 @@ pub struct Supervisor {
     /// Some worker's exec succeeded once: from then on an exec failure is
     /// retried, since the command did run (a deploy may be half-copied).
     ever_started: bool,
+    /// Under `--ready auto`, a worker has said `READY=1`: the app speaks
+    /// the protocol, and from then on a new worker is ready only when it
+    /// says so (a release that never gets as far is not ready by a timer).
+    speaks_ready: bool,
     timers: Timers,
     /// Slots the current event changed: the ones to reconcile.
     dirty: BTreeSet<SlotId>,
@@ -179,12 +192,13 @@ impl Supervisor {
             recycling: None,
             age_limits: BTreeMap::new(),
             memory_check_at: None,
-            scaled_away: BTreeMap::new(),
+            retiring: BTreeMap::new(),
             steering_due: false,
             rng,
             failed_successors: 0,
             spawns_in_flight: 0,
             ever_started: false,
+            speaks_ready: false,
             timers: Timers::default(),
             dirty: BTreeSet::new(),
             groups: BTreeMap::new(),
@@ -229,7 +243,8 @@ impl Supervisor {
                 exit,
                 last_line,
             } => self.on_exited(pid, exit, last_line, now),
-            Event::Notify { pid, msg } => self.on_notify(pid, msg, now),
+            Event::Notify { pid, msg, sender } => self.on_notify(pid, msg, sender, now),
+            Event::Serving { pid, serving } => self.on_serving(pid, serving, now),
             Event::ScaleTo(workers) if self.phase == Phase::Running => {
                 self.set_workers(workers, now)
             }
@@ -354,16 +369,7 @@ impl Supervisor {
         while self.slots.len() > workers {
             let id = self.slots.len() - 1;
             for pid in self.slots[id].attached.clone() {
-                // With a queue of its own, the slot is steered away first and
-                // its worker accepts what is queued there before it stops.
-                match self.policy.balance.map(|b| b.scale_down_grace) {
-                    Some(grace) => {
-                        self.scaled_away.insert(pid, now + grace);
-                        self.timers
-                            .change(Timer::ScaledAway(pid), None, Some(now + grace));
-                    }
-                    None => self.stop(pid, StopReason::ScaledDown, now),
-                }
+                self.retire(pid, StopReason::ScaledDown, now);
             }
             self.set_restart(id, None);
             self.count(id, SlotView::default());
@@ -374,8 +380,9 @@ impl Supervisor {
 
     fn on_spawned(&mut self, slot: SlotId, generation: Generation, pid: Pid, now: Instant) {
         self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
+        let mut lane = 0;
         if let Some(s) = self.slots.get_mut(slot) {
-            s.spawning = false;
+            lane = s.spawning.take().unwrap_or(0);
             s.attached.push(pid);
         }
         let state = WorkerState::Spawned {
@@ -389,9 +396,12 @@ impl Supervisor {
                 pid,
                 slot,
                 generation,
+                lane,
                 started: now,
                 state,
                 exec_error: None,
+                ready_by: None,
+                seen_listening: false,
             },
         );
         self.dirty.insert(slot);
@@ -416,7 +426,7 @@ impl Supervisor {
     ) {
         self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
         if let Some(s) = self.slots.get_mut(slot) {
-            s.spawning = false;
+            s.spawning = None;
             self.dirty.insert(slot);
         }
         self.log(Record::SpawnFailed {
@@ -444,29 +454,24 @@ impl Supervisor {
             (Ok(()), WorkerState::Spawned { ready_by }) => {
                 self.ever_started = true;
                 self.log(Record::WorkerStarted { slot, pid });
+                let booting = |ready_at, look_at| WorkerState::Booting {
+                    ready_by,
+                    ready_at,
+                    look_at,
+                    looks: 0,
+                };
                 match self.policy.ready {
-                    ReadyRule::Auto => self.set_state(
-                        pid,
-                        WorkerState::Booting {
-                            ready_by,
-                            ready_at: Some(now + self.policy.min_uptime),
-                        },
-                    ),
-                    ReadyRule::Exec => self.become_ready(pid, now),
-                    ReadyRule::Notify => self.set_state(
-                        pid,
-                        WorkerState::Booting {
-                            ready_by,
-                            ready_at: None,
-                        },
-                    ),
-                    ReadyRule::Delay(delay) => self.set_state(
-                        pid,
-                        WorkerState::Booting {
-                            ready_by,
-                            ready_at: Some(now + delay),
-                        },
-                    ),
+                    // Looked at once it has lived --min-uptime: a silent
+                    // worker is ready if it waits on its listeners, and a
+                    // new one that is idle and does not stops a reload.
+                    ReadyRule::Auto => {
+                        self.set_state(pid, booting(None, Some(now + self.policy.min_uptime)))
+                    }
+                    ReadyRule::Exec => self.become_ready(pid, ReadyBy::Exec, now),
+                    ReadyRule::Notify => self.set_state(pid, booting(None, None)),
+                    ReadyRule::Delay(delay) => {
+                        self.set_state(pid, booting(Some(now + delay), None))
+                    }
                 }
             }
             // READY=1 can overtake the exec pipe's EOF; a stopped worker's
@@ -605,14 +610,18 @@ impl Supervisor {
         }
     }
 
-    fn on_notify(&mut self, pid: Pid, msg: NotifyMsg, now: Instant) {
+    fn on_notify(&mut self, pid: Pid, msg: NotifyMsg, sender: Pid, now: Instant) {
         let Some(worker) = self.workers.get(&pid) else {
             return;
         };
-        let slot = worker.slot;
-        match (msg, worker.state.clone()) {
+        let (slot, state) = (worker.slot, worker.state.clone());
+        if msg == NotifyMsg::Ready && self.policy.ready == ReadyRule::Auto && !self.speaks_ready {
+            self.speaks_ready = true;
+            self.log(Record::ReadinessLearned { slot, pid });
+        }
+        match (msg, state) {
             (NotifyMsg::Ready, WorkerState::Spawned { .. } | WorkerState::Booting { .. }) => {
-                self.become_ready(pid, now)
+                self.become_ready(pid, ReadyBy::Notify { sender }, now)
             }
             (
                 NotifyMsg::Ready,
@@ -638,10 +647,16 @@ impl Supervisor {
                 | WorkerState::Draining { .. }
                 | WorkerState::Killed { .. },
             ) => {}
-            (NotifyMsg::Watchdog, WorkerState::Ready { since, .. }) => {
+            (
+                NotifyMsg::Watchdog,
+                WorkerState::Ready {
+                    since, hold_until, ..
+                },
+            ) => {
                 let ready = WorkerState::Ready {
                     since,
                     watchdog_by: self.policy.watchdog.map(|d| now + d),
+                    hold_until,
                 };
                 self.set_state(pid, ready);
             }
@@ -655,6 +670,50 @@ impl Supervisor {
             ) => {}
             (NotifyMsg::Status(status), _) => self.log(Record::WorkerStatus { slot, pid, status }),
         }
+    }
+
+    /// What a look at a booting worker found (`--ready auto`).
+    fn on_serving(&mut self, pid: Pid, serving: Serving, now: Instant) {
+        let Some(worker) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let WorkerState::Booting {
+            ready_by,
+            ready_at,
+            looks,
+            ..
+        } = worker.state
+        else {
+            return;
+        };
+        if serving == Serving::Yes {
+            worker.seen_listening = true;
+        }
+        let worker = worker.clone();
+        // An app that speaks the protocol is ready when it says so; the
+        // looks only tell a release that never will from one still booting.
+        match serving {
+            Serving::Yes if !self.speaks_ready => {
+                return self.become_ready(pid, ReadyBy::Listening, now);
+            }
+            Serving::Unknown if !self.speaks_ready => {
+                return self.become_ready(pid, ReadyBy::Uptime, now);
+            }
+            Serving::Yes | Serving::Unknown => return,
+            Serving::No { idle: true } if self.is_new_in_reload(&worker) => {
+                self.check_own_ports(pid, worker.generation);
+                return self.not_serving(&worker, now);
+            }
+            Serving::No { .. } => self.check_own_ports(pid, worker.generation),
+        }
+        let wait = LOOK_FIRST.saturating_mul(1 << looks.min(16)).min(LOOK_MAX);
+        let booting = WorkerState::Booting {
+            ready_by,
+            ready_at,
+            look_at: Some(now + wait),
+            looks: looks + 1,
+        };
+        self.set_state(pid, booting);
     }
 
     // ---- deadlines ---------------------------------------------------------
@@ -689,9 +748,9 @@ impl Supervisor {
                         self.make_due(pid, RecycleReason::Age { limit });
                     }
                 }
-                Timer::ScaledAway(pid) => {
-                    if self.scaled_away.remove(&pid).is_some() {
-                        self.stop(pid, StopReason::ScaledDown, now);
+                Timer::Retiring(pid) => {
+                    if let Some((_, why)) = self.retiring.remove(&pid) {
+                        self.stop(pid, why, now);
                     }
                 }
                 Timer::MemoryCheck => {
@@ -719,11 +778,43 @@ impl Supervisor {
         match worker.state {
             WorkerState::Booting {
                 ready_at: Some(at), ..
-            } if at <= now => self.become_ready(pid, now),
+            } if at <= now => self.become_ready(pid, ReadyBy::Delay, now),
+            WorkerState::Booting {
+                ready_by,
+                ready_at,
+                look_at: Some(at),
+                looks,
+            } if at <= now && ready_by > now => {
+                let booting = WorkerState::Booting {
+                    ready_by,
+                    ready_at,
+                    look_at: None,
+                    looks,
+                };
+                self.set_state(pid, booting);
+                self.actions.push(Action::LookServing { pid });
+            }
             WorkerState::Spawned { .. } | WorkerState::Booting { .. } => {
                 self.not_ready(&worker, now)
             }
-            WorkerState::Ready { .. } => self.watchdog_missed(&worker, now),
+            WorkerState::Ready {
+                since,
+                watchdog_by,
+                hold_until,
+            } => {
+                if hold_until.is_some_and(|at| at <= now) {
+                    let ready = WorkerState::Ready {
+                        since,
+                        watchdog_by,
+                        hold_until: None,
+                    };
+                    self.set_state(pid, ready);
+                    self.proven(&worker);
+                }
+                if watchdog_by.is_some_and(|at| at <= now) {
+                    self.watchdog_missed(&worker, now);
+                }
+            }
             WorkerState::Draining { why, .. } => {
                 self.log(Record::StopTimeout {
                     slot: worker.slot,
@@ -746,10 +837,12 @@ impl Supervisor {
 
     fn not_ready(&mut self, worker: &Worker, now: Instant) {
         let timeout = self.policy.ready_timeout;
+        let listening = self.speaks_ready.then_some(worker.seen_listening);
         self.log(Record::NotReady {
             slot: worker.slot,
             pid: worker.pid,
             timeout,
+            listening,
         });
         self.kill(worker.pid, StopReason::NotReady { timeout });
         let failure = Failure {
@@ -760,6 +853,64 @@ impl Supervisor {
             cause: format!("was not ready within {} (--ready-timeout)", human(timeout)),
         };
         self.on_failure(failure, now);
+    }
+
+    /// A new worker of a reload, alive for `--min-uptime` and more, is idle
+    /// and waits on none of its listeners: whatever it waits for, it does
+    /// not serve, and the reload stops here.
+    fn not_serving(&mut self, worker: &Worker, now: Instant) {
+        let after = now.saturating_duration_since(worker.started);
+        self.log(Record::NotServing {
+            slot: worker.slot,
+            pid: worker.pid,
+            after,
+        });
+        self.stop(worker.pid, StopReason::NotServing, now);
+        let failure = Failure {
+            slot: worker.slot,
+            generation: worker.generation,
+            pid: Some(worker.pid),
+            ready_for: None,
+            cause: format!(
+                "was idle and not listening {} after it started (raise --min-uptime if it \
+                 needs longer to listen)",
+                human(after)
+            ),
+        };
+        self.on_failure(failure, now);
+    }
+
+    /// Whether `worker` is one a reload in progress started.
+    fn is_new_in_reload(&self, worker: &Worker) -> bool {
+        self.reload
+            .as_ref()
+            .is_some_and(|plan| worker.generation > plan.from)
+    }
+
+    /// A canary's hold is over: the reload may stop old workers now.
+    fn proven(&mut self, worker: &Worker) {
+        let Some(plan) = &mut self.reload else {
+            return;
+        };
+        if plan.canary != (Canary::Holding { slot: worker.slot }) {
+            return;
+        }
+        plan.canary = Canary::Proven;
+        let batch = self.reload_batch();
+        self.log(Record::CanaryProven {
+            slot: worker.slot,
+            pid: worker.pid,
+            held: self.policy.min_ready,
+            batch,
+        });
+    }
+
+    /// Slots a reload replaces at a time once its canary is proven.
+    fn reload_batch(&self) -> usize {
+        self.policy
+            .reload_batch
+            .unwrap_or(self.slots.len().div_ceil(4))
+            .max(1)
     }
 
     fn watchdog_missed(&mut self, worker: &Worker, now: Instant) {
@@ -799,12 +950,12 @@ impl Supervisor {
             return Next::NotRestarted;
         }
         // Any worker started during the reload (a replacement, or a crash
-        // restart, which also runs the new release) that fails before it is
-        // ready stops the reload.
+        // restart, which also runs the new release) that fails, before or
+        // after its ready, stops the reload: no further old worker stops.
         let is_new = self
             .reload
             .as_ref()
-            .is_some_and(|plan| failure.generation > plan.from && failure.ready_for.is_none());
+            .is_some_and(|plan| failure.generation > plan.from);
         if is_new {
             self.abort_reload(&failure, now);
         }
@@ -863,13 +1014,24 @@ impl Supervisor {
         match &mut self.reload {
             Some(plan) => {
                 plan.target = generation;
+                // A newer release proves itself anew: its first worker is
+                // a canary again.
+                if plan.canary == Canary::Proven && !self.policy.min_ready.is_zero() {
+                    plan.canary = Canary::Due;
+                }
                 self.log(Record::ReloadRetargeted { generation });
             }
             None => {
+                let canary = if self.policy.min_ready.is_zero() {
+                    Canary::Proven
+                } else {
+                    Canary::Due
+                };
                 self.reload = Some(ReloadPlan {
                     from: generation - 1,
                     target: generation,
                     started: now,
+                    canary,
                 });
                 self.log(Record::ReloadStarted {
                     generation,
@@ -882,7 +1044,8 @@ impl Supervisor {
     }
 
     /// A new worker failed: stop the reload where it is. Replacements that
-    /// are not ready yet are stopped; every old worker keeps serving.
+    /// are not ready yet, or not proven, are stopped; every old worker
+    /// keeps serving.
     fn abort_reload(&mut self, failure: &Failure, now: Instant) {
         let Some(plan) = self.reload.take() else {
             return;
@@ -891,7 +1054,7 @@ impl Supervisor {
             .progress
             .replacing()
             .flat_map(|slot| self.attached(slot))
-            .filter(|w| !w.state.is_ready() && w.generation > plan.from && self.has_older(w))
+            .filter(|w| !w.state.is_proven() && w.generation > plan.from && self.has_older(w))
             .map(|w| w.pid)
             .collect();
         for pid in unfinished {
@@ -916,10 +1079,48 @@ impl Supervisor {
     }
 
     fn finish_reload(&mut self, outcome: ReloadOutcome) {
+        let status = match &outcome {
+            ReloadOutcome::Complete {
+                generation,
+                duration,
+            } => format!(
+                "serving generation {generation} (reloaded in {})",
+                human(*duration)
+            ),
+            ReloadOutcome::Aborted { generation, cause } => format!(
+                "serving {}; reload to generation {generation} aborted: a new worker {cause}",
+                self.serving_text()
+            ),
+            ReloadOutcome::Interrupted { .. } => String::new(),
+        };
         self.last_reload = Some(outcome.clone());
         self.actions.push(Action::ReloadFinished(outcome));
         self.actions
             .push(Action::NotifyManager(ManagerState::Ready));
+        self.actions
+            .push(Action::NotifyManager(ManagerState::Status(status)));
+    }
+
+    /// The generations the ready workers run, for a sentence.
+    fn serving_text(&self) -> String {
+        let generations: BTreeSet<Generation> = self
+            .workers
+            .values()
+            .filter(|w| w.state.is_ready() && w.state.is_attached())
+            .map(|w| w.generation)
+            .collect();
+        match generations.len() {
+            0 => "no generation".into(),
+            1 => format!("generation {}", generations.first().unwrap_or(&0)),
+            _ => format!(
+                "generations {}",
+                generations
+                    .iter()
+                    .map(Generation::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     }
 
     fn begin_stop(&mut self, graceful: bool, outcome: Outcome, now: Instant) {
@@ -939,6 +1140,7 @@ impl Supervisor {
         });
         self.actions
             .push(Action::NotifyManager(ManagerState::Stopping));
+        self.actions.push(Action::CloseListeners);
         for slot in 0..self.slots.len() {
             self.set_restart(slot, None);
         }
@@ -1012,7 +1214,8 @@ impl Supervisor {
         }
     }
 
-    /// Once a slot's newest worker is ready, the older ones in that slot drain.
+    /// Once a slot's newest worker is ready (and, if it is a canary, has
+    /// proven itself), the older ones in that slot drain.
     fn retire_replaced(&mut self, slot: SlotId, now: Instant) {
         let Some(newest) = self
             .attached(slot)
@@ -1021,11 +1224,14 @@ impl Supervisor {
         else {
             return;
         };
+        if !newest.state.is_proven() {
+            return;
+        }
         let by = newest.generation;
         let key = (newest.generation, newest.started);
         let older: Vec<Pid> = self
             .attached(slot)
-            .filter(|w| (w.generation, w.started) < key)
+            .filter(|w| (w.generation, w.started) < key && !self.retiring.contains_key(&w.pid))
             .map(|w| w.pid)
             .collect();
         for pid in older {
@@ -1037,8 +1243,8 @@ impl Supervisor {
                 }
                 _ => StopReason::Replaced { by },
             };
-            self.forget_pending(pid);
-            self.stop(pid, why, now);
+            self.forget_recycling(pid);
+            self.retire(pid, why, now);
         }
     }
 
@@ -1061,7 +1267,18 @@ impl Supervisor {
             });
             return;
         }
-        while let Some(slot) = self.progress.next_to_replace(self.policy.reload_batch) {
+        let batch = match plan.canary {
+            Canary::Due => 1,
+            // The rest waits for the canary.
+            Canary::Holding { .. } => return,
+            Canary::Proven => self.reload_batch(),
+        };
+        while let Some(slot) = self.progress.next_to_replace(batch) {
+            if let Some(plan) = &mut self.reload
+                && plan.canary == Canary::Due
+            {
+                plan.canary = Canary::Holding { slot };
+            }
             self.spawn(slot);
             self.refresh(slot);
         }
@@ -1079,6 +1296,9 @@ impl Supervisor {
         });
         self.actions
             .push(Action::NotifyManager(ManagerState::Ready));
+        let status = format!("serving generation {}", self.target);
+        self.actions
+            .push(Action::NotifyManager(ManagerState::Status(status)));
     }
 
     // ---- recycling -----------------------------------------------------------
@@ -1139,7 +1359,7 @@ impl Supervisor {
             let s = &self.slots[slot];
             // A slot already replacing, or backing off after a failed
             // successor, waits.
-            if s.attached.len() > 1 || s.spawning || s.restart_at.is_some() {
+            if s.attached.len() > 1 || s.spawning.is_some() || s.restart_at.is_some() {
                 continue;
             }
             self.due.remove(&pid);
@@ -1177,12 +1397,18 @@ impl Supervisor {
         self.set_restart(failure.slot, Some(now + delay));
     }
 
-    /// A worker stopped or exited: it is no longer due for recycling, nor
-    /// timed, nor waiting to stop for a slot scaled away.
+    /// A worker exited: it is no longer due for recycling, nor timed, nor
+    /// retiring.
     fn forget_pending(&mut self, pid: Pid) {
-        if let Some(at) = self.scaled_away.remove(&pid) {
-            self.timers.change(Timer::ScaledAway(pid), Some(at), None);
+        if let Some((at, _)) = self.retiring.remove(&pid) {
+            self.timers.change(Timer::Retiring(pid), Some(at), None);
         }
+        self.forget_recycling(pid);
+    }
+
+    /// A worker is on its way out: it is no longer due for recycling, nor
+    /// timed.
+    fn forget_recycling(&mut self, pid: Pid) {
         self.due.remove(&pid);
         if let Some((at, _)) = self.age_limits.remove(&pid) {
             self.timers.change(Timer::Age(pid), Some(at), None);
@@ -1222,14 +1448,26 @@ impl Supervisor {
     /// when last counted.
     fn refresh(&mut self, slot: SlotId) {
         let s = &self.slots[slot];
-        let view = SlotView {
-            workers: s.attached.len() + usize::from(s.spawning),
-            ready: self
-                .attached(slot)
-                .filter(|w| w.state.is_ready())
-                .map(|w| w.generation)
-                .max(),
+        // A retiring worker gets no new connection: the slot is done with it.
+        let retiring = s
+            .attached
+            .iter()
+            .filter(|pid| self.retiring.contains_key(pid))
+            .count();
+        let workers = s.attached.len() - retiring + usize::from(s.spawning.is_some());
+        let newest = |proven: bool| {
+            self.attached(slot)
+                .filter(|w| w.state.is_ready() && (w.state.is_proven() || !proven))
+                .max_by_key(|w| (w.generation, w.started))
         };
+        let view = SlotView {
+            workers,
+            ready: newest(false).map(|w| w.generation),
+            steered: newest(true).map(|w| w.lane),
+        };
+        if let Some(lane) = view.steered {
+            self.slots[slot].lane = lane;
+        }
         self.count(slot, view);
     }
 
@@ -1240,25 +1478,44 @@ impl Supervisor {
             return;
         }
         self.progress.update(slot, old, view, self.target);
-        self.steering_due |= old.ready.is_some() != view.ready.is_some();
+        self.steering_due |= old.steered != view.steered;
         self.ready_slots =
             self.ready_slots + usize::from(view.ready.is_some()) - usize::from(old.ready.is_some());
     }
 
     /// With queues per slot, tells the shell where new connections go once
-    /// the slots with a ready worker changed: to those, or, with none, to
-    /// every slot (whose queues wait for their workers).
+    /// that changed: to each slot's proven worker's queue, or, with none,
+    /// to every slot's last queue (which waits for its worker).
     fn steer(&mut self) {
         if !std::mem::take(&mut self.steering_due) || self.policy.balance.is_none() {
             return;
         }
-        let mut slots: Vec<SlotId> = (0..self.slots.len())
-            .filter(|&id| self.slots[id].view.ready.is_some())
+        let mut queues: Vec<(SlotId, Lane)> = (0..self.slots.len())
+            .filter_map(|id| Some((id, self.slots[id].view.steered?)))
             .collect();
-        if slots.is_empty() {
-            slots = (0..self.slots.len()).collect();
+        if queues.is_empty() {
+            queues = (0..self.slots.len())
+                .map(|id| (id, self.slots[id].lane))
+                .collect();
         }
-        self.actions.push(Action::Steer { slots });
+        self.actions.push(Action::Steer { queues });
+    }
+
+    /// Stops a worker; with queues per slot, only after a grace in which
+    /// it accepts what its queue still holds (new connections go elsewhere
+    /// from now on).
+    fn retire(&mut self, pid: Pid, why: StopReason, now: Instant) {
+        let Some(grace) = self.policy.balance.map(|b| b.retire_grace) else {
+            return self.stop(pid, why, now);
+        };
+        if let std::collections::btree_map::Entry::Vacant(entry) = self.retiring.entry(pid) {
+            entry.insert((now + grace, why));
+            self.timers
+                .change(Timer::Retiring(pid), None, Some(now + grace));
+            if let Some(worker) = self.workers.get(&pid) {
+                self.dirty.insert(worker.slot);
+            }
+        }
     }
 
     fn set_restart(&mut self, slot: SlotId, at: Option<Instant>) {
@@ -1267,31 +1524,53 @@ impl Supervisor {
         self.timers.change(Timer::Restart(slot), old, at);
     }
 
+    /// Starts a worker for `slot`: a replacement on the lane its
+    /// predecessor does not use, so that it gets no connection until it is
+    /// proven; a restart on the slot's last lane, where connections wait.
     fn spawn(&mut self, slot: SlotId) {
         self.set_restart(slot, None);
-        self.slots[slot].spawning = true;
+        let lane = match self
+            .attached(slot)
+            .max_by_key(|w| (w.generation, w.started))
+        {
+            Some(current) if self.policy.balance.is_some() => 1 - current.lane,
+            Some(_) | None => self.slots[slot].lane,
+        };
+        self.slots[slot].spawning = Some(lane);
         self.spawns_in_flight += 1;
         self.actions.push(Action::Spawn {
             slot,
             generation: self.target,
+            lane,
         });
     }
 
-    fn become_ready(&mut self, pid: Pid, now: Instant) {
+    fn become_ready(&mut self, pid: Pid, by: ReadyBy, now: Instant) {
         let Some(worker) = self.workers.get(&pid) else {
             return;
         };
+        // A reload's canary holds before the worker it replaces stops.
+        let canary = self.reload.as_ref().is_some_and(|plan| {
+            plan.canary == (Canary::Holding { slot: worker.slot }) && worker.generation > plan.from
+        }) && self.has_older(worker);
+        let hold = canary.then_some(self.policy.min_ready);
         let record = Record::WorkerReady {
             slot: worker.slot,
             pid,
             generation: worker.generation,
             startup: now.saturating_duration_since(worker.started),
+            by,
+            hold,
         };
         let ready = WorkerState::Ready {
             since: now,
             watchdog_by: self.policy.watchdog.map(|d| now + d),
+            hold_until: hold.map(|hold| now + hold),
         };
         let (generation, slot, started) = (worker.generation, worker.slot, worker.started);
+        if let Some(worker) = self.workers.get_mut(&pid) {
+            worker.ready_by = Some(by);
+        }
         self.set_state(pid, ready);
         self.log(record);
         if let Some(max_age) = self.policy.recycle.max_age {
@@ -1300,8 +1579,13 @@ impl Supervisor {
             self.age_limits.insert(pid, (at, limit));
             self.timers.change(Timer::Age(pid), None, Some(at));
         }
-        // A server that binds a port of its own serves nobody on ours:
-        // looked for once per generation, in its first ready worker.
+        self.check_own_ports(pid, generation);
+    }
+
+    /// A server that binds a port of its own serves nobody on ours: looked
+    /// for once per generation, in its first worker that is ready or found
+    /// not waiting on its listeners.
+    fn check_own_ports(&mut self, pid: Pid, generation: Generation) {
         if generation > self.listeners_checked {
             self.listeners_checked = generation;
             self.actions.push(Action::CheckListeners { pid });
@@ -1407,7 +1691,7 @@ impl Supervisor {
             + self.groups.len()
             + self.strays.values().filter(|at| at.is_some()).count()
             + self.age_limits.len()
-            + self.scaled_away.len()
+            + self.retiring.len()
             + usize::from(self.memory_check_at.is_some());
         assert_eq!(self.timers.len(), timers, "one timer per deadline");
         let ready = self

@@ -17,7 +17,12 @@ pub struct Policy {
     pub restart_delay: RestartDelay,
     pub ready: ReadyRule,
     pub ready_timeout: Duration,
-    pub reload_batch: usize,
+    /// How long a reload's first new worker (its canary) must stay ready
+    /// before any old worker stops (`--min-ready`); zero: no canary.
+    pub min_ready: Duration,
+    /// How many slots a reload replaces at a time once its canary proved
+    /// itself; `None`: a quarter of the workers (at least one).
+    pub reload_batch: Option<usize>,
     pub watchdog: Option<Duration>,
     pub recycle: RecyclePolicy,
     /// `Some` when each slot has a queue of its own (`--balance reuseport`).
@@ -26,13 +31,16 @@ pub struct Policy {
 
 /// Slots with queues of their own: the shell is told where to steer new
 /// connections ([`Action::Steer`](super::event::Action::Steer)) whenever
-/// the slots with a ready worker change, and a slot scaled away is steered
-/// away before its worker stops.
+/// the slots with a proven worker change. Each slot has two queues
+/// (lanes): a replacement starts on the one its predecessor does not use,
+/// and gets new connections only once it is proven; a worker steered away
+/// from (replaced, or its slot scaled away) stops after a grace in which it
+/// accepts what its queue still holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Balance {
-    /// How long a scaled-away slot's worker goes on accepting (emptying its
-    /// queue) after new connections were steered away, before it stops.
-    pub scale_down_grace: Duration,
+    /// How long a worker steered away from goes on accepting (emptying its
+    /// queue) before it gets its stop signal.
+    pub retire_grace: Duration,
 }
 
 /// When a started worker counts as Ready: what a reload waits for before

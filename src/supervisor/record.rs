@@ -14,7 +14,7 @@ use slog::Level;
 use crate::vocab::{Exit, Generation, Pid, SlotId};
 
 use super::recycle::RecycleReason;
-use super::slot::StopReason;
+use super::slot::{ReadyBy, StopReason};
 
 /// What happens after a worker ended, as its exit record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,31 @@ pub enum Record {
         pid: Pid,
         generation: Generation,
         startup: Duration,
+        by: ReadyBy,
+        /// A reload's canary: how long it must stay ready before the
+        /// worker it replaces stops.
+        hold: Option<Duration>,
+    },
+    /// The first `READY=1` under `--ready auto`: from now on new workers
+    /// must say it.
+    ReadinessLearned {
+        slot: SlotId,
+        pid: Pid,
+    },
+    /// A reload's canary stayed ready for `--min-ready`: the roll goes on,
+    /// `batch` slots at a time.
+    CanaryProven {
+        slot: SlotId,
+        pid: Pid,
+        held: Duration,
+        batch: usize,
+    },
+    /// A reload's new worker is idle and waits on none of its listeners
+    /// `after` its start: it does not serve.
+    NotServing {
+        slot: SlotId,
+        pid: Pid,
+        after: Duration,
     },
     /// Every slot has a ready worker for the first time.
     WorkersReady {
@@ -103,6 +128,9 @@ pub enum Record {
         slot: SlotId,
         pid: Pid,
         timeout: Duration,
+        /// When earlier workers said `READY=1` and this one did not:
+        /// whether a look found it waiting on its listeners.
+        listening: Option<bool>,
     },
     WatchdogTimeout {
         slot: SlotId,
@@ -243,6 +271,9 @@ impl Record {
             WorkerStarted { .. } => ("worker started", Debug),
             WorkerReady { .. } => ("worker ready", Info),
             WorkersReady { .. } => ("workers ready", Info),
+            ReadinessLearned { .. } => ("readiness learned", Info),
+            CanaryProven { .. } => ("canary proven", Info),
+            NotServing { .. } => ("worker not serving", Error),
             WorkerExited { next, .. } => (
                 "worker exited",
                 match next {

@@ -22,6 +22,22 @@ pub struct ReloadPlan {
     /// Every worker older than this is replaced.
     pub target: Generation,
     pub started: Instant,
+    pub canary: Canary,
+}
+
+/// A reload's first replacement runs alone, and the worker it replaces
+/// stops only once it has stayed ready for `--min-ready` (Kubernetes'
+/// `minReadySeconds`): a release that says `READY=1` and dies soon after
+/// is caught before any old worker is touched. The rest of the roll then
+/// goes a batch at a time, each worker trusted at its ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canary {
+    /// Not started yet.
+    Due,
+    /// Started in `slot`; not proven yet.
+    Holding { slot: SlotId },
+    /// Proven (or there is no hold: `--min-ready 0`).
+    Proven,
 }
 
 /// How a reload ended, for `rcluster status` and `reload --wait`.
@@ -117,7 +133,11 @@ mod tests {
     use super::*;
 
     fn view(workers: usize, ready: Option<Generation>) -> SlotView {
-        SlotView { workers, ready }
+        SlotView {
+            workers,
+            ready,
+            steered: None,
+        }
     }
 
     #[test]

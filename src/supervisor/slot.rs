@@ -18,8 +18,9 @@ pub struct Slot {
     pub backoff: Backoff,
     /// No worker is started for this slot before this instant (backoff).
     pub restart_at: Option<Instant>,
-    /// A `Spawn` action is out and its `Spawned` answer not yet seen.
-    pub spawning: bool,
+    /// A `Spawn` action is out (for this lane) and its `Spawned` answer
+    /// not yet seen.
+    pub spawning: Option<Lane>,
     /// Its attached workers (at most two: during a replacement, the old and
     /// the new). An index into the supervisor's workers, so that a decision
     /// about one slot never scans every worker.
@@ -28,6 +29,9 @@ pub struct Slot {
     pub restarts: u32,
     /// How its last worker ended.
     pub last_exit: Option<Exit>,
+    /// The lane of the worker it was last steered to (`--balance
+    /// reuseport`): a restart after a crash takes that queue again.
+    pub lane: Lane,
     /// What the slot looked like when the supervisor last counted it (see
     /// [`SlotView`]).
     pub view: SlotView,
@@ -38,17 +42,18 @@ impl Slot {
         Slot {
             backoff: Backoff::default(),
             restart_at: None,
-            spawning: false,
+            spawning: None,
             attached: Vec::new(),
             restarts: 0,
             last_exit: None,
+            lane: 0,
             view: SlotView::default(),
         }
     }
 
     /// No worker, and none on its way: a restart (now or after backoff) is due.
     pub fn is_empty(&self) -> bool {
-        self.attached.is_empty() && !self.spawning
+        self.attached.is_empty() && self.spawning.is_none()
     }
 }
 
@@ -61,6 +66,8 @@ pub struct SlotView {
     pub workers: usize,
     /// The generation of its newest ready worker, if one is ready.
     pub ready: Option<Generation>,
+    /// The lane of its newest proven worker: where new connections go.
+    pub steered: Option<Lane>,
 }
 
 impl SlotView {
@@ -76,16 +83,70 @@ impl SlotView {
     }
 }
 
+/// One of a slot's two queues, with `--balance reuseport` (else always 0).
+pub type Lane = u8;
+
 /// One worker process as the master sees it.
 #[derive(Debug, Clone)]
 pub struct Worker {
     pub pid: Pid,
     pub slot: SlotId,
     pub generation: Generation,
+    pub lane: Lane,
     pub started: Instant,
     pub state: WorkerState,
     /// The errno the exec pipe carried, so the exit can say why.
     pub exec_error: Option<i32>,
+    /// What made it ready, once it is.
+    pub ready_by: Option<ReadyBy>,
+    /// A look found it waiting on its listeners (before it was ready).
+    pub seen_listening: bool,
+}
+
+/// What showed that a worker is ready: its own word, or the master's look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyBy {
+    /// `READY=1`, sent by `sender` (the worker, or a helper it started:
+    /// `systemd-notify`, `rcluster notify`).
+    Notify { sender: Pid },
+    /// `--ready auto`, a silent worker: it waits on its listeners (an
+    /// epoll set, `accept`, `poll` or `select` on one of them).
+    Listening,
+    /// `--ready auto`, a silent worker whose waiting could not be seen
+    /// (no listeners, or `/proc` hides it): alive for `--min-uptime`.
+    Uptime,
+    /// `--ready delay:DUR`.
+    Delay,
+    /// `--ready exec`.
+    Exec,
+}
+
+impl ReadyBy {
+    /// Its name in the JSON log and `rcluster status --json`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReadyBy::Notify { .. } => "READY=1",
+            ReadyBy::Listening => "listening",
+            ReadyBy::Uptime => "min-uptime",
+            ReadyBy::Delay => "delay",
+            ReadyBy::Exec => "exec",
+        }
+    }
+}
+
+/// What the master saw when it looked whether a booting worker serves
+/// ([`Action::LookServing`](super::event::Action::LookServing)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// A process of its tree waits on one of its listeners.
+    Yes,
+    /// None does. `idle`: nothing of its tree ran since the last look
+    /// either (every thread asleep, no CPU time used): it is not busy
+    /// booting, it waits for something else.
+    No { idle: bool },
+    /// It cannot be told: no listeners, `/proc` unreadable, or a way of
+    /// waiting the master cannot see into (io_uring).
+    Unknown,
 }
 
 /// Where a worker is in its life. A worker leaves the map when it is reaped,
@@ -100,15 +161,22 @@ pub struct Worker {
 pub enum WorkerState {
     /// Forked; exec not yet confirmed.
     Spawned { ready_by: Instant },
-    /// Exec succeeded; waiting for `READY=1` or for `ready_at` (delay rule).
+    /// Exec succeeded; waiting for `READY=1`, for `ready_at` (delay
+    /// rule), or (`auto`) for a look at `look_at` to find it serving.
     Booting {
         ready_by: Instant,
         ready_at: Option<Instant>,
+        look_at: Option<Instant>,
+        /// Looks so far: the next one waits twice as long.
+        looks: u32,
     },
-    /// Serving. `watchdog_by` is when the next `WATCHDOG=1` is due.
+    /// Serving. `watchdog_by` is when the next `WATCHDOG=1` is due;
+    /// `hold_until`, for a reload's canary, when it has proven itself
+    /// (`--min-ready`): the worker it replaces stops only then.
     Ready {
         since: Instant,
         watchdog_by: Option<Instant>,
+        hold_until: Option<Instant>,
     },
     /// Said `STOPPING=1` on its own: detached, not sent a signal yet (a
     /// shutdown sends it one); `SIGKILL` at `kill_at` if still running.
@@ -133,6 +201,17 @@ impl WorkerState {
 
     pub fn is_ready(&self) -> bool {
         matches!(self, WorkerState::Ready { .. })
+    }
+
+    /// Ready, and not a canary still proving itself.
+    pub fn is_proven(&self) -> bool {
+        matches!(
+            self,
+            WorkerState::Ready {
+                hold_until: None,
+                ..
+            }
+        )
     }
 
     /// What `rcluster status` calls this state.
@@ -161,10 +240,21 @@ impl WorkerState {
     pub fn deadline(&self) -> Option<Instant> {
         match *self {
             WorkerState::Spawned { ready_by } => Some(ready_by),
-            WorkerState::Booting { ready_by, ready_at } => {
-                Some(ready_at.map_or(ready_by, |at| at.min(ready_by)))
-            }
-            WorkerState::Ready { watchdog_by, .. } => watchdog_by,
+            WorkerState::Booting {
+                ready_by,
+                ready_at,
+                look_at,
+                ..
+            } => [ready_at, look_at]
+                .into_iter()
+                .flatten()
+                .chain([ready_by])
+                .min(),
+            WorkerState::Ready {
+                watchdog_by,
+                hold_until,
+                ..
+            } => watchdog_by.into_iter().chain(hold_until).min(),
             WorkerState::Leaving { kill_at } | WorkerState::Draining { kill_at, .. } => {
                 Some(kill_at)
             }
@@ -192,6 +282,9 @@ pub enum StopReason {
     NotReady {
         timeout: Duration,
     },
+    /// A new worker of a reload, alive but idle and not waiting on its
+    /// listeners after `--min-uptime`.
+    NotServing,
     /// It said `STOPPING=1` on its own.
     WorkerStopping,
     /// Its successor is ready; it was over `--max-memory` or `--max-age`.

@@ -23,7 +23,8 @@ fn policy(workers: usize) -> Policy {
         restart_delay: Default::default(),
         ready: ReadyRule::Exec,
         ready_timeout: ms(60_000),
-        reload_batch: 1,
+        min_ready: Duration::ZERO,
+        reload_batch: Some(1),
         watchdog: None,
         recycle: Default::default(),
         balance: None,
@@ -90,7 +91,9 @@ impl Sim {
                 );
             }
             let spawn = match action {
-                Action::Spawn { slot, generation } => Some((slot, generation)),
+                Action::Spawn {
+                    slot, generation, ..
+                } => Some((slot, generation)),
                 _ => None,
             };
             let look = match action {
@@ -140,7 +143,11 @@ impl Sim {
     }
 
     fn notify(&mut self, pid: Pid, msg: NotifyMsg) -> Vec<Action> {
-        self.feed(Event::Notify { pid, msg })
+        self.feed(Event::Notify {
+            pid,
+            msg,
+            sender: pid,
+        })
     }
 
     fn timeout(&mut self) -> Vec<Action> {
@@ -183,7 +190,9 @@ fn spawns(actions: &[Action]) -> Vec<(SlotId, Generation)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Spawn { slot, generation } => Some((*slot, *generation)),
+            Action::Spawn {
+                slot, generation, ..
+            } => Some((*slot, *generation)),
             _ => None,
         })
         .collect()
@@ -617,7 +626,7 @@ fn reload_replaces_one_slot_at_a_time_and_only_after_the_new_one_is_ready() {
 #[test]
 fn reload_batch_two_replaces_two_slots_at_once() {
     let mut p = policy(4);
-    p.reload_batch = 2;
+    p.reload_batch = Some(2);
     let (mut sim, _) = Sim::started(p);
     let acts = sim.signal(MasterSignal::Reload);
     assert_eq!(spawns(&acts), [(0, 2), (1, 2)]);
@@ -627,7 +636,7 @@ fn reload_batch_two_replaces_two_slots_at_once() {
 #[test]
 fn a_hup_storm_is_one_plan_that_ends_at_the_last_generation() {
     let mut p = policy(3);
-    p.reload_batch = 1;
+    p.reload_batch = Some(1);
     let (mut sim, _) = Sim::started(p);
     let mut started = 0;
     let mut retargeted = 0;
@@ -754,7 +763,7 @@ fn a_new_worker_that_is_never_ready_is_killed_and_the_reload_aborted() {
 #[test]
 fn aborting_with_batch_two_stops_the_other_unfinished_replacement() {
     let mut p = policy(2);
-    p.reload_batch = 2;
+    p.reload_batch = Some(2);
     p.ready = ReadyRule::Notify;
     let mut sim = Sim::new(p);
     let pids = spawned(&sim.feed(Event::Start));
@@ -843,7 +852,7 @@ fn two_new_workers_that_die_together_are_handled_one_reap_at_a_time() {
     // decided afterwards names either. `Sim::feed` checks the second half
     // for every test.
     let mut p = policy(2);
-    p.reload_batch = 2;
+    p.reload_batch = Some(2);
     p.ready = ReadyRule::Notify;
     let mut sim = Sim::new(p);
     let old = spawned(&sim.feed(Event::Start));
@@ -1144,42 +1153,109 @@ fn cells_with_more_to_say() {
 
 // ---- safe defaults (#10) ---------------------------------------------------------
 
+fn looks(actions: &[Action]) -> Vec<Pid> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::LookServing { pid } => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ready_by(actions: &[Action]) -> Vec<ReadyBy> {
+    records(actions, "worker ready")
+        .into_iter()
+        .map(|r| match r {
+            Record::WorkerReady { by, .. } => by,
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+fn serving(sim: &mut Sim, pid: Pid, serving: Serving) -> Vec<Action> {
+    sim.feed(Event::Serving { pid, serving })
+}
+
 #[test]
-fn auto_is_ready_at_ready_1_or_after_min_uptime_whichever_comes_first() {
+fn auto_is_ready_at_ready_1_or_when_a_look_after_min_uptime_finds_it_listening() {
+    let mut p = policy(3);
+    p.ready = ReadyRule::Auto;
+    let mut sim = Sim::new(p);
+    let pids = spawned(&sim.feed(Event::Start));
+    for &pid in &pids {
+        sim.exec_ok(pid);
+    }
+    assert_eq!(sim.deadline_ms(), Some(1000), "min-uptime after exec");
+    assert!(looks(&sim.at(999).timeout()).is_empty());
+    let acts = sim.at(1000).timeout();
+    assert_eq!(looks(&acts), pids, "each silent worker is looked at");
+    assert!(records(&acts, "worker ready").is_empty());
+    // Waiting on its listeners; not to be seen; not listening (yet).
+    assert_eq!(
+        ready_by(&serving(&mut sim, pids[0], Serving::Yes)),
+        [ReadyBy::Listening]
+    );
+    assert_eq!(
+        ready_by(&serving(&mut sim, pids[1], Serving::Unknown)),
+        [ReadyBy::Uptime]
+    );
+    let acts = serving(&mut sim, pids[2], Serving::No { idle: true });
+    assert!(records(&acts, "worker ready").is_empty());
+    assert!(records(&acts, "worker not serving").is_empty(), "no reload");
+    // Looked at again, later and later, until it listens.
+    assert_eq!(sim.deadline_ms(), Some(1100));
+    assert_eq!(looks(&sim.at(1100).timeout()), [pids[2]]);
+    serving(&mut sim, pids[2], Serving::No { idle: false });
+    assert_eq!(sim.deadline_ms(), Some(1300));
+    assert_eq!(looks(&sim.at(1300).timeout()), [pids[2]]);
+    let acts = serving(&mut sim, pids[2], Serving::Yes);
+    assert_eq!(ready_by(&acts), [ReadyBy::Listening]);
+    assert_eq!(records(&acts, "workers ready").len(), 1);
+    assert_eq!(sim.deadline_ms(), None, "no more looks once ready");
+}
+
+#[test]
+fn auto_learns_that_the_app_says_ready_1_and_then_waits_for_it() {
     let mut p = policy(2);
     p.ready = ReadyRule::Auto;
     let mut sim = Sim::new(p);
     let pids = spawned(&sim.feed(Event::Start));
     sim.exec_ok(pids[0]);
     sim.exec_ok(pids[1]);
-    // One says READY=1 early; the other says nothing.
-    assert_eq!(
-        records(
-            &sim.at(50).notify(pids[0], NotifyMsg::Ready),
-            "worker ready"
-        )
-        .len(),
-        1
-    );
-    assert_eq!(sim.deadline_ms(), Some(1000), "min-uptime after exec");
-    assert!(records(&sim.at(999).timeout(), "worker ready").is_empty());
-    let acts = sim.at(1000).timeout();
-    assert_eq!(records(&acts, "worker ready").len(), 1);
+    let acts = sim.at(50).notify(pids[0], NotifyMsg::Ready);
+    assert_eq!(records(&acts, "readiness learned").len(), 1);
+    assert_eq!(ready_by(&acts), [ReadyBy::Notify { sender: pids[0] }]);
+    // The other is listening, but the app speaks the protocol: not ready
+    // until it says so, and no more looks.
+    assert_eq!(looks(&sim.at(1000).timeout()), [pids[1]]);
+    let acts = serving(&mut sim, pids[1], Serving::Yes);
+    assert!(ready_by(&acts).is_empty());
+    assert_eq!(sim.deadline_ms(), Some(60_000), "only --ready-timeout");
+    // Said once: the later READY=1 counts, and is not learned again.
+    let acts = sim.at(2000).notify(pids[1], NotifyMsg::Ready);
+    assert!(records(&acts, "readiness learned").is_empty());
     assert_eq!(records(&acts, "workers ready").len(), 1);
+    // A new worker that never says it is killed at --ready-timeout, and
+    // the record says why it is suspicious.
+    sim.at(5000).exit(pids[1], 1);
+    let pid = sim.pid_of(1);
+    sim.exec_ok(pid);
+    sim.at(6000).timeout();
+    serving(&mut sim, pid, Serving::Yes);
+    let acts = sim.at(65_000).timeout();
+    match records(&acts, "worker not ready").as_slice() {
+        [Record::NotReady { listening, .. }] => assert_eq!(*listening, Some(true)),
+        other => panic!("{other:?}"),
+    }
+    assert!(sentence(&records(&acts, "worker not ready")[0]).contains("never said READY=1"));
 }
 
 #[test]
 fn under_auto_a_release_that_dies_soon_after_start_aborts_the_reload() {
     // The seed story: a new release that exits 200 ms after start (a missing
     // variable). Under `exec` it would have replaced every good worker.
-    let mut p = policy(2);
-    p.ready = ReadyRule::Auto;
-    let mut sim = Sim::new(p);
-    let old = spawned(&sim.feed(Event::Start));
-    for &pid in &old {
-        sim.exec_ok(pid);
-        sim.notify(pid, NotifyMsg::Ready);
-    }
+    let (mut sim, old) = speaking_with(policy(2));
     let new = spawned(&sim.at(10_000).signal(MasterSignal::Reload))[0];
     sim.exec_ok(new);
     let acts = sim.at(10_200).exit(new, 1);
@@ -1492,19 +1568,34 @@ fn max_age_recycles_slot_by_slot_within_the_limit() {
     assert!((3000..=4000).contains(&when[1].1), "{when:?}");
 }
 
-/// The slots the last `Steer` in `acts` names.
-fn steered(acts: &[Action]) -> Option<Vec<SlotId>> {
+/// The queues the last `Steer` in `acts` names.
+fn queues(acts: &[Action]) -> Option<Vec<(SlotId, Lane)>> {
     acts.iter().rev().find_map(|a| match a {
-        Action::Steer { slots } => Some(slots.clone()),
+        Action::Steer { queues } => Some(queues.clone()),
         _ => None,
     })
+}
+
+/// The slots the last `Steer` in `acts` names.
+fn steered(acts: &[Action]) -> Option<Vec<SlotId>> {
+    queues(acts).map(|q| q.into_iter().map(|(slot, _)| slot).collect())
+}
+
+/// The lane each `Spawn` in `acts` asks for.
+fn lanes(acts: &[Action]) -> Vec<Lane> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Spawn { lane, .. } => Some(*lane),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
 fn with_a_queue_per_slot_new_connections_follow_the_ready_workers() {
     let mut p = policy(3);
     p.balance = Some(policy::Balance {
-        scale_down_grace: ms(250),
+        retire_grace: ms(250),
     });
     let mut sim = Sim::new(p);
     let acts = sim.feed(Event::Start);
@@ -1544,4 +1635,234 @@ fn with_one_shared_queue_nothing_is_steered() {
     let (mut sim, pids) = Sim::started(policy(2));
     let acts = sim.at(5000).exit(pids[0], 1);
     assert_eq!(steered(&acts), None);
+}
+
+// ---- ready is not healthy (#18) ------------------------------------------------
+
+/// `workers` started and ready (by READY=1) under `auto`, a 1 s hold and
+/// the automatic batch.
+fn speaking(workers: usize) -> (Sim, Vec<Pid>) {
+    let mut p = policy(workers);
+    p.min_ready = ms(1000);
+    p.reload_batch = None;
+    speaking_with(p)
+}
+
+/// The workers of `p` started and ready by READY=1, under `auto`.
+fn speaking_with(mut p: Policy) -> (Sim, Vec<Pid>) {
+    p.ready = ReadyRule::Auto;
+    let mut sim = Sim::new(p);
+    let pids = spawned(&sim.feed(Event::Start));
+    for &pid in &pids {
+        sim.exec_ok(pid);
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    (sim, pids)
+}
+
+fn hold_of(actions: &[Action]) -> Option<Duration> {
+    records(actions, "worker ready")
+        .into_iter()
+        .find_map(|r| match r {
+            Record::WorkerReady { hold, .. } => hold,
+            _ => None,
+        })
+}
+
+#[test]
+fn the_canary_stays_ready_for_min_ready_before_any_old_worker_stops() {
+    let (mut sim, old) = speaking(8);
+    let acts = sim.at(10_000).signal(MasterSignal::Reload);
+    assert_eq!(spawns(&acts), [(0, 2)], "the canary alone");
+    let canary = spawned(&acts)[0];
+    sim.exec_ok(canary);
+    let acts = sim.at(10_050).notify(canary, NotifyMsg::Ready);
+    assert_eq!(hold_of(&acts), Some(ms(1000)));
+    assert!(signalled(&acts).is_empty(), "held: the old one serves on");
+    assert!(spawns(&acts).is_empty(), "and nothing else starts");
+    assert_eq!(sim.deadline_ms(), Some(11_050));
+    let acts = sim.at(11_050).timeout();
+    assert_eq!(records(&acts, "canary proven").len(), 1);
+    assert_eq!(
+        signalled(&acts),
+        [(old[0], TERM)],
+        "proven: its old worker drains"
+    );
+    assert_eq!(
+        spawns(&acts),
+        [(1, 2), (2, 2)],
+        "then a quarter of 8 at a time"
+    );
+    // The rest are trusted at their ready: no hold.
+    let next = spawned(&acts);
+    sim.exec_ok(next[0]);
+    let acts = sim.notify(next[0], NotifyMsg::Ready);
+    assert_eq!(hold_of(&acts), None);
+    assert_eq!(signalled(&acts), [(old[1], TERM)]);
+    assert_eq!(spawns(&acts), [(3, 2)]);
+}
+
+#[test]
+fn a_release_that_dies_after_ready_1_within_the_hold_aborts_and_stops_nothing() {
+    for after in [200, 900] {
+        let (mut sim, old) = speaking(4);
+        let canary = spawned(&sim.at(10_000).signal(MasterSignal::Reload))[0];
+        sim.exec_ok(canary);
+        sim.at(10_010).notify(canary, NotifyMsg::Ready);
+        let acts = sim.at(10_010 + after).exit(canary, 1);
+        assert_eq!(records(&acts, "reload aborted").len(), 1, "{after}");
+        assert!(signalled(&acts).is_empty());
+        assert!(matches!(
+            acts.iter().find(|a| matches!(a, Action::ReloadFinished(_))),
+            Some(Action::ReloadFinished(ReloadOutcome::Aborted { .. }))
+        ));
+        assert_eq!(exit_next(&acts), Next::SlotServed);
+        assert!(old.iter().all(|&p| sim.sup.is_worker(p)));
+        assert!(sim.sup.all_ready());
+        assert!(sim.sup.reload_in_progress().is_none(), "nothing hangs");
+    }
+}
+
+#[test]
+fn any_exit_of_a_new_worker_after_its_ready_aborts_the_reload_in_progress() {
+    // With no hold, the 4-worker hang of #18: new workers ready, then dying.
+    let (mut sim, old) = speaking_with(policy(4));
+    let first = spawned(&sim.at(10_000).signal(MasterSignal::Reload))[0];
+    sim.exec_ok(first);
+    let acts = sim.at(10_010).notify(first, NotifyMsg::Ready);
+    assert_eq!(signalled(&acts), [(old[0], TERM)]);
+    let second = spawned(&acts)[0];
+    sim.exec_ok(second);
+    let acts = sim.at(10_200).exit(first, 1);
+    assert_eq!(records(&acts, "reload aborted").len(), 1);
+    assert_eq!(
+        signalled(&acts),
+        [(second, TERM)],
+        "the unfinished replacement stops; old workers 1..3 serve on"
+    );
+    assert!(old[1..].iter().all(|&p| sim.sup.is_worker(p)));
+    assert!(sim.sup.reload_in_progress().is_none());
+}
+
+#[test]
+fn a_new_worker_idle_and_not_listening_aborts_the_reload_and_an_old_one_never_does() {
+    let mut p = policy(2);
+    p.ready = ReadyRule::Auto;
+    p.min_ready = ms(1000);
+    let mut sim = Sim::new(p);
+    let old = spawned(&sim.feed(Event::Start));
+    for &pid in &old {
+        sim.exec_ok(pid);
+    }
+    let acts = sim.at(1000).timeout();
+    // Idle and not listening at start (a database that is late): it waits.
+    let acts = serving(&mut sim, looks(&acts)[0], Serving::No { idle: true });
+    assert!(records(&acts, "worker not serving").is_empty());
+    serving(&mut sim, old[1], Serving::Yes);
+    serving(&mut sim, old[0], Serving::Yes);
+    let new = spawned(&sim.at(5000).signal(MasterSignal::Reload))[0];
+    sim.exec_ok(new);
+    assert_eq!(looks(&sim.at(6000).timeout()), [new]);
+    // Busy booting: looked at again.
+    let acts = serving(&mut sim, new, Serving::No { idle: false });
+    assert!(records(&acts, "reload aborted").is_empty());
+    assert_eq!(looks(&sim.at(6100).timeout()), [new]);
+    let acts = serving(&mut sim, new, Serving::No { idle: true });
+    assert_eq!(records(&acts, "worker not serving").len(), 1);
+    assert_eq!(records(&acts, "reload aborted").len(), 1);
+    assert_eq!(signalled(&acts), [(new, TERM)]);
+    assert!(old.iter().all(|&p| sim.sup.is_worker(p)));
+    let cause = match records(&acts, "reload aborted").as_slice() {
+        [Record::ReloadAborted { cause, .. }] => cause.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(cause.contains("idle and not listening"), "{cause}");
+}
+
+#[test]
+fn a_stop_closes_the_masters_listeners_and_tells_systemd_what_serves() {
+    let (mut sim, _) = speaking(2);
+    let new = spawned(&sim.at(10_000).signal(MasterSignal::Reload))[0];
+    let acts = sim.at(10_005).exit(new, 1);
+    let status = acts.iter().find_map(|a| match a {
+        Action::NotifyManager(ManagerState::Status(s)) => Some(s.clone()),
+        _ => None,
+    });
+    let status = status.expect("a STATUS= line");
+    assert!(
+        status.starts_with("serving generation 1; reload to generation 2 aborted"),
+        "{status}"
+    );
+    let acts = sim.signal(MasterSignal::Terminate);
+    assert!(acts.contains(&Action::CloseListeners));
+}
+
+#[test]
+fn with_a_queue_per_slot_a_canary_gets_no_connection_until_it_is_proven() {
+    let mut p = policy(2);
+    p.ready = ReadyRule::Notify;
+    p.min_ready = ms(1000);
+    p.balance = Some(policy::Balance {
+        retire_grace: ms(250),
+    });
+    let mut sim = Sim::new(p);
+    let acts = sim.feed(Event::Start);
+    assert_eq!(lanes(&acts), [0, 0]);
+    let old = spawned(&acts);
+    for &pid in &old {
+        sim.exec_ok(pid);
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    let acts = sim.at(10_000).signal(MasterSignal::Reload);
+    assert_eq!(lanes(&acts), [1], "the canary takes the other queue");
+    let canary = spawned(&acts)[0];
+    sim.exec_ok(canary);
+    let acts = sim.at(10_010).notify(canary, NotifyMsg::Ready);
+    assert_eq!(queues(&acts), None, "ready, but not proven: no connection");
+    // A canary that dies now loses nothing: its queue got nothing.
+    let acts = sim.at(11_010).timeout();
+    assert_eq!(
+        queues(&acts),
+        Some(vec![(0, 1), (1, 0)]),
+        "proven: steered on"
+    );
+    assert!(
+        signalled(&acts).is_empty(),
+        "the old one empties its queue first"
+    );
+    let next = spawned(&acts);
+    assert_eq!(lanes(&acts), [1]);
+    let acts = sim.at(11_260).timeout();
+    assert_eq!(signalled(&acts), [(old[0], TERM)], "then it stops");
+    sim.exec_ok(next[0]);
+    let acts = sim.notify(next[0], NotifyMsg::Ready);
+    assert_eq!(queues(&acts), Some(vec![(0, 1), (1, 1)]));
+    // A crash restart takes the queue its slot was steered to.
+    let acts = sim.at(20_000).exit(canary, 1);
+    assert_eq!(queues(&acts), Some(vec![(1, 1)]));
+    assert_eq!(lanes(&acts), [1], "restarted at once, on its queue");
+}
+
+#[test]
+fn a_hup_after_the_canary_was_proven_starts_a_canary_of_the_newer_release() {
+    let (mut sim, _) = speaking(8);
+    let canary = spawned(&sim.at(10_000).signal(MasterSignal::Reload))[0];
+    sim.exec_ok(canary);
+    sim.at(10_010).notify(canary, NotifyMsg::Ready);
+    let acts = sim.at(11_010).timeout();
+    assert_eq!(spawns(&acts), [(1, 2), (2, 2)]);
+    let under_way = spawned(&acts);
+    // A newer release while the roll goes on: what is under way finishes,
+    // then one canary of generation 3, alone and held.
+    assert!(spawns(&sim.signal(MasterSignal::Reload)).is_empty());
+    sim.exec_ok(under_way[0]);
+    assert!(spawns(&sim.notify(under_way[0], NotifyMsg::Ready)).is_empty());
+    sim.exec_ok(under_way[1]);
+    let acts = sim.notify(under_way[1], NotifyMsg::Ready);
+    assert_eq!(spawns(&acts), [(0, 3)], "the newer release's canary");
+    let canary = spawned(&acts)[0];
+    sim.exec_ok(canary);
+    let acts = sim.at(11_100).notify(canary, NotifyMsg::Ready);
+    assert_eq!(hold_of(&acts), Some(ms(1000)));
+    assert!(spawns(&acts).is_empty());
 }

@@ -25,8 +25,9 @@ pub enum Timer {
     Age(Pid),
     /// The workers' memory is looked at (`--max-memory`).
     MemoryCheck,
-    /// A worker of a slot scaled away stops (`Balance::scale_down_grace`).
-    ScaledAway(Pid),
+    /// A worker steered away from (its slot scaled away, or its successor
+    /// proven) stops (`Balance::retire_grace`).
+    Retiring(Pid),
 }
 
 #[derive(Debug, Default)]

@@ -229,8 +229,12 @@ impl Shutdown {
     }
 
     /// Accepts the next connection, or returns `None` once the stop signal
-    /// has arrived: from then on the worker accepts nothing, and connections
-    /// still queued go to the other workers, which share the socket.
+    /// has arrived and the connections already queued then were accepted:
+    /// those are served (in a stop of every worker, the last copy of the
+    /// socket to close would reset them), and nothing after. Drop the
+    /// listener then: once every copy is closed, a new connection is
+    /// refused at once rather than left waiting in a queue nobody accepts
+    /// from.
     ///
     /// Puts `listener` in non-blocking mode (another worker may take the
     /// connection this one was woken for). When the process is out of fds
@@ -242,7 +246,11 @@ impl Shutdown {
         let mut pause = None;
         loop {
             if self.wait(listener, None)? == Wait::Shutdown {
-                return Ok(None);
+                return match listener.accept() {
+                    Ok((stream, _)) => Ok(Some(stream)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => Ok(None),
+                };
             }
             match listener.accept() {
                 Ok((stream, _)) => return Ok(Some(stream)),

@@ -2,13 +2,11 @@
 //! steered onto the slots with a ready worker; checked with wrk.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::support::wrk::Wrk;
 use crate::support::{
-    Master, TempDir, environ, example, fd_target, rcluster, reload_under_wrk, wait_until,
+    Master, TempDir, environ, example, fd_target, get_once, rcluster, reload_under_wrk, wait_until,
 };
 
 fn reuseport(workers: &str, extra: &[&str], command: &[&str]) -> Master {
@@ -67,7 +65,7 @@ fn has_reuseport(pid: i32, fd: i32) -> bool {
 }
 
 #[test]
-fn each_slot_has_its_own_socket_which_its_next_worker_takes_over_under_wrk() {
+fn each_slot_has_its_own_sockets_which_its_workers_take_in_turn_under_wrk() {
     let hello = example("hello");
     for keep_alive in [true, false] {
         let mut master = reuseport("4", &[], &[&hello]);
@@ -83,30 +81,21 @@ fn each_slot_has_its_own_socket_which_its_next_worker_takes_over_under_wrk() {
             assert!(inode.starts_with("socket:"), "{inode}");
             assert!(has_reuseport(*pid, 3), "pid {pid}'s fd 3 has SO_REUSEPORT");
         }
-        reload_under_wrk(&mut master, 4, keep_alive, 10, true);
+        // An odd number: each slot's worker now has the slot's other socket
+        // (a replacement gets no connection until it is proven).
+        reload_under_wrk(&mut master, 4, keep_alive, 11, true);
         let after = sockets(&master);
+        let new: std::collections::BTreeSet<&String> =
+            after.values().map(|(_, inode)| inode).collect();
+        assert_eq!(new.len(), 4, "a socket per slot: {after:?}");
         for (slot, (pid, inode)) in &after {
             let (old_pid, old_inode) = &before[slot];
             assert_ne!(pid, old_pid, "slot {slot} was replaced");
-            assert_eq!(inode, old_inode, "slot {slot}'s new worker has its socket");
+            assert_ne!(inode, old_inode, "slot {slot}'s new worker has its other socket");
+            assert!(!inodes.contains(inode), "no other slot's socket");
         }
         master.stop_cleanly();
     }
-}
-
-/// One request on a new connection; the answer, or why none came in time.
-fn get(addr: std::net::SocketAddr, deadline: Duration) -> Result<String, String> {
-    let start = Instant::now();
-    let mut stream = TcpStream::connect_timeout(&addr, deadline).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(deadline)).unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .map_err(|e| format!("{e} after {:?}", start.elapsed()))?;
-    Ok(answer)
 }
 
 #[test]
@@ -139,7 +128,7 @@ fn connections_during_a_crash_loop_backoff_go_to_the_other_slots() {
     // kernel still hashed connections there; 2 s is far below 10 s.
     let mut served = 0;
     while served < 200 && Instant::now() + Duration::from_secs(3) < until {
-        let answer = get(addr, Duration::from_secs(2))
+        let answer = get_once(addr, Duration::from_secs(2))
             .unwrap_or_else(|e| panic!("request {served} during the backoff: {e}"));
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(!answer.contains("worker 1 "), "{answer}");

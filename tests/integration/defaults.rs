@@ -320,12 +320,7 @@ fn a_stalled_reader_loses_lines_and_is_told_when_it_reads_again() {
     // 4000 of them are more than the pipe and the master's backlog hold.
     let worker_pid = status(&control)["workers"][0]["pid"].as_i64().unwrap() as i32;
     let socket = environ(worker_pid, "NOTIFY_SOCKET").expect("the worker's NOTIFY_SOCKET");
-    let name = socket.strip_prefix('@').expect("an abstract socket");
-    let addr =
-        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
-            name.as_bytes(),
-        )
-        .unwrap();
+    let addr = std::os::unix::net::SocketAddr::from_pathname(&socket).unwrap();
     let sender = UnixDatagram::unbound().unwrap();
     let padding = "x".repeat(200);
     for _ in 0..4000 {

@@ -51,6 +51,8 @@ fn systemd_socket_activation_hands_rcluster_its_socket_and_hears_it_is_ready() {
     let mut buf = [0u8; 256];
     let n = systemd.recv(&mut buf).expect("READY=1 from rcluster");
     assert_eq!(&buf[..n], b"READY=1");
+    let n = systemd.recv(&mut buf).expect("STATUS= from rcluster");
+    assert_eq!(&buf[..n], b"STATUS=serving generation 1");
     master.signal(libc::SIGTERM);
     let n = systemd.recv(&mut buf).expect("STOPPING=1 from rcluster");
     assert_eq!(&buf[..n], b"STOPPING=1");

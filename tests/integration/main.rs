@@ -31,6 +31,7 @@ mod notify;
 mod observe;
 mod output;
 mod recycle;
+mod release;
 mod reload;
 mod restart;
 mod scale;

@@ -104,3 +104,60 @@ fn sockets_passed_with_listen_fds_are_adopted_instead_of_bound() {
     let response = http::get(addr, "/").expect("served on the adopted socket");
     assert_eq!(response.status, 200);
 }
+
+/// The `worker ready` records of a master whose workers all say READY=1
+/// with `client`, under `--ready notify` and under the default.
+fn ready_by_notify(name: &str, command: &[&str]) {
+    for rule in ["notify", "auto"] {
+        let mut args = vec!["-w", "2", "-l", "127.0.0.1:0", "--ready", rule, "--"];
+        args.extend_from_slice(command);
+        let mut master = Master::start_with(&args, |cmd| {
+            cmd.env("PATH", crate::support::installs::path_with_python());
+        });
+        master.listening();
+        let records = master.collect_until("workers ready", |r| r["msg"] == "workers ready");
+        let ready: Vec<&serde_json::Value> = records
+            .iter()
+            .filter(|r| r["msg"] == "worker ready")
+            .collect();
+        assert_eq!(ready.len(), 2, "{name} under {rule}");
+        for record in ready {
+            assert_eq!(
+                record["ready_by"], "READY=1",
+                "{name} under {rule}: {record}"
+            );
+        }
+        master.stop_cleanly();
+    }
+}
+
+#[test]
+fn every_sd_notify_client_reaches_the_master() {
+    // Rust's sd-notify crate (it takes NOTIFY_SOCKET for a path), in an
+    // axum server built the usual way.
+    ready_by_notify("the sd-notify crate", &[&example("axum_hello")]);
+    // Python's sdnotify package.
+    let python = "import socket, sdnotify, time; \
+                  s = socket.socket(fileno=3); \
+                  sdnotify.SystemdNotifier(debug=True).notify('READY=1'); \
+                  time.sleep(3600)";
+    ready_by_notify("Python's sdnotify", &["python3", "-c", python]);
+    // systemd's helper, and rcluster's own, from a shell (a helper process:
+    // MAINPID and BARRIER are how their word reaches the worker's).
+    ready_by_notify(
+        "systemd-notify",
+        &[
+            "sh",
+            "-c",
+            "systemd-notify --ready --pid=$$ && exec sleep 3600",
+        ],
+    );
+    ready_by_notify(
+        "rcluster notify",
+        &["sh", "-c", "rcluster notify --ready && exec sleep 3600"],
+    );
+    // Go's net.DialUnix, in the Go example.
+    if let Some(go) = crate::support::installs::go_server() {
+        ready_by_notify("Go's net.DialUnix", &[go.to_str().unwrap()]);
+    }
+}

@@ -41,6 +41,7 @@ fn a_worker_holds_only_stdio_and_the_listeners() {
     let unix = format!("unix:{}", path_str(&sock));
     // coreutils sleep: a worker that opens nothing and sets no signal
     // handler of its own, so what /proc shows is what rcluster handed over.
+    // `sleep` serves nothing: ready when exec'd.
     let mut master = Master::start(&[
         "-w",
         "1",
@@ -48,6 +49,8 @@ fn a_worker_holds_only_stdio_and_the_listeners() {
         "127.0.0.1:0",
         "-l",
         &unix,
+        "--ready",
+        "exec",
         "--",
         "sleep",
         "3600",

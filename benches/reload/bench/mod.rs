@@ -4,7 +4,12 @@
 //! - `steady`: throughput and latency percentiles with N workers;
 //! - `reload`: K rolling reloads under load: time from HUP to the first new
 //!   worker ready and to `reload complete`, requests served and failed by
-//!   class, latency of the requests that overlapped a reload;
+//!   class, latency of the requests that overlapped a reload (the roll
+//!   itself: `--min-ready 0`, no canary hold);
+//! - `defaults`: reload time with the default flags (a canary held for
+//!   `--min-ready`, then a quarter of the workers at a time) of `hello`,
+//!   which says READY=1, and of a worker that says nothing, at 2, 8 and 64
+//!   workers;
 //! - `crash`: `kill -9` of a random worker every S ms under load: time to the
 //!   replacement exec'd and ready, failures, the longest silence;
 //! - `scale`: reload and restart cost at 8, 64, 256 and 1024 workers of a worker
@@ -49,6 +54,7 @@ use target::Bins;
 pub enum Scenario {
     Steady,
     Reload,
+    Defaults,
     Crash,
     Scale,
     Idle,
@@ -78,7 +84,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "steady,reload,crash,scale,idle,stderr"
+        default_value = "steady,reload,defaults,crash,scale,idle,stderr"
     )]
     scenario: Vec<Scenario>,
     /// A few seconds per scenario (what the test suite runs)
@@ -137,6 +143,9 @@ pub struct Opts {
     pub crash_every: Duration,
     pub scale_sizes: Vec<usize>,
     pub scale_reloads: usize,
+    /// Worker counts and reloads of each in the defaults scenario.
+    pub defaults_sizes: Vec<usize>,
+    pub defaults_reloads: usize,
     pub idle: Duration,
     /// `--balance` of the rclusters started.
     pub balance: &'static str,
@@ -149,6 +158,7 @@ impl Opts {
             scenarios: vec![
                 Scenario::Steady,
                 Scenario::Reload,
+                Scenario::Defaults,
                 Scenario::Crash,
                 Scenario::Scale,
                 Scenario::Idle,
@@ -164,6 +174,8 @@ impl Opts {
             crash_every: Duration::from_millis(500),
             scale_sizes: vec![8, 64, 256, 1024],
             scale_reloads: 3,
+            defaults_sizes: vec![2, 8, 64],
+            defaults_reloads: 3,
             idle: Duration::from_secs(10),
             balance: "shared",
         }
@@ -179,6 +191,8 @@ impl Opts {
             crash_every: Duration::from_millis(250),
             scale_sizes: vec![8, 32],
             scale_reloads: 1,
+            defaults_sizes: vec![2],
+            defaults_reloads: 1,
             idle: Duration::from_secs(1),
             connections: 8,
             workers: vec![2],
@@ -220,6 +234,15 @@ pub fn run(opts: &Opts, server: &Server) -> Report {
                     }
                 }
             }
+            (Scenario::Defaults, Some(bins)) => {
+                for silent in [false, true] {
+                    for &workers in &opts.defaults_sizes {
+                        report
+                            .defaults
+                            .push(scenarios::defaults(opts, bins, workers, silent));
+                    }
+                }
+            }
             (Scenario::Crash, Some(bins)) => {
                 report
                     .crash
@@ -234,7 +257,8 @@ pub fn run(opts: &Opts, server: &Server) -> Report {
             (Scenario::Stderr, Some(bins)) => report.stderr = scenarios::stderr(bins, opts.steady),
             (Scenario::Balance, Some(bins)) => report.balance = scenarios::balance(opts, bins),
             (
-                Scenario::Crash
+                Scenario::Defaults
+                | Scenario::Crash
                 | Scenario::Scale
                 | Scenario::Idle
                 | Scenario::Stderr

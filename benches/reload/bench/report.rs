@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 use super::load::{Outcome, Sample};
-use super::scenarios::{BalanceRow, Crash, Idle, Reload, ScaleRow, StderrRow, Steady};
+use super::scenarios::{BalanceRow, Crash, DefaultsRow, Idle, Reload, ScaleRow, StderrRow, Steady};
 use super::stats::{self, Latency, median, ms};
 
 /// Everything one run measured.
@@ -18,6 +18,7 @@ pub struct Report {
     pub machine: String,
     pub steady: Vec<Steady>,
     pub reload: Vec<Reload>,
+    pub defaults: Vec<DefaultsRow>,
     pub crash: Vec<Crash>,
     pub scale: Vec<ScaleRow>,
     pub idle: Option<Idle>,
@@ -155,6 +156,21 @@ impl Report {
                 ms(c.longest_gap)
             );
         }
+        if !self.defaults.is_empty() {
+            let _ = writeln!(
+                t,
+                "\ndefaults: reload with no flag (canary held 1 s, then a quarter at a time)\n  worker             workers  reload ms"
+            );
+            for d in &self.defaults {
+                let _ = writeln!(
+                    t,
+                    "  {:<18} {:>7} {:>10.1}",
+                    d.worker(),
+                    d.workers,
+                    ms(d.reload)
+                );
+            }
+        }
         if !self.scale.is_empty() {
             let _ = writeln!(
                 t,
@@ -236,6 +252,7 @@ impl Report {
             "machine": self.machine,
             "steady": self.steady.iter().map(Steady::json).collect::<Vec<_>>(),
             "reload": self.reload.iter().map(Reload::json).collect::<Vec<_>>(),
+            "defaults": self.defaults.iter().map(DefaultsRow::json).collect::<Vec<_>>(),
             "crash": self.crash.iter().map(Crash::json).collect::<Vec<_>>(),
             "scale": self.scale.iter().map(ScaleRow::json).collect::<Vec<_>>(),
             "idle": self.idle.as_ref().map(Idle::json),

@@ -37,10 +37,20 @@ pub enum Server<'a> {
     },
 }
 
-/// rcluster with `hello` workers that say READY=1.
+/// rcluster with `hello` workers that say READY=1; reloads roll without
+/// the canary's hold (the `defaults` scenario measures that).
 fn hello_cluster(opts: &Opts, bins: &Bins, workers: usize, extra: &[&str]) -> Rcluster {
     let n = workers.to_string();
-    let mut args = vec!["-w", &n, "--ready", "notify", "-l", "127.0.0.1:0"];
+    let mut args = vec![
+        "-w",
+        &n,
+        "--ready",
+        "notify",
+        "--min-ready",
+        "0",
+        "-l",
+        "127.0.0.1:0",
+    ];
     args.extend(["--balance", opts.balance]);
     args.extend_from_slice(extra);
     Rcluster::start(bins, &args, &[bins.hello.to_str().expect("utf-8 path")])
@@ -402,10 +412,22 @@ pub fn scale(opts: &Opts, bins: &Bins, workers: usize) -> ScaleRow {
         "0",
     ];
     let n = workers.to_string();
-    // --min-uptime 0s: the restart measured below is immediate, not backoff.
+    // --min-uptime 0s: the restart measured below is immediate, not backoff;
+    // one at a time, no canary: the master's cost per worker shows.
     let mut rcluster = Rcluster::start(
         bins,
-        &["-w", &n, "--ready", "notify", "--min-uptime", "0s"],
+        &[
+            "-w",
+            &n,
+            "--ready",
+            "notify",
+            "--min-uptime",
+            "0s",
+            "--min-ready",
+            "0",
+            "--reload-batch",
+            "1",
+        ],
         &worker,
     );
     let startup = started.elapsed();
@@ -461,6 +483,60 @@ pub fn scale(opts: &Opts, bins: &Bins, workers: usize) -> ScaleRow {
         cpu_per_reload: median(&cpus),
         rss_kib,
         restart,
+    }
+}
+
+// ---- defaults ---------------------------------------------------------------
+
+pub struct DefaultsRow {
+    pub workers: usize,
+    /// A worker that says nothing (ready when the master sees it listen).
+    pub silent: bool,
+    pub reload: Duration,
+}
+
+impl DefaultsRow {
+    pub fn worker(&self) -> &'static str {
+        if self.silent {
+            "silent (listens)"
+        } else {
+            "hello (READY=1)"
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "workers": self.workers,
+            "worker": self.worker(),
+            "reload_ms": stats::ms(self.reload),
+        })
+    }
+}
+
+/// Reload time with no flag but the worker count: the canary's hold, then
+/// the automatic batch. The silent worker holds its listener in an epoll
+/// set, as an event-loop server does, and says nothing.
+pub fn defaults(opts: &Opts, bins: &Bins, workers: usize, silent: bool) -> DefaultsRow {
+    let n = workers.to_string();
+    let worker = if silent {
+        bins.test_worker.to_str()
+    } else {
+        bins.hello.to_str()
+    };
+    let worker = [worker.expect("utf-8 path")];
+    let mut rcluster = Rcluster::start(bins, &["-w", &n, "-l", "127.0.0.1:0"], &worker);
+    let mut reloads = Vec::new();
+    for _ in 0..opts.defaults_reloads {
+        let hup = SystemTime::now();
+        rcluster.signal(libc::SIGHUP);
+        let events = rcluster.collect_until("reload complete", |e| e.msg() == "reload complete");
+        reloads.push(events.last().expect("complete").since(hup));
+    }
+    rcluster.stop();
+    DefaultsRow {
+        workers,
+        silent,
+        reload: median(&reloads),
     }
 }
 

@@ -101,6 +101,8 @@ pub struct Master {
     records: Receiver<Value>,
     live: LivePids,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Set by the log thread when stderr reaches its end.
+    log_ended: Arc<std::sync::atomic::AtomicBool>,
     status: Option<ExitStatus>,
     /// Whether `Drop` kills the workers by pid (not when their pids are
     /// from another pid namespace).
@@ -167,7 +169,10 @@ impl Master {
         let live = LivePids::default();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (live2, lines2) = (Arc::clone(&live), Arc::clone(&lines));
+        let log_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended = Arc::clone(&log_ended);
         std::thread::spawn(move || {
+            let _ended = SetOnDrop(ended);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 lines2.lock().unwrap().push(line.clone());
@@ -196,6 +201,7 @@ impl Master {
             records,
             live,
             lines,
+            log_ended,
             status: None,
             kill_workers: true,
         }
@@ -291,12 +297,17 @@ impl Master {
         unsafe { libc::kill(self.pid, signal) };
     }
 
-    /// Waits for the master to exit (bounded), returning its status.
+    /// Waits for the master to exit (bounded), returning its status; and
+    /// for its last lines to be read (when nothing else holds its stderr).
     pub fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("waiting for rcluster") {
                 self.status = Some(status);
+                let ended = &self.log_ended;
+                wait_until(Duration::from_secs(2), || {
+                    ended.load(std::sync::atomic::Ordering::SeqCst)
+                });
                 return status;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -345,6 +356,15 @@ impl Drop for Master {
         if std::thread::panicking() {
             eprintln!("---- rcluster log ----\n{}\n----", self.log_text());
         }
+    }
+}
+
+/// Sets its flag when dropped: when a thread ends, however it ends.
+struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -591,4 +611,22 @@ pub fn pass_as_fd_3(cmd: &mut Command, fd: std::os::fd::RawFd) {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// One `GET /` on a new connection, `Connection: close`: the whole answer,
+/// or why none came within `deadline`.
+pub fn get_once(addr: SocketAddr, deadline: Duration) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, deadline).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(deadline)).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("{e} after {:?}", start.elapsed()))?;
+    Ok(answer)
 }

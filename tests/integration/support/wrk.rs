@@ -60,12 +60,14 @@ pub struct Wrk {
     child: Child,
     progress: PathBuf,
     _dir: TempDir,
+    _gate: super::load::Gate,
 }
 
 impl Wrk {
     /// `wrk -t2 -c{connections}` against `http://addr/`, with
     /// `Connection: close` on every request unless `keep_alive`.
     pub fn start(addr: SocketAddr, connections: usize, keep_alive: bool) -> Wrk {
+        let gate = super::load::gate();
         let dir = TempDir::new("wrk");
         let progress = dir.path("progress");
         std::fs::write(&progress, "").unwrap();
@@ -89,6 +91,7 @@ impl Wrk {
             child,
             progress,
             _dir: dir,
+            _gate: gate,
         }
     }
 
