@@ -36,7 +36,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
 fn main() -> Result<(), Box<dyn Error>> {
     let listener = worker::listeners()?.take_tcp(0)?;
     listener.set_nonblocking(true)?;
-    let stop = worker::shutdown()?.receiver();
+    let stop = worker::shutdown()?.receiver()?;
     let greeting = format!(
         "hello from async worker {} (pid {})\n",
         worker::id().map_or("-".into(), |id| id.to_string()),

@@ -14,6 +14,11 @@
 //! test_worker --say-stopping      say READY=1 then STOPPING=1, and keep running
 //! test_worker --watchdog-for MS   say READY=1, then WATCHDOG=1 as often as
 //!                                 WATCHDOG_USEC asks, for MS milliseconds only
+//! test_worker --status-flood MS   say READY=1, then STATUS=n, 10000 times a
+//!                                 second, for MS milliseconds; then wait
+//! test_worker --receiver          wait for the stop signal on a channel
+//!                                 (Shutdown::receiver), or, if it cannot be
+//!                                 made, say why on stderr and poll
 //!
 //! The worker library, printing what it got on stdout:
 //! test_worker --listeners [--take-tcp NAME] [--take-unix NAME]
@@ -108,6 +113,22 @@ fn main() {
     {
         std::process::exit(1);
     }
+    if let Some(period) = args.millis("--status-flood") {
+        worker::ready().expect("notify");
+        status_flood(period);
+    }
+    if args.flag("--receiver") {
+        match shutdown.receiver() {
+            Ok(stop) => {
+                let _ = stop.recv();
+            }
+            Err(e) => {
+                eprintln!("test_worker: no stop channel: {e}");
+                while !shutdown.wait_for_stop(None).expect("waiting") {}
+            }
+        }
+        return;
+    }
     if let Some(period) = args.millis("--watchdog-for") {
         worker::ready().expect("notify");
         let interval = worker::watchdog_interval().expect("WATCHDOG_USEC is set");
@@ -145,6 +166,20 @@ fn watch_listeners() {
             };
             libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event);
         }
+    }
+}
+
+/// `STATUS=<n>` 10,000 times a second (in bursts of 100 every 10 ms) for
+/// `period`.
+fn status_flood(period: Duration) {
+    let until = Instant::now() + period;
+    let mut n = 0u64;
+    while Instant::now() < until {
+        for _ in 0..100 {
+            n += 1;
+            let _ = worker::status(&format!("processed {n} batches"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

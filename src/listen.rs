@@ -201,7 +201,8 @@ pub fn bind_all(
         };
         let (socket, unix_file) = match &spec.addr {
             ListenAddr::Tcp(addr) => (
-                bind_tcp(*addr, backlog, reuseport).map_err(|e| bind_error(tcp_cause(&e)))?,
+                bind_tcp(*addr, backlog, reuseport)
+                    .map_err(|e| bind_error(tcp_cause(&e, addr.port())))?,
                 None,
             ),
             ListenAddr::Unix(path) => {
@@ -245,11 +246,27 @@ fn bind_tcp(addr: SocketAddr, backlog: i32, reuseport: bool) -> io::Result<Socke
     Ok(socket)
 }
 
-fn tcp_cause(e: &io::Error) -> String {
+fn tcp_cause(e: &io::Error, port: u16) -> String {
     match e.kind() {
         io::ErrorKind::AddrInUse => {
-            "address already in use (another process listens there; stop it or pick another port)"
-                .into()
+            let holders = crate::portcheck::holders(port);
+            if holders.is_empty() {
+                return "address already in use (another process listens there; stop it or \
+                        pick another port)"
+                    .into();
+            }
+            let named: Vec<String> = holders
+                .iter()
+                .map(|(pid, comm)| format!("pid {pid} ({comm})"))
+                .collect();
+            let pids: Vec<String> = holders.iter().map(|(pid, _)| pid.to_string()).collect();
+            format!(
+                "address already in use, held by {}: a process a worker of an earlier master \
+                 started may have outlived it with the socket; stop it (kill {}) or pick \
+                 another port",
+                named.join(", "),
+                pids.join(" ")
+            )
         }
         io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need root or \
              CAP_NET_BIND_SERVICE; pick a port above 1023)"

@@ -80,7 +80,7 @@ fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Err
     let env_file = config
         .env_file
         .as_deref()
-        .map(rcluster::envfile::read)
+        .map(rcluster::envfile::EnvSource::open)
         .transpose()
         .map_err(|e| rcluster::Error::EnvFile {
             message: e.message,
@@ -100,9 +100,10 @@ fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Err
     if let Some(shim) = shim {
         launcher = launcher.with_shim(shim, config.stop_signal);
     }
-    if let Some(file) = env_file {
+    if let Some((source, file)) = env_file {
         rcluster::launch::Launch::set_env_file(&mut launcher, &file.vars);
         setup.info.env_versions.insert(1, file.version);
+        setup.env = Some((source, file.vars));
     }
     // Whatever the workers start comes back to the master if orphaned, so
     // nothing they start can outlive them unnoticed.

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::balance::Balancer;
 use crate::control::{self, ControlServer, Request};
-use crate::envfile;
+use crate::envfile::{Changes, EnvSource};
 use crate::error::Error;
 use crate::launch::{Launch, Launched, OutputPipe, Reaping};
 use crate::listen::Listener;
@@ -73,12 +73,21 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         metrics,
         info,
         policy,
-        env_file,
+        env,
         ..
     } = setup;
     let supervisor = Supervisor::new(policy);
     let mut master = Master::new(supervisor, launcher, signals, notify, control, info, log)?;
-    master.env_file = env_file;
+    if let Some((source, _)) = &env
+        && let Some((kind, file)) = &source.once
+    {
+        log.emit(&Record::EnvFileOnce {
+            path: source.path.display().to_string(),
+            kind,
+            count: file.vars.len(),
+        });
+    }
+    master.env = env;
     if let Some(mut metrics) = metrics {
         metrics
             .endpoint()
@@ -96,6 +105,11 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         master.balancer = Some(balancer);
     }
     master.listeners = listeners;
+    // Children the master had before it started a worker (a `<(...)`
+    // subshell its shell left it) are not the workers': left alone.
+    if master.launcher.reaping() == Reaping::All {
+        master.inherited = reap::children().into_iter().collect();
+    }
     let outcome = master.run();
     drop(master);
     drop(pid_file);
@@ -131,8 +145,9 @@ struct Master<'a, L: Launch> {
     /// Each worker's CPU time when last looked at, and the share of a CPU
     /// it used up to then (for `status` and `/metrics`).
     cpu_samples: HashMap<Pid, (Instant, u64, f64)>,
-    /// `--env-file`, read again at each reload.
-    env_file: Option<std::path::PathBuf>,
+    /// `--env-file`: how to read it at a reload, and the variables the
+    /// last generation got.
+    env: Option<(EnvSource, Vec<(String, String)>)>,
     /// The listeners' socket inodes and addresses: what a worker serves
     /// on; its other listening sockets are ports of its own.
     ours: serving::Listeners,
@@ -142,6 +157,8 @@ struct Master<'a, L: Launch> {
     listener_fds: Vec<RawFd>,
     /// What the last look at each booting worker saw (`serving.rs`).
     look_samples: serving::Samples,
+    /// Children the master had before its first worker: not strays.
+    inherited: std::collections::BTreeSet<Pid>,
     /// `--balance reuseport`: each slot's own sockets, and the steering.
     balancer: Option<Balancer>,
     /// The notify socket was not drained to the end last turn.
@@ -200,8 +217,9 @@ impl<'a, L: Launch> Master<'a, L> {
             listeners: Vec::new(),
             listener_fds: Vec::new(),
             look_samples: serving::Samples::new(),
+            inherited: Default::default(),
             balancer: None,
-            env_file: None,
+            env: None,
             last_words: HashMap::new(),
             cpu_samples: HashMap::new(),
             notify_pending: false,
@@ -444,12 +462,22 @@ impl<'a, L: Launch> Master<'a, L> {
         }
     }
 
-    /// A reload (HUP or `rcluster reload`): the env file is read first, and
-    /// one that cannot be read or parsed stops the reload before it starts.
+    /// A reload (HUP or `rcluster reload`): the env file is read first
+    /// (without blocking: `envfile.rs`), and one that cannot be read or
+    /// parsed stops the reload before it starts.
     fn reload(&mut self, now: Instant) -> Result<(), String> {
-        if let Some(path) = self.env_file.clone() {
-            match envfile::read(&path) {
+        if let Some((source, vars)) = &mut self.env {
+            match source.reread() {
                 Ok(file) => {
+                    let changes = Changes::between(vars, &file.vars);
+                    self.log.emit(&Record::EnvFileRead {
+                        path: source.path.display().to_string(),
+                        added: changes.added,
+                        removed: changes.removed,
+                        changed: changes.changed,
+                        emptied: !vars.is_empty() && file.vars.is_empty(),
+                    });
+                    vars.clone_from(&file.vars);
                     self.launcher.set_env_file(&file.vars);
                     self.dispatch(Event::Signal(MasterSignal::Reload), now);
                     let generation = self.supervisor.target_generation();
@@ -552,10 +580,12 @@ impl<'a, L: Launch> Master<'a, L> {
     }
 
     /// Drains the notify socket: edge-triggered, so until it would block;
-    /// a failed read skips that datagram, and a turn that reads very many
-    /// leaves the rest for the next turn, which comes at once.
+    /// a failed read skips that datagram, and a turn that reads many leaves
+    /// the rest for the next turn, which comes at once: a worker flooding
+    /// the socket delays no respawn, reload step or `status` answer by more
+    /// than a turn's worth.
     fn on_notify(&mut self, now: Instant) {
-        const PER_TURN: usize = 4096;
+        const PER_TURN: usize = 256;
         self.notify_pending = false;
         let mut error = None;
         for _ in 0..PER_TURN {
@@ -578,7 +608,12 @@ impl<'a, L: Launch> Master<'a, L> {
     }
 
     fn on_datagram(&mut self, datagram: Datagram, now: Instant) {
-        let ancestry = datagram.sender.map(notify::ancestry).unwrap_or_default();
+        // Most datagrams come from a worker itself: no need to walk /proc.
+        let ancestry = match datagram.sender {
+            Some(sender) if self.supervisor.is_worker(sender) => vec![sender],
+            Some(sender) => notify::ancestry(sender),
+            None => Vec::new(),
+        };
         let supervisor = &self.supervisor;
         let speaker = notify::speaker(
             &datagram,
@@ -678,6 +713,7 @@ impl<'a, L: Launch> Master<'a, L> {
         let last_line = tail.cause();
         self.cpu_samples.remove(&pid);
         self.look_samples.remove(&pid);
+        self.inherited.remove(&pid);
         if let Some(slot) = self.supervisor.slot_of(pid) {
             self.last_words.insert(slot, (pid, tail));
         }
@@ -891,6 +927,7 @@ impl<'a, L: Launch> Master<'a, L> {
         let found: Vec<Pid> = reap::children()
             .into_iter()
             .filter(|&pid| !self.supervisor.is_worker(pid) && !self.pidfds.contains_key(&pid))
+            .filter(|pid| !self.inherited.contains(pid))
             .filter(|&pid| of.is_none_or(|worker| reap::started_by(pid, worker)))
             .collect();
         found
@@ -936,7 +973,7 @@ impl<'a, L: Launch> Master<'a, L> {
                 Event::SpawnFailed {
                     slot,
                     generation,
-                    error: format!("fork failed: {}", io_errno(&e)),
+                    error: e.to_string(),
                 },
                 now,
             ),

@@ -158,6 +158,8 @@ impl Metrics {
             | Record::WorkerStarted { .. }
             | Record::WorkersReady { .. }
             | Record::ReadinessLearned { .. }
+            | Record::EnvFileOnce { .. }
+            | Record::EnvFileRead { .. }
             | Record::CanaryProven { .. }
             | Record::NotServing { .. }
             | Record::WorkerStatus { .. }

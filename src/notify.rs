@@ -256,6 +256,8 @@ impl Manager {
     pub fn from_env() -> Option<Manager> {
         let socket = std::env::var("NOTIFY_SOCKET").ok()?;
         let sender = UnixDatagram::unbound().ok()?;
+        // The master never waits on systemd: a full socket loses a line.
+        sender.set_nonblocking(true).ok()?;
         Some(Manager { sender, socket })
     }
 

@@ -1,7 +1,10 @@
 //! Whether a worker listens on TCP ports of its own. A server that calls
 //! `listen(3000)` itself runs under rcluster without an error and serves
 //! nobody on rcluster's address; the master looks once per generation (when
-//! its first worker is ready) and warns.
+//! its first worker is ready) and warns. And, when a port cannot be bound
+//! at start, which processes hold it ([`holders`]): often a daemon a
+//! worker of an earlier master started, which outlived it with the
+//! listening socket.
 //!
 //! It looks at the worker's own fds only, never the namespace's socket
 //! table (`/proc/net/tcp` lists every connection on the host, tens of
@@ -68,6 +71,65 @@ fn tcp_listening_port(socket: &OwnedFd) -> Option<u16> {
         .map(|addr| addr.port())
 }
 
+/// The processes that hold a socket listening on TCP `port`, with their
+/// command names: read from `/proc/net/tcp{,6}` and every process's fds,
+/// which only the start-up's error path does (it is a scan of the host).
+pub fn holders(port: u16) -> Vec<(i32, String)> {
+    let mut inodes = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is `ADDR:PORT` in hex; state 0A is LISTEN.
+            let listening_here = fields
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                == Some(port)
+                && fields.get(3) == Some(&"0A");
+            if let Some(inode) = fields.get(9).and_then(|i| i.parse::<u64>().ok())
+                && listening_here
+            {
+                inodes.insert(inode);
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| {
+                let target = target.to_string_lossy();
+                target
+                    .strip_prefix("socket:[")
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|ino| ino.parse().ok())
+                    .is_some_and(|ino: u64| inodes.contains(&ino))
+            })
+        });
+        if holds {
+            let comm = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
+            found.push((pid, comm.trim().to_string()));
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
@@ -99,5 +161,15 @@ mod tests {
         assert!(!found.contains(&ours.local_addr().unwrap().port()));
         drop(unix);
         let _ = std::fs::remove_file(&dir);
+    }
+
+    #[test]
+    fn the_holders_of_a_port_are_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = std::process::id() as i32;
+        assert!(holders(port).iter().any(|(pid, _)| *pid == me));
+        drop(listener);
+        assert!(!holders(port).iter().any(|(pid, _)| *pid == me));
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, Control};
 use crate::control::{BindError, ControlServer, Taken};
+use crate::envfile::EnvSource;
 use crate::error::Error;
 use crate::listen::{self, Listener};
 use crate::log::Log;
@@ -32,8 +33,9 @@ pub struct Setup {
     pub metrics: Option<MetricsServer>,
     pub info: MasterInfo,
     pub policy: Policy,
-    /// `--env-file`, read again at each reload.
-    pub env_file: Option<std::path::PathBuf>,
+    /// `--env-file`, read at start: how to read it again at a reload, and
+    /// the variables the workers got.
+    pub env: Option<(EnvSource, Vec<(String, String)>)>,
     watchdog: Option<Duration>,
 }
 
@@ -104,7 +106,7 @@ impl Setup {
             metrics,
             info,
             policy: config.policy(),
-            env_file: config.env_file.clone(),
+            env: None,
             watchdog: config.watchdog,
         })
     }

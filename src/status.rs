@@ -72,6 +72,7 @@ pub fn to_json(
             "generation": w.generation,
             "state": if stopped(w.pid) { "stopped" } else { w.state.name() },
             "ready_by": w.ready_by.map(|by| by.name()),
+            "status": w.status,
             "uptime_ms": ms(w.started),
             "rss_bytes": usage.map(|(u, _)| u.rss_bytes),
             "cpu_seconds": usage.map(|(u, _)| round(u.cpu_time().as_secs_f64())),
@@ -402,6 +403,9 @@ pub fn slot_view(status: &Value) -> String {
             ),
             w["last_exit"].as_str().unwrap_or("none"),
         );
+        if let Some(said) = w["status"].as_str() {
+            let _ = writeln!(out, "  STATUS={said}");
+        }
     }
     let lines = |value: &Value| -> Vec<String> {
         value

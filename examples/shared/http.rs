@@ -7,11 +7,18 @@
 //! a short grace with `Connection: close`, closes idle connections politely,
 //! and returns once the last connection is done.
 //!
+//! A thread per connection, at most [`MAX_CONNECTIONS`] at a time: at the
+//! limit it accepts nothing until one ends (connections wait in the shared
+//! queue, or go to another worker). When the system refuses a thread, that
+//! connection is closed unanswered, and the line that says so is written
+//! at most once a second.
+//!
 //! `GET /sleep/<ms>` answers after `<ms>`, to watch a drain; `GET
 //! /burn/<ms>` after spending `<ms>` of CPU, to load a worker (the bench).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown as Half, TcpListener, TcpStream};
+use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,6 +34,62 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 const LINGER: Duration = Duration::from_secs(1);
 const MAX_HEADER_LINES: usize = 100;
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// Connections served at once, a thread each.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// The connection threads running, and a wake-up when one ends.
+struct Busy {
+    running: Mutex<usize>,
+    ended: Condvar,
+}
+
+impl Busy {
+    /// Waits (waking now and then to see the stop) for room for one more.
+    fn wait_for_room(&self, shutdown: &Shutdown) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= MAX_CONNECTIONS && !shutdown.requested() {
+            running = self
+                .ended
+                .wait_timeout(running, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *running += 1;
+    }
+
+    fn end(&self) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        self.ended.notify_one();
+    }
+}
+
+/// Gives the room back when a connection's thread ends, however it ends.
+struct Ends<'b>(&'b Busy);
+
+impl Drop for Ends<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// Says what went wrong at most once a second, with how often it did.
+struct Complaint {
+    last: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Complaint {
+    fn say(&self, what: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.1 += 1;
+        if last
+            .0
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            eprintln!("{what} ({} in the last second)", last.1);
+            *last = (Some(Instant::now()), 0);
+        }
+    }
+}
 
 /// Serves `listener` until the stop signal, then closes it and drains:
 /// returns once every connection is done.
@@ -37,15 +100,30 @@ pub fn serve(listener: TcpListener, shutdown: &Shutdown, greeting: &str) -> io::
         .map_or(DRAIN_GRACE, Duration::from_millis);
     // The scope returns once every connection thread has finished: that is
     // the drain.
+    let busy = Busy {
+        running: Mutex::new(0),
+        ended: Condvar::new(),
+    };
+    let complaint = Complaint {
+        last: Mutex::new((None, 0)),
+    };
     thread::scope(|scope| -> io::Result<()> {
-        while let Some(conn) = shutdown.accept(&listener)? {
+        loop {
+            busy.wait_for_room(shutdown);
+            let Some(conn) = shutdown.accept(&listener)? else {
+                busy.end();
+                break;
+            };
+            let busy = &busy;
             // A thread the system refuses (`ulimit -u`, memory) costs this
             // connection, closed unanswered, not the server.
             let spawned = thread::Builder::new().spawn_scoped(scope, move || {
+                let _ends = Ends(busy);
                 let _ = serve_connection(conn, shutdown, greeting, grace);
             });
             if let Err(e) = spawned {
-                eprintln!("connection refused: cannot start a thread: {e}");
+                busy.end();
+                complaint.say(&format!("connection refused: cannot start a thread: {e}"));
             }
         }
         drop(listener);

@@ -3,13 +3,13 @@
 //! needs is built before the fork ([`ChildPlan`]); what runs between fork
 //! and exec is `spawn/child.rs`.
 
-use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use libc::c_char;
 use nix::fcntl::OFlag;
 
 use crate::shim::Shim;
+use crate::spawn::CallFailed;
 use crate::spawn::child::{self, ChildPlan, PID_DIGITS};
 use crate::spawn::command::{Command, Identity};
 use crate::spawn::env::{Value, WorkerEnv, slot_vars};
@@ -128,9 +128,10 @@ impl Launch for ExecLauncher {
         slot: SlotId,
         generation: Generation,
         listeners: &[RawFd],
-    ) -> io::Result<Launched> {
+    ) -> Result<Launched, CallFailed> {
         let mut plan = self.plan(slot, generation, listeners);
-        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(|e| CallFailed::during("pipe2 (the exec pipe)")(e.into()))?;
         // Output pipes: the master's ends never block it; the worker's are
         // ordinary (a worker that outwrites the master waits, not the master).
         let mut output = Vec::new();
@@ -143,8 +144,14 @@ impl Launch for ExecLauncher {
             if !captured {
                 continue;
             }
-            let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-            nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+            let during = match stream {
+                Stream::Stdout => "pipe2 (the worker's stdout)",
+                Stream::Stderr => "pipe2 (the worker's stderr)",
+            };
+            let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+                .map_err(|e| CallFailed::during(during)(e.into()))?;
+            nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+                .map_err(|e| CallFailed::during("fcntl (O_NONBLOCK)")(e.into()))?;
             plan.stdio[i] = Some(write.as_raw_fd());
             worker_ends.push(write);
             output.push(OutputPipe {

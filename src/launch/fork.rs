@@ -13,6 +13,7 @@ use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::signals;
+use crate::spawn::CallFailed;
 use crate::spawn::child::fork_blocked;
 use crate::spawn::env::{Value, is_ours, slot_vars};
 use crate::vocab::{Generation, SlotId};
@@ -118,7 +119,7 @@ impl Launch for ForkLauncher<'_> {
         slot: SlotId,
         generation: Generation,
         _listeners: &[RawFd],
-    ) -> io::Result<Launched> {
+    ) -> Result<Launched, CallFailed> {
         // Output the program buffered would otherwise be written again by
         // every worker.
         let _ = io::stdout().flush();

@@ -5,10 +5,10 @@
 pub mod exec;
 pub mod fork;
 
-use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 
 use crate::output::Stream;
+use crate::spawn::CallFailed;
 use crate::vocab::{Generation, Pid, SlotId};
 
 /// How a master starts its workers.
@@ -20,7 +20,7 @@ pub trait Launch {
         slot: SlotId,
         generation: Generation,
         listeners: &[RawFd],
-    ) -> io::Result<Launched>;
+    ) -> Result<Launched, CallFailed>;
 
     /// Which children the master may reap.
     fn reaping(&self) -> Reaping;

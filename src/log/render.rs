@@ -159,6 +159,51 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 count(*workers, "worker")
             ))
         }
+        EnvFileOnce { path, kind, count } => {
+            r.str("path", path)
+                .str("kind", kind)
+                .u64("variables", *count as u64);
+            r.say(format_args!(
+                "the env file {path} is {kind}: read once, at start; every generation gets \
+                 its {}",
+                crate::vocab::count(*count, "variable")
+            ))
+        }
+        EnvFileRead {
+            path,
+            added,
+            removed,
+            changed,
+            emptied,
+        } => {
+            r.str("path", path)
+                .str("added", &added.join(","))
+                .str("removed", &removed.join(","))
+                .str("changed", &changed.join(","))
+                .bool("emptied", *emptied);
+            let list = |what: &str, names: &[String]| {
+                (!names.is_empty()).then(|| format!("{what} {}", names.join(", ")))
+            };
+            let said: Vec<String> = [
+                list("added", added),
+                list("removed", removed),
+                list("changed", changed),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let said = if said.is_empty() {
+                "no variable changed".to_string()
+            } else {
+                said.join("; ")
+            };
+            let warning = if *emptied {
+                " (it had variables and has none now: is it being rewritten?)"
+            } else {
+                ""
+            };
+            r.say(format_args!("env file {path} read: {said}{warning}"))
+        }
         MetricsEndpoint { addr } => {
             r.str("addr", addr);
             r.say(format_args!("serving metrics at http://{addr}/metrics"))
@@ -329,9 +374,24 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 next_text(next)
             ))
         }
-        WorkerStatus { slot, pid, status } => {
-            r.slot(*slot).pid(*pid).str("status", status);
-            r.say(format_args!("{} status: {status}", worker(*slot, *pid)))
+        WorkerStatus {
+            slot,
+            pid,
+            status,
+            unlogged,
+        } => {
+            r.slot(*slot)
+                .pid(*pid)
+                .str("status", status)
+                .u64("unlogged", (*unlogged).into());
+            let unlogged = match unlogged {
+                0 => String::new(),
+                n => format!(" ({n} earlier changes not logged)"),
+            };
+            r.say(format_args!(
+                "{} status: {status}{unlogged}",
+                worker(*slot, *pid)
+            ))
         }
         WorkerStopping { slot, pid } => {
             r.slot(*slot).pid(*pid);

@@ -19,6 +19,7 @@ use std::os::fd::RawFd;
 use libc::c_char;
 use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
 
+use super::CallFailed;
 use crate::vocab::Pid;
 
 /// Forks with every signal blocked. The child (`None`) goes on with them
@@ -32,22 +33,24 @@ use crate::vocab::Pid;
 ///
 /// The child may only do what is safe after `fork` in this process:
 /// async-signal-safe calls, unless the process has a single thread.
-pub(crate) unsafe fn fork_blocked() -> io::Result<Option<Pid>> {
+pub(crate) unsafe fn fork_blocked() -> Result<Option<Pid>, CallFailed> {
     let mut old = SigSet::empty();
     pthread_sigmask(
         SigmaskHow::SIG_SETMASK,
         Some(&SigSet::all()),
         Some(&mut old),
-    )?;
+    )
+    .map_err(|e| CallFailed::during("pthread_sigmask")(e.into()))?;
     // SAFETY: the caller vouches for the child's path.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         return Ok(None);
     }
     let fork_error = io::Error::last_os_error();
-    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)
+        .map_err(|e| CallFailed::during("pthread_sigmask")(e.into()))?;
     if pid < 0 {
-        return Err(fork_error);
+        return Err(CallFailed::during("fork")(fork_error));
     }
     // SAFETY: plain syscall on our own child.
     unsafe { libc::setpgid(pid, pid) };
@@ -66,7 +69,7 @@ const CHILD_STACK: usize = 256 * 1024;
 /// # Safety
 ///
 /// The master must be single-threaded, and `plan` built for this child.
-pub unsafe fn spawn(plan: &mut ChildPlan, err_fd: RawFd) -> io::Result<Pid> {
+pub unsafe fn spawn(plan: &mut ChildPlan, err_fd: RawFd) -> Result<Pid, CallFailed> {
     struct Start<'p> {
         plan: &'p mut ChildPlan,
         err_fd: RawFd,
@@ -90,7 +93,9 @@ pub unsafe fn spawn(plan: &mut ChildPlan, err_fd: RawFd) -> io::Result<Pid> {
         )
     };
     if stack == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
+        return Err(CallFailed::during("mmap (the child's stack)")(
+            io::Error::last_os_error(),
+        ));
     }
     let mut old = SigSet::empty();
     let blocked = pthread_sigmask(
@@ -100,7 +105,7 @@ pub unsafe fn spawn(plan: &mut ChildPlan, err_fd: RawFd) -> io::Result<Pid> {
     );
     let mut start = Start { plan, err_fd };
     let pid = match blocked {
-        Err(e) => Err(io::Error::from(e)),
+        Err(e) => Err(CallFailed::during("pthread_sigmask")(e.into())),
         // SAFETY: the stack grows down from its top; CLONE_VFORK returns
         // only after the child exec'd or exited, so `start` and the stack
         // outlive it.
@@ -112,12 +117,13 @@ pub unsafe fn spawn(plan: &mut ChildPlan, err_fd: RawFd) -> io::Result<Pid> {
                 (&mut start as *mut Start).cast(),
             )
         } {
-            -1 => Err(io::Error::last_os_error()),
+            -1 => Err(CallFailed::during("clone")(io::Error::last_os_error())),
             pid => Ok(pid),
         },
     };
     if blocked.is_ok() {
-        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)
+            .map_err(|e| CallFailed::during("pthread_sigmask")(e.into()))?;
     }
     // SAFETY: the mapping made above; nothing runs on it any more.
     unsafe { libc::munmap(stack, CHILD_STACK) };

@@ -78,6 +78,9 @@ pub const WATCHDOG_KILL_GRACE: Duration = Duration::from_secs(5);
 const LOOK_FIRST: Duration = Duration::from_millis(100);
 const LOOK_MAX: Duration = Duration::from_secs(1);
 
+/// A worker's changing `STATUS=` is logged at most this often.
+const STATUS_LOG_EVERY: Duration = Duration::from_secs(1);
+
 /// At shutdown, once every worker is gone: are processes they left behind
 /// still there? The master exits only after a look found none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -402,6 +405,9 @@ impl Supervisor {
                 exec_error: None,
                 ready_by: None,
                 seen_listening: false,
+                status: None,
+                status_logged: None,
+                status_unlogged: 0,
             },
         );
         self.dirty.insert(slot);
@@ -668,8 +674,37 @@ impl Supervisor {
                 | WorkerState::Draining { .. }
                 | WorkerState::Killed { .. },
             ) => {}
-            (NotifyMsg::Status(status), _) => self.log(Record::WorkerStatus { slot, pid, status }),
+            (NotifyMsg::Status(status), _) => self.on_status(pid, status, now),
         }
+    }
+
+    /// `STATUS=` is state, as systemd keeps it: the last one is kept (for
+    /// `status`), and a change is logged at most once a second per worker,
+    /// so a worker that reports progress in a loop floods nothing.
+    fn on_status(&mut self, pid: Pid, status: String, now: Instant) {
+        let Some(worker) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        if worker.status.as_ref() == Some(&status) {
+            return;
+        }
+        worker.status = Some(status.clone());
+        let due = worker
+            .status_logged
+            .is_none_or(|at| now.saturating_duration_since(at) >= STATUS_LOG_EVERY);
+        if !due {
+            worker.status_unlogged += 1;
+            return;
+        }
+        worker.status_logged = Some(now);
+        let unlogged = std::mem::take(&mut worker.status_unlogged);
+        let slot = worker.slot;
+        self.log(Record::WorkerStatus {
+            slot,
+            pid,
+            status,
+            unlogged,
+        });
     }
 
     /// What a look at a booting worker found (`--ready auto`).

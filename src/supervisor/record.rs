@@ -105,10 +105,13 @@ pub enum Record {
         /// The last line it wrote to stderr.
         last_line: Option<String>,
     },
+    /// A worker's `STATUS=` changed (logged at most once a second per
+    /// worker; `unlogged` changes came in between).
     WorkerStatus {
         slot: SlotId,
         pid: Pid,
         status: String,
+        unlogged: u32,
     },
     WorkerStopping {
         slot: SlotId,
@@ -250,6 +253,23 @@ pub enum Record {
         pid: Pid,
         reason: RecycleReason,
     },
+    /// `--env-file` is not a regular file (`kind`): read once at start,
+    /// its `count` variables go to every generation.
+    EnvFileOnce {
+        path: String,
+        kind: &'static str,
+        count: usize,
+    },
+    /// `--env-file` read again for a reload: the names of the variables
+    /// it added, removed and changed (never their values). `emptied`: it
+    /// had variables and has none now.
+    EnvFileRead {
+        path: String,
+        added: Vec<String>,
+        removed: Vec<String>,
+        changed: Vec<String>,
+        emptied: bool,
+    },
     /// The default control socket was taken; the master uses another.
     ControlMoved {
         from: String,
@@ -313,6 +333,8 @@ impl Record {
             ControlMoved { .. } => ("control socket", Warning),
             OwnPorts { .. } => ("worker listens on its own port", Warning),
             WorkerRecycled { .. } => ("worker recycled", Info),
+            EnvFileOnce { .. } => ("env file read once", Info),
+            EnvFileRead { emptied, .. } => ("env file read", if *emptied { Warning } else { Info }),
         }
     }
 

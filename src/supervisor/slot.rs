@@ -101,6 +101,11 @@ pub struct Worker {
     pub ready_by: Option<ReadyBy>,
     /// A look found it waiting on its listeners (before it was ready).
     pub seen_listening: bool,
+    /// Its last `STATUS=`, when it was last logged, and how many changes
+    /// were not logged since.
+    pub status: Option<String>,
+    pub status_logged: Option<Instant>,
+    pub status_unlogged: u32,
 }
 
 /// What showed that a worker is ready: its own word, or the master's look.

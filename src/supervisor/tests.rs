@@ -1866,3 +1866,27 @@ fn a_hup_after_the_canary_was_proven_starts_a_canary_of_the_newer_release() {
     assert_eq!(hold_of(&acts), Some(ms(1000)));
     assert!(spawns(&acts).is_empty());
 }
+
+#[test]
+fn status_is_kept_and_logged_at_most_once_a_second_per_worker() {
+    let (mut sim, pids) = Sim::started(policy(1));
+    let status = |n: u32| NotifyMsg::Status(format!("batch {n}"));
+    let mut logged = 0;
+    for n in 0..1000 {
+        sim.at(u64::from(n));
+        logged += records(&sim.notify(pids[0], status(n)), "worker status").len();
+    }
+    assert_eq!(logged, 1, "one second of changes, one line");
+    assert_eq!(
+        sim.sup.workers().next().unwrap().status.as_deref(),
+        Some("batch 999"),
+        "the last one is kept"
+    );
+    // The same again is no change; the next change after a second is
+    // logged, with how many were not.
+    assert!(records(&sim.at(1500).notify(pids[0], status(999)), "worker status").is_empty());
+    match records(&sim.at(1500).notify(pids[0], status(1000)), "worker status").as_slice() {
+        [Record::WorkerStatus { unlogged, .. }] => assert_eq!(*unlogged, 999),
+        other => panic!("{other:?}"),
+    }
+}

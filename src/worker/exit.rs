@@ -77,7 +77,7 @@ fn tasks() -> &'static ExitTasks {
 pub fn on_exit(task: impl FnOnce(ExitReason) + Send + 'static) -> io::Result<()> {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     if INSTALLED.get().is_none() {
-        let stop = super::shutdown()?.receiver();
+        let stop = super::shutdown()?.receiver()?;
         std::thread::Builder::new()
             .name("rcluster-exit".into())
             .spawn(move || {

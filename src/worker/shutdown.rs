@@ -144,11 +144,16 @@ impl Shutdown {
     /// with `crossbeam_channel::select!` beside its own channels. Every
     /// receiver made this way gets the signal.
     ///
+    /// The first one starts a thread that waits for the signal; if the
+    /// system refuses it (a thread or pids limit), this is that error: a
+    /// channel that would never fire would leave the worker deaf to its
+    /// stop signal until `SIGKILL`.
+    ///
     /// ```no_run
     /// # fn main() -> std::io::Result<()> {
     /// let (jobs_tx, jobs) = crossbeam_channel::unbounded::<String>();
     /// # drop(jobs_tx);
-    /// let stop = rcluster::worker::shutdown()?.receiver();
+    /// let stop = rcluster::worker::shutdown()?.receiver()?;
     /// loop {
     ///     crossbeam_channel::select! {
     ///         recv(jobs) -> job => println!("{job:?}"),
@@ -158,7 +163,7 @@ impl Shutdown {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn receiver(&self) -> Receiver<i32> {
+    pub fn receiver(&self) -> io::Result<Receiver<i32>> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let mut waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
         match waiters.as_mut() {
@@ -166,17 +171,19 @@ impl Shutdown {
                 if list.is_empty() {
                     let me = self.clone();
                     // A thread of the worker's (never of the master's).
-                    let _ = std::thread::Builder::new()
+                    std::thread::Builder::new()
                         .name("rcluster-shutdown".into())
-                        .spawn(move || me.forward());
+                        .spawn(move || me.forward())?;
                 }
                 list.push(tx);
             }
             None => {
+                // The signal came already: the channel holds it. A full or
+                // closed channel cannot be: it is new.
                 let _ = tx.send(self.signal().unwrap_or(libc::SIGTERM));
             }
         }
-        rx
+        Ok(rx)
     }
 
     /// Waits for the stop signal, then hands it to every receiver.

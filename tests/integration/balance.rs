@@ -91,7 +91,10 @@ fn each_slot_has_its_own_sockets_which_its_workers_take_in_turn_under_wrk() {
         for (slot, (pid, inode)) in &after {
             let (old_pid, old_inode) = &before[slot];
             assert_ne!(pid, old_pid, "slot {slot} was replaced");
-            assert_ne!(inode, old_inode, "slot {slot}'s new worker has its other socket");
+            assert_ne!(
+                inode, old_inode,
+                "slot {slot}'s new worker has its other socket"
+            );
             assert!(!inodes.contains(inode), "no other slot's socket");
         }
         master.stop_cleanly();

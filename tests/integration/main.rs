@@ -37,5 +37,6 @@ mod restart;
 mod scale;
 mod security;
 mod servers;
+mod stall;
 mod start;
 mod stop;
