@@ -1,4 +1,4 @@
-//! Builds the shim (`src/shim/shim.c`) as a shared library that the
+//! Builds the shim (`src/launch/shim/shim.c`) as a shared library that the
 //! rcluster binary embeds: `--adopt-bind` and `--http-drain` hand it to
 //! each worker through a memfd, so there is nothing to install.
 
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let source = "src/shim/shim.c";
+    let source = "src/launch/shim/shim.c";
     println!("cargo:rerun-if-changed={source}");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR")).join("rcluster-shim.so");
     // cc knows the target's C compiler; a shared library is one command.

@@ -45,13 +45,13 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{self, Config, Control, LogFormat};
 use crate::error::Error;
 use crate::launch::fork::{self, ForkLauncher};
-use crate::listen::ListenSpec;
-use crate::log::Log;
-use crate::master;
-use crate::setup::Setup;
+use crate::shell::log::Log;
+use crate::shell::master;
+use crate::shell::setup::Setup;
+use crate::sockets::listen::ListenSpec;
+use crate::start::config::{self, Config, Control, LogFormat};
 use crate::supervisor::policy::ReadyRule;
 use crate::vocab::{Generation, SlotId};
 use crate::worker::{self, Listeners, Shutdown};
@@ -79,7 +79,7 @@ impl Cluster {
         config.name = std::env::current_exe()
             .ok()
             .and_then(|exe| Some(exe.file_name()?.to_string_lossy().into_owned()))
-            .filter(|name| crate::rundir::valid_name(name))
+            .filter(|name| crate::control::rundir::valid_name(name))
             .unwrap_or(config.name);
         ClusterBuilder {
             workers: Workers::Auto,

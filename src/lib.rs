@@ -27,14 +27,7 @@
 //! `SERVER_STARTER_GENERATION`, `EINHORN_FD_COUNT`, `EINHORN_FD_<n>` and
 //! `NODE_APP_INSTANCE`.
 //!
-//! # How the code is laid out
-//!
-//! The policy is a pure state machine, `supervisor/`, fed events and
-//! answering with actions; `master.rs` is the single-threaded loop that
-//! turns signals, pipes, datagrams and deadlines into those events and
-//! carries the actions out; the syscalls live at the edge (`setup.rs`,
-//! `launch/`, `spawn/`, `reap.rs`, `signals.rs`, `listen.rs`, `notify.rs`,
-//! `control.rs`). `vocab.rs` holds the words they all share.
+//! How the code is laid out is in `ARCHITECTURE.md`, beside the README.
 
 pub mod cluster;
 pub mod worker;
@@ -43,48 +36,19 @@ pub use cluster::{Cluster, ClusterBuilder, Workers};
 pub use error::Error;
 pub use supervisor::policy::ReadyRule;
 
-// The binary's modules. Public so `main.rs` can reach them; not a stable API.
+// The parts of the binary (see ARCHITECTURE.md). Public so `main.rs` can
+// reach them; not a stable API.
 #[doc(hidden)]
-pub mod cli;
-#[doc(hidden)]
-pub mod client;
+pub mod control;
+pub mod error;
 #[doc(hidden)]
 pub mod launch;
 #[doc(hidden)]
-pub mod log;
+pub mod shell;
+pub(crate) mod sockets;
 #[doc(hidden)]
-pub mod master;
-#[doc(hidden)]
-pub mod setup;
-#[doc(hidden)]
-pub mod spawn;
-#[doc(hidden)]
-pub mod trim;
-
-pub(crate) mod balance;
-#[doc(hidden)]
-pub mod config;
-pub(crate) mod control;
-pub(crate) mod endpoint;
-#[doc(hidden)]
-pub mod envfile;
-pub mod error;
-pub(crate) mod listen;
-pub(crate) mod metrics;
-pub(crate) mod notify;
-pub(crate) mod output;
-pub(crate) mod pidfile;
-pub(crate) mod portcheck;
-#[doc(hidden)]
-pub mod reap;
-pub(crate) mod rundir;
-pub(crate) mod serving;
-#[doc(hidden)]
-pub mod shim;
-pub(crate) mod signals;
-pub(crate) mod status;
+pub mod start;
 pub(crate) mod supervisor;
-pub(crate) mod usage;
 pub(crate) mod vocab;
 
 /// Opens `/dev/null` on any of fds 0, 1 and 2 that is closed, so a socket

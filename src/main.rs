@@ -4,13 +4,13 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use rcluster::cli::{self, Parsed};
-use rcluster::client;
+use rcluster::control::client;
 use rcluster::launch::exec::ExecLauncher;
-use rcluster::log::Log;
-use rcluster::setup::Setup;
-use rcluster::shim::Shim;
-use rcluster::spawn::command::{self, Identity};
+use rcluster::launch::shim::Shim;
+use rcluster::launch::spawn::command::{self, Identity};
+use rcluster::shell::log::Log;
+use rcluster::shell::setup::Setup;
+use rcluster::start::cli::{self, Parsed};
 
 fn main() -> ExitCode {
     rcluster::ensure_std_fds();
@@ -61,7 +61,7 @@ fn fail(e: &rcluster::Error) -> ExitCode {
 /// The binary's master: everything that can be refused is checked before
 /// anything is forked (the command, the user, the addresses), then the
 /// workers are forked and exec'd.
-fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Error> {
+fn run(config: &rcluster::start::config::Config, log: &Log) -> Result<(), rcluster::Error> {
     let command = command::resolve(&config.command)?;
     let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
     let shim = match config.shim {
@@ -80,7 +80,7 @@ fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Err
     let env_file = config
         .env_file
         .as_deref()
-        .map(rcluster::envfile::EnvSource::open)
+        .map(rcluster::start::envfile::EnvSource::open)
         .transpose()
         .map_err(|e| rcluster::Error::EnvFile {
             message: e.message,
@@ -107,11 +107,11 @@ fn run(config: &rcluster::config::Config, log: &Log) -> Result<(), rcluster::Err
     }
     // Whatever the workers start comes back to the master if orphaned, so
     // nothing they start can outlive them unnoticed.
-    if let Err(e) = rcluster::reap::become_subreaper() {
+    if let Err(e) = rcluster::shell::reap::become_subreaper() {
         let line = format!("rcluster: cannot become a child subreaper: {e}\n");
         let _ = std::io::stderr().write_all(line.as_bytes());
     }
     // Parsing and binding are done: what they used need not stay resident.
-    let _ = rcluster::trim::after_startup();
-    rcluster::master::serve(setup, launcher, log)
+    let _ = rcluster::shell::trim::after_startup();
+    rcluster::shell::serve(setup, launcher, log)
 }

@@ -8,15 +8,15 @@ use std::os::fd::{AsRawFd, RawFd};
 use libc::c_char;
 use nix::fcntl::OFlag;
 
-use crate::shim::Shim;
-use crate::spawn::CallFailed;
-use crate::spawn::child::{self, ChildPlan, PID_DIGITS};
-use crate::spawn::command::{Command, Identity};
-use crate::spawn::env::{Value, WorkerEnv, slot_vars};
+use crate::launch::shim::Shim;
+use crate::launch::spawn::CallFailed;
+use crate::launch::spawn::child::{self, ChildPlan, PID_DIGITS};
+use crate::launch::spawn::command::{Command, Identity};
+use crate::launch::spawn::env::{Value, WorkerEnv, slot_vars};
 use crate::vocab::{Generation, SlotId};
 
 use super::{Capture, Launch, Launched, OutputPipe, Reaping};
-use crate::output::Stream;
+use crate::shell::output::Stream;
 
 /// What every worker of this master gets; [`Launch::launch`] adds the slot
 /// and generation.

@@ -12,10 +12,10 @@ use std::io::{self, Write};
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 
-use crate::signals;
-use crate::spawn::CallFailed;
-use crate::spawn::child::fork_blocked;
-use crate::spawn::env::{Value, is_ours, slot_vars};
+use crate::launch::spawn::CallFailed;
+use crate::launch::spawn::child::fork_blocked;
+use crate::launch::spawn::env::{Value, is_ours, slot_vars};
+use crate::shell::signals;
 use crate::vocab::{Generation, SlotId};
 
 use super::{Launch, Launched, Reaping};

@@ -1,14 +1,19 @@
 //! Starting a worker: one idea, two implementations. The `rcluster` binary
 //! forks and execs a command (`exec.rs`); [`crate::Cluster`] forks and runs
-//! a closure (`fork.rs`). The master's loop knows only [`Launch`].
+//! a closure (`fork.rs`). The master's loop knows only [`Launch`]. What a
+//! started worker is made of (its command, user, environment, and the code
+//! between `fork` and `exec`) is `spawn/`; the library preloaded into it
+//! for `--adopt-bind` and `--http-drain` is `shim/`.
 
 pub mod exec;
 pub mod fork;
+pub mod shim;
+pub mod spawn;
 
 use std::os::fd::{OwnedFd, RawFd};
 
-use crate::output::Stream;
-use crate::spawn::CallFailed;
+use crate::launch::spawn::CallFailed;
+use crate::shell::output::Stream;
 use crate::vocab::{Generation, Pid, SlotId};
 
 /// How a master starts its workers.

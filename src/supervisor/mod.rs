@@ -5,7 +5,7 @@
 //!
 //! It performs no syscalls and never reads the clock, so every decision is
 //! unit-tested with fake instants (see `tests.rs`). The shell that runs it is
-//! `crate::master`.
+//! `crate::shell::master`.
 //!
 //! After each event the supervisor *reconciles* the slots the event touched:
 //! it compares what exists with what should exist (one ready worker of the

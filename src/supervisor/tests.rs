@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::event::*;
 use super::*;
-use crate::log::render::sentence;
+use crate::shell::log::render::sentence;
 use crate::supervisor::record::{Next, Record};
 
 const TERM: i32 = libc::SIGTERM;

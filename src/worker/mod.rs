@@ -26,14 +26,15 @@
 //! (`supervisor::slot::Worker`).
 
 mod exit;
-mod listeners;
 mod shutdown;
 
 use std::io;
 use std::time::Duration;
 
+pub use crate::sockets::inherited::{
+    LISTEN_FDS_START, Listeners, ListenersError, Which, listeners,
+};
 pub use exit::{ExitReason, on_exit, set_exit_deadline};
-pub use listeners::{LISTEN_FDS_START, Listeners, ListenersError, Which, listeners};
 pub use shutdown::{STOP_SIGNALS, Shutdown, Wait, shutdown};
 pub(crate) use shutdown::{install as install_shutdown, restore_default_stop, take_over_stop};
 
@@ -42,25 +43,25 @@ pub(crate) use shutdown::{install as install_shutdown, restore_default_stop, tak
 /// Returns whether a message was sent: `false`, doing nothing, when no
 /// `NOTIFY_SOCKET` is set (the worker runs on its own).
 pub fn ready() -> io::Result<bool> {
-    crate::notify::notify("READY=1")
+    crate::sockets::notify::notify("READY=1")
 }
 
 /// Says the worker is stopping on its own: `STOPPING=1`. Under rcluster its
 /// replacement starts at once.
 pub fn stopping() -> io::Result<bool> {
-    crate::notify::notify("STOPPING=1")
+    crate::sockets::notify::notify("STOPPING=1")
 }
 
 /// A free-form status line the master logs: `STATUS=...`.
 pub fn status(status: &str) -> io::Result<bool> {
     let line: String = status.chars().filter(|&c| c != '\n').collect();
-    crate::notify::notify(&format!("STATUS={line}"))
+    crate::sockets::notify::notify(&format!("STATUS={line}"))
 }
 
 /// A liveness ping: `WATCHDOG=1`. With `--watchdog DUR` a worker must send
 /// one at least every DUR ([`watchdog_interval`] says how often to).
 pub fn watchdog() -> io::Result<bool> {
-    crate::notify::notify("WATCHDOG=1")
+    crate::sockets::notify::notify("WATCHDOG=1")
 }
 
 /// Half the watchdog timeout (`WATCHDOG_USEC`), as systemd recommends, if a

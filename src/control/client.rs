@@ -15,9 +15,9 @@ use std::time::Duration;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::control;
-use crate::rundir;
-use crate::status;
+use crate::control::rundir;
+use crate::control::server as control;
+use crate::control::status;
 use crate::vocab::human;
 
 /// Exit code when no master answers (sysexits' EX_UNAVAILABLE).
@@ -85,7 +85,7 @@ pub enum Command {
     /// Run N workers
     Scale {
         /// How many workers the master should run
-        #[arg(value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_WORKERS as u64))]
+        #[arg(value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::start::config::MAX_WORKERS as u64))]
         workers: u64,
         #[command(flatten)]
         target: Target,
@@ -455,7 +455,7 @@ fn notify(
         complain!("rcluster: nothing to say: pass --ready, --stopping or --status");
         return ExitCode::from(64);
     }
-    match crate::notify::notify_and_wait(&lines.join("\n"), timeout) {
+    match crate::sockets::notify::notify_and_wait(&lines.join("\n"), timeout) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             complain!(

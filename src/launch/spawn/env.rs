@@ -8,7 +8,7 @@ use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::time::Duration;
 
-use crate::listen::Listener;
+use crate::sockets::listen::Listener;
 use crate::vocab::{Generation, SlotId};
 
 /// Variables rcluster sets for workers; inherited values are dropped so a

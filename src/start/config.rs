@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::launch::Capture;
-use crate::listen::ListenSpec;
-use crate::shim::Mode as ShimMode;
+use crate::launch::shim::Mode as ShimMode;
+use crate::sockets::listen::ListenSpec;
 use crate::supervisor::policy::{Balance, Policy, ReadyRule, RestartDelay};
 use crate::supervisor::recycle::RecyclePolicy;
 

@@ -17,7 +17,7 @@ use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
 use crate::error::Error;
-use crate::spawn::env::Value;
+use crate::launch::spawn::env::Value;
 
 const LIBRARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rcluster-shim.so"));
 

@@ -21,8 +21,8 @@ use mio::Registry;
 use mio::net::UnixListener;
 use serde_json::{Value, json};
 
-use crate::endpoint::{Endpoint, Framing, Listener};
-use crate::listen::{self, Occupant};
+use crate::control::endpoint::{Endpoint, Framing, Listener};
+use crate::sockets::listen::{self, Occupant};
 
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         "status" => match value.get("slot") {
             None => Ok(Request::Status { slot: None }),
             Some(slot) => match slot.as_u64() {
-                Some(n) if n < crate::config::MAX_WORKERS as u64 => Ok(Request::Status {
+                Some(n) if n < crate::start::config::MAX_WORKERS as u64 => Ok(Request::Status {
                     slot: Some(n as usize),
                 }),
                 _ => Err(format!("\"slot\" must be a slot number, not {slot}")),
@@ -79,12 +79,14 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         "reload" => Ok(Request::Reload { wait }),
         "stop" => Ok(Request::Stop { wait }),
         _ => match value["workers"].as_u64() {
-            Some(n) if n >= 1 && n <= crate::config::MAX_WORKERS as u64 => Ok(Request::Scale {
-                workers: n as usize,
-            }),
+            Some(n) if n >= 1 && n <= crate::start::config::MAX_WORKERS as u64 => {
+                Ok(Request::Scale {
+                    workers: n as usize,
+                })
+            }
             _ => Err(format!(
                 "scale needs \"workers\": a number from 1 to {}",
-                crate::config::MAX_WORKERS
+                crate::start::config::MAX_WORKERS
             )),
         },
     }

@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use crate::control::usage::Usage;
 use crate::supervisor::Supervisor;
 use crate::supervisor::reload::ReloadOutcome;
-use crate::usage::Usage;
 use crate::vocab::{Exit, Pid, SlotId, count, human, megabytes};
 
 /// What the shell knows that the supervisor does not, fixed at start.

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum, error::ErrorKind};
 
-use crate::client;
-use crate::config::{self, Config, Control, LogFormat};
+use crate::control::client;
 use crate::error::Error;
-use crate::listen::ListenSpec;
-use crate::shim::Mode as ShimMode;
+use crate::launch::shim::Mode as ShimMode;
+use crate::sockets::listen::ListenSpec;
+use crate::start::config::{self, Config, Control, LogFormat};
 use crate::supervisor::policy::{ReadyRule, RestartDelay};
 use crate::vocab::parse_duration;
 
@@ -301,7 +301,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
     Ok(Parsed::Run(Box::new(Config {
         name: args
             .name
-            .unwrap_or_else(|| crate::rundir::default_name(&args.command)),
+            .unwrap_or_else(|| crate::control::rundir::default_name(&args.command)),
         workers: args.workers,
         listen: args.listen,
         backlog: args.backlog,
@@ -423,7 +423,7 @@ fn parse_batch(s: &str) -> Result<Batch, String> {
 }
 
 fn parse_name(s: &str) -> Result<String, String> {
-    if crate::rundir::valid_name(s) {
+    if crate::control::rundir::valid_name(s) {
         Ok(s.to_string())
     } else {
         Err("expected up to 64 letters, digits, '_', '-' or '.' (not first)".into())

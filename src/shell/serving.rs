@@ -30,8 +30,8 @@ use std::path::Path;
 
 use socket2::{SockAddr, SockRef};
 
+use crate::control::usage;
 use crate::supervisor::slot::Serving;
-use crate::usage;
 use crate::vocab::Pid;
 
 /// At most this many processes of a worker's tree, fds of a process,

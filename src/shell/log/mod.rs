@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use slog::{Drain, Logger, o};
 
-use crate::config::LogFormat;
-use crate::output::{LineSink, Stream};
+use crate::shell::output::{LineSink, Stream};
+use crate::start::config::LogFormat;
 use crate::supervisor::record::Record;
 use crate::vocab::{Pid, SlotId};
 use sink::{Pushed, Sink};

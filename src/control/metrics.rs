@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use mio::Registry;
 
-use crate::endpoint::{Endpoint, Framing, http_response};
+use crate::control::endpoint::{Endpoint, Framing, http_response};
+use crate::control::status::{MasterInfo, Observed};
 use crate::error::Error;
-use crate::listen::{self, ListenSpec, SocketFile};
-use crate::status::{MasterInfo, Observed};
+use crate::sockets::listen::{self, ListenSpec, SocketFile};
 use crate::supervisor::Supervisor;
 use crate::supervisor::record::{Next, Record};
 use crate::supervisor::reload::ReloadOutcome;
@@ -208,7 +208,7 @@ impl Metrics {
         sup: &Supervisor,
         info: &MasterInfo,
         observed: &Observed,
-        counts: crate::status::Counts,
+        counts: crate::control::status::Counts,
         now: Instant,
     ) -> String {
         let mut out = Out(String::new());

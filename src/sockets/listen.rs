@@ -17,9 +17,9 @@ use std::str::FromStr;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::endpoint;
+use crate::control::endpoint;
 use crate::error::Error;
-use crate::worker::ListenersError;
+use crate::sockets::inherited::ListenersError;
 
 const FORMS: &str = "expected 127.0.0.1:8080, :8080, [::1]:8080 or unix:/path/app.sock, \
                      optionally prefixed with NAME=";
@@ -143,7 +143,7 @@ pub fn adopt_inherited() -> Result<Vec<Listener>, Error> {
         addr: "the sockets passed in LISTEN_FDS".into(),
         cause,
     };
-    match crate::worker::listeners() {
+    match crate::sockets::inherited::listeners() {
         Ok(listeners) => listeners
             .into_fds()
             .map(|(name, fd)| Listener::adopt(name, fd).map_err(|e| error(e.to_string())))
@@ -249,7 +249,7 @@ fn bind_tcp(addr: SocketAddr, backlog: i32, reuseport: bool) -> io::Result<Socke
 fn tcp_cause(e: &io::Error, port: u16) -> String {
     match e.kind() {
         io::ErrorKind::AddrInUse => {
-            let holders = crate::portcheck::holders(port);
+            let holders = crate::sockets::portcheck::holders(port);
             if holders.is_empty() {
                 return "address already in use (another process listens there; stop it or \
                         pick another port)"
