@@ -1,6 +1,9 @@
 //! The words every part of rcluster shares: which process ([`Pid`]), which
-//! position ([`SlotId`]), which release ([`Generation`]), how a process
-//! ended ([`Exit`]), and how logs write signals, errnos and durations.
+//! position ([`SlotId`]) and queue ([`Lane`]), which release
+//! ([`Generation`]), how a process ended ([`Exit`]), what the notify
+//! protocol carries ([`NotifyMsg`], [`ManagerState`]), a worker's output
+//! streams ([`Stream`]), the master's signals, the largest worker count,
+//! and how logs write signals, errnos and durations.
 //!
 //! A leaf: it imports nothing of the crate, so any module may use it.
 
@@ -14,6 +17,61 @@ pub type SlotId = usize;
 
 /// How many reloads a worker's configuration has seen; bumped by every `HUP`.
 pub type Generation = u64;
+
+/// One of a slot's two queues, with `--balance reuseport` (else always 0).
+pub type Lane = u8;
+
+/// More workers than this is a typo, not a deployment.
+pub const MAX_WORKERS: usize = 4096;
+
+/// Every signal the master handles (and a forked worker sets back to its
+/// default).
+pub const MASTER_SIGNALS: &[i32] = &[
+    libc::SIGHUP,
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGCHLD,
+    libc::SIGUSR1,
+];
+
+/// A message a worker sent over the sd_notify protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyMsg {
+    Ready,
+    Stopping,
+    Watchdog,
+    Status(String),
+}
+
+/// What the service manager above rcluster (systemd) should be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManagerState {
+    Ready,
+    Reloading,
+    Stopping,
+    /// A line for `systemctl status`: what serves, how the last reload
+    /// ended.
+    Status(String),
+}
+
+/// A worker's output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
 
 /// How a process ended, as `waitpid` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

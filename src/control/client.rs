@@ -85,7 +85,7 @@ pub enum Command {
     /// Run N workers
     Scale {
         /// How many workers the master should run
-        #[arg(value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::start::config::MAX_WORKERS as u64))]
+        #[arg(value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::vocab::MAX_WORKERS as u64))]
         workers: u64,
         #[command(flatten)]
         target: Target,

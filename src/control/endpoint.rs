@@ -89,6 +89,18 @@ pub enum Listener {
 }
 
 impl Listener {
+    /// A bound socket, made non-blocking, as one the master serves itself
+    /// (`/metrics`).
+    pub fn from_socket(socket: socket2::Socket) -> io::Result<Listener> {
+        socket.set_nonblocking(true)?;
+        let unix = socket.local_addr()?.as_socket().is_none();
+        let fd = std::os::fd::OwnedFd::from(socket);
+        Ok(match unix {
+            true => Listener::Unix(UnixListener::from_std(fd.into())),
+            false => Listener::Tcp(TcpListener::from_std(fd.into())),
+        })
+    }
+
     fn accept(&self) -> io::Result<Stream> {
         match self {
             Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use mio::Registry;
 
-use crate::control::endpoint::{Endpoint, Framing, http_response};
+use crate::control::endpoint::{self, Endpoint, Framing, http_response};
 use crate::control::status::{MasterInfo, Observed};
 use crate::error::Error;
 use crate::sockets::listen::{self, ListenSpec, SocketFile};
@@ -40,8 +40,8 @@ impl MetricsServer {
             .pop()
             .expect("one listener for one spec");
         let addr = listener.local.clone();
-        let (listener, file) = listener
-            .into_endpoint()
+        let (socket, file) = listener.into_parts();
+        let listener = endpoint::Listener::from_socket(socket)
             .map_err(|e| Error::os("serving --metrics", e))?;
         Ok(MetricsServer {
             endpoint: Endpoint::new(listener, Framing::HttpHead, None),

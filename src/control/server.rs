@@ -70,7 +70,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         "status" => match value.get("slot") {
             None => Ok(Request::Status { slot: None }),
             Some(slot) => match slot.as_u64() {
-                Some(n) if n < crate::start::config::MAX_WORKERS as u64 => Ok(Request::Status {
+                Some(n) if n < crate::vocab::MAX_WORKERS as u64 => Ok(Request::Status {
                     slot: Some(n as usize),
                 }),
                 _ => Err(format!("\"slot\" must be a slot number, not {slot}")),
@@ -79,14 +79,12 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         "reload" => Ok(Request::Reload { wait }),
         "stop" => Ok(Request::Stop { wait }),
         _ => match value["workers"].as_u64() {
-            Some(n) if n >= 1 && n <= crate::start::config::MAX_WORKERS as u64 => {
-                Ok(Request::Scale {
-                    workers: n as usize,
-                })
-            }
+            Some(n) if n >= 1 && n <= crate::vocab::MAX_WORKERS as u64 => Ok(Request::Scale {
+                workers: n as usize,
+            }),
             _ => Err(format!(
                 "scale needs \"workers\": a number from 1 to {}",
-                crate::start::config::MAX_WORKERS
+                crate::vocab::MAX_WORKERS
             )),
         },
     }

@@ -16,7 +16,7 @@ use crate::launch::spawn::env::{Value, WorkerEnv, slot_vars};
 use crate::vocab::{Generation, SlotId};
 
 use super::{Capture, Launch, Launched, OutputPipe, Reaping};
-use crate::shell::output::Stream;
+use crate::vocab::Stream;
 
 /// What every worker of this master gets; [`Launch::launch`] adds the slot
 /// and generation.

@@ -15,8 +15,7 @@ use std::panic::{self, AssertUnwindSafe};
 use crate::launch::spawn::CallFailed;
 use crate::launch::spawn::child::fork_blocked;
 use crate::launch::spawn::env::{Value, is_ours, slot_vars};
-use crate::shell::signals;
-use crate::vocab::{Generation, SlotId};
+use crate::vocab::{Generation, MASTER_SIGNALS, SlotId};
 
 use super::{Launch, Launched, Reaping};
 
@@ -82,7 +81,8 @@ impl<'r> ForkLauncher<'r> {
                 unsafe { libc::close(*fd) };
             }
         }
-        for &signal in signals::HANDLED {
+        for &signal in MASTER_SIGNALS {
+            let signal = nix::sys::signal::Signal::try_from(signal)?;
             // SAFETY: restores a default disposition.
             unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) }?;
         }
@@ -107,7 +107,14 @@ impl<'r> ForkLauncher<'r> {
                 std::env::set_var(key, value);
             }
         }
-        signals::unblock_all()
+        // The master reads its signals from a signalfd, with them blocked:
+        // a worker receives them.
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&nix::sys::signal::SigSet::empty()),
+            None,
+        )?;
+        Ok(())
     }
 }
 

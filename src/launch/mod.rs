@@ -13,7 +13,7 @@ pub mod spawn;
 use std::os::fd::{OwnedFd, RawFd};
 
 use crate::launch::spawn::CallFailed;
-use crate::shell::output::Stream;
+use crate::vocab::Stream;
 use crate::vocab::{Generation, Pid, SlotId};
 
 /// How a master starts its workers.

@@ -38,7 +38,7 @@ use crate::supervisor::Supervisor;
 use crate::supervisor::event::{Action, Event, MasterSignal, Outcome};
 use crate::supervisor::record::Record;
 use crate::supervisor::reload::ReloadOutcome;
-use crate::supervisor::slot::Lane;
+use crate::vocab::Lane;
 use crate::vocab::{Generation, Pid, SlotId, errno_name};
 
 const SIGNALS: Token = Token(0);

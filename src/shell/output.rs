@@ -137,20 +137,7 @@ fn is_noise(line: &&str) -> bool {
         || trimmed.chars().all(|c| c == '^' || c == '~')
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-impl Stream {
-    pub fn name(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
-}
+pub use crate::vocab::Stream;
 
 struct Pipe {
     fd: OwnedFd,

@@ -13,24 +13,14 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::supervisor::event::MasterSignal;
-use crate::vocab::Pid;
-
-/// Every signal the master handles.
-pub const HANDLED: &[Signal] = &[
-    Signal::SIGHUP,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
-    Signal::SIGCHLD,
-    Signal::SIGUSR1,
-];
+use crate::vocab::{MASTER_SIGNALS, Pid};
 
 fn handled() -> SigSet {
     let mut set = SigSet::empty();
-    for &signal in HANDLED {
-        set.add(signal);
+    for &signal in MASTER_SIGNALS {
+        if let Ok(signal) = Signal::try_from(signal) {
+            set.add(signal);
+        }
     }
     set
 }
@@ -75,13 +65,6 @@ impl AsRawFd for Signals {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
-}
-
-/// Unblocks every signal: what a child forked from the master does before
-/// it runs anything of its own.
-pub fn unblock_all() -> io::Result<()> {
-    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-    Ok(())
 }
 
 /// What a signal asks the supervisor for; `None` for the two the shell

@@ -32,7 +32,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Socket, Type};
 
-use crate::supervisor::slot::Lane;
+use crate::vocab::Lane;
 use crate::vocab::SlotId;
 
 /// One instruction of a classic BPF program (`struct sock_filter`).

@@ -17,7 +17,6 @@ use std::str::FromStr;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::control::endpoint;
 use crate::error::Error;
 use crate::sockets::inherited::ListenersError;
 
@@ -108,16 +107,10 @@ impl Listener {
         self.socket.as_raw_fd()
     }
 
-    /// The socket as one the master serves itself (`/metrics`), non-blocking;
-    /// the returned guard removes a Unix socket's file when dropped.
-    pub fn into_endpoint(self) -> io::Result<(endpoint::Listener, Option<SocketFile>)> {
-        self.socket.set_nonblocking(true)?;
-        let fd = OwnedFd::from(self.socket);
-        let listener = match self.local.starts_with("unix:") {
-            true => endpoint::Listener::Unix(mio::net::UnixListener::from_std(fd.into())),
-            false => endpoint::Listener::Tcp(mio::net::TcpListener::from_std(fd.into())),
-        };
-        Ok((listener, self._socket_file))
+    /// The socket and, for a Unix socket this process made, the guard that
+    /// removes its file when dropped.
+    pub fn into_parts(self) -> (Socket, Option<SocketFile>) {
+        (self.socket, self._socket_file)
     }
 
     /// Wraps a socket the master was given (systemd socket activation).

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 
-use crate::supervisor::event::{ManagerState, NotifyMsg};
 use crate::vocab::Pid;
+use crate::vocab::{ManagerState, NotifyMsg};
 
 /// systemd accepts datagrams up to this size; longer ones are not ours.
 const MAX_DATAGRAM: usize = 4096;

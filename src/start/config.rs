@@ -32,8 +32,7 @@ pub const MEMORY_CHECK: Duration = Duration::from_secs(5);
 /// `--balance reuseport`: how long a worker steered away from (replaced or
 /// scaled away) goes on accepting, to empty what was queued for it.
 pub const RETIRE_GRACE: Duration = Duration::from_millis(250);
-/// More workers than this is a typo, not a deployment.
-pub const MAX_WORKERS: usize = 4096;
+pub use crate::vocab::MAX_WORKERS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

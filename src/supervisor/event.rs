@@ -4,11 +4,12 @@
 //!
 //! Nothing here performs a syscall. Pids and signal numbers are plain data.
 
-use crate::vocab::{Exit, Generation, Pid, SlotId};
+use crate::vocab::{Exit, Generation, Lane, Pid, SlotId};
+pub use crate::vocab::{ManagerState, NotifyMsg};
 
 use super::record::Record;
 use super::reload::ReloadOutcome;
-use super::slot::{Lane, Serving};
+use super::slot::Serving;
 
 /// A signal sent to the master, already translated into what it asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,15 +28,6 @@ pub enum MasterSignal {
     ScaleUp,
     /// `TTOU`: one worker less, never fewer than one.
     ScaleDown,
-}
-
-/// A message a worker sent over the sd_notify protocol.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotifyMsg {
-    Ready,
-    Stopping,
-    Watchdog,
-    Status(String),
 }
 
 /// A fact the shell observed. Every event is handled with the one `now` the
@@ -106,17 +98,6 @@ pub enum Event {
     },
     /// The poll timed out: a deadline from `next_deadline` has passed.
     Timeout,
-}
-
-/// What the service manager above rcluster (systemd) should be told.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ManagerState {
-    Ready,
-    Reloading,
-    Stopping,
-    /// A line for `systemctl status`: what serves, how the last reload
-    /// ended.
-    Status(String),
 }
 
 /// How the master ends.

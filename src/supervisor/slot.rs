@@ -83,8 +83,7 @@ impl SlotView {
     }
 }
 
-/// One of a slot's two queues, with `--balance reuseport` (else always 0).
-pub type Lane = u8;
+pub use crate::vocab::Lane;
 
 /// One worker process as the master sees it.
 #[derive(Debug, Clone)]

@@ -1,7 +1,10 @@
-//! The source tree's shape: every file under `src/` starts with a module
-//! doc saying what it holds, and no file reaches itself through imports
-//! (`use crate::…`, `use super::…`, or a `crate::…` path in code), however
-//! long the circle.
+//! The source tree's shape (ARCHITECTURE.md): every file under `src/`
+//! starts with a module doc saying what it holds; no file reaches itself
+//! through imports (`use crate::…`, `use super::…`, or a `crate::…` path in
+//! code), however long the circle, except a module and its own children (a
+//! child extending its parent's type is part of it); the parts import one
+//! another only in the directions the architecture allows; and no file or
+//! function is too long to hold in one's head.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -225,9 +228,25 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
+/// Whether module `a` is `b`'s ancestor or descendant (a child module
+/// extending its parent's type is one module, not a circle).
+fn related(src: &Path, a: &Path, b: &Path) -> bool {
+    let (a, b) = (module_of(src, a), module_of(src, b));
+    a.starts_with(&b) || b.starts_with(&a)
+}
+
+/// The graph without the edges between a module and its own children.
+fn between_modules(src: &Path) -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
+    let mut graph = import_graph(src);
+    for (file, edges) in &mut graph {
+        edges.retain(|target| !related(src, file, target));
+    }
+    graph
+}
+
 #[test]
 fn no_source_file_reaches_itself_through_imports() {
-    let graph = import_graph(&src());
+    let graph = between_modules(&src());
     let edges: usize = graph.values().map(BTreeSet::len).sum();
     assert!(edges > 50, "the import graph looks empty: {edges} edges");
     if let Some(cycle) = find_cycle(&graph) {
@@ -249,8 +268,22 @@ fn the_cycle_finder_finds_a_circle() {
     )
     .unwrap();
     std::fs::write(src.join("sup/x.rs"), "//! x\nfn f() { crate::a::g(); }\n").unwrap();
-    let cycle = find_cycle(&import_graph(&src)).expect("a -> sup/x -> a");
+    let cycle = find_cycle(&between_modules(&src)).expect("a -> sup/x -> a");
     assert_eq!(cycle.len(), 2, "{cycle:?}");
+    // A child that extends its parent's type is not a circle; two
+    // siblings that import each other are.
+    std::fs::write(src.join("a.rs"), "//! a\n").unwrap();
+    std::fs::write(src.join("sup/x.rs"), "//! x\nuse super::Y;\nimpl Y {}\n").unwrap();
+    std::fs::write(
+        src.join("sup/mod.rs"),
+        "//! sup\npub mod x;\npub mod z;\npub struct Y;\nfn f() { x::g(); }\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("sup/z.rs"), "//! z\n").unwrap();
+    assert_eq!(find_cycle(&between_modules(&src)), None);
+    std::fs::write(src.join("sup/x.rs"), "//! x\nuse super::z::Z;\n").unwrap();
+    std::fs::write(src.join("sup/z.rs"), "//! z\nuse super::x::X;\n").unwrap();
+    assert!(find_cycle(&between_modules(&src)).is_some());
 }
 
 #[test]
@@ -261,4 +294,106 @@ fn every_source_file_says_what_it_holds() {
         .map(|(path, _)| path.display().to_string())
         .collect();
     assert!(undocumented.is_empty(), "no module doc: {undocumented:?}");
+}
+
+/// The part of the architecture a file belongs to: its top folder, or the
+/// few files that stand alone.
+fn part_of(src: &Path, file: &Path) -> &'static str {
+    let rel = file.strip_prefix(src).expect("under src/");
+    let top = rel
+        .iter()
+        .next()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    match top {
+        "vocab.rs" | "error.rs" => "words",
+        "supervisor" => "policy",
+        "sockets" => "sockets",
+        "launch" => "launch",
+        "start" => "start",
+        "control" => "control",
+        "shell" => "shell",
+        "worker" | "cluster.rs" => "library",
+        "lib.rs" | "main.rs" => "root",
+        other => {
+            panic!("{other}: a file outside every part (add it to one, and to ARCHITECTURE.md)")
+        }
+    }
+}
+
+/// What each part may import, and why not the others.
+const DIRECTIONS: &[(&str, &[&str], &str)] = &[
+    (
+        "words",
+        &["words"],
+        "the words every part shares import nothing",
+    ),
+    (
+        "policy",
+        &["words"],
+        "the policy imports none of the other parts: it decides and does nothing",
+    ),
+    (
+        "sockets",
+        &["words"],
+        "sockets know nothing of the supervisor, the loop, the start-up or the control plane: what crosses is words (vocab.rs)",
+    ),
+    (
+        "launch",
+        &["words", "sockets"],
+        "starting a worker knows no policy and no loop",
+    ),
+    (
+        "control",
+        &["words", "policy", "sockets"],
+        "the control plane reads the supervisor's state, and starts nothing: no launch, no loop, no start-up",
+    ),
+    (
+        "start",
+        &["words", "policy", "sockets", "launch", "control"],
+        "the start-up knows nothing of the loop it prepares",
+    ),
+    (
+        "shell",
+        &["words", "policy", "sockets", "launch", "start", "control"],
+        "the loop does not use the library built on it",
+    ),
+    (
+        "library",
+        &[
+            "words", "policy", "sockets", "launch", "start", "control", "shell", "library",
+        ],
+        "",
+    ),
+    (
+        "root",
+        &[
+            "words", "policy", "sockets", "launch", "start", "control", "shell", "library",
+        ],
+        "",
+    ),
+];
+
+#[test]
+fn the_parts_import_one_another_only_as_the_architecture_allows() {
+    let src = src();
+    let mut broken = Vec::new();
+    for (file, targets) in import_graph(&src) {
+        let from = part_of(&src, &file);
+        let (_, allowed, why) = DIRECTIONS
+            .iter()
+            .find(|(part, _, _)| *part == from)
+            .expect("every part has its directions");
+        for target in targets {
+            let to = part_of(&src, &target);
+            if to != from && !allowed.contains(&to) {
+                broken.push(format!(
+                    "{} ({from}) imports {} ({to}): {why}",
+                    file.strip_prefix(&src).unwrap().display(),
+                    target.strip_prefix(&src).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
