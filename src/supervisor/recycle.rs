@@ -1,11 +1,15 @@
 //! Recycling: a serving worker over `--max-memory`, or older than
 //! `--max-age`, is replaced the way a reload replaces one (its successor
-//! starts and is ready first, then it drains), one slot at a time. This
-//! file holds the rules; `mod.rs` carries them out.
+//! starts and is ready first, then it drains), one slot at a time: the
+//! rules, and the supervisor's steps.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::vocab::SlotId;
+use crate::vocab::{Pid, SlotId};
+
+use super::record::Record;
+use super::timers::Timer;
+use super::{Failure, Phase, Supervisor};
 
 /// What recycling is set to (`--max-memory`, `--max-age`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +75,123 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
         (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Supervisor {
+    pub(super) fn schedule_memory_check(&mut self, now: Instant) {
+        if self.policy.recycle.max_memory.is_some() && self.memory_check_at.is_none() {
+            let at = now + self.policy.recycle.memory_check;
+            self.memory_check_at = Some(at);
+            self.timers.change(Timer::MemoryCheck, None, Some(at));
+        }
+    }
+
+    /// The answer to a memory check: workers over the limit are due.
+    pub(super) fn on_memory(&mut self, rss: Vec<(Pid, u64)>) {
+        let Some(limit) = self.policy.recycle.max_memory else {
+            return;
+        };
+        for (pid, rss) in rss {
+            if rss > limit {
+                self.make_due(pid, RecycleReason::Memory { rss, limit });
+            }
+        }
+    }
+
+    /// Queues a serving worker for recycling (once).
+    pub(super) fn make_due(&mut self, pid: Pid, reason: RecycleReason) {
+        let serving = self
+            .workers
+            .get(&pid)
+            .is_some_and(|w| w.state.is_ready() && w.state.is_attached());
+        let queued = self.due.contains_key(&pid) || self.recycling.is_some_and(|(p, _)| p == pid);
+        if serving && !queued && self.phase == Phase::Running {
+            self.due.insert(pid, Due { reason, failed: 0 });
+            if let Some(w) = self.workers.get(&pid) {
+                self.dirty.insert(w.slot);
+            }
+        }
+    }
+
+    /// Starts the next recycle, if none is under way and no reload is: the
+    /// worker's successor starts now, in the same slot; `retire_replaced`
+    /// stops the worker once the successor is ready.
+    pub(super) fn start_recycle(&mut self) {
+        if self.recycling.is_some() || self.reload.is_some() {
+            return;
+        }
+        let due: Vec<(Pid, Due)> = self.due.iter().map(|(&p, &d)| (p, d)).collect();
+        for (pid, entry) in due {
+            let Some(worker) = self.workers.get(&pid) else {
+                self.due.remove(&pid);
+                continue;
+            };
+            if !(worker.state.is_ready() && worker.state.is_attached()) {
+                self.due.remove(&pid);
+                continue;
+            }
+            let slot = worker.slot;
+            let s = &self.slots[slot];
+            // A slot already replacing, or backing off after a failed
+            // successor, waits.
+            if s.attached.len() > 1 || s.spawning.is_some() || s.restart_at.is_some() {
+                continue;
+            }
+            self.due.remove(&pid);
+            self.recycling = Some((pid, entry.reason));
+            self.failed_successors = entry.failed;
+            self.log(Record::WorkerRecycled {
+                slot,
+                pid,
+                reason: entry.reason,
+            });
+            self.spawn(slot);
+            self.refresh(slot);
+            return;
+        }
+    }
+
+    /// A worker failed: if it was a recycle's successor, the recycle waits
+    /// and is tried again after a delay that grows with each failure; the
+    /// worker it was to replace keeps serving.
+    pub(super) fn recycle_failed(&mut self, failure: &Failure, now: Instant) {
+        let Some((old, reason)) = self.recycling else {
+            return;
+        };
+        let same_slot = self
+            .workers
+            .get(&old)
+            .is_some_and(|w| w.slot == failure.slot);
+        if !same_slot || failure.pid == Some(old) || failure.ready_for.is_some() {
+            return;
+        }
+        self.recycling = None;
+        let failed = self.failed_successors + 1;
+        self.due.insert(old, Due { reason, failed });
+        let delay = self.policy.restart_delay.after(failed);
+        self.set_restart(failure.slot, Some(now + delay));
+    }
+
+    /// A worker exited: it is no longer due for recycling, nor timed, nor
+    /// retiring.
+    pub(super) fn forget_pending(&mut self, pid: Pid) {
+        if let Some((at, _)) = self.retiring.remove(&pid) {
+            self.timers.change(Timer::Retiring(pid), Some(at), None);
+        }
+        self.forget_recycling(pid);
+    }
+
+    /// A worker is on its way out: it is no longer due for recycling, nor
+    /// timed.
+    pub(super) fn forget_recycling(&mut self, pid: Pid) {
+        self.due.remove(&pid);
+        if let Some((at, _)) = self.age_limits.remove(&pid) {
+            self.timers.change(Timer::Age(pid), Some(at), None);
+        }
+        if self.recycling.is_some_and(|(p, _)| p == pid) {
+            self.recycling = None;
+        }
     }
 }
 

@@ -3,9 +3,14 @@
 use std::time::{Duration, Instant};
 
 use super::event::*;
+use super::lifecycle::WATCHDOG_KILL_GRACE;
+use super::policy::ReadyRule;
+use super::reload::ReloadOutcome;
+use super::slot::{Lane, ReadyBy, Serving};
 use super::*;
 use crate::shell::log::render::sentence;
 use crate::supervisor::record::{Next, Record};
+use crate::vocab::Exit;
 
 const TERM: i32 = libc::SIGTERM;
 
@@ -28,6 +33,42 @@ fn policy(workers: usize) -> Policy {
         watchdog: None,
         recycle: Default::default(),
         balance: None,
+    }
+}
+
+impl Supervisor {
+    /// The indexes and counts, recomputed the slow way: for tests.
+    pub fn check_index(&self) {
+        for (id, slot) in self.slots.iter().enumerate() {
+            let mut indexed = slot.attached.clone();
+            indexed.sort();
+            let scanned: Vec<Pid> = self
+                .workers
+                .values()
+                .filter(|w| w.slot == id && w.state.is_attached())
+                .map(|w| w.pid)
+                .collect();
+            assert_eq!(indexed, scanned, "slot {id}'s index");
+        }
+        let timers = self
+            .workers
+            .values()
+            .filter(|w| w.state.deadline().is_some())
+            .count()
+            + self.slots.iter().filter(|s| s.restart_at.is_some()).count()
+            + self.groups.len()
+            + self.strays.values().filter(|at| at.is_some()).count()
+            + self.age_limits.len()
+            + self.retiring.len()
+            + usize::from(self.memory_check_at.is_some());
+        assert_eq!(self.timers.len(), timers, "one timer per deadline");
+        let ready = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(id, _)| self.attached(id).any(|w| w.state.is_ready()))
+            .count();
+        assert_eq!(self.ready_slots, ready, "ready slots");
     }
 }
 
