@@ -5,10 +5,11 @@
 //! Nothing here performs a syscall. Pids and signal numbers are plain data.
 
 use crate::vocab::{Exit, Generation, Lane, Pid, SlotId};
+use std::time::Duration;
+
 pub use crate::vocab::{ManagerState, NotifyMsg};
 
 use super::record::Record;
-use super::reload::ReloadOutcome;
 use super::slot::Serving;
 
 /// A signal sent to the master, already translated into what it asks for.
@@ -201,4 +202,21 @@ pub enum Action {
     ReloadFinished(ReloadOutcome),
     /// The master is done: exit.
     Exit(Outcome),
+}
+
+/// How a reload ended, for `rcluster status` and `reload --wait`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Complete {
+        generation: Generation,
+        duration: Duration,
+    },
+    /// A new worker failed; `cause` says how ("exited with code 1 after
+    /// 5ms").
+    Aborted {
+        generation: Generation,
+        cause: String,
+    },
+    /// The master began to stop before the reload was done.
+    Interrupted { generation: Generation },
 }

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use super::recycle::RecyclePolicy;
-
 /// Everything the core needs to know about policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -86,4 +84,16 @@ impl RestartDelay {
             .saturating_mul(2u32.saturating_pow(doublings))
             .min(self.max)
     }
+}
+
+/// What recycling is set to (`--max-memory`, `--max-age`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecyclePolicy {
+    /// Resident bytes of a worker's process tree.
+    pub max_memory: Option<u64>,
+    pub max_age: Option<Duration>,
+    /// How often memory is looked at, when `max_memory` is set.
+    pub memory_check: Duration,
+    /// Seeds the age jitter (the shell passes a random one; tests a fixed one).
+    pub seed: u64,
 }

@@ -13,8 +13,7 @@ use slog::Level;
 
 use crate::vocab::{Exit, Generation, Pid, SlotId};
 
-use super::recycle::RecycleReason;
-use super::slot::{ReadyBy, StopReason};
+use super::slot::{ReadyBy, RecycleReason, StopReason};
 
 /// What happens after a worker ended, as its exit record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

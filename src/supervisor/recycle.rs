@@ -11,34 +11,8 @@ use super::record::Record;
 use super::timers::Timer;
 use super::{Failure, Phase, Supervisor};
 
-/// What recycling is set to (`--max-memory`, `--max-age`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RecyclePolicy {
-    /// Resident bytes of a worker's process tree.
-    pub max_memory: Option<u64>,
-    pub max_age: Option<Duration>,
-    /// How often memory is looked at, when `max_memory` is set.
-    pub memory_check: Duration,
-    /// Seeds the age jitter (the shell passes a random one; tests a fixed one).
-    pub seed: u64,
-}
-
-/// Why a serving worker is replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecycleReason {
-    Memory { rss: u64, limit: u64 },
-    Age { limit: Duration },
-}
-
-impl RecycleReason {
-    /// Its label in `/metrics` and the JSON log.
-    pub fn name(&self) -> &'static str {
-        match self {
-            RecycleReason::Memory { .. } => "memory",
-            RecycleReason::Age { .. } => "age",
-        }
-    }
-}
+pub use super::policy::RecyclePolicy;
+pub use super::slot::RecycleReason;
 
 /// A worker due for recycling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

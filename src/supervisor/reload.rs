@@ -8,7 +8,7 @@
 //! cost the same with 8 workers as with 1024.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::vocab::{Generation, Pid, SlotId, human};
 
@@ -45,22 +45,7 @@ pub enum Canary {
     Proven,
 }
 
-/// How a reload ended, for `rcluster status` and `reload --wait`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReloadOutcome {
-    Complete {
-        generation: Generation,
-        duration: Duration,
-    },
-    /// A new worker failed; `cause` says how ("exited with code 1 after
-    /// 5ms").
-    Aborted {
-        generation: Generation,
-        cause: String,
-    },
-    /// The master began to stop before the reload was done.
-    Interrupted { generation: Generation },
-}
+pub use super::event::ReloadOutcome;
 
 /// Every slot sorted by where it stands against the target generation.
 #[derive(Debug, Default)]

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use crate::vocab::{Exit, Generation, Pid, SlotId};
 
 use super::backoff::Backoff;
-use super::recycle::RecycleReason;
 
 /// A stable position `0..workers`. Its worker may come and go; the slot
 /// remembers how often it crashed and when it may start the next one.
@@ -293,4 +292,21 @@ pub enum StopReason {
     WorkerStopping,
     /// Its successor is ready; it was over `--max-memory` or `--max-age`.
     Recycled(RecycleReason),
+}
+
+/// Why a serving worker is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecycleReason {
+    Memory { rss: u64, limit: u64 },
+    Age { limit: Duration },
+}
+
+impl RecycleReason {
+    /// Its label in `/metrics` and the JSON log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RecycleReason::Memory { .. } => "memory",
+            RecycleReason::Age { .. } => "age",
+        }
+    }
 }
