@@ -196,7 +196,8 @@ pub struct Endpoint {
     framing: Framing,
     /// Only peers of this uid, or root, are served (the control socket).
     peer_uid: Option<u32>,
-    base: usize,
+    /// The token of client `id`.
+    client_token: fn(usize) -> Token,
     conns: HashMap<usize, Conn>,
     next_id: usize,
     /// An fd held in reserve for when the process is out of fds.
@@ -214,16 +215,22 @@ impl Endpoint {
             listener,
             framing,
             peer_uid,
-            base: 0,
+            client_token: |id| Token(id),
             conns: HashMap::new(),
             next_id: 0,
             reserve: reserve_fd(),
         }
     }
 
-    /// Registers the listener as `listen`; connections get `base + id`.
-    pub fn register(&mut self, registry: &Registry, listen: Token, base: usize) -> io::Result<()> {
-        self.base = base;
+    /// Registers the listener as `listen`; client `id` gets
+    /// `client_token(id)`.
+    pub fn register(
+        &mut self,
+        registry: &Registry,
+        listen: Token,
+        client_token: fn(usize) -> Token,
+    ) -> io::Result<()> {
+        self.client_token = client_token;
         let source: &mut dyn Source = match &mut self.listener {
             Listener::Unix(l) => l,
             Listener::Tcp(l) => l,
@@ -231,9 +238,9 @@ impl Endpoint {
         registry.register(source, listen, Interest::READABLE)
     }
 
-    pub fn owns(&self, token: Token) -> Option<usize> {
-        let id = token.0.checked_sub(self.base)?;
-        self.conns.contains_key(&id).then_some(id)
+    /// Whether client `id` is still one of this endpoint's.
+    pub fn knows(&self, id: usize) -> bool {
+        self.conns.contains_key(&id)
     }
 
     /// The listener's and every client's fd (a forked worker closes them).
@@ -276,7 +283,7 @@ impl Endpoint {
                 waiting: false,
                 deadline: now + FIRST_BYTE_DEADLINE,
             };
-            let token = Token(self.base + id);
+            let token = (self.client_token)(id);
             if registry
                 .register(
                     conn.stream.source(),

@@ -16,6 +16,7 @@ pub mod reap;
 pub mod serving;
 pub mod setup;
 pub mod signals;
+mod token;
 pub mod trim;
 
 pub use master::serve;

@@ -152,7 +152,8 @@ struct Pipe {
 
 /// The read ends of every worker's output pipes, keyed by token.
 pub struct Output {
-    base: usize,
+    /// The token of pipe `id`.
+    pipe_token: fn(usize) -> Token,
     pipes: HashMap<usize, Pipe>,
     next: usize,
     /// Pipes that had more to read when their budget ran out.
@@ -162,9 +163,9 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn new(base: usize) -> Output {
+    pub fn new(pipe_token: fn(usize) -> Token) -> Output {
         Output {
-            base,
+            pipe_token,
             pipes: HashMap::new(),
             next: 0,
             pending: BTreeSet::new(),
@@ -185,7 +186,7 @@ impl Output {
         self.next = (self.next + 1) % (1 << 24);
         registry.register(
             &mut SourceFd(&fd.as_raw_fd()),
-            Token(self.base + id),
+            (self.pipe_token)(id),
             Interest::READABLE,
         )?;
         self.pipes.insert(
@@ -241,9 +242,9 @@ impl Output {
         }
     }
 
-    pub fn owns(&self, token: Token) -> Option<usize> {
-        let id = token.0.checked_sub(self.base)?;
-        self.pipes.contains_key(&id).then_some(id)
+    /// Whether pipe `id` is still watched.
+    pub fn knows(&self, id: usize) -> bool {
+        self.pipes.contains_key(&id)
     }
 
     pub fn has_pending(&self) -> bool {

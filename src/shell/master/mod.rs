@@ -1,0 +1,401 @@
+//! The shell around the `Supervisor`: one thread, one `mio::Poll`. It turns
+//! signals, exec pipes, notify datagrams, control requests and deadlines
+//! into `Event`s, and carries out the `Action`s that come back. It is the
+//! only code that reads the clock.
+//!
+//! It never sleeps and never ticks: the poll timeout is the supervisor's
+//! next deadline (or a control client's), or none, so an idle master wakes
+//! up zero times a second. How workers are started is the [`Launch`]er's
+//! business; what was set up before the loop is `setup.rs`'s.
+
+mod execute;
+mod observe;
+mod requests;
+mod workers;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll};
+
+use crate::control::metrics::{Metrics, MetricsServer};
+use crate::control::server::ControlServer;
+use crate::control::status::MasterInfo;
+use crate::error::Error;
+use crate::launch::{Launch, Reaping};
+use crate::shell::log::Log;
+use crate::shell::output::{Output, Tail};
+use crate::shell::reap;
+use crate::shell::serving;
+use crate::shell::setup::Setup;
+use crate::shell::signals::{self, Signals};
+use crate::shell::token::Source;
+use crate::sockets::balance::Balancer;
+use crate::sockets::listen::Listener;
+use crate::sockets::notify::{Manager, NotifySocket};
+use crate::start::envfile::EnvSource;
+use crate::supervisor::Supervisor;
+use crate::supervisor::event::{Event, MasterSignal};
+use crate::supervisor::record::Record;
+use crate::vocab::{Pid, SlotId, errno_name};
+
+use requests::reload_answer;
+
+/// Runs the master until it stops: starts the workers with `launcher` and
+/// supervises them. The listeners and the pid file live until it returns.
+pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error> {
+    let Setup {
+        signals,
+        listeners,
+        pid_file,
+        notify,
+        control,
+        metrics,
+        info,
+        policy,
+        env,
+        ..
+    } = setup;
+    let supervisor = Supervisor::new(policy);
+    let mut master = Master::new(supervisor, launcher, signals, notify, control, info, log)?;
+    if let Some((source, _)) = &env
+        && let Some((kind, file)) = &source.once
+    {
+        log.emit(&Record::EnvFileOnce {
+            path: source.path.display().to_string(),
+            kind,
+            count: file.vars.len(),
+        });
+    }
+    master.env = env;
+    if let Some(mut metrics) = metrics {
+        metrics
+            .endpoint()
+            .register(
+                master.poll.registry(),
+                Source::Metrics.token(),
+                Source::metrics_client,
+            )
+            .map_err(|e| Error::os("registering the metrics socket", e))?;
+        master.metrics_server = Some(metrics);
+    }
+    for listener in &listeners {
+        master.ours.add(listener.fd());
+    }
+    master.listener_fds = listeners.iter().map(Listener::fd).collect();
+    let groups: Vec<_> = listeners.iter().map(|l| (l.fd(), l.reuseport)).collect();
+    if groups.iter().any(|(_, group)| group.is_some()) {
+        let balancer = Balancer::new(&groups).map_err(|e| Error::os("--balance reuseport", e))?;
+        master.balancer = Some(balancer);
+    }
+    master.listeners = listeners;
+    // Children the master had before it started a worker (a `<(...)`
+    // subshell its shell left it) are not the workers': left alone.
+    if master.launcher.reaping() == Reaping::All {
+        master.inherited = reap::children().into_iter().collect();
+    }
+    let outcome = master.run();
+    drop(master);
+    drop(pid_file);
+    outcome
+}
+
+struct Master<'a, L: Launch> {
+    poll: Poll,
+    signals: Signals,
+    supervisor: Supervisor,
+    launcher: L,
+    notify: NotifySocket,
+    /// systemd, when rcluster runs under it with `Type=notify`.
+    manager: Option<Manager>,
+    control: Option<ControlServer>,
+    /// `--metrics`, and what the master counts for it.
+    metrics_server: Option<MetricsServer>,
+    metrics: Metrics,
+    info: MasterInfo,
+    /// Control clients waiting for the reload to end, or the master to stop.
+    reload_waiters: Vec<usize>,
+    stop_waiters: Vec<usize>,
+    /// The workers' output pipes, with `--log-prefix`.
+    output: Output,
+    /// Read ends of the exec pipes of workers whose exec is not confirmed.
+    exec_pipes: HashMap<Pid, OwnedFd>,
+    /// Each worker's pidfd, readable once it has exited.
+    pidfds: HashMap<Pid, OwnedFd>,
+    /// Notify datagrams dropped: not from a worker, or not its user.
+    notify_dropped: u64,
+    /// The last lines on stderr of each slot's last exited worker.
+    last_words: HashMap<SlotId, (Pid, Tail)>,
+    /// Each worker's CPU time when last looked at (for `status` and
+    /// `/metrics`).
+    cpu_samples: HashMap<Pid, observe::CpuSample>,
+    /// `--env-file`: how to read it at a reload, and the variables the
+    /// last generation got.
+    env: Option<(EnvSource, Vec<(String, String)>)>,
+    /// The listeners' socket inodes and addresses: what a worker serves
+    /// on; its other listening sockets are ports of its own.
+    ours: serving::Listeners,
+    /// The master's copies of the listeners, until a stop begins.
+    listeners: Vec<Listener>,
+    /// What every worker gets at fd 3, 4, …
+    listener_fds: Vec<RawFd>,
+    /// What the last look at each booting worker saw (`serving.rs`).
+    look_samples: serving::Samples,
+    /// Children the master had before its first worker: not strays.
+    inherited: BTreeSet<Pid>,
+    /// `--balance reuseport`: each slot's own sockets, and the steering.
+    balancer: Option<Balancer>,
+    /// The notify socket was not drained to the end last turn.
+    notify_pending: bool,
+    log: &'a Log,
+    /// Set by the supervisor's `Exit` action: how the master ends.
+    outcome: Option<Result<(), Error>>,
+}
+
+impl<'a, L: Launch> Master<'a, L> {
+    fn new(
+        supervisor: Supervisor,
+        launcher: L,
+        signals: Signals,
+        mut notify: NotifySocket,
+        mut control: Option<ControlServer>,
+        info: MasterInfo,
+        log: &'a Log,
+    ) -> Result<Master<'a, L>, Error> {
+        let poll = Poll::new().map_err(|e| Error::os("creating the event loop", e))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&signals.as_raw_fd()),
+                Source::Signals.token(),
+                Interest::READABLE,
+            )
+            .map_err(|e| Error::os("watching the master's signals", e))?;
+        poll.registry()
+            .register(notify.source(), Source::Notify.token(), Interest::READABLE)
+            .map_err(|e| Error::os("registering the notify socket", e))?;
+        if let Some(control) = &mut control {
+            control
+                .endpoint()
+                .register(
+                    poll.registry(),
+                    Source::Control.token(),
+                    Source::control_client,
+                )
+                .map_err(|e| Error::os("registering the control socket", e))?;
+        }
+        watch_log(&poll, log);
+        Ok(Master {
+            poll,
+            signals,
+            supervisor,
+            launcher,
+            notify,
+            manager: Manager::from_env(),
+            control,
+            metrics_server: None,
+            metrics: Metrics::default(),
+            info,
+            reload_waiters: Vec::new(),
+            stop_waiters: Vec::new(),
+            output: Output::new(Source::output),
+            exec_pipes: HashMap::new(),
+            pidfds: HashMap::new(),
+            notify_dropped: 0,
+            ours: serving::Listeners::default(),
+            listeners: Vec::new(),
+            listener_fds: Vec::new(),
+            look_samples: serving::Samples::new(),
+            inherited: Default::default(),
+            balancer: None,
+            env: None,
+            last_words: HashMap::new(),
+            cpu_samples: HashMap::new(),
+            notify_pending: false,
+            log,
+            outcome: None,
+        })
+    }
+
+    /// The loop: wait for events or the next deadline, hand each to its
+    /// handler, then what is due. It returns when the supervisor says the
+    /// master is done.
+    fn run(&mut self) -> Result<(), Error> {
+        let mut events = Events::with_capacity(256);
+        self.dispatch(Event::Start, Instant::now());
+        loop {
+            if let Some(outcome) = self.outcome.take() {
+                return outcome;
+            }
+            let timeout = self.timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(Error::os("waiting for events (epoll_wait)", e));
+            }
+            let now = Instant::now();
+            let sources: Vec<Source> = events
+                .iter()
+                .filter_map(|e| Source::of(e.token()))
+                .collect();
+            self.handle(&sources, now);
+            self.after_events(now);
+        }
+    }
+
+    /// How long the loop may sleep: until the first deadline (the
+    /// supervisor's, a control or metrics client's), or not at all when
+    /// output pipes or the notify socket still have something to read.
+    /// mio rounds a sub-millisecond timeout up, never down to a busy 0.
+    fn timeout(&mut self) -> Option<Duration> {
+        // While the log is congested, workers' output waits in their
+        // pipes: no turn for it until the log has room.
+        let output_waits = self.output.has_pending() && !self.log.congested();
+        if output_waits || self.notify_pending {
+            return Some(Duration::ZERO);
+        }
+        let deadline = [
+            self.supervisor.next_deadline(),
+            self.control.as_ref().and_then(ControlServer::next_deadline),
+            self.metrics_server
+                .as_mut()
+                .and_then(|m| m.endpoint().next_deadline()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Hands each source that is ready to its handler. Exec pipes first: a
+    /// worker's exec precedes anything it says, even when both land in one
+    /// wakeup. New clients last: those that hung up free their fds first.
+    fn handle(&mut self, sources: &[Source], now: Instant) {
+        for source in sources {
+            if let Source::ExecPipe(pid) = source {
+                self.on_exec_pipe(*pid, now);
+            }
+        }
+        if self.notify_pending {
+            self.on_notify(now);
+        }
+        for &source in sources {
+            match source {
+                Source::Signals => self.on_signals(now),
+                Source::Notify => self.on_notify(now),
+                Source::ControlClient(id) => self.on_control_client(id, now),
+                Source::MetricsClient(id) => self.on_scraper(id, now),
+                Source::Output(id) => self.on_output(id),
+                Source::Log(_) => self.log.flush(),
+                Source::Exited(pid) => {
+                    if let Some(exit) = reap::pid(pid) {
+                        self.on_reaped(pid, exit, now);
+                    }
+                }
+                Source::Control | Source::Metrics | Source::ExecPipe(_) => {}
+            }
+        }
+        if sources.contains(&Source::Control) {
+            self.on_control_listener(now);
+        }
+        if sources.contains(&Source::Metrics)
+            && let Some(metrics) = &mut self.metrics_server
+        {
+            metrics.endpoint().accept(self.poll.registry(), now);
+        }
+    }
+
+    /// After the events: output that waited, clients past their deadline,
+    /// the supervisor's deadlines.
+    fn after_events(&mut self, now: Instant) {
+        if !self.log.congested() {
+            self.output.service_pending(self.poll.registry(), self.log);
+        }
+        if let Some(control) = &mut self.control {
+            control.endpoint().expire(now, self.poll.registry());
+        }
+        if let Some(metrics) = &mut self.metrics_server {
+            metrics.endpoint().expire(now, self.poll.registry());
+        }
+        if self.supervisor.next_deadline().is_some_and(|d| d <= now) {
+            self.dispatch(Event::Timeout, now);
+        }
+    }
+
+    /// A worker's output pipe has something to read: now, or once the log
+    /// has room.
+    fn on_output(&mut self, id: usize) {
+        if !self.output.knows(id) {
+            return;
+        }
+        if self.log.congested() {
+            self.output.postpone(id);
+        } else {
+            self.output.read(id, self.poll.registry(), self.log);
+        }
+    }
+
+    fn on_signals(&mut self, now: Instant) {
+        for received in self.signals.pending() {
+            match (received.signal, signals::classify(received.signal)) {
+                (_, Some(MasterSignal::Reload)) => {
+                    let _ = self.reload(now);
+                }
+                (_, Some(signal)) => self.dispatch(Event::Signal(signal), now),
+                (libc::SIGUSR1, None) => self.reopen_log(),
+                (libc::SIGCHLD, None) => self.on_child(received.sender, now),
+                (_, None) => {}
+            }
+        }
+    }
+
+    /// `SIGUSR1`: logrotate moved the log file; write to a fresh one.
+    fn reopen_log(&mut self) {
+        match self.log.reopen() {
+            Ok(Some(path)) => {
+                watch_log(&self.poll, self.log);
+                self.log.emit(&Record::LogReopened {
+                    path: path.display().to_string(),
+                })
+            }
+            Ok(None) => self.log.emit(&Record::SignalIgnored {
+                signal: "SIGUSR1",
+                why: "there is no --log-file to reopen",
+            }),
+            Err(e) => self.log.emit(&Record::OsError {
+                op: "reopening the log file".into(),
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    /// Feeds one event to the supervisor and carries out its actions. A
+    /// spawn's answer is fed back before the next action runs.
+    fn dispatch(&mut self, event: Event, now: Instant) {
+        for action in self.supervisor.handle(event, now) {
+            self.execute(action, now);
+        }
+    }
+}
+
+/// Watches the log's destinations (pipes, terminals, sockets) for room, so
+/// lines waiting for a slow reader go out as soon as it reads.
+fn watch_log(poll: &Poll, log: &Log) {
+    for (i, fd) in log.watched().into_iter().enumerate() {
+        // Unwatched (a destination epoll refuses, such as a regular file),
+        // its lines are written as they come: nothing waits for room.
+        let _ = poll.registry().register(
+            &mut SourceFd(&fd),
+            Source::Log(i).token(),
+            Interest::WRITABLE,
+        );
+    }
+}
+
+pub(super) fn io_errno(e: &io::Error) -> String {
+    e.raw_os_error()
+        .map(errno_name)
+        .unwrap_or_else(|| e.to_string())
+}
