@@ -1,5 +1,5 @@
 //! `rcluster status | reload | scale | stop | ls`: the commands that talk to
-//! running masters through their control sockets (`control.rs`); and
+//! running masters through their control sockets (`server.rs`); and
 //! `rcluster notify`, which a worker runs to speak to its master over
 //! `NOTIFY_SOCKET`, as `systemd-notify` does.
 //!
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::control::rundir;
 use crate::control::server as control;
-use crate::control::status;
+use crate::control::view;
 use crate::vocab::human;
 
 /// Exit code when no master answers (sysexits' EX_UNAVAILABLE).
@@ -158,50 +158,9 @@ pub fn run(command: Command) -> ExitCode {
         }
         Command::Stop { wait, target } => (target, json!({"cmd": "stop", "wait": wait}), *wait),
     };
-    let path = match find(target) {
-        Ok(path) => path,
-        Err((code, message)) => {
-            complain!("rcluster: {message}");
-            return ExitCode::from(code);
-        }
-    };
-    let timeout = target
-        .timeout
-        .unwrap_or(if wait { WAIT_TIMEOUT } else { TIMEOUT });
-    let response = match control::ask(&path, &request, timeout) {
+    let response = match ask(target, &request, wait) {
         Ok(response) => response,
-        Err(control::Failed::NoMaster(e)) => {
-            complain!(
-                "rcluster: no master answers at {} ({e}); is it running? see rcluster ls",
-                path.display()
-            );
-            return ExitCode::from(NO_MASTER);
-        }
-        Err(control::Failed::TimedOut) => {
-            complain!(
-                "rcluster: the master at {} did not answer within {}; it is running but busy, \
-                 or stopped (SIGSTOP); pass --timeout to wait longer",
-                path.display(),
-                human(timeout)
-            );
-            return ExitCode::from(TIMED_OUT);
-        }
-        Err(control::Failed::Busy) => {
-            complain!(
-                "rcluster: the master at {} is running, but too busy to take a client just now \
-                 (its queue is full); try again",
-                path.display()
-            );
-            return ExitCode::from(TIMED_OUT);
-        }
-        Err(control::Failed::Broken(why)) => {
-            // It took the connection: it runs.
-            complain!(
-                "rcluster: the master at {} {why}; try again",
-                path.display()
-            );
-            return ExitCode::from(TIMED_OUT);
-        }
+        Err(code) => return code,
     };
     if response["ok"] != true {
         let error = response["error"]
@@ -210,6 +169,17 @@ pub fn run(command: Command) -> ExitCode {
         complain!("rcluster: {error}");
         return ExitCode::FAILURE;
     }
+    say_answer(&command, &response);
+    match command {
+        Command::Status { .. } if response["master"]["all_ready"] != true => {
+            ExitCode::from(NOT_ALL_READY)
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// Says what the master answered, in the command's words.
+fn say_answer(command: &Command, response: &Value) {
     match command {
         Command::Status { json: true, .. } => {
             say!(
@@ -222,14 +192,14 @@ pub fn run(command: Command) -> ExitCode {
             slot: None,
             ..
         } => {
-            let _ = std::io::stdout().write_all(status::table(&response).as_bytes());
+            let _ = std::io::stdout().write_all(view::table(response).as_bytes());
         }
         Command::Status {
             json: false,
             slot: Some(_),
             ..
         } => {
-            let _ = std::io::stdout().write_all(status::slot_view(&response).as_bytes());
+            let _ = std::io::stdout().write_all(view::slot_view(response).as_bytes());
         }
         Command::Reload { wait: true, .. } => say!(
             "reload complete: generation {} in {} ms",
@@ -244,12 +214,52 @@ pub fn run(command: Command) -> ExitCode {
         Command::Stop { wait: false, .. } => say!("stopping"),
         Command::Ls { .. } | Command::Notify { .. } => {}
     }
-    match command {
-        Command::Status { .. } if response["master"]["all_ready"] != true => {
-            ExitCode::from(NOT_ALL_READY)
-        }
-        _ => ExitCode::SUCCESS,
-    }
+}
+
+/// The master `target` names, asked `request`: its answer, or (having
+/// said why on stderr) the exit code.
+fn ask(target: &Target, request: &Value, wait: bool) -> Result<Value, ExitCode> {
+    let path = find(target).map_err(|(code, message)| {
+        complain!("rcluster: {message}");
+        ExitCode::from(code)
+    })?;
+    let timeout = target
+        .timeout
+        .unwrap_or(if wait { WAIT_TIMEOUT } else { TIMEOUT });
+    let (code, why) = match control::ask(&path, request, timeout) {
+        Ok(response) => return Ok(response),
+        Err(control::Failed::NoMaster(e)) => (
+            NO_MASTER,
+            format!(
+                "no master answers at {} ({e}); is it running? see rcluster ls",
+                path.display()
+            ),
+        ),
+        Err(control::Failed::TimedOut) => (
+            TIMED_OUT,
+            format!(
+                "the master at {} did not answer within {}; it is running but busy, or \
+                 stopped (SIGSTOP); pass --timeout to wait longer",
+                path.display(),
+                human(timeout)
+            ),
+        ),
+        Err(control::Failed::Busy) => (
+            TIMED_OUT,
+            format!(
+                "the master at {} is running, but too busy to take a client just now (its \
+                 queue is full); try again",
+                path.display()
+            ),
+        ),
+        // It took the connection: it runs.
+        Err(control::Failed::Broken(why)) => (
+            TIMED_OUT,
+            format!("the master at {} {why}; try again", path.display()),
+        ),
+    };
+    complain!("rcluster: {why}");
+    Err(ExitCode::from(code))
 }
 
 /// A master found in the runtime directory.
@@ -411,7 +421,7 @@ fn ls(json: bool) -> ExitCode {
         ]);
     }
     let _ = std::io::stdout()
-        .write_all(status::columns(&rows, &[false, true, true, true, true, false]).as_bytes());
+        .write_all(view::columns(&rows, &[false, true, true, true, true, false]).as_bytes());
     ExitCode::SUCCESS
 }
 

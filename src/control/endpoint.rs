@@ -336,6 +336,8 @@ impl Endpoint {
                 let refusal = self.framing.refusal(
                     "the master is out of file descriptors just now; try again in a moment",
                 );
+                // A best effort for a client about to be closed: one that
+                // cannot take the line learns from the close.
                 let _ = stream.write(&refusal);
                 true
             }
@@ -463,6 +465,8 @@ impl Endpoint {
 
     fn close(&mut self, id: usize, registry: &Registry) {
         if let Some(mut conn) = self.conns.remove(&id) {
+            // The stream closes as it drops, which takes it out of the
+            // epoll set anyway.
             let _ = registry.deregister(conn.stream.source());
         }
     }

@@ -2,7 +2,8 @@
 //! (`server.rs`), served in the master's loop without ever blocking it
 //! (`endpoint.rs`, which the metrics socket shares); the client commands
 //! (`client.rs`: `rcluster status|reload|scale|stop|ls|notify`); what
-//! `status` says (`status.rs`) and what `/metrics` says (`metrics.rs`);
+//! `status` says (`status.rs`, and `view.rs` for a person) and what
+//! `/metrics` says (`metrics.rs`);
 //! where masters put their sockets so clients find them (`rundir.rs`); and
 //! what a worker uses, read from `/proc` when asked (`usage.rs`).
 //!
@@ -16,3 +17,4 @@ pub mod rundir;
 pub mod server;
 pub mod status;
 pub mod usage;
+pub mod view;

@@ -179,6 +179,8 @@ pub fn ask(path: &Path, request: &Value, timeout: Duration) -> Result<Value, Fai
     };
     let mut line = request.to_string();
     line.push('\n');
+    // Without it the write may block longer; the deadline below still
+    // bounds the whole exchange.
     let _ = stream.set_write_timeout(Some(timeout));
     // A master that refuses us answers before reading: the answer is worth
     // more than the error our write got.
@@ -189,6 +191,7 @@ pub fn ask(path: &Path, request: &Value, timeout: Duration) -> Result<Value, Fai
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
             return Err(Failed::TimedOut);
         };
+        // As above: the loop's deadline bounds it whatever happens here.
         let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
         match stream.read(&mut buf) {
             Ok(0) => break,

@@ -1,6 +1,6 @@
 //! The shell around the pure supervisor: everything that makes a syscall
 //! for the master. `setup.rs` opens and binds everything before the loop;
-//! `master.rs` is the loop (sources become events, the supervisor answers
+//! `master/` is the loop (sources become events, the supervisor answers
 //! with actions, which are carried out), the only code that reads the
 //! clock; around it, what the loop drives: the signals it reads
 //! (`signals.rs`), children it reaps (`reap.rs`), the look at a booting

@@ -299,6 +299,8 @@ impl Output {
                 log.lines(pipe.slot, pipe.pid, pipe.stream, pipe.prefixed, &[&rest]);
             }
             if let Some(pipe) = self.pipes.remove(&id) {
+                // Closing the fd (here, as `pipe` drops) takes it out of
+                // the epoll set anyway: a failed deregister changes nothing.
                 let _ = registry.deregister(&mut SourceFd(&pipe.fd.as_raw_fd()));
                 if let Some(tail) = pipe.tail {
                     // Its worker's exit, if not handled yet, takes it.

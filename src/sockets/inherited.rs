@@ -110,6 +110,8 @@ pub fn listeners() -> Result<Listeners, ListenersError> {
             .filter(|n| !n.is_empty())
             .cloned()
             .unwrap_or_else(|| "unknown".into());
+        // SAFETY: `fd` is one LISTEN_FDS says this process was given, open
+        // for the call; it is only looked at through this borrow.
         let stat = nix::sys::stat::fstat(unsafe { BorrowedFd::borrow_raw(fd) }).map_err(|e| {
             ListenersError::Io {
                 fd,

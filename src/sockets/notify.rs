@@ -185,6 +185,7 @@ impl NotifySocket {
                     // before it was handled, is what the barrier asks.
                     ControlMessageOwned::ScmRights(fds) => {
                         for fd in fds {
+                            // A close that fails leaves nothing to do.
                             let _ = nix::unistd::close(fd);
                         }
                     }

@@ -397,3 +397,77 @@ fn the_parts_import_one_another_only_as_the_architecture_allows() {
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
+
+/// The text before a trailing `#[cfg(test)] mod tests`.
+fn without_tests(text: &str) -> &str {
+    match text.find("#[cfg(test)]\nmod tests {") {
+        Some(at) => &text[..at],
+        None => text,
+    }
+}
+
+#[test]
+fn no_source_file_is_too_long_to_hold_in_ones_head() {
+    const MAX_LINES: usize = 800;
+    let long: Vec<String> = sources(&src())
+        .iter()
+        .filter(|(path, _)| !path.ends_with("tests.rs"))
+        .map(|(path, text)| (path, without_tests(text).lines().count()))
+        .filter(|(_, lines)| *lines > MAX_LINES)
+        .map(|(path, lines)| format!("{} ({lines} lines)", path.display()))
+        .collect();
+    assert!(
+        long.is_empty(),
+        "over {MAX_LINES} lines, tests aside: {long:?}"
+    );
+}
+
+/// Functions that are tables: one short arm per variant of a match, read
+/// row by row, however many rows.
+const TABLES: &[&str] = &["render", "meta"];
+
+#[test]
+fn no_function_mixes_more_steps_than_fit_on_a_screen() {
+    const MAX_LINES: usize = 100;
+    let mut long = Vec::new();
+    for (path, text) in sources(&src()) {
+        if path.ends_with("tests.rs") {
+            continue;
+        }
+        let lines: Vec<&str> = without_tests(&text).lines().collect();
+        for (at, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            let Some(rest) = [
+                "pub fn ",
+                "pub(crate) fn ",
+                "fn ",
+                "pub unsafe fn ",
+                "unsafe fn ",
+                "pub(crate) unsafe fn ",
+            ]
+            .iter()
+            .find_map(|p| trimmed.strip_prefix(p)) else {
+                continue;
+            };
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            // The body ends at the first line back at this indentation
+            // that closes it.
+            let indent = line.len() - trimmed.len();
+            let end = lines[at..]
+                .iter()
+                .position(|l| {
+                    l.len() > indent
+                        && l[..indent].trim().is_empty()
+                        && l[indent..].starts_with('}')
+                })
+                .map_or(0, |n| n + 1);
+            if end > MAX_LINES && !TABLES.contains(&name.as_str()) {
+                long.push(format!("{}: fn {name} ({end} lines)", path.display()));
+            }
+        }
+    }
+    assert!(long.is_empty(), "over {MAX_LINES} lines: {long:?}");
+}

@@ -664,6 +664,7 @@ pub fn sentence(record: &Record) -> String {
     impl Out for Sentence {
         fn field(&mut self, _: &'static str, _: Value<'_>) {}
         fn sentence(&mut self, text: fmt::Arguments<'_>) {
+            // Writing to a String cannot fail.
             let _ = self.0.write_fmt(text);
         }
     }

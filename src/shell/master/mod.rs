@@ -341,6 +341,8 @@ impl<'a, L: Launch> Master<'a, L> {
         for received in self.signals.pending() {
             match (received.signal, signals::classify(received.signal)) {
                 (_, Some(MasterSignal::Reload)) => {
+                    // A refused reload was logged and answered; a HUP has
+                    // nobody else to tell.
                     let _ = self.reload(now);
                 }
                 (_, Some(signal)) => self.dispatch(Event::Signal(signal), now),

@@ -139,6 +139,8 @@ impl<L: Launch> Master<'_, L> {
 
     pub(super) fn on_reaped(&mut self, pid: Pid, exit: crate::vocab::Exit, now: Instant) {
         if let Some(pidfd) = self.pidfds.remove(&pid) {
+            // It closes as it drops, which takes it out of the epoll set
+            // anyway: a failed deregister changes nothing.
             let _ = self
                 .poll
                 .registry()
@@ -186,6 +188,7 @@ impl<L: Launch> Master<'_, L> {
             };
         };
         if let Some(pipe) = self.exec_pipes.remove(&pid) {
+            // As for a pidfd: closing it is what counts.
             let _ = self
                 .poll
                 .registry()
