@@ -39,6 +39,8 @@ pub use supervisor::policy::ReadyRule;
 // The parts of the binary (see ARCHITECTURE.md). Public so `main.rs` can
 // reach them; not a stable API.
 #[doc(hidden)]
+pub mod check;
+#[doc(hidden)]
 pub mod control;
 pub mod error;
 #[doc(hidden)]

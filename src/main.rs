@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let config = match cli::parse(std::env::args_os()) {
         Ok(Parsed::Run(config)) => config,
         Ok(Parsed::Client(command)) => return client::run(command),
+        Ok(Parsed::Check(plan)) => return rcluster::check::run(plan),
         Ok(Parsed::Print(text)) => {
             let _ = std::io::stdout().write_all(text.as_bytes());
             return ExitCode::SUCCESS;

@@ -43,7 +43,17 @@ pub trait LineSink {
 pub struct Tail {
     lines: VecDeque<String>,
     bytes: usize,
+    /// Lines pushed so far.
+    pushed: u64,
+    /// The last line that names an error, and when it came: kept apart
+    /// from the lines, since a stack trace can push it out of them (Node's
+    /// EADDRINUSE prints 22 lines after its error line).
+    why: Option<(u64, String)>,
 }
+
+/// How many lines after its error line a crash's trace may run and the
+/// line still count as the cause.
+const WHY_REACH: u64 = 64;
 
 impl Tail {
     pub fn push(&mut self, line: &[u8]) {
@@ -55,11 +65,35 @@ impl Tail {
             }
             text.truncate(end);
         }
+        self.witness(&text);
         self.bytes += text.len();
         self.lines.push_back(text);
         while self.lines.len() > TAIL_LINES || self.bytes > TAIL_BYTES {
             let dropped = self.lines.pop_front().unwrap_or_default();
             self.bytes -= dropped.len();
+        }
+    }
+
+    /// A line that goes by without being kept (one of a batch too long
+    /// for the tail): only whether it says why.
+    pub fn pass(&mut self, line: &[u8]) {
+        self.witness(&String::from_utf8_lossy(line));
+    }
+
+    fn witness(&mut self, text: &str) {
+        self.pushed += 1;
+        if says_why(text) {
+            self.why = Some((self.pushed, text.trim().to_string()));
+        } else if let Some((at, why)) = &mut self.why
+            && *at + 1 == self.pushed
+            && why.starts_with("thread '")
+            && why.ends_with(':')
+            && !is_noise(&text)
+        {
+            // Rust 1.73+: `thread 'main' panicked at src/main.rs:2:5:`,
+            // and the message on the next line.
+            why.push(' ');
+            why.push_str(text.trim());
         }
     }
 
@@ -79,19 +113,12 @@ impl Tail {
     /// RUST_BACKTRACE=1`); failing that, the last line that is not such
     /// noise, or the last line.
     pub fn cause(&self) -> Option<String> {
-        let lines: Vec<&str> = self.lines().collect();
-        if let Some(at) = lines.iter().rposition(|l| says_why(l)) {
-            let line = lines[at].trim();
-            // Rust 1.73+: `thread 'main' panicked at src/main.rs:2:5:`, and
-            // the message on the next line.
-            if line.starts_with("thread '")
-                && line.ends_with(':')
-                && let Some(message) = lines.get(at + 1).filter(|m| !is_noise(m))
-            {
-                return Some(format!("{line} {}", message.trim()));
-            }
-            return Some(line.to_string());
+        if let Some((at, why)) = &self.why
+            && self.pushed - at < WHY_REACH
+        {
+            return Some(why.clone());
         }
+        let lines: Vec<&str> = self.lines().collect();
         lines
             .iter()
             .rev()
@@ -326,6 +353,9 @@ fn emit_lines(pipe: &mut Pipe, log: &dyn LineSink) {
         if let Some(tail) = &mut pipe.tail {
             // Only the last few of a batch can stay in the tail.
             let kept = lines.len().saturating_sub(TAIL_LINES);
+            for line in &lines[..kept] {
+                tail.pass(line);
+            }
             for line in &lines[kept..] {
                 tail.push(line);
             }
@@ -372,6 +402,22 @@ mod tests {
             Some("no database, giving up")
         );
         assert_eq!(cause(""), None);
+        // A trace longer than the tail keeps its error line.
+        let mut long = String::from("Error: listen EADDRINUSE: address already in use :::3000\n");
+        for i in 0..30 {
+            long.push_str(&format!("    at frame{i} (node:net:1908:16)\n"));
+        }
+        long.push_str("}\n\nNode.js v20.20.2");
+        assert_eq!(
+            cause(&long).as_deref(),
+            Some("Error: listen EADDRINUSE: address already in use :::3000")
+        );
+        // An error long before the crash is not its cause.
+        let mut old = String::from("TypeError: handled earlier\n");
+        for i in 0..70 {
+            old.push_str(&format!("request {i}\n"));
+        }
+        assert_eq!(cause(&old).as_deref(), Some("request 69"));
     }
 
     use super::*;

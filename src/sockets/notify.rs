@@ -219,7 +219,7 @@ impl Drop for NotifySocket {
 /// not clean up: those whose socket nobody has bound (a connect is
 /// refused). A pid says nothing here: the master may be in another pid
 /// namespace.
-fn remove_stale(dir: &Path) {
+pub fn remove_stale(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

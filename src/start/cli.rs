@@ -32,6 +32,10 @@ Talking to a running master (through its control socket):
   rcluster scale N             run N workers
   rcluster stop [--wait]       like TERM
 
+Before production:
+  rcluster check [OPTIONS] -- COMMAND   run it here on 127.0.0.1: does it lose requests
+                                        on a reload, a crash or a stop, and which flag cures it
+
 Each worker gets its listeners at fd 3, 4, ... with LISTEN_FDS, LISTEN_PID and
 LISTEN_FDNAMES (systemd socket activation), RCLUSTER_WORKER_ID (its slot) and
 RCLUSTER_GENERATION.
@@ -46,14 +50,55 @@ Example:
 #[derive(Debug, Parser)]
 #[command(name = "rcluster", version, after_help = AFTER_HELP)]
 #[command(
-    override_usage = "rcluster [OPTIONS] -- COMMAND [ARGS...]\n       rcluster <status|reload|scale|stop|notify> [OPTIONS]"
+    override_usage = "rcluster [OPTIONS] -- COMMAND [ARGS...]\n       rcluster <status|ls|reload|scale|stop|notify> [OPTIONS]\n       rcluster check [--duration DUR] [--json] [OPTIONS] -- COMMAND [ARGS...]"
 )]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    client: Option<client::Command>,
+    command: Option<Sub>,
     #[command(flatten)]
     run: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    #[command(flatten)]
+    Client(client::Command),
+    /// Before production: run the server under rcluster on 127.0.0.1,
+    /// crash, reload and stop it under load, and say whether it loses
+    /// requests and which flag cures it (exit 0 reload-safe, 1 not, 2
+    /// cannot run it)
+    #[command(override_usage = "rcluster check [CHECK OPTIONS] [OPTIONS] -- COMMAND [ARGS...]")]
+    Check(Box<CheckArgs>),
+}
+
+/// `rcluster check`: its own options, then the master's as for a run.
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// About how long the check may take; most of it is reloads under load
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration,
+          help_heading = "Check options")]
+    duration: Duration,
+    /// The report as JSON
+    #[arg(long, help_heading = "Check options")]
+    json: bool,
+    /// What the server speaks: `http`, or `tcp` (connections only: whether
+    /// each is accepted and closed cleanly)
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Http, help_heading = "Check options")]
+    protocol: ProtocolArg,
+    #[command(flatten)]
+    run: Args,
+}
+
+/// The check's options, taken out of its arguments before they are the
+/// checked master's.
+const CHECK_VALUED: &[&str] = &["--duration", "--protocol"];
+const CHECK_BARE: &[&str] = &["--json"];
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    Http,
+    Tcp,
 }
 
 /// The master's options.
@@ -268,12 +313,15 @@ pub enum Parsed {
     Run(Box<Config>),
     /// A command for a running master.
     Client(client::Command),
+    /// `rcluster check`.
+    Check(crate::check::Plan),
     /// `--help`, `help [COMMAND]` or `--version`: print this and exit 0.
     Print(String),
 }
 
 pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error> {
-    let cli = match Cli::try_parse_from(args) {
+    let raw: Vec<OsString> = args.into_iter().collect();
+    let cli = match Cli::try_parse_from(&raw) {
         Ok(cli) => cli,
         Err(e)
             if matches!(
@@ -287,10 +335,33 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
         }
         Err(e) => return Err(Error::Cli(with_tips(e).render().to_string())),
     };
-    if let Some(command) = cli.client {
-        return Ok(Parsed::Client(command));
+    match cli.command {
+        Some(Sub::Client(command)) => Ok(Parsed::Client(command)),
+        Some(Sub::Check(check)) => {
+            let config = config_of(check.run)?;
+            // The subcommand is the first argument: the rest is the run's,
+            // as the user wrote it, for the checked master to parse again.
+            let args =
+                crate::check::strip(raw.get(2..).unwrap_or_default(), CHECK_VALUED, CHECK_BARE);
+            Ok(Parsed::Check(crate::check::Plan {
+                args,
+                listen_given: !config.listen.is_empty(),
+                http_drain: config.shim.is_some(),
+                adopt_bind: config.shim == Some(ShimMode::AdoptAndDrain),
+                duration: check.duration,
+                json: check.json,
+                protocol: match check.protocol {
+                    ProtocolArg::Http => crate::check::Protocol::Http,
+                    ProtocolArg::Tcp => crate::check::Protocol::Tcp,
+                },
+            }))
+        }
+        None => Ok(Parsed::Run(Box::new(config_of(cli.run)?))),
     }
-    let args = cli.run;
+}
+
+/// The master's options as a `Config`.
+fn config_of(args: Args) -> Result<Config, Error> {
     if args.command.is_empty() {
         return Err(Error::Usage(
             "no command given: put the server after --, e.g. \
@@ -298,7 +369,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
                 .into(),
         ));
     }
-    Ok(Parsed::Run(Box::new(Config {
+    Ok(Config {
         name: args
             .name
             .unwrap_or_else(|| crate::control::rundir::default_name(&args.command)),
@@ -349,7 +420,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
             Level::Trace => slog::Level::Trace,
         },
         command: args.command,
-    })))
+    })
 }
 
 /// clap's error, plus the tip for the most common slip: the server's
@@ -507,8 +578,37 @@ mod tests {
             Ok(Parsed::Run(config)) => *config,
             Ok(Parsed::Print(text)) => panic!("printed {text}"),
             Ok(Parsed::Client(command)) => panic!("a client command: {command:?}"),
+            Ok(Parsed::Check(plan)) => panic!("a check: {plan:?}"),
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn check_passes_the_run_options_on_without_its_own() {
+        let Ok(Parsed::Check(plan)) = parse_args(&[
+            "check",
+            "--json",
+            "-w",
+            "2",
+            "--duration=5s",
+            "--http-drain",
+            "--protocol",
+            "tcp",
+            "--",
+            "srv",
+            "--json",
+        ]) else {
+            panic!("not a check");
+        };
+        let args: Vec<_> = plan.args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(args, ["-w", "2", "--http-drain", "--", "srv", "--json"]);
+        assert!(plan.json && plan.http_drain && !plan.adopt_bind && !plan.listen_given);
+        assert_eq!(plan.duration, Duration::from_secs(5));
+        assert_eq!(plan.protocol, crate::check::Protocol::Tcp);
+        let e = usage_error(&["check", "-w", "2"]);
+        assert!(e.contains("no command given"), "{e}");
+        let e = usage_error(&["check", "--duration", "soon", "--", "srv"]);
+        assert!(e.contains("--duration"), "{e}");
     }
 
     fn usage_error(args: &[&str]) -> String {

@@ -314,6 +314,7 @@ fn part_of(src: &Path, file: &Path) -> &'static str {
         "control" => "control",
         "shell" => "shell",
         "worker" | "cluster.rs" => "library",
+        "check" => "check",
         "lib.rs" | "main.rs" => "root",
         other => {
             panic!("{other}: a file outside every part (add it to one, and to ARCHITECTURE.md)")
@@ -349,8 +350,13 @@ const DIRECTIONS: &[(&str, &[&str], &str)] = &[
         "the control plane reads the supervisor's state, and starts nothing: no launch, no loop, no start-up",
     ),
     (
+        "check",
+        &["words", "sockets", "control"],
+        "`rcluster check` runs a master as a child process and talks to it as any client does: no policy, no loop, no start-up",
+    ),
+    (
         "start",
-        &["words", "policy", "sockets", "launch", "control"],
+        &["words", "policy", "sockets", "launch", "control", "check"],
         "the start-up knows nothing of the loop it prepares",
     ),
     (
@@ -368,7 +374,7 @@ const DIRECTIONS: &[(&str, &[&str], &str)] = &[
     (
         "root",
         &[
-            "words", "policy", "sockets", "launch", "start", "control", "shell", "library",
+            "words", "policy", "sockets", "launch", "start", "control", "shell", "library", "check",
         ],
         "",
     ),

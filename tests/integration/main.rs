@@ -12,6 +12,7 @@ mod bench;
 mod adopt;
 mod balance;
 mod bench_quick;
+mod check;
 mod cli_errors;
 mod cluster;
 mod compat;

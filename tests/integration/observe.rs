@@ -55,6 +55,21 @@ fn a_crash_says_its_last_lines() {
     assert!(detail.contains("  | reading config"), "{detail}");
 }
 
+/// A trace longer than the tail, written at once (Node's EADDRINUSE: 22
+/// lines after its error line): the error line is still the cause.
+#[test]
+fn a_long_trace_in_one_write_keeps_its_error_line() {
+    let script = "{ echo 'Error: listen EADDRINUSE: address already in use :::3000'; \
+                  for i in $(seq 1 30); do echo \"    at frame$i (node:net:1908:16)\"; done; \
+                  echo '}'; echo; echo 'Node.js v20.20.2'; } >&2; exit 1";
+    let mut master = Master::start(&["-w", "1", "--control", "none", "--", "sh", "-c", script]);
+    let exited = master.expect_msg("worker exited");
+    assert_eq!(
+        exited["last_line"], "Error: listen EADDRINUSE: address already in use :::3000",
+        "{exited}"
+    );
+}
+
 #[test]
 fn the_tail_stays_small_under_a_flood_and_the_figures_are_live() {
     let dir = TempDir::new("flood");

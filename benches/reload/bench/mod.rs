@@ -31,13 +31,15 @@
 //! (they include this module); some items are used only by one of the two.
 #![allow(dead_code)]
 
-pub mod http;
-pub mod load;
 pub mod procfs;
 pub mod report;
 pub mod scenarios;
 pub mod stats;
 pub mod target;
+
+// The HTTP client and load generator are the library's (`rcluster check`
+// drives servers with them too).
+pub use rcluster::check::{http, load};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

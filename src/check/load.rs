@@ -1,6 +1,7 @@
 //! The load generator: one thread per connection, each requesting as fast
 //! as the server answers, recording every request's start, latency and
-//! outcome. Shared by the benchmark and the integration tests.
+//! outcome. `rcluster check` drives servers with it; the benchmark and the
+//! integration tests use it too.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,6 +14,8 @@ use super::http::{Conn, Response, connect};
 
 /// No load runs longer than this, whatever its caller does.
 const MAX_RUN: Duration = Duration::from_secs(300);
+/// The longest [`gate`] waits.
+const GATE_WAIT: Duration = Duration::from_secs(30 * 60);
 /// How long `wait_for_more` waits for progress.
 const PROGRESS_WAIT: Duration = Duration::from_secs(20);
 
@@ -22,8 +25,10 @@ pub enum Outcome {
     Ok,
     /// The connection was refused (nothing listening, or the queue full).
     Refused,
-    /// Reset or closed before the whole response (EOF, ECONNRESET, EPIPE).
+    /// Reset by the server (ECONNRESET, EPIPE).
     Reset,
+    /// Closed by the server before the whole response (EOF).
+    Closed,
     Timeout,
     /// Answered with a status other than 200.
     BadStatus,
@@ -31,9 +36,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const FAILURES: [Outcome; 5] = [
+    pub const FAILURES: [Outcome; 6] = [
         Outcome::Refused,
         Outcome::Reset,
+        Outcome::Closed,
         Outcome::Timeout,
         Outcome::BadStatus,
         Outcome::Other,
@@ -44,6 +50,7 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Refused => "refused",
             Outcome::Reset => "reset",
+            Outcome::Closed => "closed",
             Outcome::Timeout => "timeout",
             Outcome::BadStatus => "bad status",
             Outcome::Other => "other",
@@ -58,8 +65,8 @@ impl Outcome {
                 io::ErrorKind::ConnectionRefused => Outcome::Refused,
                 io::ErrorKind::ConnectionReset
                 | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::UnexpectedEof => Outcome::Reset,
+                | io::ErrorKind::BrokenPipe => Outcome::Reset,
+                io::ErrorKind::UnexpectedEof => Outcome::Closed,
                 io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Outcome::Timeout,
                 _ => Outcome::Other,
             },
@@ -121,18 +128,20 @@ pub struct Load {
 /// request on a keep-alive connection, and that looks like a lost request.
 pub struct Gate(#[allow(dead_code)] MutexGuard<'static, ()>);
 
-/// Waits (at most `MAX_RUN` and a minute, the longest another load may
-/// run) for the other loads of this process to end.
+/// Waits for the other loads of this process to end: at most `GATE_WAIT`,
+/// long enough for every load a test suite queues ahead of this one.
 pub fn gate() -> Gate {
     static RUNNING: Mutex<()> = Mutex::new(());
-    let deadline = Instant::now() + MAX_RUN + Duration::from_secs(60);
+    let deadline = Instant::now() + GATE_WAIT;
     loop {
         match RUNNING.try_lock() {
             Ok(guard) => return Gate(guard),
             // A test that failed while it held the gate: the load is over.
             Err(TryLockError::Poisoned(e)) => return Gate(e.into_inner()),
             Err(TryLockError::WouldBlock) => {
-                assert!(Instant::now() < deadline, "another load never ended");
+                if Instant::now() >= deadline {
+                    panic!("another load in this process never ended");
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -142,8 +151,8 @@ pub fn gate() -> Gate {
 impl Load {
     /// `connections` threads, each on its own connection. Every request
     /// says `Connection: keep-alive` with `keep_alive`, else
-    /// `Connection: close`; a connection is reused whenever the response
-    /// allows it.
+    /// `Connection: close`; a keep-alive connection is reused whenever the
+    /// response allows it.
     pub fn start(addr: SocketAddr, connections: usize, keep_alive: bool) -> Load {
         Load::start_at(addr, connections, keep_alive, Instant::now())
     }
@@ -177,18 +186,28 @@ impl Load {
         self.ok.load(Ordering::SeqCst)
     }
 
-    /// Waits (bounded) until `n` more requests have succeeded.
+    /// Waits (bounded) until `n` more requests have succeeded; panics if
+    /// they do not (for tests).
     pub fn wait_for_more(&self, n: u64) {
+        assert!(
+            self.progressed(n, PROGRESS_WAIT),
+            "the load made no progress ({} ok)",
+            self.ok()
+        );
+    }
+
+    /// Waits until `n` more requests have succeeded, or `within` passed;
+    /// whether they did.
+    pub fn progressed(&self, n: u64, within: Duration) -> bool {
         let target = self.ok() + n;
-        let deadline = Instant::now() + PROGRESS_WAIT;
+        let deadline = Instant::now() + within;
         while self.ok() < target {
-            assert!(
-                Instant::now() < deadline,
-                "the load made no progress ({} ok)",
-                self.ok()
-            );
+            if Instant::now() >= deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
+        true
     }
 
     pub fn finish(self) -> Samples {
@@ -233,10 +252,12 @@ fn run(
         match &result {
             Ok(response) if outcome == Outcome::Ok => {
                 ok.fetch_add(1, Ordering::SeqCst);
-                // Reused whenever the response allows it, as real clients
-                // do, even in close mode: a server that closes without
-                // saying so fails the next request here too.
-                if !response.reusable {
+                // A client that said `Connection: close` sends nothing
+                // more on the connection (RFC 9112, 9.6), whatever the
+                // response says; otherwise it is reused while the response
+                // allows, and a server that closes a keep-alive connection
+                // without saying so fails the next request here.
+                if !keep_alive || !response.reusable {
                     conn = None;
                 }
             }
