@@ -58,6 +58,9 @@ pub enum Error {
     EnvFile { message: String, unreadable: bool },
     #[error("no such {kind}: {name} (check --user and --group)")]
     NoSuchUser { kind: &'static str, name: String },
+    /// `--chdir` does not lead to a directory (66, as a missing input).
+    #[error("--chdir {}: no such directory (check the path, and where its symlinks point)", given.display())]
+    NoDirectory { given: PathBuf },
     /// `--max-restarts` was used up; the message says which worker and how.
     #[error("{0}")]
     GaveUp(String),
@@ -69,7 +72,8 @@ impl Error {
             Error::GaveUp(_) => 1,
             Error::EnvFile {
                 unreadable: true, ..
-            } => 66,
+            }
+            | Error::NoDirectory { .. } => 66,
             Error::EnvFile {
                 unreadable: false, ..
             } => 65,

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use rcluster::control::client;
 use rcluster::launch::exec::ExecLauncher;
 use rcluster::launch::shim::Shim;
-use rcluster::launch::spawn::command::{self, Identity};
+use rcluster::launch::spawn::command::Identity;
 use rcluster::shell::log::Log;
+use rcluster::shell::releases::Releases;
 use rcluster::shell::setup::Setup;
 use rcluster::start::cli::{self, Parsed};
 
@@ -63,19 +64,6 @@ fn fail(e: &rcluster::Error) -> ExitCode {
 /// anything is forked (the command, the user, the addresses), then the
 /// workers are forked and exec'd.
 fn run(config: &rcluster::start::config::Config, log: &Log) -> Result<(), rcluster::Error> {
-    let command = command::resolve(&config.command)?;
-    let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
-    let shim = match config.shim {
-        Some(mode) => {
-            let shim = Shim::new(mode).map_err(|source| rcluster::Error::Os {
-                op: "preparing the shim (memfd_create)".into(),
-                source,
-            })?;
-            shim.check(&command.path(), &command.display())?;
-            Some(shim)
-        }
-        None => None,
-    };
     // The first reading of --env-file: one that cannot be used stops
     // rcluster now (65, 66), as it stops a reload later.
     let env_file = config
@@ -87,12 +75,26 @@ fn run(config: &rcluster::start::config::Config, log: &Log) -> Result<(), rclust
             message: e.message,
             unreadable: e.unreadable,
         })?;
+    // Generation 1's release: --chdir and the command, resolved now.
+    let releases = Releases::start(config.chdir.as_deref(), &config.command, env_file)?;
+    let first = releases.get(1).expect("generation 1 is kept").clone();
+    let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
+    let shim = match config.shim {
+        Some(mode) => {
+            let shim = Shim::new(mode).map_err(|source| rcluster::Error::Os {
+                op: "preparing the shim (memfd_create)".into(),
+                source,
+            })?;
+            shim.check(&first.command.path(), &first.command.display())?;
+            Some(shim)
+        }
+        None => None,
+    };
     let owner = identity
         .as_ref()
         .map(|i| (i.credentials.uid, i.credentials.gid));
     let mut setup = Setup::new(config, log, owner)?;
     let mut launcher = ExecLauncher::new(
-        command,
         &setup.listener_fds(),
         setup.worker_vars(true),
         identity,
@@ -101,11 +103,7 @@ fn run(config: &rcluster::start::config::Config, log: &Log) -> Result<(), rclust
     if let Some(shim) = shim {
         launcher = launcher.with_shim(shim, config.stop_signal);
     }
-    if let Some((source, file)) = env_file {
-        rcluster::launch::Launch::set_env_file(&mut launcher, &file.vars);
-        setup.info.env_versions.insert(1, file.version);
-        setup.env = Some((source, file.vars));
-    }
+    setup.releases = Some(releases);
     // Whatever the workers start comes back to the master if orphaned, so
     // nothing they start can outlive them unnoticed.
     if let Err(e) = rcluster::shell::reap::become_subreaper() {

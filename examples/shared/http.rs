@@ -14,7 +14,9 @@
 //! at most once a second.
 //!
 //! `GET /sleep/<ms>` answers after `<ms>`, to watch a drain; `GET
-//! /burn/<ms>` after spending `<ms>` of CPU, to load a worker (the bench).
+//! /burn/<ms>` after spending `<ms>` of CPU, to load a worker (the bench);
+//! `GET /cwd` answers the directory the worker runs in, to see which
+//! release it is.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown as Half, TcpListener, TcpStream};
@@ -136,6 +138,8 @@ struct Request {
     close: bool,
     sleep: Option<Duration>,
     burn: Option<Duration>,
+    /// `GET /cwd`: answer the working directory, not the greeting.
+    cwd: bool,
 }
 
 fn serve_connection(
@@ -170,13 +174,22 @@ fn serve_connection(
             thread::sleep(delay);
         }
         let close = request.close || shutdown.requested();
+        let cwd;
+        let body = if request.cwd {
+            cwd = std::env::current_dir()
+                .map_or_else(|e| e.to_string(), |d| d.display().to_string())
+                + "\n";
+            cwd.as_str()
+        } else {
+            greeting
+        };
         // One write: a response split over several small writes waits on
         // Nagle's algorithm for the client's delayed ACK (40 ms).
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{}",
-            greeting.len(),
+            body.len(),
             if close { "close" } else { "keep-alive" },
-            greeting
+            body
         );
         conn.write_all(response.as_bytes())?;
         if close {
@@ -202,6 +215,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
         .strip_prefix("/burn/")
         .and_then(|ms| ms.parse().ok())
         .map(|ms| Duration::from_millis(ms).min(MAX_SLEEP));
+    let cwd = path == "/cwd";
     let mut close = parts.next() != Some("HTTP/1.1");
     let mut body = 0u64;
     for _ in 0..MAX_HEADER_LINES {
@@ -212,7 +226,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
         let header = line.trim_end();
         if header.is_empty() {
             io::copy(&mut reader.by_ref().take(body), &mut io::sink())?;
-            return Ok(Some(Request { close, sleep, burn }));
+            return Ok(Some(Request {
+                close,
+                sleep,
+                burn,
+                cwd,
+            }));
         }
         if let Some((name, value)) = header.split_once(':') {
             let value = value.trim();

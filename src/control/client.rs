@@ -1,4 +1,4 @@
-//! `rcluster status | reload | scale | stop | ls`: the commands that talk to
+//! `rcluster status | reload | rollback | scale | stop | ls`: the commands that talk to
 //! running masters through their control sockets (`server.rs`); and
 //! `rcluster notify`, which a worker runs to speak to its master over
 //! `NOTIFY_SOCKET`, as `systemd-notify` does.
@@ -82,6 +82,19 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Replace every worker with an earlier generation's release (its
+    /// directory, command and environment as they were), with a reload's
+    /// safety; by default the release that served before the serving one
+    Rollback {
+        /// Wait until the rollback completes; exit 1 if it aborts
+        #[arg(long)]
+        wait: bool,
+        /// This generation's release (see `rcluster status`)
+        #[arg(long, value_name = "GENERATION", value_parser = clap::value_parser!(u64).range(1..))]
+        to: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Run N workers
     Scale {
         /// How many workers the master should run
@@ -153,6 +166,11 @@ pub fn run(command: Command) -> ExitCode {
         } => (target, json!({"cmd": "status", "slot": slot}), false),
         Command::Status { target, .. } => (target, json!({"cmd": "status"}), false),
         Command::Reload { wait, target } => (target, json!({"cmd": "reload", "wait": wait}), *wait),
+        Command::Rollback { wait, to, target } => (
+            target,
+            json!({"cmd": "rollback", "wait": wait, "to": to}),
+            *wait,
+        ),
         Command::Scale { workers, target } => {
             (target, json!({"cmd": "scale", "workers": workers}), false)
         }
@@ -175,6 +193,28 @@ pub fn run(command: Command) -> ExitCode {
             ExitCode::from(NOT_ALL_READY)
         }
         _ => ExitCode::SUCCESS,
+    }
+}
+
+fn verb(command: &Command) -> &'static str {
+    match command {
+        Command::Rollback { .. } => "rollback",
+        _ => "reload",
+    }
+}
+
+/// `: /srv/app/releases/2, python3 server.py`, for a master that knows
+/// its releases.
+fn release_text(release: &Value) -> String {
+    match (release["dir"].as_str(), release["command"].as_str()) {
+        (Some(dir), Some(command)) => {
+            let of = match release["rollback_of"].as_u64() {
+                Some(of) => format!(" (generation {of}'s release)"),
+                None => String::new(),
+            };
+            format!(": {dir}, {command}{of}")
+        }
+        _ => String::new(),
     }
 }
 
@@ -201,14 +241,19 @@ fn say_answer(command: &Command, response: &Value) {
         } => {
             let _ = std::io::stdout().write_all(view::slot_view(response).as_bytes());
         }
-        Command::Reload { wait: true, .. } => say!(
-            "reload complete: generation {} in {} ms",
+        Command::Reload { wait: true, .. } | Command::Rollback { wait: true, .. } => say!(
+            "{} complete: generation {} in {} ms{}",
+            verb(command),
             response["generation"],
-            response["duration_ms"]
+            response["duration_ms"],
+            release_text(&response["release"])
         ),
-        Command::Reload { wait: false, .. } => {
-            say!("reload started: generation {}", response["generation"])
-        }
+        Command::Reload { wait: false, .. } | Command::Rollback { wait: false, .. } => say!(
+            "{} started: generation {}{}",
+            verb(command),
+            response["generation"],
+            release_text(&response["release"])
+        ),
         Command::Scale { .. } => say!("scaling to {} workers", response["workers"]),
         Command::Stop { wait: true, .. } => say!("stopped"),
         Command::Stop { wait: false, .. } => say!("stopping"),

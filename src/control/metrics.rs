@@ -188,7 +188,9 @@ impl Metrics {
             | Record::LogLost { .. }
             | Record::Control { .. }
             | Record::OwnPorts { .. }
-            | Record::ControlMoved { .. } => {}
+            | Record::ControlMoved { .. }
+            | Record::Release { .. }
+            | Record::WorkdirMoved { .. } => {}
         }
     }
 
@@ -227,9 +229,30 @@ impl Metrics {
         out.family(
             "rcluster_generation",
             "gauge",
-            "The generation new workers get (raised by each reload).",
+            "The newest generation (raised by each reload): a reload's new workers get it.",
         );
         out.sample("rcluster_generation", &[], sup.target_generation() as f64);
+        if !info.releases.is_empty() {
+            out.family(
+                "rcluster_release_info",
+                "gauge",
+                "1 for each kept generation's release: its directory and command; serving=\"true\" for the one restarts run.",
+            );
+            for release in &info.releases {
+                let generation = release.generation.to_string();
+                let serving = release.generation == sup.serving_generation();
+                out.sample(
+                    "rcluster_release_info",
+                    &[
+                        ("generation", generation.as_str()),
+                        ("directory", release.dir.as_str()),
+                        ("command", release.command.as_str()),
+                        ("serving", if serving { "true" } else { "false" }),
+                    ],
+                    1.0,
+                );
+            }
+        }
         out.family("rcluster_slots", "gauge", "Worker slots (--workers).");
         out.sample("rcluster_slots", &[], sup.slot_count() as f64);
 

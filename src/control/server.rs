@@ -1,12 +1,13 @@
 //! The control socket: a Unix stream socket (mode 0600, peers of another
-//! uid refused) that `rcluster status`, `reload`, `scale` and `stop` talk
+//! uid refused) that `rcluster status`, `reload`, `rollback`, `scale` and `stop` talk
 //! to, served inside the master's event loop (`endpoint.rs`).
 //!
 //! The protocol is one JSON object per line, one request per connection:
 //!
 //! ```text
 //! → {"cmd":"status"}                  ← {"ok":true,"master":{…},"workers":[…],…}
-//! → {"cmd":"reload","wait":true}      ← {"ok":true,"result":"complete","generation":3,"duration_ms":41}
+//! → {"cmd":"reload","wait":true}      ← {"ok":true,"result":"complete","generation":3,"duration_ms":41,"release":{…}}
+//! → {"cmd":"rollback","to":2}         ← {"ok":true,"generation":4,"release":{…}}
 //! → {"cmd":"scale","workers":8}       ← {"ok":true,"workers":8}
 //! → {"cmd":"stop","wait":false}       ← {"ok":true}
 //! ← {"ok":false,"error":"…"}          for anything malformed, too large or too slow
@@ -34,6 +35,12 @@ pub enum Request {
     Reload {
         wait: bool,
     },
+    /// Back to an earlier generation's release: `to`, or the one that
+    /// served before the serving one.
+    Rollback {
+        wait: bool,
+        to: Option<u64>,
+    },
     Scale {
         workers: usize,
     },
@@ -55,8 +62,13 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     let takes: &[&str] = match cmd {
         "status" => &["cmd", "slot"],
         "reload" | "stop" => &["cmd", "wait"],
+        "rollback" => &["cmd", "wait", "to"],
         "scale" => &["cmd", "workers"],
-        _ => return Err("unknown request: \"cmd\" must be status, reload, scale or stop".into()),
+        _ => {
+            return Err(
+                "unknown request: \"cmd\" must be status, reload, rollback, scale or stop".into(),
+            );
+        }
     };
     if let Some(key) = fields.keys().find(|k| !takes.contains(&k.as_str())) {
         return Err(format!("a {cmd} request has no field \"{key}\""));
@@ -77,6 +89,13 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             },
         },
         "reload" => Ok(Request::Reload { wait }),
+        "rollback" => match value.get("to").filter(|to| !to.is_null()) {
+            None => Ok(Request::Rollback { wait, to: None }),
+            Some(to) => match to.as_u64() {
+                Some(n) if n >= 1 => Ok(Request::Rollback { wait, to: Some(n) }),
+                _ => Err(format!("\"to\" must be a generation number, not {to}")),
+            },
+        },
         "stop" => Ok(Request::Stop { wait }),
         _ => match value["workers"].as_u64() {
             Some(n) if n >= 1 && n <= crate::vocab::MAX_WORKERS as u64 => Ok(Request::Scale {
@@ -319,6 +338,18 @@ mod tests {
         assert_eq!(
             parse_request(br#"{"cmd":"scale","workers":8}"#),
             Ok(Request::Scale { workers: 8 })
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"rollback","wait":true,"to":2}"#),
+            Ok(Request::Rollback {
+                wait: true,
+                to: Some(2)
+            })
+        );
+        assert!(
+            parse_request(br#"{"cmd":"rollback","to":"x"}"#)
+                .unwrap_err()
+                .contains("generation number")
         );
         assert!(
             parse_request(br#"{"cmd":"scale","workers":0}"#)

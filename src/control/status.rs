@@ -12,7 +12,7 @@ use crate::control::usage::Usage;
 use crate::supervisor::Supervisor;
 use crate::supervisor::reload::ReloadOutcome;
 use crate::supervisor::slot::{Slot, Worker};
-use crate::vocab::{Exit, Pid, SlotId};
+use crate::vocab::{Exit, Generation, Pid, SlotId};
 
 /// What the shell knows that the supervisor does not, fixed at start.
 pub struct MasterInfo {
@@ -20,9 +20,47 @@ pub struct MasterInfo {
     pub started: Instant,
     pub listeners: Vec<(String, String)>,
     pub control: String,
-    /// `--env-file`, and the version of it each generation got.
+    /// `--env-file`.
     pub env_file: Option<String>,
-    pub env_versions: std::collections::BTreeMap<crate::vocab::Generation, String>,
+    /// The kept generations' releases, oldest first (the binary's; none
+    /// for a library's master).
+    pub releases: Vec<ReleaseView>,
+}
+
+/// One generation's release, as the shell kept it.
+#[derive(Debug, Clone)]
+pub struct ReleaseView {
+    pub generation: Generation,
+    /// A reload to it completed (or it was the first).
+    pub served: bool,
+    pub dir: String,
+    /// Its workers change to `dir` (`--chdir`).
+    pub chdir: bool,
+    pub command: String,
+    pub executable: String,
+    /// The executable's device, inode and modification time (ns).
+    pub executable_id: (u64, u64, i128),
+    pub script: Option<String>,
+    /// The env file's version it got.
+    pub env_version: Option<String>,
+    pub rollback_of: Option<Generation>,
+}
+
+impl ReleaseView {
+    pub fn json(&self) -> Value {
+        let (dev, ino, mtime_ns) = self.executable_id;
+        json!({
+            "generation": self.generation,
+            "served": self.served,
+            "dir": self.dir,
+            "chdir": self.chdir,
+            "command": self.command,
+            "executable": {"path": self.executable, "dev": dev, "inode": ino, "mtime_ns": mtime_ns.to_string()},
+            "script": self.script,
+            "env_version": self.env_version,
+            "rollback_of": self.rollback_of,
+        })
+    }
 }
 
 /// What the shell read or kept about the workers, when asked.
@@ -138,13 +176,28 @@ fn master_json(
         let running =
             |g: &u64| *g == sup.target_generation() || sup.workers().any(|w| w.generation == *g);
         let versions: serde_json::Map<String, Value> = info
-            .env_versions
+            .releases
             .iter()
-            .filter(|(g, _)| running(g))
-            .map(|(g, v)| (g.to_string(), json!(v)))
+            .filter(|r| running(&r.generation))
+            .filter_map(|r| Some((r.generation.to_string(), json!(r.env_version.as_ref()?))))
             .collect();
         json!({"path": path, "versions": versions})
     };
+    let releases: Vec<Value> = info
+        .releases
+        .iter()
+        .rev()
+        .map(|r| {
+            let mut release = r.json();
+            release["serving"] = json!(r.generation == sup.serving_generation());
+            release["workers"] = json!(
+                sup.workers()
+                    .filter(|w| w.generation == r.generation)
+                    .count()
+            );
+            release
+        })
+        .collect();
     let listeners: Vec<Value> = info
         .listeners
         .iter()
@@ -158,6 +211,8 @@ fn master_json(
         "workers": sup.slot_count(),
         "generation": sup.target_generation(),
         "serving_generations": serving,
+        "serving_release": sup.serving_generation(),
+        "releases": releases,
         "all_ready": sup.all_ready(),
         "rss_bytes": observed.master_rss,
         "log_lines_lost": counts.log_lines_lost,

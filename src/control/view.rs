@@ -178,6 +178,7 @@ fn master_lines(status: &Value) -> String {
             .collect();
         let _ = writeln!(out, "env      {path}: {}", versions.join(", "));
     }
+    out.push_str(&release_lines(master));
     out.push_str(&reload_line(status));
     let lost = master["log_lines_lost"].as_u64().unwrap_or_default();
     if lost > 0 {
@@ -218,6 +219,41 @@ fn generations(master: &Value) -> String {
             format!("serving generation {}, target {target}", list.join(" and "))
         }
     }
+}
+
+/// Each kept generation's release, newest first: the serving one, those
+/// workers run, and those a rollback may name.
+fn release_lines(master: &Value) -> String {
+    let mut out = String::new();
+    for release in master["releases"].as_array().into_iter().flatten() {
+        let mut notes = Vec::new();
+        if release["serving"] == true {
+            notes.push("serving".to_string());
+        }
+        match release["workers"].as_u64().unwrap_or_default() {
+            0 => {}
+            n => notes.push(count(n as usize, "worker")),
+        }
+        if let Some(of) = release["rollback_of"].as_u64() {
+            notes.push(format!("generation {of}'s release"));
+        }
+        if release["served"] != true && release["serving"] != true {
+            notes.push("never served".into());
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "release  generation {}{notes}: {}, {}",
+            release["generation"],
+            release["dir"].as_str().unwrap_or_default(),
+            release["command"].as_str().unwrap_or_default(),
+        );
+    }
+    out
 }
 
 /// The reload in progress, or how the last one ended.

@@ -1,13 +1,19 @@
-//! The binary's launcher: fork, then exec the command, with the listeners
-//! at fd 3.. and the environment of `spawn::env`. Everything the child
-//! needs is built before the fork ([`ChildPlan`]); what runs between fork
-//! and exec is `spawn/child.rs`.
+//! The binary's launcher: fork, then exec the command of the worker's
+//! generation (its [`Release`]), with the listeners at fd 3.. and the
+//! environment of `spawn::env`. Everything the child needs is built before
+//! the fork ([`ChildPlan`]); what runs between fork and exec is
+//! `spawn/child.rs`.
 
+use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 use libc::c_char;
 use nix::fcntl::OFlag;
 
+use crate::launch::release::Release;
 use crate::launch::shim::Shim;
 use crate::launch::spawn::CallFailed;
 use crate::launch::spawn::child::{self, ChildPlan, PID_DIGITS};
@@ -19,14 +25,13 @@ use super::{Capture, Launch, Launched, OutputPipe, Reaping};
 use crate::vocab::Stream;
 
 /// What every worker of this master gets; [`Launch::launch`] adds the slot
-/// and generation.
+/// and generation, and its generation's release.
 #[derive(Debug)]
 pub struct ExecLauncher {
-    command: Command,
-    /// The master's environment without ours, and ours.
-    env: WorkerEnv,
-    /// The variables of `--env-file`, as last read.
-    file_vars: Vec<(String, String)>,
+    /// What each generation that may still start runs.
+    releases: BTreeMap<Generation, Prepared>,
+    /// The variables rcluster sets for every worker.
+    vars: Vec<(String, Value)>,
     /// How many listeners every worker gets at fd 3, 4, …
     listeners: usize,
     /// What follows them: the shim's fd, if any.
@@ -40,9 +45,39 @@ pub struct ExecLauncher {
     parent: libc::pid_t,
 }
 
+/// One generation's release, made ready to exec.
+#[derive(Debug)]
+struct Prepared {
+    command: Command,
+    /// The master's environment without ours, the release's env file, ours.
+    env: WorkerEnv,
+    /// The directory its workers change to (`--chdir`).
+    dir: Option<(PathBuf, CString)>,
+    /// The release, to prepare again (a shim's variables came later).
+    release: Release,
+}
+
+impl Prepared {
+    fn new(release: &Release, vars: &[(String, Value)]) -> Prepared {
+        let dir = release.chdir.then(|| {
+            let path = release.dir.clone();
+            // A path from the file system holds no NUL.
+            let c = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
+            (path, c)
+        });
+        Prepared {
+            command: release.command.clone(),
+            env: WorkerEnv::with_file(vars.to_vec(), &release.env),
+            dir,
+            release: release.clone(),
+        }
+    }
+}
+
 impl ExecLauncher {
+    /// A launcher with nothing to run yet: [`Launch::prepare`] tells it
+    /// each generation's release.
     pub fn new(
-        command: Command,
         listeners: &[RawFd],
         mut vars: Vec<(String, Value)>,
         identity: Option<Identity>,
@@ -52,9 +87,8 @@ impl ExecLauncher {
             vars.extend(identity.vars().iter().cloned());
         }
         ExecLauncher {
-            command,
-            env: WorkerEnv::new(vars),
-            file_vars: Vec::new(),
+            releases: BTreeMap::new(),
+            vars,
             listeners: listeners.len(),
             after: Vec::new(),
             shim: None,
@@ -73,16 +107,23 @@ impl ExecLauncher {
         );
         self.after.push(shim.fd());
         self.shim = Some(shim);
-        let mut all = std::mem::take(&mut self.env.vars);
-        all.extend(vars);
-        self.env = WorkerEnv::with_file(all, &self.file_vars);
+        self.vars.extend(vars);
+        for prepared in self.releases.values_mut() {
+            *prepared = Prepared::new(&prepared.release, &self.vars);
+        }
         self
     }
 
-    fn plan(&self, slot: SlotId, generation: Generation, listeners: &[RawFd]) -> ChildPlan {
+    fn plan(
+        &self,
+        release: &Prepared,
+        slot: SlotId,
+        generation: Generation,
+        listeners: &[RawFd],
+    ) -> ChildPlan {
         debug_assert_eq!(listeners.len(), self.listeners, "one fd per listener");
         let fds: Vec<RawFd> = listeners.iter().chain(&self.after).copied().collect();
-        let mut env: Vec<Vec<u8>> = self
+        let mut env: Vec<Vec<u8>> = release
             .env
             .inherited
             .iter()
@@ -90,7 +131,7 @@ impl ExecLauncher {
             .collect();
         let mut pid_entries = Vec::new();
         let slot_vars = slot_vars(slot, generation).map(|(k, v)| (k.to_string(), Value::Text(v)));
-        for (key, value) in self.env.vars.iter().chain(slot_vars.iter()) {
+        for (key, value) in release.env.vars.iter().chain(slot_vars.iter()) {
             let mut entry = format!("{key}=").into_bytes();
             match value {
                 Value::Text(text) => entry.extend(text.bytes().filter(|&b| b != 0)),
@@ -102,12 +143,17 @@ impl ExecLauncher {
             entry.push(0);
             env.push(entry);
         }
-        let mut argv: Vec<*const c_char> = self.command.argv.iter().map(|a| a.as_ptr()).collect();
+        let mut argv: Vec<*const c_char> =
+            release.command.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         let mut envp: Vec<*mut c_char> = env.iter_mut().map(|e| e.as_mut_ptr().cast()).collect();
         envp.push(std::ptr::null_mut());
         ChildPlan {
-            program: self.command.program.as_ptr(),
+            program: release.command.program.as_ptr(),
+            dir: release
+                .dir
+                .as_ref()
+                .map_or(std::ptr::null(), |(_, c)| c.as_ptr()),
             argv,
             envp,
             pid_entries,
@@ -129,7 +175,21 @@ impl Launch for ExecLauncher {
         generation: Generation,
         listeners: &[RawFd],
     ) -> Result<Launched, CallFailed> {
-        let mut plan = self.plan(slot, generation, listeners);
+        let release = self.releases.get(&generation).ok_or_else(|| {
+            CallFailed::during("finding the generation's release")(std::io::Error::other(format!(
+                "generation {generation} was never prepared"
+            )))
+        })?;
+        // A release directory removed since: the worker could not start
+        // in it, and saying so beats exec's ENOENT.
+        if let Some((path, _)) = &release.dir
+            && !path.is_dir()
+        {
+            return Err(CallFailed::during("entering the release directory")(
+                std::io::Error::from_raw_os_error(libc::ENOENT),
+            ));
+        }
+        let mut plan = self.plan(release, slot, generation, listeners);
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .map_err(|e| CallFailed::during("pipe2 (the exec pipe)")(e.into()))?;
         // Output pipes: the master's ends never block it; the worker's are
@@ -186,12 +246,19 @@ impl Launch for ExecLauncher {
     }
 
     fn describe(&self) -> String {
-        self.command.display()
+        self.releases
+            .values()
+            .next_back()
+            .map(|r| r.command.display())
+            .unwrap_or_default()
     }
 
-    fn set_env_file(&mut self, vars: &[(String, String)]) {
-        self.file_vars = vars.to_vec();
-        let ours = std::mem::take(&mut self.env.vars);
-        self.env = WorkerEnv::with_file(ours, &self.file_vars);
+    fn prepare(&mut self, generation: Generation, release: &Release) {
+        self.releases
+            .insert(generation, Prepared::new(release, &self.vars));
+    }
+
+    fn forget(&mut self, generation: Generation) {
+        self.releases.remove(&generation);
     }
 }

@@ -7,11 +7,13 @@
 
 pub mod exec;
 pub mod fork;
+pub mod release;
 pub mod shim;
 pub mod spawn;
 
 use std::os::fd::{OwnedFd, RawFd};
 
+use crate::launch::release::Release;
 use crate::launch::spawn::CallFailed;
 use crate::vocab::Stream;
 use crate::vocab::{Generation, Pid, SlotId};
@@ -37,8 +39,12 @@ pub trait Launch {
     /// on the notify socket.
     fn uid(&self) -> u32;
 
-    /// Workers started from now on get these variables too (`--env-file`).
-    fn set_env_file(&mut self, _vars: &[(String, String)]) {}
+    /// Workers of `generation` run `release` (its directory, command and
+    /// env file); a fork runs its closure whatever the release.
+    fn prepare(&mut self, _generation: Generation, _release: &Release) {}
+
+    /// No worker of `generation` starts again.
+    fn forget(&mut self, _generation: Generation) {}
 }
 
 /// A worker just started.

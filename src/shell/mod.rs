@@ -3,7 +3,8 @@
 //! `master/` is the loop (sources become events, the supervisor answers
 //! with actions, which are carried out), the only code that reads the
 //! clock; around it, what the loop drives: the signals it reads
-//! (`signals.rs`), children it reaps (`reap.rs`), the look at a booting
+//! (`signals.rs`), children it reaps (`reap.rs`), the binary's releases
+//! (`releases.rs`), the look at a booting
 //! worker (`serving.rs`), the workers' output (`output.rs`), the log
 //! (`log/`), the pid file (`pidfile.rs`) and the memory it gives back after
 //! start-up (`trim.rs`).
@@ -13,6 +14,7 @@ pub mod master;
 pub mod output;
 pub mod pidfile;
 pub mod reap;
+pub mod releases;
 pub mod serving;
 pub mod setup;
 pub mod signals;

@@ -19,7 +19,6 @@ use crate::shell::signals::Signals;
 use crate::sockets::listen::{self, Listener};
 use crate::sockets::notify::NotifySocket;
 use crate::start::config::{Config, Control};
-use crate::start::envfile::EnvSource;
 use crate::supervisor::policy::Policy;
 use crate::supervisor::record::Record;
 
@@ -33,9 +32,9 @@ pub struct Setup {
     pub metrics: Option<MetricsServer>,
     pub info: MasterInfo,
     pub policy: Policy,
-    /// `--env-file`, read at start: how to read it again at a reload, and
-    /// the variables the workers got.
-    pub env: Option<(EnvSource, Vec<(String, String)>)>,
+    /// The binary's releases (generation 1's resolved at start), with
+    /// `--env-file`; none for a library's master.
+    pub releases: Option<crate::shell::releases::Releases>,
     watchdog: Option<Duration>,
 }
 
@@ -95,7 +94,7 @@ impl Setup {
                 .map(|c| c.path().display().to_string())
                 .unwrap_or_default(),
             env_file: config.env_file.as_ref().map(|p| p.display().to_string()),
-            env_versions: Default::default(),
+            releases: Vec::new(),
         };
         Ok(Setup {
             signals,
@@ -106,7 +105,7 @@ impl Setup {
             metrics,
             info,
             policy: config.policy(),
-            env: None,
+            releases: None,
             watchdog: config.watchdog,
         })
     }

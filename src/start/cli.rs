@@ -29,6 +29,7 @@ Signals to the master:
 Talking to a running master (through its control socket):
   rcluster status [--json]     workers, generations, states, restarts
   rcluster reload [--wait]     like HUP; --wait exits non-zero if the reload aborts
+  rcluster rollback [--wait]   back to the release that served before, with a reload's safety
   rcluster scale N             run N workers
   rcluster stop [--wait]       like TERM
 
@@ -50,7 +51,7 @@ Example:
 #[derive(Debug, Parser)]
 #[command(name = "rcluster", version, after_help = AFTER_HELP)]
 #[command(
-    override_usage = "rcluster [OPTIONS] -- COMMAND [ARGS...]\n       rcluster <status|ls|reload|scale|stop|notify> [OPTIONS]\n       rcluster check [--duration DUR] [--json] [OPTIONS] -- COMMAND [ARGS...]"
+    override_usage = "rcluster [OPTIONS] -- COMMAND [ARGS...]\n       rcluster <status|ls|reload|rollback|scale|stop|notify> [OPTIONS]\n       rcluster check [--duration DUR] [--json] [OPTIONS] -- COMMAND [ARGS...]"
 )]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -230,6 +231,13 @@ struct Args {
     #[arg(long, env = "RCLUSTER_ENV_FILE", value_name = "PATH")]
     env_file: Option<PathBuf>,
 
+    /// Start each generation's workers in DIR, resolved when the
+    /// generation is made: a reload follows a `current` symlink switched
+    /// to the next release (a relative command, `./server`, is found there
+    /// too), while a crash's restart runs the release that serves
+    #[arg(long, env = "RCLUSTER_CHDIR", value_name = "DIR")]
+    chdir: Option<PathBuf>,
+
     /// Run the workers as this user (rcluster binds first, as root)
     #[arg(long, env = "RCLUSTER_USER", value_name = "USER")]
     user: Option<String>,
@@ -395,6 +403,7 @@ fn config_of(args: Args) -> Result<Config, Error> {
         pid_file: args.pid_file,
         metrics: args.metrics,
         env_file: args.env_file,
+        chdir: args.chdir,
         max_memory: args.max_memory,
         max_age: args.max_age,
         log_file: args.log_file,

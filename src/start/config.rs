@@ -78,6 +78,9 @@ pub struct Config {
     pub metrics: Option<ListenSpec>,
     /// `--env-file`: read at start and at every reload.
     pub env_file: Option<PathBuf>,
+    /// `--chdir`: where each generation's workers start, its symlinks
+    /// resolved when the generation is made.
+    pub chdir: Option<PathBuf>,
     /// `--max-memory`: resident bytes of a worker's process tree.
     pub max_memory: Option<u64>,
     pub max_age: Option<Duration>,
@@ -121,6 +124,7 @@ impl Config {
             control: Control::Off,
             metrics: None,
             env_file: None,
+            chdir: None,
             max_memory: None,
             max_age: None,
             log_format: LogFormat::Human,

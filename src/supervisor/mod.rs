@@ -107,8 +107,14 @@ pub struct Supervisor {
     policy: Policy,
     slots: Vec<Slot>,
     workers: BTreeMap<Pid, Worker>,
-    /// The generation every new worker gets; raised by each reload.
+    /// The newest generation: raised by each reload; a reload's
+    /// replacements run it.
     target: Generation,
+    /// The release that serves: the generation of the last completed
+    /// reload (1 at start). Outside a reload every start (a crash's
+    /// restart, a scale-up, a recycled worker's successor) runs it, so a
+    /// release whose reload failed never comes back by a restart.
+    serving: Generation,
     reload: Option<ReloadPlan>,
     /// Where every slot stands against `target`.
     progress: Progress,
@@ -173,6 +179,7 @@ impl Supervisor {
             policy,
             workers: BTreeMap::new(),
             target: 1,
+            serving: 1,
             reload: None,
             progress: Progress::default(),
             last_reload: None,
@@ -313,6 +320,11 @@ impl Supervisor {
         self.target
     }
 
+    /// The generation restarts run: see [`Supervisor::serving`].
+    pub fn serving_generation(&self) -> Generation {
+        self.serving
+    }
+
     pub fn reload_in_progress(&self) -> Option<&ReloadPlan> {
         self.reload.as_ref()
     }
@@ -420,7 +432,15 @@ impl Supervisor {
                 self.retire_replaced(slot, now);
                 let s = &self.slots[slot];
                 if s.is_empty() && s.restart_at.is_none() {
-                    self.spawn(slot);
+                    // Nothing serves in an empty slot: during a reload it
+                    // starts the reload's release (which was to replace it
+                    // anyway: a crash loop ends with the fixed release);
+                    // otherwise the release that serves.
+                    let generation = match &self.reload {
+                        Some(plan) => plan.target,
+                        None => self.serving,
+                    };
+                    self.spawn(slot, generation);
                 }
             }
             self.refresh(slot);
@@ -526,10 +546,11 @@ impl Supervisor {
         self.timers.change(Timer::Restart(slot), old, at);
     }
 
-    /// Starts a worker for `slot`: a replacement on the lane its
-    /// predecessor does not use, so that it gets no connection until it is
-    /// proven; a restart on the slot's last lane, where connections wait.
-    fn spawn(&mut self, slot: SlotId) {
+    /// Starts a worker of `generation` for `slot`: a replacement on the
+    /// lane its predecessor does not use, so that it gets no connection
+    /// until it is proven; a restart on the slot's last lane, where
+    /// connections wait.
+    fn spawn(&mut self, slot: SlotId, generation: Generation) {
         self.set_restart(slot, None);
         let lane = match self
             .attached(slot)
@@ -542,7 +563,7 @@ impl Supervisor {
         self.spawns_in_flight += 1;
         self.actions.push(Action::Spawn {
             slot,
-            generation: self.target,
+            generation,
             lane,
         });
     }

@@ -275,6 +275,27 @@ pub enum Record {
         to: String,
         why: String,
     },
+    /// What a new generation runs: where its workers start, its command,
+    /// and the program that command resolved to.
+    Release {
+        generation: Generation,
+        dir: String,
+        command: String,
+        executable: String,
+        /// The newest older generation that ran these very files (the
+        /// environment may differ: that is a reload too).
+        same_as: Option<Generation>,
+        /// `rcluster rollback`: the generation whose release this repeats.
+        rollback_of: Option<Generation>,
+    },
+    /// Without `--chdir`: the master's working directory was reached
+    /// through a path (`$PWD`) that now leads elsewhere, so a reload runs
+    /// the old files.
+    WorkdirMoved {
+        cwd: String,
+        reached_as: String,
+        now: String,
+    },
 }
 
 impl Record {
@@ -334,6 +355,8 @@ impl Record {
             WorkerRecycled { .. } => ("worker recycled", Info),
             EnvFileOnce { .. } => ("env file read once", Info),
             EnvFileRead { emptied, .. } => ("env file read", if *emptied { Warning } else { Info }),
+            Release { .. } => ("release", Info),
+            WorkdirMoved { .. } => ("working directory moved", Warning),
         }
     }
 

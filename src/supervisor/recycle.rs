@@ -120,7 +120,7 @@ impl Supervisor {
                 pid,
                 reason: entry.reason,
             });
-            self.spawn(slot);
+            self.spawn(slot, self.serving);
             self.refresh(slot);
             return;
         }

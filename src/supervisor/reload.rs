@@ -22,7 +22,8 @@ use super::{Failure, Supervisor};
 /// starting a second plan (einhorn's "bump the version and keep going").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadPlan {
-    /// The generation before the plan began: workers above it are new.
+    /// The generation that served when the plan began: workers above it
+    /// are new.
     pub from: Generation,
     /// Every worker older than this is replaced.
     pub target: Generation,
@@ -155,7 +156,7 @@ impl Supervisor {
                     Canary::Due
                 };
                 self.reload = Some(ReloadPlan {
-                    from: generation - 1,
+                    from: self.serving,
                     target: generation,
                     started: now,
                     canary,
@@ -178,6 +179,7 @@ impl Supervisor {
         };
         if self.progress.is_complete(self.slots.len()) {
             self.reload = None;
+            self.serving = plan.target;
             let duration = now.saturating_duration_since(plan.started);
             self.log(Record::ReloadComplete {
                 generation: plan.target,
@@ -201,7 +203,7 @@ impl Supervisor {
             {
                 plan.canary = Canary::Holding { slot };
             }
-            self.spawn(slot);
+            self.spawn(slot, plan.target);
             self.refresh(slot);
         }
     }

@@ -762,9 +762,50 @@ fn a_new_worker_that_exits_early_aborts_the_reload() {
     let acts = sim.at(20).exit(new, 1);
     assert_eq!(records(&acts, "reload aborted").len(), 1);
     assert!(signalled(&acts).is_empty());
-    // Crash restarts keep going while the reload is aborted.
+    // Crash restarts keep going while the reload is aborted, with the
+    // release that serves, not the one that just failed.
     let acts = sim.at(5000).exit(pids[1], 1);
+    assert_eq!(spawns(&acts), [(1, 1)]);
+}
+
+/// Which release a start runs: during a reload, the reload's (its
+/// replacements, and an emptied slot, which it was to replace anyway);
+/// otherwise the release of the last completed reload. During a reload,
+/// after an abort, and after a completed reload.
+#[test]
+fn a_restart_runs_the_release_that_serves() {
+    let (mut sim, pids) = Sim::started(policy(2));
+    let acts = sim.at(2000).signal(MasterSignal::Reload);
+    assert_eq!(spawns(&acts), [(0, 2)]);
+    let canary = spawned(&acts)[0];
+    // During the reload: an old worker's crash starts the new release in
+    // its slot at once.
+    let acts = sim.at(3000).exit(pids[1], 1);
     assert_eq!(spawns(&acts), [(1, 2)]);
+    sim.exec_ok(spawned(&acts)[0]);
+    let acts = sim.exec_ok(canary);
+    assert_eq!(records(&acts, "reload complete").len(), 1);
+    assert_eq!(sim.sup.serving_generation(), 2);
+    // After a completed reload: the new release.
+    let acts = sim.at(9000).exit(canary, 1);
+    assert_eq!(spawns(&acts), [(0, 2)]);
+    sim.exec_ok(spawned(&acts)[0]);
+    // After an aborted reload: the release that served before it.
+    let acts = sim.at(12_000).signal(MasterSignal::Reload);
+    let bad = spawned(&acts)[0];
+    sim.feed(Event::Exec {
+        pid: bad,
+        result: Err(libc::ENOENT),
+    });
+    assert_eq!(records(&sim.exit(bad, 127), "reload aborted").len(), 1);
+    let old = sim.pid_of(1);
+    let acts = sim.at(20_000).exit(old, 1);
+    assert_eq!(spawns(&acts), [(1, 2)]);
+    // A scale-up too.
+    let acts = sim.feed(Event::ScaleTo(3));
+    assert_eq!(spawns(&acts), [(2, 2)]);
+    assert_eq!(sim.sup.target_generation(), 3);
+    assert_eq!(sim.sup.serving_generation(), 2);
 }
 
 #[test]

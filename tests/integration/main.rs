@@ -33,6 +33,7 @@ mod observe;
 mod output;
 mod recycle;
 mod release;
+mod releases;
 mod reload;
 mod restart;
 mod scale;

@@ -44,11 +44,12 @@ fn status(control: &str) -> (i32, Value) {
 }
 
 /// `rcluster reload --wait`, which must answer well before the 60 s
-/// `--ready-timeout` would end a reload that waited for it.
+/// `--ready-timeout` would end a reload that waited for it. (18 s, not
+/// less: a test machine's VM was seen paused for 9 s, master and all.)
 fn reload_wait(control: &str) -> (i32, String, Duration) {
     let start = Instant::now();
     let (code, out, err) =
-        rcluster(&["reload", "--wait", "--timeout", "10s", "--control", control]);
+        rcluster(&["reload", "--wait", "--timeout", "18s", "--control", control]);
     (code, format!("{out}{err}"), start.elapsed())
 }
 
@@ -204,7 +205,10 @@ fn a_release_that_never_listens_is_never_called_ready() {
 #[test]
 fn with_a_queue_per_worker_a_canary_that_dies_takes_no_connection_with_it() {
     // A release that serves, says READY=1, and is killed 300 ms later: in
-    // its hold it has no queue of its own to take connections from.
+    // its hold it has no queue of its own to take connections from. The
+    // hold is 3 s here, not the default 1 s: the kill must land inside it
+    // even when a loaded machine runs `sleep 0.3` late (a 5 s delay was
+    // seen with a release build running beside the suite).
     let dir = TempDir::new("reuseport-canary");
     let flag = dir.path("release");
     let control = path_str(&dir.path("control.sock")).to_string();
@@ -220,6 +224,8 @@ fn with_a_queue_per_worker_a_canary_that_dies_takes_no_connection_with_it() {
             "127.0.0.1:0",
             "--balance",
             "reuseport",
+            "--min-ready",
+            "3s",
             "--control",
             &control,
             "--",

@@ -149,6 +149,8 @@ pub struct Credentials {
 /// outlive the plan.
 pub struct ChildPlan {
     pub program: *const c_char,
+    /// The directory to change to before exec (`--chdir`), or null.
+    pub dir: *const c_char,
     pub argv: Vec<*const c_char>,
     pub envp: Vec<*mut c_char>,
     /// (index into envp, offset of the value) for variables holding the
@@ -239,6 +241,11 @@ pub unsafe fn exec_child(plan: &mut ChildPlan, err_fd: RawFd) -> ! {
                 || libc::syscall(libc::SYS_setgid, id.gid) < 0
                 || libc::syscall(libc::SYS_setuid, id.uid) < 0)
         {
+            report_and_exit(err);
+        }
+        // The release's directory, as the worker's user (it must be able
+        // to enter it).
+        if !plan.dir.is_null() && libc::chdir(plan.dir) < 0 {
             report_and_exit(err);
         }
         // Die with the master. The master may already have died before the

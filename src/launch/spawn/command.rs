@@ -39,13 +39,23 @@ impl Command {
 }
 
 pub fn resolve(command: &[OsString]) -> Result<Command, Error> {
+    resolve_in(command, None)
+}
+
+/// As [`resolve`], for a worker that starts in `dir` (`--chdir`): a
+/// relative path (`./server`, `bin/server`) is found there.
+pub fn resolve_in(command: &[OsString], dir: Option<&Path>) -> Result<Command, Error> {
     let name = command
         .first()
         .ok_or_else(|| Error::Usage("no command given".into()))?;
     let display = name.to_string_lossy().into_owned();
     let program = if name.as_bytes().contains(&b'/') {
-        check_executable(Path::new(name), &display)?;
-        PathBuf::from(name)
+        let path = match dir {
+            Some(dir) => dir.join(name),
+            None => PathBuf::from(name),
+        };
+        check_executable(&path, &display)?;
+        path
     } else {
         search_path(name, &display)?
     };

@@ -204,6 +204,49 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             };
             r.say(format_args!("env file {path} read: {said}{warning}"))
         }
+        Release {
+            generation,
+            dir,
+            command,
+            executable,
+            same_as,
+            rollback_of,
+        } => {
+            r.u64("generation", *generation)
+                .str("dir", dir)
+                .str("command", command)
+                .str("executable", executable);
+            if let Some(same) = same_as {
+                r.u64("same_as", *same);
+            }
+            if let Some(of) = rollback_of {
+                r.u64("rollback_of", *of);
+            }
+            let how = match (rollback_of, same_as) {
+                (Some(of), _) => format!(" (a rollback to generation {of}'s release)"),
+                (None, Some(same)) => format!(
+                    " (the very files generation {same} ran: only the environment may differ)"
+                ),
+                (None, None) => String::new(),
+            };
+            r.say(format_args!(
+                "generation {generation}: {dir}, {command}{how}"
+            ))
+        }
+        WorkdirMoved {
+            cwd,
+            reached_as,
+            now,
+        } => {
+            r.str("cwd", cwd)
+                .str("reached_as", reached_as)
+                .str("now", now);
+            r.say(format_args!(
+                "the master's working directory is {cwd}, reached as {reached_as}, which now \
+                 leads to {now}: the new workers start in {cwd} too; to follow {reached_as} at \
+                 each reload, run rcluster with --chdir {reached_as}"
+            ))
+        }
         MetricsEndpoint { addr } => {
             r.str("addr", addr);
             r.say(format_args!("serving metrics at http://{addr}/metrics"))
@@ -742,5 +785,40 @@ mod tests {
             startup: Duration::from_millis(3),
         };
         assert_eq!(sentence(&ready), "the worker is ready after 3ms");
+    }
+
+    #[test]
+    fn a_release_says_where_and_what_and_a_moved_directory_names_the_fix() {
+        let release = |same_as, rollback_of| Record::Release {
+            generation: 2,
+            dir: "/srv/app/releases/2".into(),
+            command: "python3 server.py".into(),
+            executable: "/usr/bin/python3".into(),
+            same_as,
+            rollback_of,
+        };
+        assert_eq!(
+            sentence(&release(None, None)),
+            "generation 2: /srv/app/releases/2, python3 server.py"
+        );
+        assert!(
+            sentence(&release(Some(1), None))
+                .ends_with("(the very files generation 1 ran: only the environment may differ)")
+        );
+        assert!(
+            sentence(&release(None, Some(1))).ends_with("(a rollback to generation 1's release)")
+        );
+        let moved = Record::WorkdirMoved {
+            cwd: "/srv/app/releases/1".into(),
+            reached_as: "/srv/app/current".into(),
+            now: "/srv/app/releases/2".into(),
+        };
+        assert_eq!(
+            sentence(&moved),
+            "the master's working directory is /srv/app/releases/1, reached as /srv/app/current, \
+             which now leads to /srv/app/releases/2: the new workers start in \
+             /srv/app/releases/1 too; to follow /srv/app/current at each reload, run rcluster \
+             with --chdir /srv/app/current"
+        );
     }
 }

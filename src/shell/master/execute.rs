@@ -121,8 +121,18 @@ impl<L: Launch> Master<'_, L> {
 
     fn reload_finished(&mut self, outcome: &ReloadOutcome) {
         self.metrics.reload_finished(outcome);
+        if let (ReloadOutcome::Complete { generation, .. }, Some(releases)) =
+            (outcome, &mut self.releases)
+        {
+            releases.served(*generation);
+        }
+        self.keep_releases();
+        let mut answer = reload_answer(outcome);
+        if let Some(generation) = answer["generation"].as_u64() {
+            answer["release"] = self.release_json(generation);
+        }
         let waiters = std::mem::take(&mut self.reload_waiters);
-        self.answer(waiters, &reload_answer(outcome));
+        self.answer(waiters, &answer);
     }
 
     /// The master is done: its waiting clients get their answers, and the

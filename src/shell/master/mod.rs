@@ -29,6 +29,7 @@ use crate::launch::{Launch, Reaping};
 use crate::shell::log::Log;
 use crate::shell::output::{Output, Tail};
 use crate::shell::reap;
+use crate::shell::releases::Releases;
 use crate::shell::serving;
 use crate::shell::setup::Setup;
 use crate::shell::signals::{self, Signals};
@@ -36,7 +37,6 @@ use crate::shell::token::Source;
 use crate::sockets::balance::Balancer;
 use crate::sockets::listen::Listener;
 use crate::sockets::notify::{Manager, NotifySocket};
-use crate::start::envfile::EnvSource;
 use crate::supervisor::Supervisor;
 use crate::supervisor::event::{Event, MasterSignal};
 use crate::supervisor::record::Record;
@@ -56,12 +56,12 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         metrics,
         info,
         policy,
-        env,
+        releases,
         ..
     } = setup;
     let supervisor = Supervisor::new(policy);
     let mut master = Master::new(supervisor, launcher, signals, notify, control, info, log)?;
-    if let Some((source, _)) = &env
+    if let Some((source, _)) = releases.as_ref().and_then(|r| r.env.as_ref())
         && let Some((kind, file)) = &source.once
     {
         log.emit(&Record::EnvFileOnce {
@@ -70,7 +70,13 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
             count: file.vars.len(),
         });
     }
-    master.env = env;
+    if let Some(releases) = &releases {
+        for (generation, kept) in releases.kept() {
+            master.launcher.prepare(generation, &kept.release);
+        }
+    }
+    master.releases = releases;
+    master.keep_releases();
     if let Some(mut metrics) = metrics {
         metrics
             .endpoint()
@@ -132,9 +138,9 @@ struct Master<'a, L: Launch> {
     /// Each worker's CPU time when last looked at (for `status` and
     /// `/metrics`).
     cpu_samples: HashMap<Pid, observe::CpuSample>,
-    /// `--env-file`: how to read it at a reload, and the variables the
-    /// last generation got.
-    env: Option<(EnvSource, Vec<(String, String)>)>,
+    /// The binary's releases: what each generation runs, and how a new
+    /// one is made (`--chdir`, the command, `--env-file`).
+    releases: Option<Releases>,
     /// The listeners' socket inodes and addresses: what a worker serves
     /// on; its other listening sockets are ports of its own.
     ours: serving::Listeners,
@@ -210,7 +216,7 @@ impl<'a, L: Launch> Master<'a, L> {
             look_samples: serving::Samples::new(),
             inherited: Default::default(),
             balancer: None,
-            env: None,
+            releases: None,
             last_words: HashMap::new(),
             cpu_samples: HashMap::new(),
             notify_pending: false,
@@ -343,7 +349,7 @@ impl<'a, L: Launch> Master<'a, L> {
                 (_, Some(MasterSignal::Reload)) => {
                     // A refused reload was logged and answered; a HUP has
                     // nobody else to tell.
-                    let _ = self.reload(now);
+                    let _ = self.reload(None, now);
                 }
                 (_, Some(signal)) => self.dispatch(Event::Signal(signal), now),
                 (libc::SIGUSR1, None) => self.reopen_log(),

@@ -10,9 +10,8 @@ use serde_json::{Value, json};
 use crate::control::server::{self as control, Request};
 use crate::control::status;
 use crate::launch::Launch;
-use crate::start::envfile::Changes;
+use crate::shell::releases::Kept;
 use crate::supervisor::event::{Event, MasterSignal};
-use crate::supervisor::record::Record;
 use crate::supervisor::reload::ReloadOutcome;
 
 use super::Master;
@@ -72,27 +71,13 @@ impl<L: Launch> Master<'_, L> {
                     now,
                 ))
             }
-            Request::Reload { .. } | Request::Scale { .. } if !running => {
+            Request::Reload { .. } | Request::Rollback { .. } | Request::Scale { .. }
+                if !running =>
+            {
                 Some(control::error("the master is stopping"))
             }
-            Request::Reload { wait } => {
-                if wait {
-                    self.hold(id);
-                    self.reload_waiters.push(id);
-                }
-                match self.reload(now) {
-                    Err(cause) => {
-                        self.reload_waiters.retain(|&w| w != id);
-                        Some(
-                            json!({"ok": false, "result": "aborted", "cause": cause, "error": format!("reload aborted: {cause}")}),
-                        )
-                    }
-                    Ok(()) if wait => None,
-                    Ok(()) => {
-                        Some(json!({"ok": true, "generation": self.supervisor.target_generation()}))
-                    }
-                }
-            }
+            Request::Reload { wait } => self.reload_request(id, wait, None, now),
+            Request::Rollback { wait, to } => self.reload_request(id, wait, Some(to), now),
             Request::Scale { workers } => {
                 self.dispatch(Event::ScaleTo(workers), now);
                 Some(json!({"ok": true, "workers": workers}))
@@ -113,33 +98,60 @@ impl<L: Launch> Master<'_, L> {
         }
     }
 
-    /// A reload (HUP or `rcluster reload`): the env file is read first
-    /// (without blocking: `envfile.rs`), and one that cannot be read or
-    /// parsed stops the reload before it starts.
-    pub(super) fn reload(&mut self, now: Instant) -> Result<(), String> {
-        if let Some((source, vars)) = &mut self.env {
-            match source.reread() {
-                Ok(file) => {
-                    let changes = Changes::between(vars, &file.vars);
-                    self.log.emit(&Record::EnvFileRead {
-                        path: source.path.display().to_string(),
-                        added: changes.added,
-                        removed: changes.removed,
-                        changed: changes.changed,
-                        emptied: !vars.is_empty() && file.vars.is_empty(),
-                    });
-                    vars.clone_from(&file.vars);
-                    self.launcher.set_env_file(&file.vars);
-                    self.dispatch(Event::Signal(MasterSignal::Reload), now);
-                    let generation = self.supervisor.target_generation();
-                    // Only the versions some worker still runs are kept.
-                    let oldest = self.supervisor.workers().map(|w| w.generation).min();
-                    let oldest = oldest.unwrap_or(generation);
-                    self.info.env_versions.retain(|g, _| *g >= oldest);
-                    self.info.env_versions.insert(generation, file.version);
-                }
-                Err(e) => {
-                    let cause = e.message;
+    /// `rcluster reload` or `rollback` (`Some(to)`): answered now, or when
+    /// it ends (`wait`).
+    fn reload_request(
+        &mut self,
+        id: usize,
+        wait: bool,
+        rollback: Option<Option<u64>>,
+        now: Instant,
+    ) -> Option<Value> {
+        if wait {
+            self.hold(id);
+            self.reload_waiters.push(id);
+        }
+        let what = if rollback.is_some() {
+            "rollback"
+        } else {
+            "reload"
+        };
+        match self.reload(rollback, now) {
+            Err(cause) => {
+                self.reload_waiters.retain(|&w| w != id);
+                Some(json!({
+                    "ok": false, "result": "refused", "cause": cause,
+                    "error": format!("{what} refused: {cause}; nothing changed"),
+                }))
+            }
+            Ok(()) if wait => None,
+            Ok(()) => {
+                let generation = self.supervisor.target_generation();
+                Some(json!({
+                    "ok": true, "generation": generation, "release": self.release_json(generation),
+                }))
+            }
+        }
+    }
+
+    /// A reload (HUP, `rcluster reload`) or a rollback (`Some(to)`): its
+    /// release is made first (the env file read, `--chdir` and the command
+    /// resolved: `releases.rs`), and one that cannot be made stops it
+    /// before anything starts.
+    pub(super) fn reload(
+        &mut self,
+        rollback: Option<Option<u64>>,
+        now: Instant,
+    ) -> Result<(), String> {
+        let generation = self.supervisor.target_generation() + 1;
+        if let Some(releases) = &mut self.releases {
+            let release = match rollback {
+                None => releases.next(self.log),
+                Some(to) => releases.rollback(self.supervisor.serving_generation(), to),
+            };
+            let release = match release {
+                Ok(release) => release,
+                Err(cause) => {
                     self.dispatch(
                         Event::ReloadRefused {
                             cause: cause.clone(),
@@ -148,11 +160,41 @@ impl<L: Launch> Master<'_, L> {
                     );
                     return Err(cause);
                 }
-            }
-        } else {
-            self.dispatch(Event::Signal(MasterSignal::Reload), now);
+            };
+            self.launcher.prepare(generation, &release);
+            releases.add(generation, release, self.log);
+        } else if rollback.is_some() {
+            return Err(
+                "this master runs a closure (rcluster::Cluster): it has no releases".into(),
+            );
         }
+        self.dispatch(Event::Signal(MasterSignal::Reload), now);
+        self.keep_releases();
         Ok(())
+    }
+
+    /// Forgets the releases no worker can run again, and tells `status`.
+    pub(super) fn keep_releases(&mut self) {
+        let Some(releases) = &mut self.releases else {
+            return;
+        };
+        let live = self.supervisor.workers().map(|w| w.generation).collect();
+        for gone in releases.prune(self.supervisor.serving_generation(), &live) {
+            self.launcher.forget(gone);
+        }
+        self.info.releases = releases
+            .kept()
+            .map(|(generation, kept)| release_view(generation, kept))
+            .collect();
+    }
+
+    /// What a generation runs, for the answer to `reload`.
+    pub(super) fn release_json(&self, generation: u64) -> Value {
+        self.info
+            .releases
+            .iter()
+            .find(|r| r.generation == generation)
+            .map_or(Value::Null, status::ReleaseView::json)
     }
 
     pub(super) fn hold(&mut self, id: usize) {
@@ -168,6 +210,26 @@ impl<L: Launch> Master<'_, L> {
                 control.reply(id, response, self.poll.registry());
             }
         }
+    }
+}
+
+/// A kept release as `status` shows it.
+fn release_view(generation: u64, kept: &Kept) -> status::ReleaseView {
+    let r = &kept.release;
+    status::ReleaseView {
+        generation,
+        served: kept.served,
+        dir: r.dir.display().to_string(),
+        chdir: r.chdir,
+        command: r.command_line(),
+        executable: r.command.path().display().to_string(),
+        executable_id: (r.executable.dev, r.executable.ino, r.executable.mtime_ns),
+        script: r
+            .script
+            .as_ref()
+            .map(|(path, _)| path.display().to_string()),
+        env_version: r.env_version.clone(),
+        rollback_of: r.rollback_of,
     }
 }
 

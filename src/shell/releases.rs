@@ -1,0 +1,217 @@
+//! The binary's releases: how each new generation's release is made (the
+//! env file read again, `--chdir` and the command resolved now), which
+//! generation ran which release and which of them served, and where a
+//! rollback goes. The newest few generations are kept, and any that a
+//! worker still runs or that serves.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::launch::release::Release;
+use crate::shell::log::Log;
+use crate::start::envfile::{Changes, EnvFile, EnvSource};
+use crate::supervisor::record::Record;
+use crate::vocab::Generation;
+
+/// Generations kept besides those that serve or run: what `rollback
+/// --to` may name.
+pub const KEEP: usize = 5;
+
+/// One kept generation.
+#[derive(Debug)]
+pub struct Kept {
+    pub release: Release,
+    /// A reload to it completed (or it was the first).
+    pub served: bool,
+}
+
+pub struct Releases {
+    /// `--chdir`, absolute; its symlinks are resolved for each generation.
+    chdir: Option<PathBuf>,
+    command: Vec<OsString>,
+    /// `--env-file`: how to read it again, and its variables as last read.
+    pub env: Option<(EnvSource, Vec<(String, String)>)>,
+    /// Without `--chdir`: the path the master's working directory was
+    /// reached by (`$PWD`), when that is not the directory's own path.
+    reached_as: Option<PathBuf>,
+    kept: BTreeMap<Generation, Kept>,
+}
+
+impl Releases {
+    /// Generation 1's release, resolved at start: a `--chdir` that leads
+    /// nowhere, or a command that cannot run there, stops rcluster now.
+    pub fn start(
+        chdir: Option<&Path>,
+        command: &[OsString],
+        env: Option<(EnvSource, EnvFile)>,
+    ) -> Result<Releases, Error> {
+        let cwd =
+            std::env::current_dir().map_err(|e| Error::os("reading the working directory", e))?;
+        // Relative to where rcluster was started, once: `--chdir current`.
+        let chdir = chdir.map(|dir| cwd.join(dir));
+        let reached_as = match &chdir {
+            Some(_) => None,
+            None => std::env::var_os("PWD")
+                .map(PathBuf::from)
+                .filter(|pwd| pwd.is_absolute() && *pwd != cwd)
+                .filter(|pwd| std::fs::canonicalize(pwd).is_ok_and(|real| real == cwd)),
+        };
+        let mut release = Release::resolve(chdir.as_deref(), command)?;
+        let env = env.map(|(source, file)| {
+            release.env = file.vars.clone();
+            release.env_version = Some(file.version);
+            (source, file.vars)
+        });
+        let mut kept = BTreeMap::new();
+        kept.insert(
+            1,
+            Kept {
+                release,
+                served: true,
+            },
+        );
+        Ok(Releases {
+            chdir,
+            command: command.to_vec(),
+            env,
+            reached_as,
+            kept,
+        })
+    }
+
+    pub fn get(&self, generation: Generation) -> Option<&Release> {
+        self.kept.get(&generation).map(|k| &k.release)
+    }
+
+    /// Every kept generation, oldest first.
+    pub fn kept(&self) -> impl Iterator<Item = (Generation, &Kept)> {
+        self.kept.iter().map(|(&g, k)| (g, k))
+    }
+
+    /// A reload's release: the env file read again (its changes logged),
+    /// `--chdir` and the command resolved now. `Err`: why the reload
+    /// cannot start (nothing has changed).
+    pub fn next(&mut self, log: &Log) -> Result<Release, String> {
+        let mut env = None;
+        if let Some((source, vars)) = &mut self.env {
+            let file = source.reread().map_err(|e| e.message)?;
+            let changes = Changes::between(vars, &file.vars);
+            log.emit(&Record::EnvFileRead {
+                path: source.path.display().to_string(),
+                added: changes.added,
+                removed: changes.removed,
+                changed: changes.changed,
+                emptied: !vars.is_empty() && file.vars.is_empty(),
+            });
+            vars.clone_from(&file.vars);
+            env = Some((file.vars, file.version));
+        }
+        if let Some(reached_as) = &self.reached_as
+            && let Ok(now) = std::fs::canonicalize(reached_as)
+            && let Ok(cwd) = std::env::current_dir()
+            && now != cwd
+        {
+            log.emit(&Record::WorkdirMoved {
+                cwd: cwd.display().to_string(),
+                reached_as: reached_as.display().to_string(),
+                now: now.display().to_string(),
+            });
+        }
+        let mut release =
+            Release::resolve(self.chdir.as_deref(), &self.command).map_err(|e| e.to_string())?;
+        if let Some((vars, version)) = env {
+            release.env = vars;
+            release.env_version = Some(version);
+        }
+        Ok(release)
+    }
+
+    /// A rollback's release: generation `to`'s, or else the one that
+    /// served before the serving one (before the one it repeats, if it is
+    /// itself a rollback), as it was, environment included.
+    pub fn rollback(&self, serving: Generation, to: Option<Generation>) -> Result<Release, String> {
+        let source = match to {
+            Some(to) => to,
+            None => {
+                let from = self
+                    .get(serving)
+                    .and_then(|r| r.rollback_of)
+                    .unwrap_or(serving);
+                let current = self.get(serving);
+                self.kept
+                    .range(..from)
+                    .rev()
+                    .find(|(_, k)| k.served && current.is_none_or(|c| !k.release.same_files(c)))
+                    .map(|(&g, _)| g)
+                    .ok_or_else(|| {
+                        format!(
+                            "no release served before generation {from}: nothing to roll back to"
+                        )
+                    })?
+            }
+        };
+        let kept = self.get(source).ok_or_else(|| {
+            let list: Vec<String> = self.kept.keys().map(u64::to_string).collect();
+            format!(
+                "generation {source} is not kept (kept: {}; see rcluster status)",
+                list.join(", ")
+            )
+        })?;
+        kept.still_there()
+            .map_err(|gone| format!("generation {source}'s release cannot run: {gone}"))?;
+        let mut release = kept.clone();
+        release.rollback_of = Some(kept.rollback_of.unwrap_or(source));
+        Ok(release)
+    }
+
+    /// Keeps `release` as `generation`'s, and logs what it runs.
+    pub fn add(&mut self, generation: Generation, release: Release, log: &Log) {
+        let same_as = self
+            .kept
+            .iter()
+            .rev()
+            .find(|(_, k)| k.release.same_files(&release))
+            .map(|(&g, _)| g);
+        log.emit(&Record::Release {
+            generation,
+            dir: release.dir.display().to_string(),
+            command: release.command_line(),
+            executable: release.command.path().display().to_string(),
+            same_as: same_as.filter(|_| release.rollback_of.is_none()),
+            rollback_of: release.rollback_of,
+        });
+        self.kept.insert(
+            generation,
+            Kept {
+                release,
+                served: false,
+            },
+        );
+    }
+
+    /// A reload to `generation` completed.
+    pub fn served(&mut self, generation: Generation) {
+        if let Some(kept) = self.kept.get_mut(&generation) {
+            kept.served = true;
+        }
+    }
+
+    /// Forgets what no worker can run again: all but the newest [`KEEP`]
+    /// generations, the serving one and those in `live`. Returns the
+    /// generations forgotten.
+    pub fn prune(&mut self, serving: Generation, live: &BTreeSet<Generation>) -> Vec<Generation> {
+        let newest: BTreeSet<Generation> = self.kept.keys().rev().take(KEEP).copied().collect();
+        let gone: Vec<Generation> = self
+            .kept
+            .keys()
+            .filter(|g| !newest.contains(g) && **g != serving && !live.contains(g))
+            .copied()
+            .collect();
+        for g in &gone {
+            self.kept.remove(g);
+        }
+        gone
+    }
+}
