@@ -1,6 +1,7 @@
 //! The `rcluster` command: parse, run the master, and on failure print one
 //! line (`rcluster: ...`) and exit with the error's code.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -11,11 +12,27 @@ use rcluster::launch::spawn::command::Identity;
 use rcluster::shell::log::Log;
 use rcluster::shell::releases::Releases;
 use rcluster::shell::setup::Setup;
+use rcluster::shell::upgrade::{
+    Binary,
+    handover::{self, Handover},
+};
 use rcluster::start::cli::{self, Parsed};
 
 fn main() -> ExitCode {
     rcluster::ensure_std_fds();
-    let config = match cli::parse(std::env::args_os()) {
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    // A live upgrade: this image checks a hand-over, or goes on from one.
+    let upgrade = match argv.get(1).and_then(|a| a.to_str()) {
+        Some(handover::CHECK_ARG) => Some(Upgrade::Check),
+        Some(arg) => arg
+            .strip_prefix(handover::RESUME_ARG)
+            .map(|fd| Upgrade::Resume(fd.parse().unwrap_or(-1))),
+        None => None,
+    };
+    if upgrade.is_some() {
+        argv.remove(1);
+    }
+    let config = match cli::parse(argv.clone()) {
         Ok(Parsed::Run(config)) => config,
         Ok(Parsed::Client(command)) => return client::run(command),
         Ok(Parsed::Check(plan)) => return rcluster::check::run(plan),
@@ -24,6 +41,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => return fail(&e),
+    };
+    let handover = match upgrade {
+        None => None,
+        Some(Upgrade::Check) => return check_handover(),
+        Some(Upgrade::Resume(fd)) => match unsafe { Handover::read(fd) } {
+            // SAFETY: the old image handed this descriptor over to us.
+            Ok(handover) => Some(handover),
+            Err(e) => return fail(&rcluster::Error::Usage(format!("upgrade: {e}"))),
+        },
     };
     let log = match Log::new(
         config.log_format,
@@ -43,9 +69,33 @@ fn main() -> ExitCode {
             return ExitCode::from(73);
         }
     };
-    match run(&config, &log) {
+    let outcome = match handover {
+        Some(handover) => resume(&config, &log, handover),
+        None => run(&config, &log, Binary::of_this_process(&argv)),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+enum Upgrade {
+    /// `--upgrade-check`: can this binary go on from the hand-over on stdin?
+    Check,
+    /// `--upgrade-resume=FD`: go on from the hand-over in FD.
+    Resume(i32),
+}
+
+/// `--upgrade-check`: the command line parsed (done by the caller), the
+/// hand-over on stdin read whole; the answer on stdout, and the exit code.
+fn check_handover() -> ExitCode {
+    // SAFETY: stdin is ours, and nothing else reads it.
+    match unsafe { Handover::read(0) } {
+        Ok(_) => {
+            let _ = std::io::stdout().write_all(handover::check_answer().as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&rcluster::Error::Usage(e)),
     }
 }
 
@@ -63,7 +113,11 @@ fn fail(e: &rcluster::Error) -> ExitCode {
 /// The binary's master: everything that can be refused is checked before
 /// anything is forked (the command, the user, the addresses), then the
 /// workers are forked and exec'd.
-fn run(config: &rcluster::start::config::Config, log: &Log) -> Result<(), rcluster::Error> {
+fn run(
+    config: &rcluster::start::config::Config,
+    log: &Log,
+    binary: Binary,
+) -> Result<(), rcluster::Error> {
     // The first reading of --env-file: one that cannot be used stops
     // rcluster now (65, 66), as it stops a reload later.
     let env_file = config
@@ -79,21 +133,60 @@ fn run(config: &rcluster::start::config::Config, log: &Log) -> Result<(), rclust
     let releases = Releases::start(config.chdir.as_deref(), &config.command, env_file)?;
     let first = releases.get(1).expect("generation 1 is kept").clone();
     let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
-    let shim = match config.shim {
-        Some(mode) => {
-            let shim = Shim::new(mode).map_err(|source| rcluster::Error::Os {
-                op: "preparing the shim (memfd_create)".into(),
-                source,
-            })?;
-            shim.check(&first.command.path(), &first.command.display())?;
-            Some(shim)
-        }
-        None => None,
-    };
+    let shim = shim(config)?;
+    if let Some(shim) = &shim {
+        shim.check(&first.command.path(), &first.command.display())?;
+    }
     let owner = identity
         .as_ref()
         .map(|i| (i.credentials.uid, i.credentials.gid));
     let mut setup = Setup::new(config, log, owner)?;
+    setup.releases = Some(releases);
+    setup.binary = Some(binary);
+    serve(config, setup, identity, shim, log)
+}
+
+/// The new image of an upgraded master: the same command line, and what
+/// the old image handed over instead of a start.
+fn resume(
+    config: &rcluster::start::config::Config,
+    log: &Log,
+    mut handover: Handover,
+) -> Result<(), rcluster::Error> {
+    let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
+    let shim = shim(config)?;
+    let binary = Binary {
+        exe: handover.exe.clone(),
+        argv0: handover.argv0.clone(),
+        args: handover.args.clone(),
+    };
+    let releases = handover.releases.take().map(Releases::restore);
+    let mut setup = Setup::resume(config, handover)?;
+    setup.releases = releases;
+    setup.binary = Some(binary);
+    serve(config, setup, identity, shim, log)
+}
+
+fn shim(config: &rcluster::start::config::Config) -> Result<Option<Shim>, rcluster::Error> {
+    config
+        .shim
+        .map(|mode| {
+            Shim::new(mode).map_err(|source| rcluster::Error::Os {
+                op: "preparing the shim (memfd_create)".into(),
+                source,
+            })
+        })
+        .transpose()
+}
+
+/// Starts (or goes on with) the workers: exec'd, as `setup` says.
+fn serve(
+    config: &rcluster::start::config::Config,
+    setup: Setup,
+    identity: Option<Identity>,
+    shim: Option<Shim>,
+    log: &Log,
+) -> Result<(), rcluster::Error> {
     let mut launcher = ExecLauncher::new(
         &setup.listener_fds(),
         setup.worker_vars(true),
@@ -103,7 +196,6 @@ fn run(config: &rcluster::start::config::Config, log: &Log) -> Result<(), rclust
     if let Some(shim) = shim {
         launcher = launcher.with_shim(shim, config.stop_signal);
     }
-    setup.releases = Some(releases);
     // Whatever the workers start comes back to the master if orphaned, so
     // nothing they start can outlive them unnoticed.
     if let Err(e) = rcluster::shell::reap::become_subreaper() {

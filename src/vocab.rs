@@ -35,7 +35,21 @@ pub const MASTER_SIGNALS: &[i32] = &[
     libc::SIGTTOU,
     libc::SIGCHLD,
     libc::SIGUSR1,
+    libc::SIGUSR2,
 ];
+
+/// This build's version: the package's, and `+TAG` when built with
+/// `RCLUSTER_BUILD_TAG=TAG` (a build told apart from another of the same
+/// source, as a live upgrade's test needs).
+pub fn version() -> &'static str {
+    match option_env!("RCLUSTER_BUILD_TAG") {
+        Some(tag) => {
+            static TAGGED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+            TAGGED.get_or_init(|| format!("{}+{tag}", env!("CARGO_PKG_VERSION")))
+        }
+        None => env!("CARGO_PKG_VERSION"),
+    }
+}
 
 /// A message a worker sent over the sd_notify protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +72,7 @@ pub enum ManagerState {
 }
 
 /// A worker's output stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Stream {
     Stdout,
     Stderr,
@@ -74,7 +88,7 @@ impl Stream {
 }
 
 /// How a process ended, as `waitpid` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Exit {
     Code(i32),
     Signaled { signal: i32, core_dumped: bool },

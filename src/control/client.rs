@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use serde_json::{Value, json};
@@ -95,6 +95,19 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Replace the master itself with its binary as it is now on disk,
+    /// in place (same pid, same sockets, same workers), like USR2
+    Upgrade {
+        /// Wait until the new binary runs the master; exit 1 if the
+        /// upgrade fails (the old one then serves on)
+        #[arg(long)]
+        wait: bool,
+        /// Then replace every worker too, as a reload does
+        #[arg(long)]
+        reload: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Run N workers
     Scale {
         /// How many workers the master should run
@@ -171,6 +184,11 @@ pub fn run(command: Command) -> ExitCode {
             json!({"cmd": "rollback", "wait": wait, "to": to}),
             *wait,
         ),
+        Command::Upgrade {
+            wait,
+            reload,
+            target,
+        } => return upgrade(*wait, *reload, target),
         Command::Scale { workers, target } => {
             (target, json!({"cmd": "scale", "workers": workers}), false)
         }
@@ -257,8 +275,63 @@ fn say_answer(command: &Command, response: &Value) {
         Command::Scale { .. } => say!("scaling to {} workers", response["workers"]),
         Command::Stop { wait: true, .. } => say!("stopped"),
         Command::Stop { wait: false, .. } => say!("stopping"),
-        Command::Ls { .. } | Command::Notify { .. } => {}
+        Command::Ls { .. } | Command::Notify { .. } | Command::Upgrade { .. } => {}
     }
+}
+
+/// `rcluster upgrade`: asked, then (`wait`) watched through `status` until
+/// the new image answers, or the master says the attempt failed. The
+/// control socket stays open across the `execve`: a `status` sent then
+/// waits in its queue for the new image.
+fn upgrade(wait: bool, reload: bool, target: &Target) -> ExitCode {
+    let request = json!({"cmd": "upgrade", "reload": reload});
+    let answer = match ask(target, &request, false) {
+        Ok(answer) => answer,
+        Err(code) => return code,
+    };
+    if answer["ok"] != true {
+        let error = answer["error"].as_str().unwrap_or("the master refused");
+        complain!("rcluster: upgrade refused: {error}");
+        return ExitCode::FAILURE;
+    }
+    let exe = answer["exe"].as_str().unwrap_or("?");
+    if !wait {
+        say!("upgrade started: {exe}");
+        return ExitCode::SUCCESS;
+    }
+    let (attempt, done) = (answer["attempt"].as_u64(), answer["done"].as_u64());
+    let Ok(path) = find(target) else {
+        return ExitCode::from(NO_MASTER);
+    };
+    let deadline = Instant::now() + target.timeout.unwrap_or(WAIT_TIMEOUT);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let Ok(status) = control::ask(&path, &json!({"cmd": "status"}), TIMEOUT) else {
+            continue;
+        };
+        let master = &status["master"];
+        let upgrades = &master["upgrades"];
+        if upgrades["done"].as_u64() > done {
+            let last = &upgrades["last"];
+            say!(
+                "upgrade complete: rcluster {} to {} in {} ms; pid {}, {} workers kept{}",
+                last["from"].as_str().unwrap_or("?"),
+                master["version"].as_str().unwrap_or("?"),
+                last["duration_ms"],
+                master["pid"],
+                status["workers"].as_array().map_or(0, Vec::len),
+                if reload { "; reload started" } else { "" }
+            );
+            return ExitCode::SUCCESS;
+        }
+        if upgrades["failed"]["attempt"].as_u64() == attempt {
+            let cause = upgrades["failed"]["cause"].as_str().unwrap_or("?");
+            complain!("rcluster: upgrade failed: {cause}; the master serves on with its workers");
+            return ExitCode::FAILURE;
+        }
+    }
+    complain!("rcluster: the upgrade did not finish in time; see rcluster status and the log");
+    ExitCode::from(TIMED_OUT)
 }
 
 /// The master `target` names, asked `request`: its answer, or (having

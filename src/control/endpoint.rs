@@ -243,6 +243,10 @@ impl Endpoint {
         self.conns.contains_key(&id)
     }
 
+    pub fn listener_fd(&self) -> RawFd {
+        self.listener.raw_fd()
+    }
+
     /// The listener's and every client's fd (a forked worker closes them).
     pub fn raw_fds(&self) -> Vec<RawFd> {
         std::iter::once(self.listener.raw_fd())

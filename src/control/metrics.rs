@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use mio::Registry;
+use serde_json::{Value, json};
 
 use crate::control::endpoint::{self, Endpoint, Framing, http_response};
 use crate::control::status::{MasterInfo, Observed};
@@ -48,6 +49,33 @@ impl MetricsServer {
             addr,
             _file: file,
         })
+    }
+
+    /// The socket another image of the master bound (a live upgrade).
+    pub fn resume(
+        fd: std::os::fd::OwnedFd,
+        addr: String,
+        file: Option<&std::path::Path>,
+    ) -> std::io::Result<MetricsServer> {
+        let socket = socket2::Socket::from(fd);
+        socket.set_cloexec(true)?;
+        Ok(MetricsServer {
+            endpoint: Endpoint::new(
+                endpoint::Listener::from_socket(socket)?,
+                Framing::HttpHead,
+                None,
+            ),
+            addr,
+            _file: file.map(SocketFile::resume).transpose()?,
+        })
+    }
+
+    /// The listening socket, and the socket file this master made.
+    pub fn handover(&self) -> (std::os::fd::RawFd, Option<&std::path::Path>) {
+        (
+            self.endpoint.listener_fd(),
+            self._file.as_ref().map(SocketFile::path),
+        )
     }
 
     pub fn endpoint(&mut self) -> &mut Endpoint {
@@ -86,7 +114,7 @@ const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Histogram {
     counts: [u64; BUCKETS.len()],
     count: u64,
@@ -190,7 +218,70 @@ impl Metrics {
             | Record::OwnPorts { .. }
             | Record::ControlMoved { .. }
             | Record::Release { .. }
-            | Record::WorkdirMoved { .. } => {}
+            | Record::WorkdirMoved { .. }
+            | Record::UpgradeWaiting { .. }
+            | Record::UpgradeChecking { .. }
+            | Record::UpgradeFailed { .. }
+            | Record::Upgrading { .. }
+            | Record::Upgraded { .. } => {}
+        }
+    }
+
+    /// The counts, written down for a live upgrade.
+    pub fn snapshot(&self) -> Value {
+        let pairs = |m: &BTreeMap<&'static str, u64>| -> Vec<(String, u64)> {
+            m.iter().map(|(k, &v)| (k.to_string(), v)).collect()
+        };
+        json!({
+            "exits": self.exits.iter().map(|(&(slot, cause), &n)| (slot, cause, n)).collect::<Vec<_>>(),
+            "restarts": self.restarts.iter().collect::<Vec<_>>(),
+            "reloads": pairs(&self.reloads),
+            "recycles": pairs(&self.recycles),
+            "reload_seconds": self.reload_seconds,
+            "startup_seconds": self.startup_seconds,
+        })
+    }
+
+    /// The counts another image of the master wrote down; names it does
+    /// not count are left out.
+    pub fn resume(snapshot: &Value) -> Metrics {
+        const NAMES: [&str; 11] = [
+            "stopped",
+            "exec_failed",
+            "exit_0",
+            "exit_code",
+            "signal",
+            "refused",
+            "complete",
+            "aborted",
+            "interrupted",
+            "memory",
+            "age",
+        ];
+        let name = |v: &Value| NAMES.into_iter().find(|n| v.as_str() == Some(n));
+        let pairs = |key: &str| -> BTreeMap<&'static str, u64> {
+            let items = snapshot[key].as_array().cloned().unwrap_or_default();
+            items
+                .iter()
+                .filter_map(|p| Some((name(&p[0])?, p[1].as_u64()?)))
+                .collect()
+        };
+        let histogram =
+            |key: &str| serde_json::from_value(snapshot[key].clone()).unwrap_or_default();
+        let list = |key: &str| snapshot[key].as_array().cloned().unwrap_or_default();
+        Metrics {
+            exits: list("exits")
+                .iter()
+                .filter_map(|e| Some(((e[0].as_u64()? as SlotId, name(&e[1])?), e[2].as_u64()?)))
+                .collect(),
+            restarts: list("restarts")
+                .iter()
+                .filter_map(|e| Some((e[0].as_u64()? as SlotId, e[1].as_u64()?)))
+                .collect(),
+            reloads: pairs("reloads"),
+            recycles: pairs("recycles"),
+            reload_seconds: histogram("reload_seconds"),
+            startup_seconds: histogram("startup_seconds"),
         }
     }
 

@@ -47,6 +47,10 @@ pub enum Request {
     Stop {
         wait: bool,
     },
+    /// A live upgrade of the master; `reload`: then of the workers.
+    Upgrade {
+        reload: bool,
+    },
 }
 
 /// A request, checked strictly: an object with a known `cmd`, only the
@@ -64,9 +68,11 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         "reload" | "stop" => &["cmd", "wait"],
         "rollback" => &["cmd", "wait", "to"],
         "scale" => &["cmd", "workers"],
+        "upgrade" => &["cmd", "reload"],
         _ => {
             return Err(
-                "unknown request: \"cmd\" must be status, reload, rollback, scale or stop".into(),
+                "unknown request: \"cmd\" must be status, reload, rollback, scale, stop or upgrade"
+                    .into(),
             );
         }
     };
@@ -97,6 +103,11 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             },
         },
         "stop" => Ok(Request::Stop { wait }),
+        "upgrade" => match value.get("reload") {
+            None => Ok(Request::Upgrade { reload: false }),
+            Some(Value::Bool(reload)) => Ok(Request::Upgrade { reload: *reload }),
+            Some(other) => Err(format!("\"reload\" must be true or false, not {other}")),
+        },
         _ => match value["workers"].as_u64() {
             Some(n) if n >= 1 && n <= crate::vocab::MAX_WORKERS as u64 => Ok(Request::Scale {
                 workers: n as usize,
@@ -270,8 +281,34 @@ impl ControlServer {
         })
     }
 
+    /// The socket an earlier image of this master bound (a live upgrade).
+    pub fn resume(fd: std::os::fd::OwnedFd, path: &Path) -> std::io::Result<ControlServer> {
+        let listener = std::os::unix::net::UnixListener::from(fd);
+        listener.set_nonblocking(true)?;
+        nix::fcntl::fcntl(
+            &listener,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        Ok(ControlServer {
+            endpoint: Endpoint::new(
+                Listener::Unix(UnixListener::from_std(listener)),
+                Framing::Line,
+                Some(uid),
+            ),
+            path: path.to_path_buf(),
+            ino: std::fs::symlink_metadata(path)?.ino(),
+            owner: std::process::id(),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn listener_fd(&self) -> std::os::fd::RawFd {
+        self.endpoint.listener_fd()
     }
 
     /// The connections, served in the master's loop.

@@ -25,6 +25,8 @@ pub struct MasterInfo {
     /// The kept generations' releases, oldest first (the binary's; none
     /// for a library's master).
     pub releases: Vec<ReleaseView>,
+    /// Live upgrades of the master: done, attempted, the last failure.
+    pub upgrades: Value,
 }
 
 /// One generation's release, as the shell kept it.
@@ -206,7 +208,8 @@ fn master_json(
     json!({
         "name": info.name,
         "pid": std::process::id(),
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::vocab::version(),
+        "upgrades": info.upgrades,
         "uptime_ms": now.saturating_duration_since(info.started).as_millis() as u64,
         "workers": sup.slot_count(),
         "generation": sup.target_generation(),

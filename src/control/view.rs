@@ -180,6 +180,7 @@ fn master_lines(status: &Value) -> String {
     }
     out.push_str(&release_lines(master));
     out.push_str(&reload_line(status));
+    out.push_str(&upgrade_line(&master["upgrades"]));
     let lost = master["log_lines_lost"].as_u64().unwrap_or_default();
     if lost > 0 {
         let lines = count(lost as usize, "line");
@@ -275,6 +276,34 @@ fn reload_line(status: &Value) -> String {
     } else {
         String::new()
     }
+}
+
+/// The master's live upgrades: the last one, and the last failure.
+fn upgrade_line(upgrades: &Value) -> String {
+    let mut line = String::new();
+    if let Some(from) = upgrades["last"]["from"].as_str() {
+        let took = millis(&upgrades["last"]["duration_ms"])
+            .map(human)
+            .unwrap_or_default();
+        line = format!(
+            "upgrade  last: from rcluster {from}, in {took} ({} since start)",
+            count(
+                upgrades["done"].as_u64().unwrap_or_default() as usize,
+                "upgrade"
+            )
+        );
+    }
+    if let Some(cause) = upgrades["failed"]["cause"].as_str() {
+        let failed = format!("attempt {} FAILED: {cause}", upgrades["failed"]["attempt"]);
+        line = match line.is_empty() {
+            true => format!("upgrade  {failed}"),
+            false => format!("{line}; {failed}"),
+        };
+    }
+    if !line.is_empty() {
+        line.push('\n');
+    }
+    line
 }
 
 /// `rcluster status --slot N`: the slot's workers and the last lines on

@@ -16,7 +16,7 @@ use crate::vocab::Generation;
 use super::spawn::command::{self, Command};
 
 /// Which file, exactly: a path can be replaced under the same name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileId {
     pub dev: u64,
     pub ino: u64,
@@ -36,7 +36,7 @@ impl FileId {
 }
 
 /// One generation's release.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Release {
     /// Where its workers start: `--chdir` with every symlink resolved, or
     /// the master's own working directory.

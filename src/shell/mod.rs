@@ -20,5 +20,6 @@ pub mod setup;
 pub mod signals;
 mod token;
 pub mod trim;
+pub mod upgrade;
 
 pub use master::serve;

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -101,6 +101,16 @@ impl Tail {
         self.lines.iter().map(String::as_str)
     }
 
+    /// A tail that held `lines`, as an earlier image of the master wrote
+    /// them down.
+    pub fn of_lines(lines: &[String]) -> Tail {
+        let mut tail = Tail::default();
+        for line in lines {
+            tail.push(line.as_bytes());
+        }
+        tail
+    }
+
     #[cfg(test)]
     pub fn last(&self) -> Option<&str> {
         self.lines.back().map(String::as_str)
@@ -165,6 +175,26 @@ fn is_noise(line: &&str) -> bool {
 }
 
 pub use crate::vocab::Stream;
+
+/// The read end of a worker's stdout or stderr pipe.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PipeFd {
+    pub fd: RawFd,
+    pub slot: SlotId,
+    pub pid: i32,
+    pub stream: Stream,
+    pub prefixed: bool,
+    /// A line begun and not yet ended.
+    pub partial: Vec<u8>,
+    /// Its last lines (stderr).
+    pub tail: Option<Vec<String>>,
+}
+
+impl PipeFd {
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.pid)
+    }
+}
 
 struct Pipe {
     fd: OwnedFd,
@@ -250,6 +280,45 @@ impl Output {
             }
         }
         self.closed_tails.remove(&pid).unwrap_or_default()
+    }
+
+    /// Every pipe, written down for a live upgrade (the descriptors stay
+    /// open: they are handed over by number).
+    pub fn handover(&self) -> Vec<PipeFd> {
+        self.pipes
+            .values()
+            .map(|p| PipeFd {
+                fd: p.fd.as_raw_fd(),
+                slot: p.slot,
+                pid: p.pid.as_raw(),
+                stream: p.stream,
+                prefixed: p.prefixed,
+                partial: p.partial.clone(),
+                tail: p
+                    .tail
+                    .as_ref()
+                    .map(|t| t.lines().map(String::from).collect()),
+            })
+            .collect()
+    }
+
+    /// Watches a pipe an earlier image of the master handed over, as it
+    /// was.
+    pub fn resume(&mut self, registry: &Registry, pipe: &PipeFd, fd: OwnedFd) -> io::Result<()> {
+        self.watch(
+            registry,
+            pipe.slot,
+            pipe.pid(),
+            pipe.stream,
+            pipe.prefixed,
+            fd,
+        )?;
+        let id = (self.next + (1 << 24) - 1) % (1 << 24);
+        if let Some(watched) = self.pipes.get_mut(&id) {
+            watched.partial.clone_from(&pipe.partial);
+            watched.tail = pipe.tail.as_deref().map(Tail::of_lines);
+        }
+        Ok(())
     }
 
     /// The current tail of every worker that has one, by pid.

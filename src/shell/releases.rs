@@ -20,7 +20,7 @@ use crate::vocab::Generation;
 pub const KEEP: usize = 5;
 
 /// One kept generation.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Kept {
     pub release: Release,
     /// A reload to it completed (or it was the first).
@@ -213,5 +213,62 @@ impl Releases {
             self.kept.remove(g);
         }
         gone
+    }
+}
+
+/// `--env-file` written down: its path; what it held at start, if it is
+/// read once (and what kind of file it is); its variables as last read.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct EnvSnapshot(PathBuf, Option<(String, EnvFile)>, Vec<(String, String)>);
+
+/// [`Releases`] written down for a live upgrade.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ReleasesSnapshot {
+    chdir: Option<PathBuf>,
+    command: Vec<OsString>,
+    env: Option<EnvSnapshot>,
+    reached_as: Option<PathBuf>,
+    kept: BTreeMap<Generation, Kept>,
+}
+
+impl Releases {
+    pub fn snapshot(&self) -> ReleasesSnapshot {
+        ReleasesSnapshot {
+            chdir: self.chdir.clone(),
+            command: self.command.clone(),
+            env: self.env.as_ref().map(|(source, vars)| {
+                let once = source
+                    .once
+                    .as_ref()
+                    .map(|(kind, file)| (kind.to_string(), file.clone()));
+                EnvSnapshot(source.path.clone(), once, vars.clone())
+            }),
+            reached_as: self.reached_as.clone(),
+            kept: self
+                .kept
+                .iter()
+                .map(|(&g, k)| {
+                    let kept = Kept {
+                        release: k.release.clone(),
+                        served: k.served,
+                    };
+                    (g, kept)
+                })
+                .collect(),
+        }
+    }
+
+    pub fn restore(snapshot: ReleasesSnapshot) -> Releases {
+        let env = snapshot.env.map(|EnvSnapshot(path, once, vars)| {
+            let once = once.map(|(kind, file)| (crate::start::envfile::kind_named(&kind), file));
+            (EnvSource { path, once }, vars)
+        });
+        Releases {
+            chdir: snapshot.chdir,
+            command: snapshot.command,
+            env,
+            reached_as: snapshot.reached_as,
+            kept: snapshot.kept,
+        }
     }
 }

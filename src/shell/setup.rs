@@ -3,7 +3,7 @@
 //! file, open the notify and control sockets, and say where it listens.
 //! Bad input (an address, a path) fails here, before any worker exists.
 
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,23 @@ use crate::launch::spawn::env::{self, Value};
 use crate::shell::log::Log;
 use crate::shell::pidfile::PidFile;
 use crate::shell::signals::Signals;
+use crate::shell::upgrade::Binary;
+use crate::shell::upgrade::handover::Handover;
 use crate::sockets::listen::{self, Listener};
 use crate::sockets::notify::NotifySocket;
 use crate::start::config::{Config, Control};
 use crate::supervisor::policy::Policy;
 use crate::supervisor::record::Record;
+
+/// What the master opened (or took over) before its loop.
+struct Sockets {
+    signals: Signals,
+    listeners: Vec<Listener>,
+    pid_file: Option<PidFile>,
+    notify: NotifySocket,
+    control: Option<ControlServer>,
+    metrics: Option<MetricsServer>,
+}
 
 /// A master ready to start its workers.
 pub struct Setup {
@@ -35,6 +47,10 @@ pub struct Setup {
     /// The binary's releases (generation 1's resolved at start), with
     /// `--env-file`; none for a library's master.
     pub releases: Option<crate::shell::releases::Releases>,
+    /// The binary a live upgrade reads again (none for a library's master).
+    pub binary: Option<Binary>,
+    /// What an earlier image of this master handed over (a live upgrade).
+    pub handover: Option<Handover>,
     watchdog: Option<Duration>,
 }
 
@@ -69,7 +85,7 @@ impl Setup {
         log.emit(&Record::Started {
             pid: std::process::id(),
             workers: config.workers,
-            version: env!("CARGO_PKG_VERSION"),
+            version: crate::vocab::version(),
         });
         for listener in &listeners {
             log.emit(&Record::Listening {
@@ -82,9 +98,94 @@ impl Setup {
                 addr: metrics.addr.clone(),
             });
         }
+        let sockets = Sockets {
+            signals,
+            listeners,
+            pid_file,
+            notify,
+            control,
+            metrics,
+        };
+        Ok(Setup::assemble(config, sockets, Instant::now(), None))
+    }
+
+    /// The new image of an upgraded master: the sockets of the hand-over
+    /// taken over as they are (nothing is bound, nothing logged), the pid
+    /// file written again.
+    pub fn resume(config: &Config, handover: Handover) -> Result<Setup, Error> {
+        let signals =
+            Signals::block().map_err(|e| Error::os("blocking the master's signals", e))?;
+        // SAFETY: the old image handed each descriptor over to us alone.
+        let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+        let taking = |what: &str| {
+            let what = format!("taking over {what} after the upgrade");
+            move |e| Error::os(what, e)
+        };
+        let listeners = handover
+            .listeners
+            .iter()
+            .map(|l| {
+                Listener::resume(
+                    l.name.clone(),
+                    l.local.clone(),
+                    own(l.fd),
+                    l.file.as_deref(),
+                )
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(taking("the listeners"))?;
+        let pid_file = config
+            .pid_file
+            .as_deref()
+            .map(PidFile::create)
+            .transpose()?;
+        let n = &handover.notify;
+        let notify = NotifySocket::resume(own(n.fd), n.address.clone(), n.dir.clone())
+            .map_err(taking("the notify socket"))?;
+        let control = handover
+            .control
+            .as_ref()
+            .map(|c| ControlServer::resume(own(c.fd), &c.path))
+            .transpose()
+            .map_err(taking("the control socket"))?;
+        let metrics = handover
+            .metrics
+            .as_ref()
+            .map(|m| MetricsServer::resume(own(m.fd), m.addr.clone(), m.file.as_deref()))
+            .transpose()
+            .map_err(taking("the metrics socket"))?;
+        let started = Duration::from_micros(handover.started_ago_us);
+        let started = Instant::now()
+            .checked_sub(started)
+            .unwrap_or_else(Instant::now);
+        let sockets = Sockets {
+            signals,
+            listeners,
+            pid_file,
+            notify,
+            control,
+            metrics,
+        };
+        Ok(Setup::assemble(config, sockets, started, Some(handover)))
+    }
+
+    fn assemble(
+        config: &Config,
+        sockets: Sockets,
+        started: Instant,
+        handover: Option<Handover>,
+    ) -> Setup {
+        let Sockets {
+            signals,
+            listeners,
+            pid_file,
+            notify,
+            control,
+            metrics,
+        } = sockets;
         let info = MasterInfo {
             name: config.name.clone(),
-            started: Instant::now(),
+            started,
             listeners: listeners
                 .iter()
                 .map(|l| (l.name.clone(), l.local.clone()))
@@ -95,8 +196,9 @@ impl Setup {
                 .unwrap_or_default(),
             env_file: config.env_file.as_ref().map(|p| p.display().to_string()),
             releases: Vec::new(),
+            upgrades: serde_json::Value::Null,
         };
-        Ok(Setup {
+        Setup {
             signals,
             listeners,
             pid_file,
@@ -106,8 +208,10 @@ impl Setup {
             info,
             policy: config.policy(),
             releases: None,
+            binary: None,
+            handover,
             watchdog: config.watchdog,
-        })
+        }
     }
 
     pub fn listener_fds(&self) -> Vec<RawFd> {

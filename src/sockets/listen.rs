@@ -113,6 +113,30 @@ impl Listener {
         (self.socket, self._socket_file)
     }
 
+    /// The socket file this master made, if it made one.
+    pub fn file(&self) -> Option<&Path> {
+        self._socket_file.as_ref().map(SocketFile::path)
+    }
+
+    /// A listener an earlier image of this master had (a live upgrade):
+    /// as it was, its socket file still removed when the master exits.
+    pub fn resume(
+        name: String,
+        local: String,
+        fd: OwnedFd,
+        file: Option<&Path>,
+    ) -> io::Result<Listener> {
+        let socket = Socket::from(fd);
+        socket.set_cloexec(true)?;
+        Ok(Listener {
+            name,
+            socket,
+            local,
+            _socket_file: file.map(SocketFile::resume).transpose()?,
+            reuseport: None,
+        })
+    }
+
     /// Wraps a socket the master was given (systemd socket activation).
     fn adopt(name: String, fd: OwnedFd) -> io::Result<Listener> {
         let socket = Socket::from(fd);
@@ -379,6 +403,15 @@ pub struct SocketFile {
 }
 
 impl SocketFile {
+    /// A file this process made in an earlier image (a live upgrade).
+    pub fn resume(path: &Path) -> io::Result<SocketFile> {
+        Self::new(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn new(path: &Path) -> io::Result<SocketFile> {
         Ok(SocketFile {
             path: path.to_path_buf(),

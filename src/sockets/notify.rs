@@ -147,6 +147,30 @@ impl NotifySocket {
         Err(last_error.unwrap_or_else(|| io::Error::other("no free notify socket name")))
     }
 
+    /// The socket an earlier image of this master bound (a live upgrade).
+    pub fn resume(
+        fd: std::os::fd::OwnedFd,
+        address: String,
+        dir: Option<PathBuf>,
+    ) -> io::Result<NotifySocket> {
+        let socket = std::os::unix::net::UnixDatagram::from(fd);
+        socket.set_nonblocking(true)?;
+        nix::fcntl::fcntl(
+            &socket,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+        Ok(NotifySocket {
+            socket: mio::net::UnixDatagram::from_std(socket),
+            address,
+            dir: dir.map(|dir| (dir, std::process::id())),
+        })
+    }
+
+    /// Its own directory, if it has one.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_ref().map(|(dir, _)| dir.as_path())
+    }
+
     /// The `NOTIFY_SOCKET` value: a path, or `@` and an abstract name.
     pub fn address(&self) -> String {
         self.address.clone()

@@ -25,6 +25,8 @@ Signals to the master:
   QUIT        immediate stop
   TTIN, TTOU  one worker more / less
   USR1        reopen --log-file
+  USR2        live upgrade: the master re-executes its binary in place (same pid,
+              sockets and workers), once the new binary has checked the hand-over
 
 Talking to a running master (through its control socket):
   rcluster status [--json]     workers, generations, states, restarts
@@ -32,6 +34,7 @@ Talking to a running master (through its control socket):
   rcluster rollback [--wait]   back to the release that served before, with a reload's safety
   rcluster scale N             run N workers
   rcluster stop [--wait]       like TERM
+  rcluster upgrade [--wait]    like USR2; --wait exits 1 if the new binary fails its check
 
 Before production:
   rcluster check [OPTIONS] -- COMMAND   run it here on 127.0.0.1: does it lose requests

@@ -66,6 +66,15 @@ impl EnvSource {
 
 /// What kind of file `file` is, in words; an error for one that holds no
 /// variables (a directory) or is over [`MAX_BYTES`].
+/// The kinds of file an env file may be, as [`EnvSource::once`] names
+/// them.
+const KINDS: [&str; 4] = ["a regular file", "a pipe or FIFO", "a device", "a socket"];
+
+/// A kind's name as a previous image of the master wrote it down.
+pub fn kind_named(name: &str) -> &'static str {
+    KINDS.into_iter().find(|k| *k == name).unwrap_or(KINDS[1])
+}
+
 fn kind(file: &std::fs::File, path: &Path) -> Result<&'static str, EnvFileError> {
     let meta = file
         .metadata()
@@ -81,13 +90,13 @@ fn kind(file: &std::fs::File, path: &Path) -> Result<&'static str, EnvFileError>
         ));
     }
     Ok(if kind.is_file() {
-        "a regular file"
+        KINDS[0]
     } else if kind.is_fifo() {
-        "a pipe or FIFO"
+        KINDS[1]
     } else if kind.is_char_device() || kind.is_block_device() {
-        "a device"
+        KINDS[2]
     } else {
-        "a socket"
+        KINDS[3]
     })
 }
 
@@ -143,7 +152,7 @@ impl Changes {
 }
 
 /// One reading of the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EnvFile {
     /// In file order; a key given twice keeps its last value.
     pub vars: Vec<(String, String)>,

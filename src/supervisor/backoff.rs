@@ -32,6 +32,15 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// A slot's count as another image of the master left it.
+    pub fn resume(quick_crashes: u32) -> Backoff {
+        Backoff { quick_crashes }
+    }
+
+    pub fn quick_crashes(&self) -> u32 {
+        self.quick_crashes
+    }
+
     /// `ready_for`: how long the worker had been ready (`None`: never).
     pub fn on_crash(&mut self, ready_for: Option<Duration>, policy: &Policy) -> Restart {
         if ready_for.is_some_and(|ready| ready >= policy.min_uptime) {

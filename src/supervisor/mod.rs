@@ -55,6 +55,7 @@ mod restart;
 mod scale;
 mod shutdown;
 pub mod slot;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 pub mod timers;

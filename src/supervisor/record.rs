@@ -296,6 +296,31 @@ pub enum Record {
         reached_as: String,
         now: String,
     },
+    /// A live upgrade waits for the master to be quiet.
+    UpgradeWaiting {
+        why: String,
+    },
+    /// A new binary checks the hand-over.
+    UpgradeChecking {
+        exe: String,
+    },
+    /// A live upgrade was given up; nothing changed.
+    UpgradeFailed {
+        cause: String,
+    },
+    /// The new binary passed its check: the master's image is replaced.
+    Upgrading {
+        from: String,
+        to: String,
+        exe: String,
+    },
+    /// Said by the new image: it goes on from the hand-over.
+    Upgraded {
+        from: String,
+        to: String,
+        duration: Duration,
+        workers: usize,
+    },
 }
 
 impl Record {
@@ -357,6 +382,11 @@ impl Record {
             EnvFileRead { emptied, .. } => ("env file read", if *emptied { Warning } else { Info }),
             Release { .. } => ("release", Info),
             WorkdirMoved { .. } => ("working directory moved", Warning),
+            UpgradeWaiting { .. } => ("upgrade waiting", Info),
+            UpgradeChecking { .. } => ("upgrade checking", Info),
+            UpgradeFailed { .. } => ("upgrade failed", Error),
+            Upgrading { .. } => ("upgrading", Info),
+            Upgraded { .. } => ("upgraded", Info),
         }
     }
 

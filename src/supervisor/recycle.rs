@@ -42,6 +42,15 @@ impl Rng {
         Rng(seed | 1)
     }
 
+    /// Where the sequence stands, for a live upgrade to go on from.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    pub fn resume(state: u64) -> Rng {
+        Rng(state | 1)
+    }
+
     /// Uniform in [0, 1).
     pub fn next_f64(&mut self) -> f64 {
         self.0 ^= self.0 >> 12;

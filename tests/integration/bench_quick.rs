@@ -22,6 +22,8 @@ fn the_reload_bench_runs_every_scenario_and_writes_its_report() {
         "scale",
         "idle master",
         "worker stderr",
+        "upgrade, 2 workers, keep-alive",
+        "upgrade, 2 workers, close",
     ] {
         assert!(table.contains(heading), "no {heading} in\n{table}");
     }
@@ -30,6 +32,13 @@ fn the_reload_bench_runs_every_scenario_and_writes_its_report() {
             r.failed.iter().map(|f| f.1).sum::<u64>(),
             0,
             "a reload lost requests:\n{table}"
+        );
+    }
+    for u in &report.upgrade {
+        assert_eq!(
+            u.failed.iter().map(|f| f.1).sum::<u64>(),
+            0,
+            "an upgrade lost requests:\n{table}"
         );
     }
     let dir = TempDir::new("bench");

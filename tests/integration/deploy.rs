@@ -106,6 +106,15 @@ fn as_pid_1_rcluster_reaps_orphans_and_still_stops_gracefully() {
         .expect("unshare's child")
         .parse()
         .unwrap();
+    // A live upgrade as PID 1; the new image reaps the orphans of the
+    // workers a reload then starts.
+    // SAFETY: signalling the rcluster this test started.
+    unsafe { libc::kill(rcluster, libc::SIGUSR2) };
+    master.expect_msg("upgraded");
+    // SAFETY: as above.
+    unsafe { libc::kill(rcluster, libc::SIGHUP) };
+    let orphan = master.expect_msg("orphan reaped");
+    assert_eq!(orphan["code"], 0, "after the upgrade: {orphan}");
     // SAFETY: signalling the rcluster this test started.
     unsafe { libc::kill(rcluster, libc::SIGTERM) };
     master.expect_msg("stopped");

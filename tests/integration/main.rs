@@ -42,3 +42,4 @@ mod servers;
 mod stall;
 mod start;
 mod stop;
+mod upgrade;

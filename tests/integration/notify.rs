@@ -70,6 +70,12 @@ fn under_systemd_rcluster_reports_ready_reloading_and_stopping() {
     let reloading = expect_datagram(&systemd, "RELOADING=1");
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
     expect_datagram(&systemd, "READY=1");
+    // A live upgrade of the master is a reload of the unit: the same pid
+    // says RELOADING=1, then READY=1 from the new image.
+    master.signal(libc::SIGUSR2);
+    expect_datagram(&systemd, "RELOADING=1");
+    expect_datagram(&systemd, "READY=1");
+    master.expect_msg("upgraded");
     master.signal(libc::SIGTERM);
     expect_datagram(&systemd, "STOPPING=1");
     assert_eq!(master.wait_exit().code(), Some(0));

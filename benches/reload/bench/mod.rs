@@ -18,6 +18,9 @@
 //! - `idle`: the master's RSS, CPU ticks and wakeups over 10 s of nothing;
 //! - `stderr`: a worker writing 100 MB/s, then as fast as it can, to stderr
 //!   through the master and straight out: bytes delivered, master CPU;
+//! - `upgrade`: K live upgrades of the master (`USR2`) under load, then K
+//!   reloads of the same cluster under the same load: USR2 to the new
+//!   image answering its control socket, failures, latency during each;
 //! - `balance` (not in the default run): `--balance shared` against
 //!   `reuseport` with hello, Node and Python workers burning 2 ms of CPU a
 //!   request: each worker's share and latency at 30/60/90% of capacity.
@@ -36,6 +39,7 @@ pub mod report;
 pub mod scenarios;
 pub mod stats;
 pub mod target;
+pub mod upgrade;
 
 // The HTTP client and load generator are the library's (`rcluster check`
 // drives servers with them too).
@@ -61,6 +65,7 @@ pub enum Scenario {
     Scale,
     Idle,
     Stderr,
+    Upgrade,
     Balance,
 }
 
@@ -86,7 +91,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "steady,reload,defaults,crash,scale,idle,stderr"
+        default_value = "steady,reload,defaults,crash,scale,idle,stderr,upgrade"
     )]
     scenario: Vec<Scenario>,
     /// A few seconds per scenario (what the test suite runs)
@@ -165,6 +170,7 @@ impl Opts {
                 Scenario::Scale,
                 Scenario::Idle,
                 Scenario::Stderr,
+                Scenario::Upgrade,
             ],
             modes: vec![Mode::KeepAlive, Mode::Close],
             workers: vec![2, 4],
@@ -258,12 +264,21 @@ pub fn run(opts: &Opts, server: &Server) -> Report {
             (Scenario::Idle, Some(bins)) => report.idle = Some(scenarios::idle(bins, opts.idle)),
             (Scenario::Stderr, Some(bins)) => report.stderr = scenarios::stderr(bins, opts.steady),
             (Scenario::Balance, Some(bins)) => report.balance = scenarios::balance(opts, bins),
+            (Scenario::Upgrade, Some(bins)) => {
+                for &workers in &opts.workers {
+                    for &mode in &opts.modes {
+                        let row = upgrade::upgrade(opts, bins, workers, mode);
+                        report.upgrade.push(row);
+                    }
+                }
+            }
             (
                 Scenario::Defaults
                 | Scenario::Crash
                 | Scenario::Scale
                 | Scenario::Idle
                 | Scenario::Stderr
+                | Scenario::Upgrade
                 | Scenario::Balance,
                 None,
             ) => {

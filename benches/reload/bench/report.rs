@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::load::{Outcome, Sample};
 use super::scenarios::{BalanceRow, Crash, DefaultsRow, Idle, Reload, ScaleRow, StderrRow, Steady};
 use super::stats::{self, Latency, median, ms};
+use super::upgrade::UpgradeRow;
 
 /// Everything one run measured.
 #[derive(Default)]
@@ -24,6 +25,7 @@ pub struct Report {
     pub idle: Option<Idle>,
     pub stderr: Vec<StderrRow>,
     pub balance: Vec<BalanceRow>,
+    pub upgrade: Vec<UpgradeRow>,
 }
 
 fn lat(l: &Latency) -> String {
@@ -130,6 +132,39 @@ impl Report {
                     "  p99 during reloads / steady p99: {:.2}x",
                     r.during.p99.as_secs_f64() / steady.latency.p99.as_secs_f64()
                 );
+            }
+        }
+        for u in &self.upgrade {
+            let _ = writeln!(
+                t,
+                "\nupgrade, {} workers, {} ({} live upgrades of the master by USR2, then as many reloads)",
+                u.workers,
+                u.mode.name(),
+                u.to_control.len()
+            );
+            let _ = writeln!(
+                t,
+                "  USR2 to the new image answering status: median {:.2} ms (its own count, asked to going on: median {:.2} ms); HUP to reload complete: median {:.2} ms",
+                ms(u.median_to_control()),
+                ms(median(&u.own)),
+                ms(median(&u.reloads))
+            );
+            let _ = writeln!(
+                t,
+                "  served {}, failed {}",
+                u.served,
+                stats::failures_text(&u.failed)
+            );
+            let _ = writeln!(
+                t,
+                "                     requests   p50 ms   p99 ms p99.9 ms   max ms"
+            );
+            for (what, l) in [
+                ("during upgrades ", &u.during_upgrades),
+                ("during reloads  ", &u.during_reloads),
+                ("outside either  ", &u.outside),
+            ] {
+                let _ = writeln!(t, "  {what} {:>10}  {}", l.count, lat(l));
             }
         }
         for c in &self.crash {
@@ -258,6 +293,7 @@ impl Report {
             "idle": self.idle.as_ref().map(Idle::json),
             "stderr": self.stderr.iter().map(StderrRow::json).collect::<Vec<_>>(),
             "balance": self.balance.iter().map(BalanceRow::json).collect::<Vec<_>>(),
+            "upgrade": self.upgrade.iter().map(UpgradeRow::json).collect::<Vec<_>>(),
         })
     }
 

@@ -39,7 +39,7 @@ pub enum Server<'a> {
 
 /// rcluster with `hello` workers that say READY=1; reloads roll without
 /// the canary's hold (the `defaults` scenario measures that).
-fn hello_cluster(opts: &Opts, bins: &Bins, workers: usize, extra: &[&str]) -> Rcluster {
+pub fn hello_cluster(opts: &Opts, bins: &Bins, workers: usize, extra: &[&str]) -> Rcluster {
     let n = workers.to_string();
     let mut args = vec![
         "-w",

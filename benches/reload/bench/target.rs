@@ -106,16 +106,15 @@ pub struct Rcluster {
 impl Rcluster {
     /// `rcluster --log-format json --log-level debug ARGS -- WORKER...`;
     /// returns once every worker is ready.
+    /// No control socket unless `args` asks for one.
     pub fn start(bins: &Bins, args: &[&str], worker: &[&str]) -> Rcluster {
+        let control = match args.contains(&"--control") {
+            true => &[][..],
+            false => &["--control", "none"][..],
+        };
         let mut child = Command::new(&bins.rcluster)
-            .args([
-                "--log-format",
-                "json",
-                "--log-level",
-                "debug",
-                "--control",
-                "none",
-            ])
+            .args(["--log-format", "json", "--log-level", "debug"])
+            .args(control)
             .args(args)
             .arg("--")
             .args(worker)

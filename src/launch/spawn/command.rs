@@ -17,7 +17,7 @@ use super::env::Value;
 
 /// The program to run, resolved against `PATH` before anything is forked,
 /// so a typo fails at once with 127 instead of a restart loop.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Command {
     pub program: CString,
     pub argv: Vec<CString>,

@@ -669,6 +669,41 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 "control socket at {to}: {from} is taken ({why})"
             ))
         }
+        UpgradeWaiting { why } => {
+            r.str("why", why);
+            r.say(format_args!("upgrade waits: {why}"))
+        }
+        UpgradeChecking { exe } => {
+            r.str("exe", exe);
+            r.say(format_args!("upgrade: checking that {exe} can take over"))
+        }
+        UpgradeFailed { cause } => {
+            r.str("cause", cause);
+            r.say(format_args!(
+                "upgrade failed: {cause}; this master serves on with its workers"
+            ))
+        }
+        Upgrading { from, to, exe } => {
+            r.str("from", from).str("to", to).str("exe", exe);
+            r.say(format_args!(
+                "upgrading rcluster {from} to {to} ({exe}) in place: same pid, same workers"
+            ))
+        }
+        Upgraded {
+            from,
+            to,
+            duration,
+            workers,
+        } => {
+            r.str("from", from)
+                .str("to", to)
+                .ms("duration_ms", *duration)
+                .u64("workers", *workers as u64);
+            r.say(format_args!(
+                "upgraded rcluster {from} to {to} in {}; {workers} workers kept",
+                human(*duration)
+            ))
+        }
         LogLost { lines, error } => {
             r.u64("lines", *lines).str("error", error);
             let why = if error.is_empty() {

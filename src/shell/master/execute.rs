@@ -108,7 +108,7 @@ impl<L: Launch> Master<'_, L> {
         }
     }
 
-    fn notify_manager(&mut self, state: &ManagerState) {
+    pub(super) fn notify_manager(&mut self, state: &ManagerState) {
         if let Some(manager) = &self.manager
             && let Err(e) = manager.tell(state)
         {

@@ -11,6 +11,8 @@
 mod execute;
 mod observe;
 mod requests;
+mod resume;
+mod upgrade;
 mod workers;
 
 use std::collections::{BTreeSet, HashMap};
@@ -34,6 +36,7 @@ use crate::shell::serving;
 use crate::shell::setup::Setup;
 use crate::shell::signals::{self, Signals};
 use crate::shell::token::Source;
+use crate::shell::upgrade::Binary;
 use crate::sockets::balance::Balancer;
 use crate::sockets::listen::Listener;
 use crate::sockets::notify::{Manager, NotifySocket};
@@ -57,12 +60,19 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         info,
         policy,
         releases,
+        binary,
+        handover,
         ..
     } = setup;
-    let supervisor = Supervisor::new(policy);
+    let supervisor = match &handover {
+        Some(h) => Supervisor::restore(policy, h.supervisor.clone(), Instant::now()),
+        None => Supervisor::new(policy),
+    };
     let mut master = Master::new(supervisor, launcher, signals, notify, control, info, log)?;
+    master.binary = binary;
     if let Some((source, _)) = releases.as_ref().and_then(|r| r.env.as_ref())
         && let Some((kind, file)) = &source.once
+        && handover.is_none()
     {
         log.emit(&Record::EnvFileOnce {
             path: source.path.display().to_string(),
@@ -98,10 +108,14 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         master.balancer = Some(balancer);
     }
     master.listeners = listeners;
-    // Children the master had before it started a worker (a `<(...)`
-    // subshell its shell left it) are not the workers': left alone.
-    if master.launcher.reaping() == Reaping::All {
-        master.inherited = reap::children().into_iter().collect();
+    match handover {
+        Some(handover) => master.resume(handover),
+        // Children the master had before it started a worker (a `<(...)`
+        // subshell its shell left it) are not the workers': left alone.
+        None if master.launcher.reaping() == Reaping::All => {
+            master.inherited = reap::children().into_iter().collect();
+        }
+        None => {}
     }
     let outcome = master.run();
     drop(master);
@@ -159,6 +173,16 @@ struct Master<'a, L: Launch> {
     log: &'a Log,
     /// Set by the supervisor's `Exit` action: how the master ends.
     outcome: Option<Result<(), Error>>,
+    /// The binary a live upgrade reads again (none for a library's master).
+    binary: Option<Binary>,
+    upgrades: upgrade::Upgrades,
+    upgrading: Option<upgrade::Upgrading>,
+    /// A check killed when its upgrade was given up, not yet reaped.
+    abandoned_check: Option<Pid>,
+    /// Log lines earlier images of the master lost.
+    log_lost_before: u64,
+    /// `rcluster upgrade --reload`: roll the workers after the first turn.
+    reload_at_start: bool,
 }
 
 impl<'a, L: Launch> Master<'a, L> {
@@ -222,6 +246,12 @@ impl<'a, L: Launch> Master<'a, L> {
             notify_pending: false,
             log,
             outcome: None,
+            binary: None,
+            upgrades: Default::default(),
+            upgrading: None,
+            abandoned_check: None,
+            log_lost_before: 0,
+            reload_at_start: false,
         })
     }
 
@@ -231,6 +261,7 @@ impl<'a, L: Launch> Master<'a, L> {
     fn run(&mut self) -> Result<(), Error> {
         let mut events = Events::with_capacity(256);
         self.dispatch(Event::Start, Instant::now());
+        self.reload_after_upgrade(Instant::now());
         loop {
             if let Some(outcome) = self.outcome.take() {
                 return outcome;
@@ -248,6 +279,9 @@ impl<'a, L: Launch> Master<'a, L> {
                 .collect();
             self.handle(&sources, now);
             self.after_events(now);
+            if self.upgrading.is_some() {
+                self.advance_upgrade(now);
+            }
         }
     }
 
@@ -268,6 +302,7 @@ impl<'a, L: Launch> Master<'a, L> {
             self.metrics_server
                 .as_mut()
                 .and_then(|m| m.endpoint().next_deadline()),
+            self.upgrade_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -353,6 +388,10 @@ impl<'a, L: Launch> Master<'a, L> {
                 }
                 (_, Some(signal)) => self.dispatch(Event::Signal(signal), now),
                 (libc::SIGUSR1, None) => self.reopen_log(),
+                // Refused or failed, it was logged; nobody else to tell.
+                (libc::SIGUSR2, None) => {
+                    let _ = self.upgrade(false, now);
+                }
                 (libc::SIGCHLD, None) => self.on_child(received.sender, now),
                 (_, None) => {}
             }

@@ -88,7 +88,7 @@ impl<L: Launch> Master<'_, L> {
 
     pub(super) fn counts(&self) -> Counts {
         Counts {
-            log_lines_lost: self.log.lines_lost(),
+            log_lines_lost: self.log.lines_lost() + self.log_lost_before,
             notify_dropped: self.notify_dropped,
         }
     }

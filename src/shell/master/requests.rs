@@ -60,6 +60,7 @@ impl<L: Launch> Master<'_, L> {
         let running = self.supervisor.is_running();
         let response = match request {
             Request::Status { slot } => {
+                self.info.upgrades = self.upgrades.json();
                 let counts = self.counts();
                 let observed = self.observe(now, slot);
                 Some(status::to_json(
@@ -82,6 +83,13 @@ impl<L: Launch> Master<'_, L> {
                 self.dispatch(Event::ScaleTo(workers), now);
                 Some(json!({"ok": true, "workers": workers}))
             }
+            Request::Upgrade { reload } => Some(match self.upgrade(reload, now) {
+                Ok(attempt) => json!({
+                    "ok": true, "attempt": attempt, "done": self.upgrades.done,
+                    "exe": self.binary.as_ref().map(|b| b.exe.display().to_string()),
+                }),
+                Err(cause) => control::error(cause),
+            }),
             Request::Stop { wait } => {
                 if wait {
                     self.hold(id);

@@ -146,6 +146,9 @@ impl<L: Launch> Master<'_, L> {
                 .registry()
                 .deregister(&mut SourceFd(&pidfd.as_raw_fd()));
         }
+        if self.is_upgrade_check(pid) {
+            return self.on_upgrade_checked(exit, now);
+        }
         // The exec pipe of a child that died young still holds its errno:
         // report the exec before the exit, so the log says "could not exec
         // (ENOENT)", not "exited with code 127".
