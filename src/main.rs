@@ -9,6 +9,7 @@ use rcluster::control::client;
 use rcluster::launch::exec::ExecLauncher;
 use rcluster::launch::shim::Shim;
 use rcluster::launch::spawn::command::Identity;
+use rcluster::launch::spawn::env::Value;
 use rcluster::shell::log::Log;
 use rcluster::shell::releases::Releases;
 use rcluster::shell::setup::Setup;
@@ -187,12 +188,20 @@ fn serve(
     shim: Option<Shim>,
     log: &Log,
 ) -> Result<(), rcluster::Error> {
-    let mut launcher = ExecLauncher::new(
-        &setup.listener_fds(),
-        setup.worker_vars(true),
-        identity,
-        config.capture(),
-    );
+    let mut vars = setup.worker_vars(true);
+    // `rcluster notify --ready` for workers whose PATH lacks rcluster (a
+    // Node app's `execFile` then fails without a word).
+    if let Some(binary) = &setup.binary {
+        let path = binary.exe.display().to_string();
+        vars.push(("RCLUSTER_BIN".into(), Value::Text(path)));
+    }
+    // Node listens again on fd 3, with its own backlog (511) unless given
+    // one: the recipes give it this.
+    vars.push((
+        "RCLUSTER_BACKLOG".into(),
+        Value::Text(config.backlog.to_string()),
+    ));
+    let mut launcher = ExecLauncher::new(&setup.listener_fds(), vars, identity, config.capture());
     if let Some(shim) = shim {
         launcher = launcher.with_shim(shim, config.stop_signal);
     }

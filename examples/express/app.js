@@ -8,8 +8,8 @@
 //    and on PORT otherwise (`node app.js` in development).
 // 2. It says READY=1 once it listens, so a reload replaces an old worker
 //    only after this one serves. Node cannot send a Unix datagram itself:
-//    `rcluster notify --ready` sends it (rcluster is on the PATH wherever it
-//    runs, a container included, since it is what starts the app).
+//    `rcluster notify --ready` sends it, run from RCLUSTER_BIN (the rcluster
+//    that started this worker), so the PATH need not hold it.
 // 3. On SIGTERM it drains: it stops accepting at once, tells each client
 //    that sends another request to reconnect (`Connection: close`), closes
 //    idle connections after a short grace, and exits once the last request
@@ -42,13 +42,13 @@ app.get('/sleep/:ms', (req, res) => {
 
 function ready() {
   if (!process.env.NOTIFY_SOCKET) return;
-  execFile('rcluster', ['notify', '--ready'], (err) => {
+  execFile(process.env.RCLUSTER_BIN || 'rcluster', ['notify', '--ready'], (err) => {
     if (err) console.error(`express worker ${id}: rcluster notify failed: ${err.message}`);
   });
 }
 
 const server = process.env.LISTEN_FDS
-  ? app.listen({ fd: 3 }, ready)
+  ? app.listen({ fd: 3 }, Number(process.env.RCLUSTER_BACKLOG) || 511, ready)
   : app.listen(Number(process.env.PORT) || 3000, ready);
 
 process.on('SIGTERM', () => {

@@ -57,12 +57,12 @@ for (const signal of ['SIGTERM', 'SIGINT', 'SIGQUIT']) process.on(signal, drain)
 // reload replaces an old worker only after this one is up. Node has no Unix
 // datagram sockets, so a helper sends it: `rcluster notify --ready`, which
 // waits until the master has read the message (the master counts a message
-// only while it can trace its sender to a worker). Without rcluster on the
-// PATH, systemd's helper; under `--ready auto` (the default) a worker that
-// says nothing is ready after --min-uptime anyway.
+// only while it can trace its sender to a worker). RCLUSTER_BIN is the
+// rcluster that started this worker, whatever the PATH; without it,
+// `rcluster` on the PATH, then systemd's helper.
 function ready() {
   if (!process.env.NOTIFY_SOCKET) return;
-  execFile('rcluster', ['notify', '--ready'], (err) => {
+  execFile(process.env.RCLUSTER_BIN || 'rcluster', ['notify', '--ready'], (err) => {
     if (!err) return;
     if (err.code !== 'ENOENT') {
       console.error(`node worker ${id}: rcluster notify failed: ${err.message}`);
@@ -74,4 +74,7 @@ function ready() {
   });
 }
 
-server.listen({ fd: 3 }, ready);
+// Node calls listen() again on fd 3, with a backlog of 511 unless told:
+// keep rcluster's (--backlog). For a handle, Node takes the backlog only as
+// the second argument, not as `options.backlog`.
+server.listen({ fd: 3 }, Number(process.env.RCLUSTER_BACKLOG) || 511, ready);

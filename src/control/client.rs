@@ -16,7 +16,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::control::rundir;
-use crate::control::server as control;
+use crate::control::server::{self as control, ScaleTo};
 use crate::control::view;
 use crate::vocab::human;
 
@@ -47,7 +47,8 @@ pub struct Target {
     /// The master whose pid this file holds
     #[arg(long, env = "RCLUSTER_PID_FILE", value_name = "PATH")]
     pid_file: Option<PathBuf>,
-    /// How long to wait for the answer (default 10s; 15m with --wait)
+    /// How long to wait for the answer (default 10s, or 15m for a command
+    /// that waits)
     #[arg(long, value_name = "DUR", value_parser = crate::vocab::parse_duration)]
     timeout: Option<Duration>,
 }
@@ -108,11 +109,11 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Run N workers
+    /// Run N workers (+N: N more, -N: N fewer, auto: one per CPU)
     Scale {
-        /// How many workers the master should run
-        #[arg(value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::vocab::MAX_WORKERS as u64))]
-        workers: u64,
+        /// How many workers the master should run: 8, +1, -2 or auto
+        #[arg(value_name = "N", allow_hyphen_values = true, value_parser = ScaleTo::parse)]
+        workers: ScaleTo,
         #[command(flatten)]
         target: Target,
     },
@@ -189,9 +190,7 @@ pub fn run(command: Command) -> ExitCode {
             reload,
             target,
         } => return upgrade(*wait, *reload, target),
-        Command::Scale { workers, target } => {
-            (target, json!({"cmd": "scale", "workers": workers}), false)
-        }
+        Command::Scale { workers, target } => (target, workers.json(), false),
         Command::Stop { wait, target } => (target, json!({"cmd": "stop", "wait": wait}), *wait),
     };
     let response = match ask(target, &request, wait) {
@@ -272,7 +271,13 @@ fn say_answer(command: &Command, response: &Value) {
             response["generation"],
             release_text(&response["release"])
         ),
-        Command::Scale { .. } => say!("scaling to {} workers", response["workers"]),
+        Command::Scale { .. } if response["from"] == response["workers"] => {
+            say!("already at {} workers", response["workers"])
+        }
+        Command::Scale { .. } => match response["from"].as_u64() {
+            Some(from) => say!("scaling from {from} to {} workers", response["workers"]),
+            None => say!("scaling to {} workers", response["workers"]),
+        },
         Command::Stop { wait: true, .. } => say!("stopped"),
         Command::Stop { wait: false, .. } => say!("stopping"),
         Command::Ls { .. } | Command::Notify { .. } | Command::Upgrade { .. } => {}

@@ -219,6 +219,7 @@ impl Metrics {
             | Record::ControlMoved { .. }
             | Record::Release { .. }
             | Record::WorkdirMoved { .. }
+            | Record::LosesRequests { .. }
             | Record::UpgradeWaiting { .. }
             | Record::UpgradeChecking { .. }
             | Record::UpgradeFailed { .. }

@@ -42,7 +42,7 @@ pub enum Request {
         to: Option<u64>,
     },
     Scale {
-        workers: usize,
+        to: ScaleTo,
     },
     Stop {
         wait: bool,
@@ -51,6 +51,56 @@ pub enum Request {
     Upgrade {
         reload: bool,
     },
+}
+
+/// The worker count a `scale` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleTo {
+    Exactly(usize),
+    /// More (or, negative, fewer) than now: PM2's `scale app +1`.
+    By(i64),
+    /// One per CPU, as `--workers auto`.
+    Auto,
+}
+
+impl ScaleTo {
+    /// The count it means when the master runs `now` workers: at least
+    /// one, at most `MAX_WORKERS`.
+    pub fn from(self, now: usize) -> usize {
+        let max = crate::vocab::MAX_WORKERS;
+        match self {
+            ScaleTo::Exactly(n) => n.clamp(1, max),
+            ScaleTo::By(by) => (now as i64).saturating_add(by).clamp(1, max as i64) as usize,
+            ScaleTo::Auto => num_cpus::get().clamp(1, max),
+        }
+    }
+
+    /// `8`, `+1`, `-2` or `auto`, as `rcluster scale` takes it.
+    pub fn parse(text: &str) -> Result<ScaleTo, String> {
+        let max = crate::vocab::MAX_WORKERS;
+        let wrong = || format!("expected a count from 1 to {max}, +N, -N or auto, not {text:?}");
+        if text == "auto" {
+            return Ok(ScaleTo::Auto);
+        }
+        if let Some(rest) = text.strip_prefix(['+', '-']) {
+            let by: i64 = rest.parse().map_err(|_| wrong())?;
+            return Ok(ScaleTo::By(if text.starts_with('-') { -by } else { by }));
+        }
+        match text.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(ScaleTo::Exactly(n)),
+            Ok(n) => Err(format!("{n} is not in 1..={max}")),
+            Err(_) => Err(wrong()),
+        }
+    }
+
+    /// As the protocol carries it.
+    pub fn json(self) -> Value {
+        match self {
+            ScaleTo::Exactly(n) => json!({"cmd": "scale", "workers": n}),
+            ScaleTo::By(by) => json!({"cmd": "scale", "by": by}),
+            ScaleTo::Auto => json!({"cmd": "scale", "workers": "auto"}),
+        }
+    }
 }
 
 /// A request, checked strictly: an object with a known `cmd`, only the
@@ -67,7 +117,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         "status" => &["cmd", "slot"],
         "reload" | "stop" => &["cmd", "wait"],
         "rollback" => &["cmd", "wait", "to"],
-        "scale" => &["cmd", "workers"],
+        "scale" => &["cmd", "workers", "by"],
         "upgrade" => &["cmd", "reload"],
         _ => {
             return Err(
@@ -108,14 +158,24 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             Some(Value::Bool(reload)) => Ok(Request::Upgrade { reload: *reload }),
             Some(other) => Err(format!("\"reload\" must be true or false, not {other}")),
         },
-        _ => match value["workers"].as_u64() {
-            Some(n) if n >= 1 && n <= crate::vocab::MAX_WORKERS as u64 => Ok(Request::Scale {
-                workers: n as usize,
+        _ => match (&value["workers"], value["by"].as_i64()) {
+            (Value::Null, Some(by)) => Ok(Request::Scale {
+                to: ScaleTo::By(by),
             }),
-            _ => Err(format!(
-                "scale needs \"workers\": a number from 1 to {}",
-                crate::vocab::MAX_WORKERS
-            )),
+            (Value::String(auto), None) if auto == "auto" => {
+                Ok(Request::Scale { to: ScaleTo::Auto })
+            }
+            (workers, None) => match workers.as_u64() {
+                Some(n) if n >= 1 && n <= crate::vocab::MAX_WORKERS as u64 => Ok(Request::Scale {
+                    to: ScaleTo::Exactly(n as usize),
+                }),
+                _ => Err(format!(
+                    "scale needs \"workers\" (a number from 1 to {}, or \"auto\") or \"by\" (a \
+                     number of workers more, or fewer if negative)",
+                    crate::vocab::MAX_WORKERS
+                )),
+            },
+            _ => Err("scale takes \"workers\" or \"by\", not both".into()),
         },
     }
 }
@@ -374,8 +434,30 @@ mod tests {
         );
         assert_eq!(
             parse_request(br#"{"cmd":"scale","workers":8}"#),
-            Ok(Request::Scale { workers: 8 })
+            Ok(Request::Scale {
+                to: ScaleTo::Exactly(8)
+            })
         );
+        assert_eq!(
+            parse_request(br#"{"cmd":"scale","by":-1}"#),
+            Ok(Request::Scale {
+                to: ScaleTo::By(-1)
+            })
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"scale","workers":"auto"}"#),
+            Ok(Request::Scale { to: ScaleTo::Auto })
+        );
+        assert!(parse_request(br#"{"cmd":"scale","workers":2,"by":1}"#).is_err());
+        assert_eq!(ScaleTo::parse("+1").map(|s| s.from(2)), Ok(3));
+        assert_eq!(ScaleTo::parse("-5").map(|s| s.from(2)), Ok(1));
+        assert_eq!(ScaleTo::parse("8").map(|s| s.from(2)), Ok(8));
+        assert!(
+            ScaleTo::parse("0")
+                .unwrap_err()
+                .contains("0 is not in 1..=4096")
+        );
+        assert!(ScaleTo::parse("many").is_err());
         assert_eq!(
             parse_request(br#"{"cmd":"rollback","wait":true,"to":2}"#),
             Ok(Request::Rollback {

@@ -87,6 +87,9 @@ impl Setup {
             workers: config.workers,
             version: crate::vocab::version(),
         });
+        if let Some((server, cure)) = config.known_to_lose_requests() {
+            log.emit(&Record::LosesRequests { server, cure });
+        }
         for listener in &listeners {
             log.emit(&Record::Listening {
                 name: listener.name.clone(),

@@ -21,7 +21,8 @@ const AFTER_HELP: &str = "\
 Signals to the master:
   HUP         rolling reload: replace every worker, --reload-batch at a time, each
               old one drained only once its replacement is ready
-  TERM, INT   graceful stop: workers drain up to --stop-timeout (a second one is immediate)
+  TERM, INT   graceful stop: workers drain up to --stop-timeout (a second INT, or QUIT,
+              stops at once; a second TERM changes nothing)
   QUIT        immediate stop
   TTIN, TTOU  one worker more / less
   USR1        reopen --log-file
@@ -30,9 +31,10 @@ Signals to the master:
 
 Talking to a running master (through its control socket):
   rcluster status [--json]     workers, generations, states, restarts
+  rcluster ls                  every master of this user, one line each
   rcluster reload [--wait]     like HUP; --wait exits non-zero if the reload aborts
   rcluster rollback [--wait]   back to the release that served before, with a reload's safety
-  rcluster scale N             run N workers
+  rcluster scale N|+N|-N|auto  run N workers, N more, N fewer, one per CPU
   rcluster stop [--wait]       like TERM
   rcluster upgrade [--wait]    like USR2; --wait exits 1 if the new binary fails its check
 
@@ -54,7 +56,7 @@ Example:
 #[derive(Debug, Parser)]
 #[command(name = "rcluster", version, after_help = AFTER_HELP)]
 #[command(
-    override_usage = "rcluster [OPTIONS] -- COMMAND [ARGS...]\n       rcluster <status|ls|reload|rollback|scale|stop|notify> [OPTIONS]\n       rcluster check [--duration DUR] [--json] [OPTIONS] -- COMMAND [ARGS...]"
+    override_usage = "rcluster [OPTIONS] -- COMMAND [ARGS...]\n       rcluster <status|ls|reload|rollback|scale|stop|upgrade|notify> [OPTIONS]\n       rcluster check [--duration DUR] [--json] [OPTIONS] -- COMMAND [ARGS...]"
 )]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -188,7 +190,7 @@ struct Args {
     /// How long a reload's first new worker (its canary) must stay ready
     /// before any old worker stops; 0 turns the canary off
     #[arg(long, env = "RCLUSTER_MIN_READY", value_name = "DUR",
-          default_value = "1s", value_parser = parse_duration)]
+          default_value = "2s", value_parser = parse_duration)]
     min_ready: Duration,
 
     /// How many workers a reload replaces at a time once its canary has
@@ -471,7 +473,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
     if !value.is_finite() || value <= 0.0 {
         return Err(FORMS.into());
     }
-    Ok((value * unit as f64) as u64)
+    let bytes = (value * unit as f64) as u64;
+    // A bare number under a MiB is a unit forgotten: `512` meant 512M, and
+    // as bytes it would recycle every worker at every look.
+    if unit == 1 && bytes < 1 << 20 {
+        return Err(format!(
+            "{s} is {bytes} bytes, less than any server needs: give a unit, e.g. {s}M"
+        ));
+    }
+    Ok(bytes)
 }
 
 fn parse_workers(s: &str) -> Result<usize, String> {
@@ -571,7 +581,11 @@ mod tests {
         assert_eq!(parse_size("2g"), Ok(2 << 30));
         assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
         assert_eq!(parse_size("800kB"), Ok(800 << 10));
-        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(
+            parse_size("512"),
+            Err("512 is 512 bytes, less than any server needs: give a unit, e.g. 512M".into())
+        );
         for bad in ["", "M", "-1M", "lots", "0"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }

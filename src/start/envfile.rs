@@ -196,10 +196,12 @@ fn describe(path: &Path, text: &str, e: &dotenvy::Error) -> String {
     };
     let first = statement.lines().next().unwrap_or_default().trim_end();
     let start = text.lines().position(|l| l.trim_end() == first);
+    // The statement's own line end is not a line more.
+    let statement = statement.trim_end();
     let at = (*at).min(statement.len());
     let within = statement[..at].matches('\n').count();
     let line = |n: usize| start.map_or(String::new(), |s| format!(" line {}", s + n + 1));
-    if statement.trim_end().contains('\n') && at >= statement.trim_end().len() {
+    if at >= statement.len() && unclosed_quote(statement) {
         return format!(
             "the env file {}{} cannot be parsed: a quote opened there is never closed: {first}",
             path.display(),
@@ -212,6 +214,19 @@ fn describe(path: &Path, text: &str, e: &dotenvy::Error) -> String {
         path.display(),
         line(within)
     )
+}
+
+/// Whether a statement's value opens a quote that nothing closes (the
+/// last line of a file, or one that swallowed the lines after it).
+fn unclosed_quote(statement: &str) -> bool {
+    let Some((_, value)) = statement.split_once('=') else {
+        return false;
+    };
+    let value = value.trim_start();
+    match value.chars().next() {
+        Some(quote @ ('"' | '\'')) => !value[1..].contains(quote),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -259,6 +274,16 @@ mod tests {
             e.message.ends_with(
                 " line 2 cannot be parsed: a quote opened there is never closed: LEVEL=\"info"
             ),
+            "{}",
+            e.message
+        );
+        // On the last line, too: its line, and why.
+        let path = file("A=1\nB=2\nC=\"x\n");
+        let e = EnvSource::open(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            e.message
+                .ends_with(" line 3 cannot be parsed: a quote opened there is never closed: C=\"x"),
             "{}",
             e.message
         );

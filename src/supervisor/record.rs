@@ -296,6 +296,11 @@ pub enum Record {
         reached_as: String,
         now: String,
     },
+    /// A server known to lose requests at every reload with these flags.
+    LosesRequests {
+        server: &'static str,
+        cure: &'static str,
+    },
     /// A live upgrade waits for the master to be quiet.
     UpgradeWaiting {
         why: String,
@@ -323,6 +328,29 @@ pub enum Record {
     },
 }
 
+/// A worker the master asked to drain that did not end cleanly: an exit
+/// code other than 0, or a signal it did not handle (its stop signal's
+/// default action). Requests in flight were probably lost. A `SIGKILL`
+/// rcluster sent after `--stop-timeout` is told apart (`StopTimeout`).
+pub fn unclean_drain(why: &StopReason, exit: &Exit, killed_by_us: bool) -> bool {
+    let drained = matches!(
+        why,
+        StopReason::Replaced { .. }
+            | StopReason::ScaledDown
+            | StopReason::Shutdown
+            | StopReason::Recycled(_)
+    );
+    let killed = killed_by_us
+        && matches!(
+            exit,
+            Exit::Signaled {
+                signal: libc::SIGKILL,
+                ..
+            }
+        );
+    drained && *exit != Exit::Code(0) && !killed
+}
+
 impl Record {
     /// The stable name (the JSON `msg`) and the level, one row per record.
     pub fn meta(&self) -> (&'static str, Level) {
@@ -339,9 +367,15 @@ impl Record {
             ReadinessLearned { .. } => ("readiness learned", Info),
             CanaryProven { .. } => ("canary proven", Info),
             NotServing { .. } => ("worker not serving", Error),
-            WorkerExited { next, .. } => (
+            WorkerExited {
+                next,
+                exit,
+                killed_by_us,
+                ..
+            } => (
                 "worker exited",
                 match next {
+                    Next::Stopped(why) if unclean_drain(why, exit, *killed_by_us) => Warning,
                     Next::Stopped(_) | Next::NotRestarted => Info,
                     Next::Restart { .. } | Next::SlotServed => Warning,
                     Next::GiveUp => Error,
@@ -382,6 +416,7 @@ impl Record {
             EnvFileRead { emptied, .. } => ("env file read", if *emptied { Warning } else { Info }),
             Release { .. } => ("release", Info),
             WorkdirMoved { .. } => ("working directory moved", Warning),
+            LosesRequests { .. } => ("loses requests", Warning),
             UpgradeWaiting { .. } => ("upgrade waiting", Info),
             UpgradeChecking { .. } => ("upgrade checking", Info),
             UpgradeFailed { .. } => ("upgrade failed", Error),

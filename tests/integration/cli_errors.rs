@@ -73,6 +73,11 @@ fn usage_errors_exit_64_with_all_that_clap_says() {
             &["unix:/path/app.sock"],
         ),
         (&["--stop-signal", "SIGFOO", "--", w], &["TERM, QUIT"]),
+        // 512 bytes would recycle every worker at every look.
+        (
+            &["--max-memory", "512", "--", w],
+            &["512 is 512 bytes", "give a unit, e.g. 512M"],
+        ),
         (
             &["--ready", "soon", "--", w],
             &["auto, exec, notify or delay:DUR"],
@@ -161,7 +166,7 @@ fn a_port_it_may_not_bind_exits_71_saying_why() {
     // SAFETY: getuid has no preconditions.
     let root = unsafe { libc::getuid() } == 0;
     if !root || unprivileged_start <= 80 || !std::path::Path::new("/usr/sbin/runuser").exists() {
-        eprintln!("skipped: needs root, runuser, and port 80 to be privileged");
+        crate::support::skip("needs root, runuser, and port 80 to be privileged");
         return;
     }
     let bin = crate::support::rcluster_bin();
@@ -226,7 +231,7 @@ fn help_and_version_exit_zero() {
 fn user_without_root_is_a_usage_error_64() {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
-        eprintln!("skipped: needs root to run rcluster as another user");
+        crate::support::skip("needs root to run rcluster as another user");
         return;
     }
     let binary = crate::support::rcluster_bin();
@@ -244,7 +249,7 @@ fn user_without_root_is_a_usage_error_64() {
         ],
     );
     if err.contains("runuser:") {
-        eprintln!("skipped: runuser is not permitted here: {err}");
+        crate::support::skip(&format!("runuser is not permitted here: {err}"));
         return;
     }
     assert_eq!(code, 64, "{err}");

@@ -109,7 +109,7 @@ fn scale_sets_the_worker_count() {
     let dir = TempDir::new("scale");
     let (mut master, control) = hello_with_control(&dir, &[]);
     let (code, out, _) = rcluster(&["scale", "4", "--control", &control]);
-    assert_eq!((code, out.as_str()), (0, "scaling to 4 workers\n"));
+    assert_eq!((code, out.as_str()), (0, "scaling from 2 to 4 workers\n"));
     assert_eq!(master.expect_msg("scaled")["workers"], 4);
     master.expect("slot 3 ready", |r| {
         r["msg"] == "worker ready" && r["slot"] == 3
@@ -117,6 +117,17 @@ fn scale_sets_the_worker_count() {
     let (code, out, _) = rcluster(&["scale", "1", "--control", &control]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(master.expect_msg("scaled")["workers"], 1);
+    // PM2's `scale app +1` means one more, not one.
+    let (code, out, _) = rcluster(&["scale", "+2", "--control", &control]);
+    assert_eq!((code, out.as_str()), (0, "scaling from 1 to 3 workers\n"));
+    assert_eq!(master.expect_msg("scaled")["workers"], 3);
+    let (code, out, _) = rcluster(&["scale", "-1", "--control", &control]);
+    assert_eq!((code, out.as_str()), (0, "scaling from 3 to 2 workers\n"));
+    assert_eq!(master.expect_msg("scaled")["workers"], 2);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let (code, out, _) = rcluster(&["scale", "auto", "--control", &control]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with(&format!("{cpus} workers\n")), "{out}");
     let (code, _, err) = rcluster(&["scale", "0", "--control", &control]);
     assert_eq!(code, 64, "{err}");
 }
@@ -178,7 +189,7 @@ fn the_control_socket_is_private_and_survives_bad_requests() {
 fn peers_of_another_user_are_refused() {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 || !std::path::Path::new("/usr/sbin/runuser").exists() {
-        eprintln!("skipped: needs root and runuser to connect as another user");
+        crate::support::skip("needs root and runuser to connect as another user");
         return;
     }
     let dir = TempDir::new("control-peer");

@@ -66,7 +66,7 @@ fn as_pid_1_rcluster_reaps_orphans_and_still_stops_gracefully() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !permitted {
-        eprintln!("skipped: unshare --pid is not permitted here");
+        crate::support::skip("unshare --pid is not permitted here");
         return;
     }
     let hello = example("hello");
@@ -125,7 +125,7 @@ fn as_pid_1_rcluster_reaps_orphans_and_still_stops_gracefully() {
 fn workers_run_as_the_user_given_with_user() {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
-        eprintln!("skipped: --user needs rcluster to run as root");
+        crate::support::skip("--user needs rcluster to run as root");
         return;
     }
     let worker = example("test_worker");

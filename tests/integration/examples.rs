@@ -75,6 +75,43 @@ fn async_example_reloads_under_load_without_a_failed_request() {
     });
 }
 
+/// Node listens again on fd 3, with a backlog of 511 unless given one:
+/// the recipe keeps rcluster's `--backlog` (`ss` shows a listener's
+/// backlog as its Send-Q).
+#[test]
+fn the_node_recipe_keeps_the_backlog_rcluster_listens_with() {
+    let server = path("examples/node/server.js");
+    let mut master = under_rcluster(&["node", &server], &["--backlog", "1000"]);
+    let addr = master.listening();
+    master.ready_workers();
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", addr.port())])
+        .output()
+        .expect("running ss (iproute2)");
+    let out = String::from_utf8_lossy(&out.stdout);
+    let backlog: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(backlog, ["1000"], "{out}");
+}
+
+/// `ab` counts an answer whose length differs from the first as a failure
+/// (11,518 of 75,786 once pids gained a digit): every worker of `hello`
+/// answers with the same length, whatever its pid.
+#[test]
+fn hello_answers_with_one_length_whatever_its_pid() {
+    let hello = example("hello");
+    let mut master = under_rcluster(&[&hello], &[]);
+    let addr = master.listening();
+    master.ready_workers();
+    for _ in 0..4 {
+        let answer = http::get(addr, "/").expect("GET /");
+        assert_eq!(answer.body.len(), 41, "{:?}", answer.body);
+        assert!(answer.pid().is_some(), "{:?}", answer.body);
+    }
+}
+
 #[test]
 fn hello_example_reloads_under_wrk_without_a_failed_request() {
     let server = example("hello");
@@ -104,7 +141,7 @@ const CONNECTIONS: usize = 100;
 fn examples_refuse_a_connection_not_the_server_when_out_of_threads_or_fds() {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
-        eprintln!("skipped: needs root, to run the workers as a user of their own");
+        crate::support::skip("needs root, to run the workers as a user of their own");
         return;
     }
     let (hello, async_hello) = (example("hello"), example("async_hello"));
@@ -125,7 +162,7 @@ fn examples_refuse_a_connection_not_the_server_when_out_of_threads_or_fds() {
     ];
     for (name, command, max_threads, max_fds) in servers {
         if name == "python" && !Path::new(python3).exists() {
-            eprintln!("python skipped: no {python3} for the worker's user");
+            crate::support::skip(&format!("python: no {python3} for the worker's user"));
             continue;
         }
         let mut args = vec!["-w", "1", "--ready", "notify", "--user", "daemon"];

@@ -477,3 +477,28 @@ fn no_function_mixes_more_steps_than_fit_on_a_screen() {
     }
     assert!(long.is_empty(), "over {MAX_LINES} lines: {long:?}");
 }
+
+/// The worker life-cycle table has one text: the supervisor's module doc.
+/// ARCHITECTURE.md shows the same rows, and drifts from them only by
+/// failing here.
+#[test]
+fn the_life_cycle_table_in_architecture_md_is_the_supervisors() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let code = std::fs::read_to_string(root.join("src/supervisor/mod.rs")).unwrap();
+    let rows: Vec<&str> = code
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! |"))
+        .collect();
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let shown: Vec<&str> = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("| state \\ event"))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| &l[1..])
+        .collect();
+    assert!(rows.len() > 5, "the supervisor's doc has its table");
+    assert_eq!(
+        shown, rows,
+        "ARCHITECTURE.md's life-cycle table differs from src/supervisor/mod.rs"
+    );
+}

@@ -39,7 +39,7 @@ fn a_unix_socket_listener_replaces_a_stale_file_and_removes_it_on_exit() {
 #[test]
 fn an_ipv6_listener_serves_on_loopback() {
     if TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: this machine has no ::1");
+        crate::support::skip("this machine has no ::1");
         return;
     }
     let hello = example("hello");

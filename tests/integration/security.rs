@@ -55,7 +55,7 @@ fn send_as(user: Option<&str>, socket: &str, text: &str) -> Sent {
         None => run("env", &[&env, &worker, "--send-notify", text]),
     };
     if code != 0 && err.contains("runuser:") {
-        eprintln!("skipped: runuser is not permitted here: {err}");
+        crate::support::skip(&format!("runuser is not permitted here: {err}"));
         return Sent::Skipped;
     }
     if code != 0 && err.contains("PermissionDenied") {

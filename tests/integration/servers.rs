@@ -19,6 +19,43 @@ pub fn rcluster_with(flags: &[&str], command: &[&str], setup: impl Fn(&mut Comma
     Master::start_with(&args, setup)
 }
 
+/// A worker whose PATH has no rcluster still says READY=1 through
+/// `rcluster notify`: it runs `$RCLUSTER_BIN` (before, Node's `execFile`
+/// failed with ENOENT and the worker was never ready under `notify`).
+#[test]
+fn express_says_ready_without_rcluster_on_its_path() {
+    let app = installs::express().join("app.js");
+    let node = which("node");
+    let path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    let mut master = rcluster_with(
+        &["--ready", "notify"],
+        &[&node, app.to_str().unwrap()],
+        |cmd| {
+            cmd.env("PATH", path);
+        },
+    );
+    let records = master.collect_until("workers ready", |r| r["msg"] == "workers ready");
+    let ready: Vec<_> = records
+        .iter()
+        .filter(|r| r["msg"] == "worker ready")
+        .collect();
+    assert_eq!(ready.len(), 2, "{records:?}");
+    for r in ready {
+        assert_eq!(r["ready_by"], "READY=1", "{r}");
+    }
+    master.stop_cleanly();
+}
+
+/// `program`'s path on this PATH.
+fn which(program: &str) -> String {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on the PATH"))
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Five reloads under wrk, keep-alive then close, each on a master of its
 /// own from `start`.
 pub fn reloads_under_wrk(name: &str, start: impl Fn() -> Master) {
@@ -87,6 +124,35 @@ fn uvicorn_reloads_under_wrk_without_a_failed_request() {
             cmd.env("PATH", &env);
         })
     });
+}
+
+/// uvicorn without `--http-drain` loses requests at every reload: the log
+/// says so at start, with the flag; with it, nothing is said.
+#[test]
+fn uvicorn_without_http_drain_is_warned_of() {
+    let dir = path("examples/python");
+    let uvicorn = ["uvicorn", "--fd", "3", "--app-dir", &dir, "asgi_app:app"];
+    let env = path_with_python();
+    let mut master = rcluster_with(&[], &uvicorn, |cmd| {
+        cmd.env("PATH", &env);
+    });
+    let records = master.collect_until("workers ready", |r| r["msg"] == "workers ready");
+    let warned: Vec<_> = records
+        .iter()
+        .filter(|r| r["msg"] == "loses requests")
+        .collect();
+    assert_eq!(warned.len(), 1, "{records:?}");
+    assert_eq!(warned[0]["level"], "WARN");
+    assert_eq!(warned[0]["cure"], "--http-drain");
+    drop(master);
+    let mut master = rcluster_with(&["--http-drain"], &uvicorn, |cmd| {
+        cmd.env("PATH", &env);
+    });
+    let records = master.collect_until("workers ready", |r| r["msg"] == "workers ready");
+    assert!(
+        records.iter().all(|r| r["msg"] != "loses requests"),
+        "{records:?}"
+    );
 }
 
 #[test]

@@ -326,7 +326,7 @@ fn a_failed_start_names_the_call_that_failed() {
 fn a_worker_that_cannot_start_its_stop_thread_is_told_and_still_drains() {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
-        eprintln!("skipped: needs root, to run the worker as a user of its own");
+        crate::support::skip("needs root, to run the worker as a user of its own");
         return;
     }
     let worker = example("test_worker");
@@ -372,7 +372,7 @@ fn hello_out_of_threads_says_so_a_few_times_not_per_connection() {
     let (code, _, _) = run("id", &["daemon"]);
     // SAFETY: getuid has no preconditions.
     if code != 0 || unsafe { libc::getuid() } != 0 {
-        eprintln!("skipped: needs root and a daemon user");
+        crate::support::skip("needs root and a daemon user");
         return;
     }
     let hello = example("hello");

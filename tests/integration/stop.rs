@@ -38,6 +38,26 @@ fn term_lets_a_request_in_flight_finish_then_exits_zero() {
     assert!(!log.contains("SIGKILL"), "nothing was killed:\n{log}");
 }
 
+/// A worker asked to drain that exits non-zero (the README's old Go
+/// snippet did, at `ln.Close()`) probably lost requests: a WARN with its
+/// last line on stderr, not an INFO.
+#[test]
+fn a_drain_that_fails_is_a_warning_with_the_workers_last_words() {
+    let script = "trap 'echo \"close tcp: use of closed network connection\" >&2; exit 1' TERM; \
+                  while :; do sleep 0.05; done";
+    let mut master = Master::start(&["-w", "1", "--ready", "exec", "--", "sh", "-c", script]);
+    master.ready_workers();
+    master.signal(libc::SIGTERM);
+    let exited = master.expect_msg("worker exited");
+    assert_eq!(exited["level"], "WARN", "{exited}");
+    assert_eq!(exited["reason"], "shutdown", "{exited}");
+    assert_eq!(
+        exited["last_line"], "close tcp: use of closed network connection",
+        "{exited}"
+    );
+    master.wait_exit();
+}
+
 #[test]
 fn a_worker_that_ignores_its_stop_signal_is_killed_after_the_stop_timeout() {
     let worker = example("test_worker");

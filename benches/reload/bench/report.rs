@@ -194,7 +194,7 @@ impl Report {
         if !self.defaults.is_empty() {
             let _ = writeln!(
                 t,
-                "\ndefaults: reload with no flag (canary held 1 s, then a quarter at a time)\n  worker             workers  reload ms"
+                "\ndefaults: reload with no flag (canary held 2 s, then a quarter at a time)\n  worker             workers  reload ms"
             );
             for d in &self.defaults {
                 let _ = writeln!(

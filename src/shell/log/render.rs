@@ -8,7 +8,7 @@
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
-use crate::supervisor::record::{Next, Record};
+use crate::supervisor::record::{Next, Record, unclean_drain};
 use crate::supervisor::recycle::RecycleReason;
 use crate::supervisor::slot::{ReadyBy, StopReason};
 use crate::vocab::{Exit, Pid, SlotId, count, errno_name, human, megabytes, signal_name};
@@ -404,8 +404,21 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             } else {
                 ""
             };
-            // What it said last, for an end nobody asked for.
+            // What it said last, for an end nobody asked for, or a drain
+            // that did not end cleanly.
+            let unclean = match next {
+                Next::Stopped(why) => unclean_drain(why, exit, *killed_by_us),
+                _ => false,
+            };
             let said = match (last_line, next) {
+                _ if unclean => format!(
+                    "; it did not exit cleanly while draining, so requests in flight were \
+                     probably lost{}",
+                    last_line
+                        .as_ref()
+                        .map(|l| format!("; its last line on stderr: {l}"))
+                        .unwrap_or_default()
+                ),
                 (Some(line), Next::Restart { .. } | Next::SlotServed | Next::GiveUp) => {
                     format!("; its last line on stderr: {line}")
                 }
@@ -562,7 +575,7 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             r.bool("graceful", *graceful).ms("timeout_ms", *timeout);
             if *graceful {
                 r.say(format_args!(
-                    "graceful stop: workers drain for up to {} (send TERM again to stop now)",
+                    "graceful stop: workers drain for up to {} (press Ctrl-C again, or send QUIT, to stop now)",
                     human(*timeout)
                 ))
             } else {
@@ -667,6 +680,13 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             r.str("path", to).str("taken", from).str("error", why);
             r.say(format_args!(
                 "control socket at {to}: {from} is taken ({why})"
+            ))
+        }
+        LosesRequests { server, cure } => {
+            r.str("server", server).str("cure", cure);
+            r.say(format_args!(
+                "{server} closes idle keep-alive connections at once when told to stop: without \
+                 {cure} it loses requests at every reload; run rcluster with {cure}"
             ))
         }
         UpgradeWaiting { why } => {
@@ -805,6 +825,29 @@ mod tests {
             sentence(&rec),
             "worker 2 (pid 4121) killed by SIGKILL after 3.2s (not sent by rcluster: out of memory?); restarting now"
         );
+        // Asked to drain, it failed: requests were probably lost.
+        let exited = |code, last_line: Option<&str>| Record::WorkerExited {
+            slot: 2,
+            pid: Pid::from_raw(4121),
+            generation: 1,
+            exit: Exit::Code(code),
+            exec_error: None,
+            uptime: Duration::from_millis(3200),
+            next: Next::Stopped(StopReason::Replaced { by: 2 }),
+            killed_by_us: false,
+            last_line: last_line.map(String::from),
+        };
+        let drained = exited(1, Some("close tcp: use of closed network connection"));
+        assert_eq!(drained.level(), slog::Level::Warning);
+        assert!(
+            sentence(&drained).ends_with(
+                "; it did not exit cleanly while draining, so requests in flight were probably \
+                 lost; its last line on stderr: close tcp: use of closed network connection"
+            ),
+            "{}",
+            sentence(&drained)
+        );
+        assert_eq!(exited(0, None).level(), slog::Level::Info);
     }
 
     #[test]

@@ -79,9 +79,11 @@ impl<L: Launch> Master<'_, L> {
             }
             Request::Reload { wait } => self.reload_request(id, wait, None, now),
             Request::Rollback { wait, to } => self.reload_request(id, wait, Some(to), now),
-            Request::Scale { workers } => {
+            Request::Scale { to } => {
+                let from = self.supervisor.slot_count();
+                let workers = to.from(from);
                 self.dispatch(Event::ScaleTo(workers), now);
-                Some(json!({"ok": true, "workers": workers}))
+                Some(json!({"ok": true, "workers": workers, "from": from}))
             }
             Request::Upgrade { reload } => Some(match self.upgrade(reload, now) {
                 Ok(attempt) => json!({

@@ -80,7 +80,7 @@ pub fn go_server() -> Option<&'static Path> {
     static DONE: OnceLock<Option<PathBuf>> = OnceLock::new();
     DONE.get_or_init(|| {
         if Command::new("go").arg("version").output().is_err() {
-            eprintln!("skipped: no Go toolchain (Debian: apt install golang-go; .ci/run does)");
+            crate::support::skip("no Go toolchain (Debian: apt install golang-go; .ci/run does)");
             return None;
         }
         let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));

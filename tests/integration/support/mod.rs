@@ -609,6 +609,17 @@ pub fn pass_as_fd_3(cmd: &mut Command, fd: std::os::fd::RawFd) {
     }
 }
 
+/// A test that cannot run on this machine (no root, no `runuser`, no
+/// `::1`…) says so and returns; with `RCLUSTER_TESTS_STRICT=1`, which
+/// `.ci/run` sets, it fails instead, so that a run that skipped the
+/// security tests never looks like one that ran them.
+pub fn skip(reason: &str) {
+    if std::env::var_os("RCLUSTER_TESTS_STRICT").is_some_and(|v| v == "1") {
+        panic!("cannot run here: {reason} (RCLUSTER_TESTS_STRICT=1 makes a skip a failure)");
+    }
+    eprintln!("skipped: {reason}");
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
