@@ -10,7 +10,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -23,11 +23,44 @@ use crate::sockets::inherited::ListenersError;
 const FORMS: &str = "expected 127.0.0.1:8080, :8080, [::1]:8080 or unix:/path/app.sock, \
                      optionally prefixed with NAME=";
 
-/// One `--listen` value: `[NAME=]ADDR`.
+/// One `--listen` value: `[NAME=]ADDR`; for a Unix socket, who may
+/// connect (`--socket-mode`, `--socket-user`, `--socket-group`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenSpec {
     pub name: Option<String>,
     pub addr: ListenAddr,
+    pub access: UnixAccess,
+}
+
+/// Who may connect to a Unix listener: its file's mode and owner, as
+/// systemd's `SocketMode=`, `SocketUser=` and `SocketGroup=`. The mode is
+/// 0666 unless given, as systemd's: a reverse proxy that runs as another
+/// user (nginx's `www-data`) must be able to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixAccess {
+    pub mode: u32,
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+impl Default for UnixAccess {
+    fn default() -> UnixAccess {
+        UnixAccess {
+            mode: 0o666,
+            user: None,
+            group: None,
+        }
+    }
+}
+
+impl UnixAccess {
+    /// `--socket-mode`: an octal mode such as 0660.
+    pub fn parse_mode(mode: &str) -> Result<u32, String> {
+        u32::from_str_radix(mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| "expected an octal mode such as 0660 or 0666".to_string())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +103,7 @@ impl FromStr for ListenSpec {
                 "bad listener name '{name}': use letters, digits, '_', '-' or '.'"
             ));
         }
+        let access = UnixAccess::default();
         let addr = if let Some(path) = addr.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err(FORMS.into());
@@ -84,6 +118,7 @@ impl FromStr for ListenSpec {
         Ok(ListenSpec {
             name: name.map(str::to_string),
             addr,
+            access,
         })
     }
 }
@@ -223,7 +258,7 @@ pub fn bind_all(
                 None,
             ),
             ListenAddr::Unix(path) => {
-                let (socket, file) = bind_unix(path, backlog)?;
+                let (socket, file) = bind_unix(path, backlog, &spec.access)?;
                 (socket, Some(file))
             }
         };
@@ -295,7 +330,11 @@ fn tcp_cause(e: &io::Error, port: u16) -> String {
     }
 }
 
-fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, SocketFile), Error> {
+fn bind_unix(
+    path: &Path,
+    backlog: i32,
+    access: &UnixAccess,
+) -> Result<(Socket, SocketFile), Error> {
     let bind_error = |cause: String| Error::Bind {
         addr: format!("unix:{}", path.display()),
         cause,
@@ -320,7 +359,15 @@ fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, SocketFile), Error> {
     let addr = SockAddr::unix(path).map_err(|e| bind_error(format!("bad socket path: {e}")))?;
     let socket =
         Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| bind_error(e.to_string()))?;
-    socket.bind(&addr).map_err(|e| {
+    // Bound 0600 (umask, not chmod after: no moment in which others may
+    // connect), then given its owner and mode.
+    // SAFETY: umask only swaps the process's mask; the master binds before
+    // it has any other thread.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = socket.bind(&addr);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    bound.map_err(|e| {
         bind_error(match e.kind() {
             io::ErrorKind::PermissionDenied => {
                 "permission denied (the directory is not writable by this user)".to_string()
@@ -330,10 +377,53 @@ fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, SocketFile), Error> {
         })
     })?;
     let file = SocketFile::new(path).map_err(|e| bind_error(e.to_string()))?;
+    set_access(path, access).map_err(bind_error)?;
     socket
         .listen(backlog)
         .map_err(|e| bind_error(e.to_string()))?;
     Ok((socket, file))
+}
+
+/// A user's or group's id: a number as it is, a name looked up.
+fn id_of(
+    name: &str,
+    flag: &str,
+    what: &str,
+    lookup: impl Fn(&str) -> Option<u32>,
+) -> Result<u32, String> {
+    name.parse()
+        .ok()
+        .or_else(|| lookup(name))
+        .ok_or_else(|| format!("{flag} {name}: no such {what}"))
+}
+
+/// Gives a socket file its owner, then its mode (until then the umask's).
+fn set_access(path: &Path, access: &UnixAccess) -> Result<(), String> {
+    use nix::unistd::{Group, User};
+    let user = access
+        .user
+        .as_deref()
+        .map(|name| {
+            id_of(name, "--socket-user", "user", |n| {
+                Some(User::from_name(n).ok()??.uid.as_raw())
+            })
+        })
+        .transpose()?;
+    let group = access
+        .group
+        .as_deref()
+        .map(|name| {
+            id_of(name, "--socket-group", "group", |n| {
+                Some(Group::from_name(n).ok()??.gid.as_raw())
+            })
+        })
+        .transpose()?;
+    if user.is_some() || group.is_some() {
+        std::os::unix::fs::chown(path, user, group)
+            .map_err(|e| format!("cannot give it its owner: {e}"))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode))
+        .map_err(|e| format!("cannot give it mode {:o}: {e}", access.mode))
 }
 
 /// What a path where rcluster would bind a Unix socket holds now.
@@ -470,6 +560,46 @@ mod tests {
             spec("admin=unix:/a=b.sock").unwrap().addr,
             ListenAddr::Unix("/a=b.sock".into())
         );
+        assert_eq!(spec("unix:/run/app.sock").unwrap().access.mode, 0o666);
+        assert_eq!(UnixAccess::parse_mode("0660"), Ok(0o660));
+        assert!(UnixAccess::parse_mode("999").is_err());
+    }
+
+    #[test]
+    fn a_unix_listener_gets_the_mode_and_owner_asked_for() {
+        let dir = std::env::temp_dir().join(format!("rcluster-unix-access-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.sock");
+        let unix = |mode, group: Option<String>| {
+            let mut spec = spec(&format!("unix:{}", path.display())).unwrap();
+            spec.access = UnixAccess {
+                mode,
+                user: None,
+                group,
+            };
+            spec
+        };
+        let with = |mode, group| {
+            let listeners = bind_all(&[unix(mode, group)], 16, Vec::new(), false).unwrap();
+            let meta = std::fs::metadata(&path).unwrap();
+            drop(listeners);
+            (meta.permissions().mode() & 0o777, meta.gid())
+        };
+        assert_eq!(with(0o666, None).0, 0o666, "systemd's SocketMode= default");
+        assert_eq!(with(0o600, None).0, 0o600);
+        // SAFETY: getgid has no preconditions.
+        let gid = unsafe { libc::getgid() };
+        assert_eq!(with(0o660, Some(gid.to_string())), (0o660, gid));
+        let nobody = unix(0o660, Some("no-such-group-here".into()));
+        let error = bind_all(&[nobody], 16, Vec::new(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--socket-group no-such-group-here: no such group"),
+            "{error}"
+        );
+        assert!(!path.exists(), "nothing is left behind");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use clap::{Parser, ValueEnum, error::ErrorKind};
 use crate::control::client;
 use crate::error::Error;
 use crate::launch::shim::Mode as ShimMode;
-use crate::sockets::listen::ListenSpec;
+use crate::sockets::listen::{ListenSpec, UnixAccess};
 use crate::start::config::{self, Config, Control, LogFormat};
 use crate::supervisor::policy::{ReadyRule, RestartDelay};
 use crate::vocab::parse_duration;
@@ -132,6 +132,21 @@ struct Args {
         value_delimiter = ','
     )]
     listen: Vec<ListenSpec>,
+
+    /// Mode of every unix: listener's file (systemd's SocketMode=): who may
+    /// connect; 0666 lets a proxy of another user (nginx's www-data) in
+    #[arg(long, env = "RCLUSTER_SOCKET_MODE", value_name = "MODE", default_value = "0666",
+          value_parser = UnixAccess::parse_mode)]
+    socket_mode: u32,
+
+    /// Owner of every unix: listener's file (systemd's SocketUser=)
+    #[arg(long, env = "RCLUSTER_SOCKET_USER", value_name = "USER")]
+    socket_user: Option<String>,
+
+    /// Group of every unix: listener's file (systemd's SocketGroup=), e.g.
+    /// www-data with --socket-mode 0660
+    #[arg(long, env = "RCLUSTER_SOCKET_GROUP", value_name = "GROUP")]
+    socket_group: Option<String>,
 
     /// Listen backlog (capped by the kernel's net.core.somaxconn)
     #[arg(long, env = "RCLUSTER_BACKLOG", value_name = "N",
@@ -387,7 +402,18 @@ fn config_of(args: Args) -> Result<Config, Error> {
             .name
             .unwrap_or_else(|| crate::control::rundir::default_name(&args.command)),
         workers: args.workers,
-        listen: args.listen,
+        listen: args
+            .listen
+            .into_iter()
+            .map(|mut spec| {
+                spec.access = UnixAccess {
+                    mode: args.socket_mode,
+                    user: args.socket_user.clone(),
+                    group: args.socket_group.clone(),
+                };
+                spec
+            })
+            .collect(),
         backlog: args.backlog,
         reuseport: matches!(args.balance, BalanceArg::Reuseport),
         stop_signal: args.stop_signal,

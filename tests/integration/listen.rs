@@ -50,3 +50,52 @@ fn an_ipv6_listener_serves_on_loopback() {
     let response = http::get(addr, "/").expect("a response over IPv6");
     assert_eq!(response.status, 200);
 }
+
+/// A reverse proxy that runs as another user (nginx's `www-data`) must be
+/// able to connect to a Unix listener: 0666 by default (systemd's
+/// `SocketMode=`), `--socket-mode 0600` keeps others out. Before, the file had the
+/// master's umask (0755 here): every request through nginx was refused.
+#[test]
+fn another_user_may_connect_to_a_unix_listener_unless_its_mode_says_not() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 || !std::path::Path::new("/usr/sbin/runuser").exists() {
+        crate::support::skip("needs root and runuser to connect as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("unix-mode");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path("app.sock");
+    let worker = example("test_worker");
+    let connect = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])";
+    let listen = format!("unix:{}", path_str(&sock));
+    for (mode, allowed) in [("0666", true), ("0600", false)] {
+        let args = [
+            "-w",
+            "1",
+            "-l",
+            &listen,
+            "--socket-mode",
+            mode,
+            "--",
+            &worker,
+        ];
+        let mut master = Master::start(&args);
+        master.ready_workers();
+        let args = [
+            "-u",
+            "nobody",
+            "--",
+            "python3",
+            "-c",
+            connect,
+            path_str(&sock),
+        ];
+        let (code, _, err) = crate::support::run("/usr/sbin/runuser", &args);
+        assert_eq!(code == 0, allowed, "--socket-mode {mode}: {err}");
+        if !allowed {
+            assert!(err.contains("PermissionError"), "{err}");
+        }
+        master.stop_cleanly();
+    }
+}
