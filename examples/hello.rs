@@ -16,6 +16,7 @@ mod http;
 
 use rcluster::worker;
 
+// snippet:start
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = worker::listeners()?.take_tcp(0)?;
     let shutdown = worker::shutdown()?;
@@ -33,3 +34,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     http::serve(listener, &shutdown, &greeting)?;
     Ok(())
 }
+// snippet:end

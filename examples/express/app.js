@@ -27,6 +27,7 @@ const DRAIN_GRACE_MS = 500;
 const id = process.env.RCLUSTER_WORKER_ID ?? '-';
 let draining = false;
 
+// snippet:start
 const app = express();
 app.use((req, res, next) => {
   if (draining) res.set('Connection', 'close');
@@ -60,3 +61,4 @@ process.on('SIGTERM', () => {
   net.Server.prototype.close.call(server, () => process.exit(0));
   setTimeout(() => server.closeIdleConnections(), DRAIN_GRACE_MS).unref();
 });
+// snippet:end

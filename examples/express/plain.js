@@ -1,6 +1,6 @@
 // An Express app as people write it, with nothing for rcluster: it binds
 // its own port and dies on SIGTERM. Under `rcluster --adopt-bind` it runs
-// unchanged, with rolling reloads (see the README, "A server that binds
+// unchanged, with rolling reloads (see docs/servers.md, "A server that binds
 // its own port").
 //
 //   rcluster --adopt-bind --listen 127.0.0.1:8080 -- node examples/express/plain.js

@@ -27,6 +27,7 @@ import (
 
 const drainGrace = 500 * time.Millisecond
 
+// snippet:start
 func listener() (net.Listener, error) {
 	if os.Getenv("LISTEN_PID") == strconv.Itoa(os.Getpid()) && os.Getenv("LISTEN_FDS") != "" {
 		return net.FileListener(os.NewFile(3, "rcluster"))
@@ -86,3 +87,4 @@ func main() {
 	defer cancel()
 	server.Shutdown(ctx)
 }
+// snippet:end

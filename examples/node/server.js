@@ -41,6 +41,7 @@ const server = http.createServer((req, res) => {
   }, delay);
 });
 
+// snippet:start
 function drain() {
   if (draining) return;
   draining = true;
@@ -78,3 +79,4 @@ function ready() {
 // keep rcluster's (--backlog). For a handle, Node takes the backlog only as
 // the second argument, not as `options.backlog`.
 server.listen({ fd: 3 }, Number(process.env.RCLUSTER_BACKLOG) || 511, ready);
+// snippet:end

@@ -1,4 +1,4 @@
-"""An ASGI app for uvicorn under rcluster (see the README, "uvicorn"):
+"""An ASGI app for uvicorn under rcluster (see docs/servers.md, "uvicorn"):
 
     rcluster --listen 127.0.0.1:8080 -- \\
         uvicorn --fd 3 --app-dir examples/python asgi_app:app

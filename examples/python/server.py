@@ -114,6 +114,7 @@ def close_idle_connections():
             pass
 
 
+# snippet:start
 def main():
     listener = socket.socket(fileno=3)
     # Every worker is woken for each connection; the ones that lose the race
@@ -144,6 +145,7 @@ def main():
     close_idle_connections()
     server.server_close()  # joins the request threads
     return 0
+# snippet:end
 
 
 if __name__ == "__main__":

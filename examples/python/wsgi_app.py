@@ -1,4 +1,4 @@
-"""A WSGI app for gunicorn under rcluster (see the README, "gunicorn"):
+"""A WSGI app for gunicorn under rcluster (see docs/servers.md, "gunicorn"):
 
     rcluster --listen 127.0.0.1:8080 --ready notify -- \\
         gunicorn --workers 1 --threads 4 --preload --no-control-socket \\

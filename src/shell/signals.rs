@@ -1,5 +1,5 @@
 //! The master's signals, read from a `signalfd` the poll loop watches, and
-//! what each one asks for. The table is in the README and `rcluster --help`.
+//! what each one asks for. The table is in docs/control.md and `rcluster --help`.
 //!
 //! The signals are blocked and read as data: the master installs no signal
 //! handler at all. Nothing runs asynchronously in it, and a worker forked

@@ -19,7 +19,7 @@ fn has(program: &str) -> bool {
 fn systemd_socket_activation_hands_rcluster_its_socket_and_hears_it_is_ready() {
     assert!(
         has("systemd-socket-activate"),
-        "systemd-socket-activate is missing: apt-get install systemd (.ci/run does)"
+        "systemd-socket-activate is missing: apt-get install systemd (./test.sh does)"
     );
     let dir = TempDir::new("socket-activate");
     let notify = dir.path("notify");

@@ -87,7 +87,7 @@ fn the_node_recipe_keeps_the_backlog_rcluster_listens_with() {
     let out = std::process::Command::new("ss")
         .args(["-Hltn", &format!("sport = :{}", addr.port())])
         .output()
-        .expect("running ss (iproute2)");
+        .expect("ss (Debian: apt install iproute2; ./test.sh does)");
     let out = String::from_utf8_lossy(&out.stdout);
     let backlog: Vec<&str> = out
         .lines()

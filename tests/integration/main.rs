@@ -19,6 +19,7 @@ mod compat;
 mod control;
 mod defaults;
 mod deploy;
+mod docs;
 mod drain;
 mod envfile;
 mod examples;

@@ -149,7 +149,7 @@ fn promtool_accepts(exposition: &str) {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool (Debian: apt install prometheus; .ci/run does)");
+        .expect("promtool (Debian: apt install prometheus; ./test.sh does)");
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), exposition.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(

@@ -112,7 +112,7 @@ impl Shim {
             return Err(Error::Usage(format!(
                 "{} cannot work with {display}: {what} is statically linked (as Go programs \
                  usually are), so its bind() does not go through the C library where rcluster \
-                 takes it over; have it serve the socket rcluster passes at fd 3 (see the README, \
+                 takes it over; have it serve the socket rcluster passes at fd 3 (see docs/servers.md, \
                  \"Your server under rcluster\")",
                 self.mode.flag(),
             )));

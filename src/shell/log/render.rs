@@ -637,7 +637,7 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 "worker (pid {pid}) listens on port {ports}, a socket of its own, not only on the \
                  one rcluster passed it ({ours}): clients of port {ports} bypass rcluster, and \
                  no other worker can bind it; have the server use fd 3 (LISTEN_FDS), or run \
-                 rcluster with --adopt-bind (README: \"A server that binds its own port\")"
+                 rcluster with --adopt-bind (docs/servers.md: \"A server that binds its own port\")"
             ))
         }
         WorkerRecycled { slot, pid, reason } => {

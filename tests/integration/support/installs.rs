@@ -3,7 +3,7 @@
 //! `examples/express/package-lock.json` (`npm ci`), gunicorn and uvicorn
 //! from `examples/python/requirements.txt` (a virtual environment under
 //! `target/tmp`), and the Go example built with the Go toolchain, if there
-//! is one (`.ci/run` installs it).
+//! is one (`./test.sh` installs it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -80,7 +80,7 @@ pub fn go_server() -> Option<&'static Path> {
     static DONE: OnceLock<Option<PathBuf>> = OnceLock::new();
     DONE.get_or_init(|| {
         if Command::new("go").arg("version").output().is_err() {
-            crate::support::skip("no Go toolchain (Debian: apt install golang-go; .ci/run does)");
+            crate::support::skip("no Go toolchain (Debian: apt install golang-go; ./test.sh does)");
             return None;
         }
         let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));

@@ -85,7 +85,7 @@ impl Wrk {
         }
         cmd.arg(format!("http://{addr}/"));
         let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot run wrk ({e}): install it (Debian: apt install wrk; .ci/run does)")
+            panic!("cannot run wrk ({e}): install it (Debian: apt install wrk; ./test.sh does)")
         });
         Wrk {
             child,

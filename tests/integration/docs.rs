@@ -1,0 +1,181 @@
+//! The docs cannot drift from the tested files: a code block marked
+//! `<!-- snippet: examples/FILE … -->` in the README or `docs/` must be,
+//! line for line, the part of that file between its `snippet:start` and
+//! `snippet:end` lines (the file the tests run); and every marked part is
+//! shown somewhere. The README's Go snippet once exited 1 at `ln.Close()`
+//! and lost 220 requests over 8 reloads while `examples/go/server.go` was
+//! right: that cannot happen again without this test failing.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The README and every Markdown file under `docs/`.
+fn documents() -> Vec<PathBuf> {
+    let mut docs = vec![root().join("README.md")];
+    if let Ok(entries) = std::fs::read_dir(root().join("docs")) {
+        docs.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "md")),
+        );
+    }
+    docs
+}
+
+/// The lines of `file` between its `snippet:start` and `snippet:end`.
+fn region(file: &Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let marker = |l: &&str, what: &str| {
+        let l = l.trim();
+        (l.starts_with("//") || l.starts_with('#')) && l.ends_with(what)
+    };
+    let start = lines.iter().position(|l| marker(l, "snippet:start"))?;
+    let end = lines.iter().position(|l| marker(l, "snippet:end"))?;
+    Some(
+        lines[start + 1..end]
+            .iter()
+            .map(|l| l.to_string())
+            .collect(),
+    )
+}
+
+/// Each marked block of `doc`: the file it names, and its lines.
+fn marked_blocks(doc: &Path) -> Vec<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(doc).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut blocks = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(rest) = line.strip_prefix("<!-- snippet: ") else {
+            continue;
+        };
+        let file = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            lines.get(i + 1).is_some_and(|l| l.starts_with("```")),
+            "{}:{}: a snippet marker must be followed by a code block",
+            doc.display(),
+            i + 1
+        );
+        let body: Vec<String> = lines[i + 2..]
+            .iter()
+            .take_while(|l| l.trim() != "```")
+            .map(|l| l.to_string())
+            .collect();
+        blocks.push((file, body));
+    }
+    blocks
+}
+
+#[test]
+fn every_marked_snippet_is_the_tested_file() {
+    let mut shown = BTreeSet::new();
+    for doc in documents() {
+        for (file, body) in marked_blocks(&doc) {
+            let expected = region(&root().join(&file))
+                .unwrap_or_else(|| panic!("{file} has no snippet:start/snippet:end lines"));
+            assert_eq!(
+                body,
+                expected,
+                "{}: the block for {file} differs from the file: copy the lines between its \
+                 snippet:start and snippet:end",
+                doc.display()
+            );
+            shown.insert(file);
+        }
+    }
+    for example in [
+        "hello.rs",
+        "node/server.js",
+        "express/app.js",
+        "python/server.py",
+        "go/server.go",
+    ] {
+        let file = format!("examples/{example}");
+        assert!(
+            region(&root().join(&file)).is_some(),
+            "{file} marks no snippet"
+        );
+        assert!(shown.contains(&file), "no document shows {file}'s snippet");
+    }
+}
+
+#[test]
+fn the_snippet_check_finds_a_difference() {
+    let dir = crate::support::TempDir::new("snippet");
+    let file = dir.path("server.js");
+    std::fs::write(&file, "x\n// snippet:start\na();\nb();\n// snippet:end\n").unwrap();
+    assert_eq!(region(&file).unwrap(), ["a();", "b();"]);
+    let doc = dir.path("doc.md");
+    std::fs::write(
+        &doc,
+        "<!-- snippet: server.js -->\n```js\na();\nc();\n```\n",
+    )
+    .unwrap();
+    let blocks = marked_blocks(&doc);
+    assert_eq!(blocks.len(), 1);
+    assert_ne!(blocks[0].1, region(&file).unwrap());
+}
+
+/// A heading's anchor as GitHub makes it.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every relative link in the README, ARCHITECTURE.md and `docs/` leads to
+/// a file that exists, and to a heading of it when it names one: moving a
+/// section breaks no link silently.
+#[test]
+fn every_link_between_the_docs_leads_somewhere() {
+    let mut docs = documents();
+    docs.push(root().join("ARCHITECTURE.md"));
+    let mut broken = Vec::new();
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("](") {
+            rest = &rest[at + 2..];
+            let Some(end) = rest.find(')') else { break };
+            let target = &rest[..end];
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (path, anchor) = target.split_once('#').unwrap_or((target, ""));
+            let file = if path.is_empty() {
+                doc.clone()
+            } else {
+                doc.parent().unwrap().join(path)
+            };
+            if !file.exists() {
+                broken.push(format!("{}: {target}: no such file", doc.display()));
+                continue;
+            }
+            if !anchor.is_empty() {
+                let headings = std::fs::read_to_string(&file).unwrap_or_default();
+                let found = headings
+                    .lines()
+                    .filter_map(|l| l.strip_prefix('#'))
+                    .map(|l| slug(l.trim_start_matches('#')))
+                    .any(|s| s == anchor);
+                if !found {
+                    broken.push(format!("{}: {target}: no such heading", doc.display()));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
