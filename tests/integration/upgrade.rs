@@ -211,10 +211,14 @@ fn five_upgrades_under_wrk(workers_n: usize, keep_alive: bool) {
         0,
         "failed requests during upgrades: {stats:?}"
     );
-    assert_eq!(
-        open_fds(master.pid).len(),
-        fds_before,
-        "fds leaked across images"
+    // A client's connection or an exited worker's pipe the master has not
+    // closed yet may be counted in either figure: what must hold is that
+    // the count comes back to where it was, or below, as it settles.
+    let settled = wait_until(WAIT, || open_fds(master.pid).len() <= fds_before);
+    assert!(
+        settled,
+        "fds leaked across images: {} now, {fds_before} before",
+        open_fds(master.pid).len()
     );
     master.signal(libc::SIGTERM);
     assert_eq!(master.wait_exit().code(), Some(0));
