@@ -191,6 +191,22 @@ impl Checked {
         live.iter().copied().collect()
     }
 
+    /// The pids of the workers the master calls ready, asked of it: the
+    /// log may lag, and a worker told to drain a moment ago is no place for
+    /// a request meant to be cut by the next stop. The log's live workers
+    /// if the master does not answer.
+    pub fn ready(&self) -> Vec<i32> {
+        let Ok(status) = self.ask(json!({"cmd": "status"}), Duration::from_secs(5)) else {
+            return self.live();
+        };
+        let workers = status["workers"].as_array().into_iter().flatten();
+        workers
+            .filter(|w| w["state"] == "ready")
+            .filter_map(|w| w["pid"].as_i64())
+            .map(|pid| pid as i32)
+            .collect()
+    }
+
     /// Whether the master has exited, and how.
     pub fn exited(&mut self) -> Option<i32> {
         match self.child.try_wait() {

@@ -214,7 +214,7 @@ pub fn crash(checked: &Checked, protocol: Protocol) -> Answer {
             "no TCP listener to ask".into(),
         );
     };
-    let Some(&victim) = checked.live().first() else {
+    let Some(&victim) = checked.ready().first() else {
         return Answer::new("crash", Verdict::NotChecked, "no worker to kill".into());
     };
     // Ready for longer than the default --min-uptime, so that its crash is
@@ -582,8 +582,12 @@ struct InFlight {
 }
 
 /// Opens connections with a request all but sent, and finds the worker
-/// holding each (through `/proc`); a few tries, as workers accept.
+/// holding each (through `/proc`); a few tries, as workers accept. One that
+/// an earlier generation's worker took, in the moment between being told
+/// to drain and its listeners closing, is closed: that worker is not the
+/// one the next stop tells, and it would drain until this request ends.
 fn in_flight(checked: &Checked, addr: SocketAddr) -> Vec<InFlight> {
+    let ready = checked.ready();
     let workers = checked.live();
     let mut held = Vec::new();
     for _ in 0..(workers.len() * 2).max(2) {
@@ -603,7 +607,9 @@ fn in_flight(checked: &Checked, addr: SocketAddr) -> Vec<InFlight> {
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             if let Some(worker) = super::sockets::holder(addr, local, &workers) {
-                held.push(InFlight { stream, worker });
+                if ready.contains(&worker) {
+                    held.push(InFlight { stream, worker });
+                }
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -612,23 +618,38 @@ fn in_flight(checked: &Checked, addr: SocketAddr) -> Vec<InFlight> {
     held
 }
 
+/// What became of the requests held in flight: answered, or how not.
+#[derive(Default)]
+struct Finished {
+    sent: usize,
+    answered: usize,
+    /// Closed without an answer (the worker exited, or closed it).
+    closed: usize,
+    reset: usize,
+    timeout: usize,
+}
+
 /// Sends the last line of each request held by `worker`, and reads the
-/// answers: how many came.
-fn finish_requests(held: &mut Vec<InFlight>, worker: i32) -> (usize, usize) {
-    let (mut answered, mut sent) = (0, 0);
+/// answers.
+fn finish_requests(held: &mut Vec<InFlight>, worker: i32, tally: &mut Finished) {
+    use std::io::ErrorKind;
     held.retain_mut(|f| {
         if f.worker != worker {
             return true;
         }
-        sent += 1;
+        tally.sent += 1;
         let mut answer = Vec::new();
-        let ok = f.stream.write_all(b"\r\n").is_ok()
-            && f.stream.read_to_end(&mut answer).is_ok()
-            && answer.starts_with(b"HTTP/1.");
-        answered += usize::from(ok);
+        let _ = f.stream.write_all(b"\r\n");
+        match f.stream.read_to_end(&mut answer) {
+            Ok(_) if answer.starts_with(b"HTTP/1.") => tally.answered += 1,
+            Ok(_) => tally.closed += 1,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                tally.timeout += 1
+            }
+            Err(_) => tally.reset += 1,
+        }
         false
     });
-    (answered, sent)
 }
 
 /// A request in flight in each old worker when a reload (or, with `stop`,
@@ -661,7 +682,7 @@ pub fn drain(checked: &Checked, stop: bool, protocol: Protocol) -> Answer {
     };
     checked.skip_unread();
     let _ = checked.ask(request, Duration::from_secs(5));
-    let (mut answered, mut total) = (0, 0);
+    let mut tally = Finished::default();
     let deadline = Instant::now() + Duration::from_secs(30);
     while let Some(first) = held.first() {
         // Each request is finished once its worker was told to stop; one
@@ -670,11 +691,16 @@ pub fn drain(checked: &Checked, stop: bool, protocol: Protocol) -> Answer {
             Some(draining) => draining["pid"].as_i64().unwrap_or_default() as i32,
             None => first.worker,
         };
-        let (a, t) = finish_requests(&mut held, pid);
-        answered += a;
-        total += t;
+        finish_requests(&mut held, pid, &mut tally);
     }
-    let figures = json!({"in_flight": total, "answered": answered});
+    let (answered, total) = (tally.answered, tally.sent);
+    let figures = json!({
+        "in_flight": total,
+        "answered": answered,
+        "closed": tally.closed,
+        "reset": tally.reset,
+        "timeout": tally.timeout,
+    });
     let when = if stop { "a graceful stop" } else { "a reload" };
     if total > 0 && answered == total {
         Answer::new(

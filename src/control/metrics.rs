@@ -213,6 +213,7 @@ impl Metrics {
             | Record::OsError { .. }
             | Record::WorkerOutput { .. }
             | Record::LogReopened { .. }
+            | Record::SlowTurn { .. }
             | Record::LogLost { .. }
             | Record::Control { .. }
             | Record::OwnPorts { .. }

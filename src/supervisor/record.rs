@@ -225,6 +225,12 @@ pub enum Record {
     LogReopened {
         path: String,
     },
+    /// One turn of the master's loop took long enough to delay everything
+    /// (respawns, reloads, `status`): what it was handling, to find why.
+    SlowTurn {
+        took: Duration,
+        handled: String,
+    },
     /// Log lines that could not be written (a full disk, a reader that is
     /// gone or stalled), now that lines get through again.
     LogLost {
@@ -406,6 +412,7 @@ impl Record {
             OsError { .. } => ("os error", Warning),
             WorkerOutput { .. } => ("worker output", Info),
             LogReopened { .. } => ("log reopened", Info),
+            SlowTurn { .. } => ("master turn slow", Warning),
             LogLost { .. } => ("log lines lost", Warning),
             Control { error: None, .. } => ("control socket", Info),
             Control { error: Some(_), .. } => ("control socket", Warning),

@@ -258,24 +258,44 @@ int listen(int fd, int backlog) {
     return real_listen(fd, backlog);
 }
 
-int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
-    NEED(accept4);
-    if (!cfg.active) return real_accept4(fd, addr, len, flags);
-    int blocking = fd >= 0 && fd < MAX_FDS && atomic_load(&adopted[fd]) == ADOPTED_BLOCKING;
-    int r;
-    for (;;) {
-        r = real_accept4(fd, addr, len, flags);
-        if (r >= 0 || !blocking || (errno != EAGAIN && errno != EWOULDBLOCK)) break;
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, -1) < 0 && errno != EINTR) return -1;
-    }
-    if (r >= 0 && listener_of(fd)) {
+/* Accepts that have taken a connection from a listener and not yet tracked
+ * it: the drain waits for them, or it could hand the stop signal over
+ * while a connection it never saw is in flight. */
+static atomic_int accepting;
+
+/* One accept, and the connection tracked if it came from a listener. The
+ * listener is recognised before the call: once the listeners vanish, the
+ * fd is a socket that never has a connection, and a connection taken from
+ * the listener just before would not be recognised after. A blocking
+ * accept is not waited for: it may wait for good. */
+static int accept_tracked(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
+    atomic_fetch_add(&accepting, 1);
+    int from_listener = listener_of(fd) != NULL;
+    int counted = from_listener && (fcntl(fd, F_GETFL) & O_NONBLOCK);
+    if (!counted) atomic_fetch_sub(&accepting, 1);
+    int r = real_accept4(fd, addr, len, flags);
+    if (r >= 0 && from_listener) {
         /* As Node, Go and hyper do for every HTTP connection: a server that
          * writes head and body apart (uvicorn given --fd takes the socket
          * for a Unix one and skips it) would wait 40 ms on a delayed ACK. */
         int one = 1;
         setsockopt(r, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         track(r);
+    }
+    if (counted) atomic_fetch_sub(&accepting, 1);
+    return r;
+}
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
+    NEED(accept4);
+    if (!cfg.active) return real_accept4(fd, addr, len, flags);
+    int blocking = fd >= 0 && fd < MAX_FDS && atomic_load(&adopted[fd]) == ADOPTED_BLOCKING;
+    int r;
+    for (;;) {
+        r = accept_tracked(fd, addr, len, flags);
+        if (r >= 0 || !blocking || (errno != EAGAIN && errno != EWOULDBLOCK)) break;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, -1) < 0 && errno != EINTR) return -1;
     }
     return r;
 }
@@ -612,7 +632,10 @@ static void vanish(void) {
 
 /* Connections still open; those idle past the grace are shut. */
 static int sweep(int64_t started) {
-    int open = 0;
+    /* Read before the connections: an accept that ends after this read
+     * either tracked its connection already, or ran on a vanished
+     * listener and found none. */
+    int open = atomic_load(&accepting);
     int64_t now = now_ms();
     int max = atomic_load(&max_conn_fd);
     for (int fd = 0; fd <= max; fd++) {

@@ -740,6 +740,13 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             r.str("path", path);
             r.say(format_args!("reopened the log file {path}"))
         }
+        SlowTurn { took, handled } => {
+            r.ms("took_ms", *took).str("handled", handled);
+            r.say(format_args!(
+                "the master was busy for {} handling {handled}: nothing else was done meanwhile",
+                human(*took)
+            ))
+        }
         Control { path, error } => {
             r.str("path", path);
             match error {

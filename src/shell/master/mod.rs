@@ -47,6 +47,10 @@ use crate::vocab::{Pid, SlotId, errno_name};
 
 use requests::reload_answer;
 
+/// A turn of the loop this long is logged: every call in it is bounded, so
+/// it means a call that was not, or a machine that stopped the master.
+const SLOW_TURN: Duration = Duration::from_secs(1);
+
 /// Runs the master until it stops: starts the workers with `launcher` and
 /// supervises them. The listeners and the pid file live until it returns.
 pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error> {
@@ -282,6 +286,22 @@ impl<'a, L: Launch> Master<'a, L> {
             if self.upgrading.is_some() {
                 self.advance_upgrade(now);
             }
+            self.check_turn(now, &sources);
+        }
+    }
+
+    /// Nothing in a turn may block: one that took long says what it
+    /// handled, so that a stall seen once can be traced (a paused VM shows
+    /// here too: its clock jumps).
+    fn check_turn(&mut self, began: Instant, sources: &[Source]) {
+        let took = began.elapsed();
+        if took >= SLOW_TURN {
+            let handled = if sources.is_empty() {
+                "deadlines".to_string()
+            } else {
+                format!("{sources:?}")
+            };
+            self.log.emit(&Record::SlowTurn { took, handled });
         }
     }
 
