@@ -12,6 +12,7 @@
 
 pub mod render;
 pub mod sink;
+mod words;
 
 use std::cell::RefCell;
 use std::io::{self, Write};

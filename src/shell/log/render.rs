@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use crate::supervisor::record::{Next, Record, unclean_drain};
 use crate::supervisor::recycle::RecycleReason;
-use crate::supervisor::slot::{ReadyBy, StopReason};
-use crate::vocab::{Exit, Pid, SlotId, count, errno_name, human, megabytes, signal_name};
+use crate::supervisor::slot::ReadyBy;
+use crate::vocab::{Exit, Pid, SlotId, count, errno_name, human, signal_name};
+
+use super::words::{next_text, ready_by, recycle_reason, stop_reason, worker};
 
 /// One field's value.
 #[derive(Debug, Clone, Copy)]
@@ -80,64 +82,6 @@ impl Fields<'_> {
 
     fn say(&mut self, text: fmt::Arguments<'_>) {
         self.0.sentence(text);
-    }
-}
-
-fn worker(slot: SlotId, pid: Pid) -> String {
-    format!("worker {slot} (pid {pid})")
-}
-
-/// Why a worker was stopped, as its records say it.
-pub fn stop_reason(why: &StopReason) -> String {
-    match why {
-        StopReason::Replaced { by } => format!("replaced by generation {by}"),
-        StopReason::ScaledDown => "scaled down".into(),
-        StopReason::Shutdown => "shutdown".into(),
-        StopReason::ReloadAborted => "reload aborted".into(),
-        StopReason::Watchdog { timeout } => format!("no watchdog ping for {}", human(*timeout)),
-        StopReason::NotReady { timeout } => format!("not ready within {}", human(*timeout)),
-        StopReason::NotServing => "idle and not listening".into(),
-        StopReason::WorkerStopping => "it said STOPPING=1".into(),
-        StopReason::Recycled(reason) => format!("recycled: {}", recycle_reason(reason)),
-    }
-}
-
-fn recycle_reason(reason: &RecycleReason) -> String {
-    match reason {
-        RecycleReason::Memory { rss, limit } => format!(
-            "{} resident, over --max-memory {}",
-            megabytes(*rss),
-            megabytes(*limit)
-        ),
-        RecycleReason::Age { limit } => {
-            format!("its age limit, {} (--max-age with jitter)", human(*limit))
-        }
-    }
-}
-
-/// What made a worker ready, in words.
-fn ready_by(by: &ReadyBy, pid: Pid) -> String {
-    match by {
-        ReadyBy::Notify { sender } if *sender == pid => "READY=1".into(),
-        ReadyBy::Notify { sender } => format!("READY=1 from pid {sender}"),
-        ReadyBy::Listening => "waits on its listeners".into(),
-        ReadyBy::Uptime => "alive for --min-uptime".into(),
-        ReadyBy::Delay => "--ready delay".into(),
-        ReadyBy::Exec => "exec succeeded".into(),
-    }
-}
-
-/// What follows an exit, as the end of its sentence.
-fn next_text(next: &Next) -> String {
-    match next {
-        Next::Restart { delay, .. } if delay.is_zero() => "restarting now".into(),
-        Next::Restart { delay, attempt } => {
-            format!("restarting in {} (attempt {attempt})", human(*delay))
-        }
-        Next::Stopped(why) => format!("stopped: {}", stop_reason(why)),
-        Next::SlotServed => "not restarted: its slot still has a worker".into(),
-        Next::NotRestarted => "not restarted".into(),
-        Next::GiveUp => "giving up (--max-restarts)".into(),
     }
 }
 
@@ -808,6 +752,7 @@ impl slog::KV for Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supervisor::slot::StopReason;
 
     #[test]
     fn exit_sentences_say_how_it_ended_and_what_comes_next() {
