@@ -291,8 +291,8 @@ impl<'a, L: Launch> Master<'a, L> {
     }
 
     /// Nothing in a turn may block: one that took long says what it
-    /// handled, so that a stall seen once can be traced (a paused VM shows
-    /// here too: its clock jumps).
+    /// handled, so that a stall seen once can be traced (a VM paused in the
+    /// middle of a turn may show here too).
     fn check_turn(&mut self, began: Instant, sources: &[Source]) {
         let took = began.elapsed();
         if took >= SLOW_TURN {
