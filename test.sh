@@ -36,6 +36,10 @@ command -v go >/dev/null || apt_install golang-go
 # /metrics is checked with Prometheus's own parser.
 command -v promtool >/dev/null || apt_install prometheus
 cc -print-file-name=libc.a 2>/dev/null | grep -q / || apt_install gcc libc6-dev
+# nginx in front over a Unix socket, the recipe in docs/servers.md. Its
+# package starts a daemon when installed, which may fail where port 80 is
+# taken: the binary is what the tests need.
+command -v nginx >/dev/null || apt_install nginx || command -v nginx >/dev/null
 (cd examples/express && npm ci --no-audit --no-fund)
 
 # A test that cannot run here says so in this list (libtest shows it `ok`).

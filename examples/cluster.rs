@@ -34,7 +34,7 @@ fn main() -> Result<(), rcluster::Error> {
         .ready(ReadyRule::Notify)
         .json_logs(args.iter().any(|a| a == "--json"))
         .run(|worker| -> Result<(), Box<dyn std::error::Error>> {
-            let listener = worker.listeners()?.take_tcp(0)?;
+            let listener = worker.listeners()?.take(0)?;
             let shutdown = worker.shutdown();
             worker.ready()?;
             let greeting = format!(

@@ -18,7 +18,8 @@ use rcluster::worker;
 
 // snippet:start
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let listener = worker::listeners()?.take_tcp(0)?;
+    // A port or a Unix socket, whichever `--listen` gave.
+    let listener = worker::listeners()?.take(0)?;
     let shutdown = worker::shutdown()?;
     // Connections queue in the shared socket until we accept: ready now.
     worker::ready()?;

@@ -19,12 +19,12 @@
 //! release it is.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown as Half, TcpListener, TcpStream};
+use std::net::Shutdown as Half;
 use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rcluster::worker::Shutdown;
+use rcluster::worker::{Listener, Shutdown, Stream};
 
 /// While draining, how long an idle keep-alive connection stays open for a
 /// request that may already be on its way. Closing at once races with a
@@ -93,9 +93,9 @@ impl Complaint {
     }
 }
 
-/// Serves `listener` until the stop signal, then closes it and drains:
+/// Serves `listener` (a port or a Unix socket) until the stop signal, then closes it and drains:
 /// returns once every connection is done.
-pub fn serve(listener: TcpListener, shutdown: &Shutdown, greeting: &str) -> io::Result<()> {
+pub fn serve(listener: Listener, shutdown: &Shutdown, greeting: &str) -> io::Result<()> {
     let grace = std::env::var("HELLO_DRAIN_GRACE_MS")
         .ok()
         .and_then(|ms| ms.parse().ok())
@@ -143,7 +143,7 @@ struct Request {
 }
 
 fn serve_connection(
-    conn: TcpStream,
+    conn: Stream,
     shutdown: &Shutdown,
     greeting: &str,
     grace: Duration,
@@ -200,7 +200,7 @@ fn serve_connection(
 
 /// Reads one request head (and skips its body). `None`: the client closed
 /// the connection between requests.
-fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+fn read_request(reader: &mut BufReader<Stream>) -> io::Result<Option<Request>> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
         return Ok(None);
@@ -252,7 +252,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
 /// Closes without destroying the last response: closing a socket that
 /// still has unread input sends a reset, which can overtake the response.
 /// So: send FIN, read until the client closes (or `LINGER` passes), close.
-fn close_politely(mut conn: TcpStream) -> io::Result<()> {
+fn close_politely(mut conn: Stream) -> io::Result<()> {
     conn.shutdown(Half::Write)?;
     let deadline = Instant::now() + LINGER;
     let mut buf = [0u8; 4096];

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{Domain, Socket, Type};
 
+use super::stream::Listener;
+
 /// The first listener is always fd 3 (systemd's `SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
 
@@ -172,7 +174,7 @@ impl Listeners {
         &mut self,
         which: impl Into<Which<'a>>,
     ) -> Result<TcpListener, ListenersError> {
-        let (fd, name, socket) = self.take(which.into())?;
+        let (fd, name, socket) = self.take_socket(which.into())?;
         let tcp = matches!(socket.domain(), Ok(d) if d == Domain::IPV4 || d == Domain::IPV6);
         check_listening(&socket, tcp, fd, name, "TCP")?;
         Ok(socket.into())
@@ -183,13 +185,27 @@ impl Listeners {
         &mut self,
         which: impl Into<Which<'a>>,
     ) -> Result<UnixListener, ListenersError> {
-        let (fd, name, socket) = self.take(which.into())?;
+        let (fd, name, socket) = self.take_socket(which.into())?;
         let unix = matches!(socket.domain(), Ok(d) if d == Domain::UNIX);
         check_listening(&socket, unix, fd, name, "Unix")?;
         Ok(socket.into())
     }
 
-    fn take(&mut self, which: Which<'_>) -> Result<(RawFd, String, Socket), ListenersError> {
+    /// Takes a listener of either kind: for a server that serves a port or
+    /// a Unix socket, whichever `--listen` gave it.
+    pub fn take<'a>(&mut self, which: impl Into<Which<'a>>) -> Result<Listener, ListenersError> {
+        let (fd, name, socket) = self.take_socket(which.into())?;
+        let domain = socket.domain().ok();
+        let tcp = domain == Some(Domain::IPV4) || domain == Some(Domain::IPV6);
+        if domain == Some(Domain::UNIX) {
+            check_listening(&socket, true, fd, name, "Unix")?;
+            return Ok(Listener::Unix(socket.into()));
+        }
+        check_listening(&socket, tcp, fd, name, "TCP or Unix")?;
+        Ok(Listener::Tcp(socket.into()))
+    }
+
+    fn take_socket(&mut self, which: Which<'_>) -> Result<(RawFd, String, Socket), ListenersError> {
         let index = match which {
             Which::Index(index) if index < self.entries.len() => index,
             Which::Index(index) => {

@@ -34,6 +34,7 @@ use std::time::Duration;
 pub use crate::sockets::inherited::{
     LISTEN_FDS_START, Listeners, ListenersError, Which, listeners,
 };
+pub use crate::sockets::stream::{Accept, Listener, Stream};
 pub use exit::{ExitReason, on_exit, set_exit_deadline};
 pub use shutdown::{STOP_SIGNALS, Shutdown, Wait, shutdown};
 pub(crate) use shutdown::{install as install_shutdown, restore_default_stop, take_over_stop};

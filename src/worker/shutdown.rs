@@ -3,7 +3,6 @@
 //! threads that `select!`, a crossbeam channel.
 
 use std::io;
-use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,6 +11,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::sockets::stream::Accept;
 
 /// The signals that ask a worker to stop.
 pub const STOP_SIGNALS: &[i32] = &[libc::SIGTERM, libc::SIGINT, libc::SIGQUIT];
@@ -248,19 +249,23 @@ impl Shutdown {
     /// or memory, it waits (5 ms, doubling to 1 s, as Go's `net/http` does)
     /// and tries again, leaving the connection queued for another worker,
     /// rather than failing the server.
-    pub fn accept(&self, listener: &TcpListener) -> io::Result<Option<TcpStream>> {
+    ///
+    /// `listener` is a [`TcpListener`](std::net::TcpListener), a
+    /// [`UnixListener`](std::os::unix::net::UnixListener), or a
+    /// [`Listener`](crate::worker::Listener) of either kind.
+    pub fn accept<L: Accept>(&self, listener: &L) -> io::Result<Option<L::Stream>> {
         listener.set_nonblocking(true)?;
         let mut pause = None;
         loop {
             if self.wait(listener, None)? == Wait::Shutdown {
-                return match listener.accept() {
-                    Ok((stream, _)) => Ok(Some(stream)),
+                return match listener.accept_stream() {
+                    Ok(stream) => Ok(Some(stream)),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => Ok(None),
                 };
             }
-            match listener.accept() {
-                Ok((stream, _)) => return Ok(Some(stream)),
+            match listener.accept_stream() {
+                Ok(stream) => return Ok(Some(stream)),
                 Err(e) if transient_accept_error(&e) => continue,
                 Err(e) if out_of_resources(&e) => {
                     let next = pause.map_or(MIN_PAUSE, |p: Duration| (p * 2).min(MAX_PAUSE));

@@ -9,6 +9,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::support::recipes::{RECIPES, marked_names};
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -178,4 +180,27 @@ fn every_link_between_the_docs_leads_somewhere() {
         }
     }
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// Every command line marked `<!-- recipe: NAME -->` is one a test runs
+/// (`recipe("NAME")` in the integration tests), so none can drift from
+/// what passed the reloads.
+#[test]
+fn every_marked_recipe_is_run_by_a_test() {
+    let doc = std::fs::read_to_string(root().join(RECIPES)).unwrap();
+    let names = marked_names(&doc);
+    assert!(!names.is_empty(), "{RECIPES} marks no recipe");
+    let mut tests = String::new();
+    for entry in std::fs::read_dir(root().join("tests/integration")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            tests += &std::fs::read_to_string(path).unwrap();
+        }
+    }
+    for name in names {
+        assert!(
+            tests.contains(&format!("recipe(\"{name}\")")),
+            "{RECIPES} marks recipe {name}, but no test runs recipe(\"{name}\")"
+        );
+    }
 }

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use crate::support::{
-    Master, WAIT, example, http, is_gone, open_fds, reload_under_load, reload_under_wrk, wait_until,
+    Master, TempDir, WAIT, example, http, is_gone, open_fds, reload_under_load, reload_under_wrk,
+    wait_until,
 };
 
 /// Reloads per connection mode and client: enough to cross every worker's
@@ -110,6 +111,29 @@ fn hello_answers_with_one_length_whatever_its_pid() {
         assert_eq!(answer.body.len(), 41, "{:?}", answer.body);
         assert!(answer.pid().is_some(), "{:?}", answer.body);
     }
+}
+
+/// `hello` serves a Unix listener as well as a port (it refused one with
+/// `WrongKind { wanted: "TCP" }`, so the README's example could not sit
+/// behind nginx), through the worker library's `Listeners::take`.
+#[test]
+fn hello_serves_a_unix_listener() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("hello-unix");
+    let socket = dir.path("app.sock");
+    let listen = format!("unix:{}", socket.display());
+    let hello = example("hello");
+    let mut master = Master::start(&["-w", "2", "--ready", "notify", "-l", &listen, "--", &hello]);
+    master.collect_until("workers ready", |r| r["msg"] == "workers ready");
+    let mut conn = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains("hello from worker"), "{answer}");
+    master.stop_cleanly();
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! The servers people run, as the README's recipes run them, installed
+//! The servers people run, as docs/servers.md's recipes run them (the
+//! command lines are read from there: `support/recipes.rs`), installed
 //! from their registries by the tests (`support/installs.rs`): Express,
 //! gunicorn, uvicorn, and Go's net/http. Each goes through 5 reloads under
 //! wrk (32 connections, keep-alive and `Connection: close`) with zero
@@ -8,6 +9,7 @@ use std::process::Command;
 
 use crate::examples::{RELOADS, path};
 use crate::support::installs::{self, path_with_python};
+use crate::support::recipes::{Recipe, recipe};
 use crate::support::{Master, reload_under_wrk};
 
 /// `rcluster -w 2 -l 127.0.0.1:0 FLAGS -- COMMAND`, with `setup` last.
@@ -74,56 +76,34 @@ pub fn reloads_under_wrk(name: &str, start: impl Fn() -> Master) {
     }
 }
 
+/// `recipe`'s command line under rcluster (2 workers, a port of its
+/// own), run from `dir` with the Python servers on the PATH.
+fn start_recipe(recipe: &Recipe, dir: &str) -> Master {
+    let env = path_with_python();
+    rcluster_with(&recipe.flags(), &recipe.command(), |cmd| {
+        cmd.env("PATH", &env).current_dir(dir);
+    })
+}
+
 #[test]
 fn express_reloads_under_wrk_without_a_failed_request() {
-    let app = installs::express().join("app.js");
-    let app = app.to_str().unwrap();
-    reloads_under_wrk("express", || {
-        rcluster_with(&["--ready", "notify"], &["node", app], |_| {})
-    });
+    installs::express();
+    let recipe = recipe("express");
+    reloads_under_wrk("express", || start_recipe(&recipe, &path(".")));
 }
 
 #[test]
 fn gunicorn_reloads_under_wrk_without_a_failed_request() {
+    let recipe = recipe("gunicorn");
     let dir = path("examples/python");
-    let gunicorn = [
-        "gunicorn",
-        "--workers",
-        "1",
-        "--threads",
-        "4",
-        "--preload",
-        "--no-control-socket",
-        "--chdir",
-        &dir,
-        "wsgi_app:app",
-    ];
-    let env = path_with_python();
-    reloads_under_wrk("gunicorn", || {
-        rcluster_with(&["--ready", "notify"], &gunicorn, |cmd| {
-            cmd.env("PATH", &env);
-        })
-    });
+    reloads_under_wrk("gunicorn", || start_recipe(&recipe, &dir));
 }
 
 #[test]
 fn uvicorn_reloads_under_wrk_without_a_failed_request() {
+    let recipe = recipe("uvicorn");
     let dir = path("examples/python");
-    let uvicorn = [
-        "uvicorn",
-        "--fd",
-        "3",
-        "--no-access-log",
-        "--app-dir",
-        &dir,
-        "asgi_app:app",
-    ];
-    let env = path_with_python();
-    reloads_under_wrk("uvicorn", || {
-        rcluster_with(&["--http-drain"], &uvicorn, |cmd| {
-            cmd.env("PATH", &env);
-        })
-    });
+    reloads_under_wrk("uvicorn", || start_recipe(&recipe, &dir));
 }
 
 /// uvicorn without `--http-drain` loses requests at every reload: the log
@@ -161,7 +141,13 @@ fn go_reloads_under_wrk_without_a_failed_request() {
         return;
     };
     let server = server.to_str().unwrap();
+    let recipe = recipe("go");
+    assert_eq!(
+        recipe.command,
+        ["./server"],
+        "the recipe runs what it built"
+    );
     reloads_under_wrk("go net/http", || {
-        rcluster_with(&["--ready", "notify"], &[server], |_| {})
+        rcluster_with(&recipe.flags(), &[server], |_| {})
     });
 }

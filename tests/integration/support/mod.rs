@@ -4,6 +4,7 @@
 pub use crate::bench::{http, load};
 
 pub mod installs;
+pub mod recipes;
 pub mod wrk;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -474,6 +475,18 @@ pub fn reload_under_wrk(
     exec_workers: bool,
 ) -> wrk::WrkStats {
     let addr = master.listening();
+    reload_under_wrk_at(master, addr, workers, keep_alive, reloads, exec_workers)
+}
+
+/// The same, with wrk sending to `addr` (a proxy in front of the master).
+pub fn reload_under_wrk_at(
+    master: &mut Master,
+    addr: SocketAddr,
+    workers: usize,
+    keep_alive: bool,
+    reloads: u64,
+    exec_workers: bool,
+) -> wrk::WrkStats {
     let mut reloading = Reloads::new(master, workers, exec_workers);
     let wrk = wrk::Wrk::start(addr, 32, keep_alive);
     reloading.run(master, reloads, |n| wrk.wait_for_more(n));
