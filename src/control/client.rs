@@ -324,7 +324,9 @@ fn upgrade(wait: bool, reload: bool, target: &Target) -> ExitCode {
                 master["version"].as_str().unwrap_or("?"),
                 last["duration_ms"],
                 master["pid"],
-                status["workers"].as_array().map_or(0, Vec::len),
+                status["workers"]
+                    .as_array()
+                    .map_or(0, |rows| rows.iter().filter(|w| w["pid"].is_i64()).count()),
                 if reload { "; reload started" } else { "" }
             );
             return ExitCode::SUCCESS;

@@ -105,10 +105,22 @@ pub fn to_json(
         .into_iter()
         .map(|w| worker_json(w, sup.slots().get(w.slot), observed, now))
         .collect();
-    // A slot waiting out its restart backoff has no process to show.
     for (id, slot) in sup.slots().iter().enumerate() {
+        // A slot waiting out its restart backoff has no process to show.
         if slot.is_empty() {
             workers.push(restarting_json(id, slot, observed, now));
+            continue;
+        }
+        // A worker newer than every one the slot has (a new release's,
+        // failed) gets a row of its own, not the row of the older worker
+        // still serving.
+        let newest = sup
+            .workers()
+            .filter(|w| w.slot == id)
+            .map(|w| w.generation)
+            .max();
+        if let Some(gone) = slot.last_exit_generation.filter(|&g| Some(g) > newest) {
+            workers.push(exited_json(id, gone, slot, observed));
         }
     }
     json!({
@@ -126,6 +138,9 @@ pub fn to_json(
 
 fn worker_json(w: &Worker, slot: Option<&Slot>, observed: &Observed, now: Instant) -> Value {
     let usage = observed.usage.get(&w.pid);
+    // Only the exit of a worker this one could have replaced is its
+    // slot's history (see `exited_json`).
+    let exit = slot.filter(|s| s.last_exit_generation.is_none_or(|g| g <= w.generation));
     json!({
         "slot": w.slot,
         "pid": w.pid.as_raw(),
@@ -139,8 +154,23 @@ fn worker_json(w: &Worker, slot: Option<&Slot>, observed: &Observed, now: Instan
         "cpu_percent": usage.map(|&(_, percent)| round(percent)),
         "processes": usage.map(|(u, _)| u.processes),
         "restarts": slot.map_or(0, |s| s.restarts),
-        "last_exit": slot.and_then(|s| s.last_exit.as_ref()).map(Exit::short),
-        "last_exit_line": observed.last_lines.get(&w.slot),
+        "last_exit": exit.and_then(|s| s.last_exit.as_ref()).map(Exit::short),
+        "last_exit_line": exit.and(observed.last_lines.get(&w.slot)),
+    })
+}
+
+/// The row of a slot's last worker when it was newer than every worker
+/// the slot still has: a reload's new worker that exited.
+fn exited_json(id: SlotId, generation: Generation, slot: &Slot, observed: &Observed) -> Value {
+    json!({
+        "slot": id,
+        "pid": null,
+        "generation": generation,
+        "state": "exited",
+        "uptime_ms": null,
+        "restarts": slot.restarts,
+        "last_exit": slot.last_exit.as_ref().map(Exit::short),
+        "last_exit_line": observed.last_lines.get(&id),
     })
 }
 

@@ -316,6 +316,14 @@ pub fn slot_view(status: &Value) -> String {
         let restarts = count(row.restarts as usize, "restart");
         let last_exit = row.last_exit.as_deref().unwrap_or("none");
         let Some(pid) = row.pid else {
+            if row.state == "exited" {
+                let generation = row.generation.map_or_else(dash, |g| g.to_string());
+                let _ = writeln!(
+                    out,
+                    "slot {slot}: its worker of generation {generation}, newer than the one serving, exited: {last_exit}"
+                );
+                continue;
+            }
             let wait = row.restart_in.map_or_else(dash, human);
             let _ = writeln!(
                 out,
@@ -436,5 +444,37 @@ mod tests {
         let end = lines[0].find("restarts").unwrap() + "restarts".len();
         assert_eq!(lines[1].find("12").map(|at| at + 2), Some(end), "{table}");
         assert!(lines[1].contains("restart in 5.6s"));
+    }
+
+    #[test]
+    fn a_failed_newer_worker_is_a_row_of_its_own() {
+        let status = json!({
+            "master": {"name": "api", "pid": 7, "uptime_ms": 2000, "workers": 1, "generation": 2,
+                       "serving_generations": [1], "version": "0", "listeners": []},
+            "reload": {"in_progress": false},
+            "workers": [
+                {"slot": 0, "pid": 4121, "generation": 1, "state": "ready",
+                 "uptime_ms": 9000, "restarts": 0, "last_exit": null},
+                {"slot": 0, "pid": null, "generation": 2, "state": "exited",
+                 "uptime_ms": null, "restarts": 0, "last_exit": "code 1",
+                 "last_exit_line": "DATABASE_URL is not set"},
+            ],
+            "slot": {"slot": 0},
+        });
+        let table = table(&status);
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("0 ")).collect();
+        assert!(rows[0].ends_with(" -"), "{table}");
+        assert!(rows[1].contains("exited"), "{table}");
+        assert!(
+            rows[1].ends_with("code 1: DATABASE_URL is not set"),
+            "{table}"
+        );
+        let view = slot_view(&status);
+        assert!(
+            view.contains(
+                "slot 0: its worker of generation 2, newer than the one serving, exited: code 1"
+            ),
+            "{view}"
+        );
     }
 }

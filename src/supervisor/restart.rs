@@ -35,6 +35,7 @@ impl Supervisor {
         self.detach(&worker);
         if let Some(slot) = self.slots.get_mut(worker.slot) {
             slot.last_exit = Some(exit);
+            slot.last_exit_generation = Some(worker.generation);
         }
         let uptime = now.saturating_duration_since(worker.started);
         // The exit record comes first; what it decides (an aborted reload,

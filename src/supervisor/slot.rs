@@ -26,8 +26,11 @@ pub struct Slot {
     pub attached: Vec<Pid>,
     /// How many of its workers failed (each one restarted or given up on).
     pub restarts: u32,
-    /// How its last worker ended.
+    /// How its last worker ended, and that worker's generation: a new
+    /// release's worker that failed is not the history of the older worker
+    /// still serving in the slot.
     pub last_exit: Option<Exit>,
+    pub last_exit_generation: Option<Generation>,
     /// The lane of the worker it was last steered to (`--balance
     /// reuseport`): a restart after a crash takes that queue again.
     pub lane: Lane,
@@ -45,6 +48,7 @@ impl Slot {
             attached: Vec::new(),
             restarts: 0,
             last_exit: None,
+            last_exit_generation: None,
             lane: 0,
             view: SlotView::default(),
         }

@@ -48,6 +48,9 @@ pub struct SlotSnapshot {
     pub restart_in_us: Option<u64>,
     pub restarts: u32,
     pub last_exit: Option<Exit>,
+    /// Absent in a hand-over from an rcluster before it was kept.
+    #[serde(default)]
+    pub last_exit_generation: Option<Generation>,
     pub lane: Lane,
 }
 
@@ -129,6 +132,7 @@ impl Supervisor {
                 restart_in_us: s.restart_at.map(until),
                 restarts: s.restarts,
                 last_exit: s.last_exit,
+                last_exit_generation: s.last_exit_generation,
                 lane: s.lane,
             })
             .collect();
@@ -209,6 +213,7 @@ impl Supervisor {
                 slot.backoff = Backoff::resume(snap.quick_crashes);
                 slot.restarts = snap.restarts;
                 slot.last_exit = snap.last_exit;
+                slot.last_exit_generation = snap.last_exit_generation;
                 slot.lane = snap.lane;
                 slot
             })

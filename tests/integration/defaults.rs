@@ -70,6 +70,17 @@ fn a_release_that_dies_200ms_after_start_never_replaces_the_good_one() {
     let st = status(&control);
     assert_eq!(st["master"]["serving_generations"], serde_json::json!([1]));
     assert_eq!(st["master"]["generation"], 2);
+    // The failed new worker's exit is on a row of its own, not on the row
+    // of the old worker still serving in its slot (it was, once).
+    let rows = st["workers"].as_array().unwrap();
+    for row in rows.iter().filter(|r| r["generation"] == 1) {
+        assert_eq!(row["last_exit"], Value::Null, "{row}");
+    }
+    let exited: Vec<_> = rows.iter().filter(|r| r["state"] == "exited").collect();
+    assert_eq!(exited.len(), 1, "{rows:?}");
+    assert_eq!(exited[0]["generation"], 2);
+    assert_eq!(exited[0]["last_exit"], "code 1");
+    assert_eq!(exited[0]["last_exit_line"], "DATABASE_URL is not set");
 
     std::fs::write(&flag, "good").unwrap();
     let (code, out, err) = rcluster(&["reload", "--wait", "--control", &control]);
