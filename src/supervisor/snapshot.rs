@@ -48,8 +48,10 @@ pub struct SlotSnapshot {
     pub restart_in_us: Option<u64>,
     pub restarts: u32,
     pub last_exit: Option<Exit>,
-    /// Absent in a hand-over from an rcluster before it was kept.
-    #[serde(default)]
+    /// Absent in a hand-over from an rcluster before it was kept, and left
+    /// out when unknown: still format 1 (a reader of format 1 ignores a
+    /// field it does not know, and loses only which row shows the exit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit_generation: Option<Generation>,
     pub lane: Lane,
 }
