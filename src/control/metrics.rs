@@ -186,6 +186,7 @@ impl Metrics {
             | Record::WorkerStarted { .. }
             | Record::WorkersReady { .. }
             | Record::ReadinessLearned { .. }
+            | Record::ReadyByTimerOnly { .. }
             | Record::EnvFileOnce { .. }
             | Record::EnvFileRead { .. }
             | Record::CanaryProven { .. }

@@ -162,6 +162,7 @@ impl Supervisor {
             self.speaks_ready = true;
             self.log(Record::ReadinessLearned { slot, pid });
         }
+        self.heard_ready |= msg == NotifyMsg::Ready;
         match (msg, state) {
             (NotifyMsg::Ready, WorkerState::Spawned { .. } | WorkerState::Booting { .. }) => {
                 self.become_ready(pid, ReadyBy::Notify { sender }, now)
@@ -296,7 +297,24 @@ impl Supervisor {
         match worker.state {
             WorkerState::Booting {
                 ready_at: Some(at), ..
-            } if at <= now => self.become_ready(pid, ReadyBy::Delay, now),
+            } if at <= now => {
+                // Its workers said READY=1 before: a worker that does not is
+                // likely one whose notify call failed (a helper not on its
+                // PATH fails silently in Node), and every start now waits
+                // out the timer.
+                if self.heard_ready && !self.warned_timer_only {
+                    self.warned_timer_only = true;
+                    let ReadyRule::Delay(after) = self.policy.ready else {
+                        unreachable!("a ready_at is set only under --ready DELAY")
+                    };
+                    self.log(Record::ReadyByTimerOnly {
+                        slot: worker.slot,
+                        pid,
+                        after,
+                    });
+                }
+                self.become_ready(pid, ReadyBy::Delay, now)
+            }
             WorkerState::Booting {
                 ready_by,
                 ready_at,

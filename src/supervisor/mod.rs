@@ -157,6 +157,11 @@ pub struct Supervisor {
     /// the protocol, and from then on a new worker is ready only when it
     /// says so (a release that never gets as far is not ready by a timer).
     speaks_ready: bool,
+    /// Under `--ready DELAY`: a worker has said `READY=1`, and whether a
+    /// later one ready only by the timer was warned of (once). Not handed
+    /// over in a live upgrade: the new master may warn once more.
+    heard_ready: bool,
+    warned_timer_only: bool,
     timers: Timers,
     /// Slots the current event changed: the ones to reconcile.
     dirty: BTreeSet<SlotId>,
@@ -200,6 +205,8 @@ impl Supervisor {
             spawns_in_flight: 0,
             ever_started: false,
             speaks_ready: false,
+            heard_ready: false,
+            warned_timer_only: false,
             timers: Timers::default(),
             dirty: BTreeSet::new(),
             groups: BTreeMap::new(),

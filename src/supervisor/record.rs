@@ -71,6 +71,13 @@ pub enum Record {
         slot: SlotId,
         pid: Pid,
     },
+    /// Under `--ready DELAY`, a worker is ready by the timer although
+    /// earlier ones said `READY=1`: logged once.
+    ReadyByTimerOnly {
+        slot: SlotId,
+        pid: Pid,
+        after: Duration,
+    },
     /// A reload's canary stayed ready for `--min-ready`: the roll goes on,
     /// `batch` slots at a time.
     CanaryProven {
@@ -371,6 +378,7 @@ impl Record {
             WorkerReady { .. } => ("worker ready", Info),
             WorkersReady { .. } => ("workers ready", Info),
             ReadinessLearned { .. } => ("readiness learned", Info),
+            ReadyByTimerOnly { .. } => ("ready by timer only", Warning),
             CanaryProven { .. } => ("canary proven", Info),
             NotServing { .. } => ("worker not serving", Error),
             WorkerExited {

@@ -1297,6 +1297,41 @@ fn auto_is_ready_at_ready_1_or_when_a_look_after_min_uptime_finds_it_listening()
     assert_eq!(sim.deadline_ms(), None, "no more looks once ready");
 }
 
+/// Under `--ready DELAY`, a worker ready by the timer after earlier ones
+/// said READY=1 (a notify helper that fails silently) is warned of, once.
+#[test]
+fn a_worker_ready_by_the_timer_after_others_said_ready_1_is_warned_of_once() {
+    let mut p = policy(3);
+    p.ready = ReadyRule::Delay(ms(500));
+    let mut sim = Sim::new(p);
+    let pids = spawned(&sim.feed(Event::Start));
+    for &pid in &pids {
+        sim.exec_ok(pid);
+    }
+    let acts = sim.at(100).notify(pids[0], NotifyMsg::Ready);
+    assert!(records(&acts, "ready by timer only").is_empty());
+    // Two workers ready by the timer after the first said READY=1: one
+    // warning.
+    let acts = sim.at(500).timeout();
+    assert_eq!(ready_by(&acts), [ReadyBy::Delay, ReadyBy::Delay]);
+    let warned = records(&acts, "ready by timer only");
+    assert_eq!(warned.len(), 1);
+    assert!(
+        sentence(&warned[0]).contains("$RCLUSTER_BIN"),
+        "{:?}",
+        warned[0]
+    );
+    // Nothing said at all: ready by the timer is what the rule asks for.
+    let mut p = policy(1);
+    p.ready = ReadyRule::Delay(ms(500));
+    let mut sim = Sim::new(p);
+    let pid = spawned(&sim.feed(Event::Start))[0];
+    sim.exec_ok(pid);
+    let acts = sim.at(500).timeout();
+    assert_eq!(ready_by(&acts), [ReadyBy::Delay]);
+    assert!(records(&acts, "ready by timer only").is_empty());
+}
+
 #[test]
 fn auto_learns_that_the_app_says_ready_1_and_then_waits_for_it() {
     let mut p = policy(2);

@@ -259,6 +259,16 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 worker(*slot, *pid)
             ))
         }
+        ReadyByTimerOnly { slot, pid, after } => {
+            r.slot(*slot).pid(*pid).ms("after_ms", *after);
+            r.say(format_args!(
+                "{} is ready only because --ready {} passed: earlier workers said READY=1 and \
+                 this one did not (is its notify call failing? `rcluster notify` may not be on \
+                 its PATH: use $RCLUSTER_BIN); every start waits out the timer (said once)",
+                worker(*slot, *pid),
+                human(*after)
+            ))
+        }
         CanaryProven {
             slot,
             pid,
