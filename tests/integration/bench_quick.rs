@@ -24,6 +24,7 @@ fn the_reload_bench_runs_every_scenario_and_writes_its_report() {
         "worker stderr",
         "upgrade, 2 workers, keep-alive",
         "upgrade, 2 workers, close",
+        "master memory",
     ] {
         assert!(table.contains(heading), "no {heading} in\n{table}");
     }
@@ -40,6 +41,19 @@ fn the_reload_bench_runs_every_scenario_and_writes_its_report() {
             0,
             "an upgrade lost requests:\n{table}"
         );
+    }
+    // Every figure with a goal was measured, and the Markdown for
+    // docs/performance.md shows each one.
+    let markdown = crate::bench::goals::markdown(&report);
+    for row in crate::bench::goals::rows(&report) {
+        // --quick runs 2 workers only.
+        let four = row.figure.ends_with(", 4 workers");
+        assert!(
+            row.measured.is_some() || four,
+            "{} was not measured",
+            row.figure
+        );
+        assert!(markdown.contains(row.figure), "{markdown}");
     }
     let dir = TempDir::new("bench");
     let (json, svg) = write(&report, &dir.0).expect("writing the report");

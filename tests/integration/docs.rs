@@ -204,3 +204,17 @@ fn every_marked_recipe_is_run_by_a_test() {
         );
     }
 }
+
+/// docs/performance.md shows every figure the bench has a goal for, with
+/// that goal (its table is the bench's `--markdown` output, pasted).
+#[test]
+fn the_performance_page_shows_every_goal_the_bench_measures() {
+    let page = std::fs::read_to_string(root().join("docs/performance.md")).unwrap();
+    for (figure, goal) in crate::bench::goals::FIGURES {
+        assert!(
+            page.contains(&format!("| {figure} | {goal} |")),
+            "docs/performance.md has no row for '{figure}' (goal {goal}): paste \
+             `cargo bench --bench reload -- --markdown` there"
+        );
+    }
+}

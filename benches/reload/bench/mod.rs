@@ -21,6 +21,8 @@
 //! - `upgrade`: K live upgrades of the master (`USR2`) under load, then K
 //!   reloads of the same cluster under the same load: USR2 to the new
 //!   image answering its control socket, failures, latency during each;
+//! - `memory`: the master's RSS with the default flags and 4 workers, after
+//!   3 reloads, a status and a metrics scrape;
 //! - `balance` (not in the default run): `--balance shared` against
 //!   `reuseport` with hello, Node and Python workers burning 2 ms of CPU a
 //!   request: each worker's share and latency at 30/60/90% of capacity.
@@ -34,6 +36,8 @@
 //! (they include this module); some items are used only by one of the two.
 #![allow(dead_code)]
 
+pub mod goals;
+pub mod memory;
 pub mod procfs;
 pub mod report;
 pub mod scenarios;
@@ -66,6 +70,7 @@ pub enum Scenario {
     Idle,
     Stderr,
     Upgrade,
+    Memory,
     Balance,
 }
 
@@ -91,7 +96,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "steady,reload,defaults,crash,scale,idle,stderr,upgrade"
+        default_value = "steady,reload,defaults,crash,scale,idle,stderr,upgrade,memory"
     )]
     scenario: Vec<Scenario>,
     /// A few seconds per scenario (what the test suite runs)
@@ -130,6 +135,9 @@ struct Args {
     /// scenario runs both)
     #[arg(long, value_enum, default_value_t = Balance::Shared)]
     balance: Balance,
+    /// Print the goals and the table as Markdown, for docs/performance.md
+    #[arg(long)]
+    markdown: bool,
     /// Passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     bench: bool,
@@ -171,6 +179,7 @@ impl Opts {
                 Scenario::Idle,
                 Scenario::Stderr,
                 Scenario::Upgrade,
+                Scenario::Memory,
             ],
             modes: vec![Mode::KeepAlive, Mode::Close],
             workers: vec![2, 4],
@@ -264,6 +273,7 @@ pub fn run(opts: &Opts, server: &Server) -> Report {
             (Scenario::Idle, Some(bins)) => report.idle = Some(scenarios::idle(bins, opts.idle)),
             (Scenario::Stderr, Some(bins)) => report.stderr = scenarios::stderr(bins, opts.steady),
             (Scenario::Balance, Some(bins)) => report.balance = scenarios::balance(opts, bins),
+            (Scenario::Memory, Some(bins)) => report.memory = memory::memory(bins),
             (Scenario::Upgrade, Some(bins)) => {
                 for &workers in &opts.workers {
                     for &mode in &opts.modes {
@@ -279,6 +289,7 @@ pub fn run(opts: &Opts, server: &Server) -> Report {
                 | Scenario::Idle
                 | Scenario::Stderr
                 | Scenario::Upgrade
+                | Scenario::Memory
                 | Scenario::Balance,
                 None,
             ) => {
@@ -344,7 +355,11 @@ pub fn main() -> ExitCode {
         _ => Server::Rcluster(&bins),
     };
     let report = run(&opts, &server);
-    print!("{}", report.table());
+    if args.markdown {
+        print!("{}", markdown(&report));
+    } else {
+        print!("{}{}", report.table(), goals::text(&report));
+    }
     let out = args.out.unwrap_or_else(default_out);
     match write(&report, &out) {
         Ok((json, svg)) => {
@@ -360,6 +375,18 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What docs/performance.md shows of a run: the goals, then the whole
+/// table.
+fn markdown(report: &Report) -> String {
+    let mut md = format!("From one run: {}.\n\n", report.machine);
+    md += &goals::markdown(report);
+    if let Some(line) = goals::under_load(report) {
+        md += &format!("\nThe same restart {line}.\n");
+    }
+    md += &format!("\n```\n{}```\n", report.table());
+    md
 }
 
 fn default_out() -> PathBuf {

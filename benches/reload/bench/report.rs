@@ -9,6 +9,7 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 use super::load::{Outcome, Sample};
+use super::memory::MemoryRow;
 use super::scenarios::{BalanceRow, Crash, DefaultsRow, Idle, Reload, ScaleRow, StderrRow, Steady};
 use super::stats::{self, Latency, median, ms};
 use super::upgrade::UpgradeRow;
@@ -26,6 +27,7 @@ pub struct Report {
     pub stderr: Vec<StderrRow>,
     pub balance: Vec<BalanceRow>,
     pub upgrade: Vec<UpgradeRow>,
+    pub memory: Option<MemoryRow>,
 }
 
 fn lat(l: &Latency) -> String {
@@ -239,6 +241,14 @@ impl Report {
                 i.rss_kib
             );
         }
+        if let Some(m) = &self.memory {
+            let _ = writeln!(
+                t,
+                "\nmaster memory (default flags, {} workers, after 3 reloads, a status, a scrape): \
+                 RSS {} KiB, {} anonymous, {} file-backed",
+                m.workers, m.rss_kib, m.anon_kib, m.file_kib
+            );
+        }
         if !self.balance.is_empty() {
             let _ = writeln!(
                 t,
@@ -294,6 +304,7 @@ impl Report {
             "stderr": self.stderr.iter().map(StderrRow::json).collect::<Vec<_>>(),
             "balance": self.balance.iter().map(BalanceRow::json).collect::<Vec<_>>(),
             "upgrade": self.upgrade.iter().map(UpgradeRow::json).collect::<Vec<_>>(),
+            "memory": self.memory.as_ref().map(MemoryRow::json),
         })
     }
 

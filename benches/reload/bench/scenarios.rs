@@ -379,7 +379,9 @@ pub struct ScaleRow {
     pub overhead_per_worker: Duration,
     pub cpu_per_reload: Duration,
     pub rss_kib: u64,
+    /// Kill to the replacement ready, and to its exec.
     pub restart: Duration,
+    pub restart_exec: Duration,
 }
 
 impl ScaleRow {
@@ -398,6 +400,7 @@ impl ScaleRow {
             "master_cpu_per_reload_ms": ms(self.cpu_per_reload),
             "master_rss_kib": self.rss_kib,
             "restart_ms": ms(self.restart),
+            "restart_exec_ms": ms(self.restart_exec),
         })
     }
 }
@@ -474,6 +477,11 @@ pub fn scale(opts: &Opts, bins: &Bins, workers: usize) -> ScaleRow {
         slot.is_some() && e.msg() == "worker ready" && Some(e.u64("slot")) == slot
     });
     let restart = events.last().expect("ready").since(killed);
+    let restart_exec = events
+        .iter()
+        .skip_while(|e| !(e.msg() == "worker exited" && e.pid() == victim))
+        .find(|e| e.msg() == "worker started" && Some(e.u64("slot")) == slot)
+        .map_or(restart, |e| e.since(killed));
     rcluster.stop();
     ScaleRow {
         workers,
@@ -483,6 +491,7 @@ pub fn scale(opts: &Opts, bins: &Bins, workers: usize) -> ScaleRow {
         cpu_per_reload: median(&cpus),
         rss_kib,
         restart,
+        restart_exec,
     }
 }
 
