@@ -81,14 +81,22 @@ pub fn children() -> Vec<Pid> {
         .collect()
 }
 
-/// Whether `pid` was started by the worker `worker`: it still carries the
+/// Whether `pid` was started by one of `workers`: it still carries the
 /// environment that worker was given (`LISTEN_PID=<worker>`). A process
 /// that cleared its environment is not recognized (it is stopped when the
 /// master stops).
-pub fn started_by(pid: Pid, worker: Pid) -> bool {
-    let wanted = format!("LISTEN_PID={worker}");
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == wanted.as_bytes()))
+pub fn started_by(pid: Pid, workers: &[Pid]) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    env.split(|&b| b == 0)
+        .filter_map(|var| var.strip_prefix(b"LISTEN_PID="))
+        .any(|value| {
+            std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .is_some_and(|p| workers.contains(&Pid::from_raw(p)))
+        })
 }
 
 fn decode(status: i32) -> Option<Exit> {

@@ -94,7 +94,7 @@ pub enum Event {
     /// The answer to [`Action::FindStrays`] `{ of }`: processes the
     /// workers (or the worker `of`) left behind, now the master's children.
     Strays {
-        of: Option<Pid>,
+        of: Option<Vec<Pid>>,
         pids: Vec<Pid>,
     },
     /// The poll timed out: a deadline from `next_deadline` has passed.
@@ -169,7 +169,7 @@ pub enum Action {
     /// children: those of the worker `of` (by its environment), or, with
     /// `None`, every child that is no worker. Answer [`Event::Strays`].
     FindStrays {
-        of: Option<Pid>,
+        of: Option<Vec<Pid>>,
     },
     /// Read the memory of these workers' process trees; answer
     /// [`Event::Memory`].

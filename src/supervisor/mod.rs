@@ -173,6 +173,10 @@ pub struct Supervisor {
     strays: BTreeMap<Pid, Option<Instant>>,
     /// Where the last look for strays at shutdown stands.
     sweep: Sweep,
+    /// Exited workers whose strays are searched for at `Timer::StraySearch`.
+    /// Not handed over in a live upgrade: what they left is found by the
+    /// search at shutdown.
+    stray_search: Vec<Pid>,
     /// The actions of the event being handled.
     actions: Vec<Action>,
 }
@@ -212,6 +216,7 @@ impl Supervisor {
             groups: BTreeMap::new(),
             strays: BTreeMap::new(),
             sweep: Sweep::NotYet,
+            stray_search: Vec::new(),
             actions: Vec::new(),
         }
     }
@@ -399,6 +404,7 @@ impl Supervisor {
                         self.actions.push(Action::KillGroup { pid });
                     }
                 }
+                Timer::StraySearch => self.search_strays(),
                 Timer::Age(pid) => {
                     if let Some((_, limit)) = self.age_limits.remove(&pid) {
                         self.make_due(pid, RecycleReason::Age { limit });

@@ -14,6 +14,10 @@ use super::slot::{StopReason, WorkerState};
 use super::timers::Timer;
 use super::{Failure, Phase, Supervisor, Sweep};
 
+/// How long after a worker's exit the master looks for the processes it
+/// left behind (see `on_exited`).
+pub const STRAY_SEARCH_DELAY: Duration = Duration::from_millis(100);
+
 impl Supervisor {
     pub(super) fn on_exited(
         &mut self,
@@ -92,7 +96,17 @@ impl Supervisor {
             pgid: pid,
             signal: self.policy.stop_signal,
         });
-        self.actions.push(Action::FindStrays { of: Some(pid) });
+        // The processes that came back to the master are found by listing
+        // its children, which costs as much as it has workers: once for the
+        // exits of a short while, not for each (at 1024 workers a listing
+        // per exit was half the master's CPU in a reload). The wait also
+        // lets a double fork's middle process exit, so its child has come
+        // back by the time of the search.
+        if self.stray_search.is_empty() {
+            let at = now + STRAY_SEARCH_DELAY;
+            self.timers.change(Timer::StraySearch, None, Some(at));
+        }
+        self.stray_search.push(pid);
     }
 
     /// Decides what follows a failed worker: abort the reload it belonged
@@ -154,7 +168,15 @@ impl Supervisor {
         self.timers.change(Timer::Group(pgid), old, Some(kill_at));
     }
 
-    pub(super) fn on_strays(&mut self, of: Option<Pid>, pids: Vec<Pid>, now: Instant) {
+    /// The search for what the exited workers left behind is due.
+    pub(super) fn search_strays(&mut self) {
+        let of = std::mem::take(&mut self.stray_search);
+        if !of.is_empty() {
+            self.actions.push(Action::FindStrays { of: Some(of) });
+        }
+    }
+
+    pub(super) fn on_strays(&mut self, of: Option<Vec<Pid>>, pids: Vec<Pid>, now: Instant) {
         let new: Vec<Pid> = pids
             .into_iter()
             .filter(|pid| !self.workers.contains_key(pid) && !self.strays.contains_key(pid))

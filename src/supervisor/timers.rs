@@ -21,6 +21,9 @@ pub enum Timer {
     Group(Pid),
     /// A process a worker left behind is killed.
     Stray(Pid),
+    /// The exited workers not yet searched for are searched for what they
+    /// left behind (`Supervisor::stray_search`).
+    StraySearch,
     /// A ready worker reaches its `--max-age`.
     Age(Pid),
     /// The workers' memory is looked at (`--max-memory`).

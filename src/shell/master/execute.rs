@@ -32,7 +32,7 @@ impl<L: Launch> Master<'_, L> {
             Action::KillRemnants { pgid } => kill_remnants(pgid),
             Action::StopGroup { pgid, signal } => self.stop_group(pgid, signal, now),
             Action::FindStrays { of } => {
-                let pids = self.find_strays(of);
+                let pids = self.find_strays(of.as_deref());
                 self.dispatch(Event::Strays { of, pids }, now);
             }
             Action::KillGroup { pid } => kill_group(pid),

@@ -221,7 +221,7 @@ impl<L: Launch> Master<'_, L> {
     /// (the master waits for it at shutdown); one already gone is left out.
     /// Cluster mode adopts nothing: a library does not touch its host's
     /// children.
-    pub(super) fn find_strays(&mut self, of: Option<Pid>) -> Vec<Pid> {
+    pub(super) fn find_strays(&mut self, of: Option<&[Pid]>) -> Vec<Pid> {
         if self.launcher.reaping() != Reaping::All {
             return Vec::new();
         }
@@ -229,7 +229,7 @@ impl<L: Launch> Master<'_, L> {
             .into_iter()
             .filter(|&pid| !self.supervisor.is_worker(pid) && !self.pidfds.contains_key(&pid))
             .filter(|pid| !self.inherited.contains(pid))
-            .filter(|&pid| of.is_none_or(|worker| reap::started_by(pid, worker)))
+            .filter(|&pid| of.is_none_or(|workers| reap::started_by(pid, workers)))
             .collect();
         found
             .into_iter()
