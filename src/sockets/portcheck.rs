@@ -16,17 +16,22 @@
 use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-/// How many of a worker's fd numbers are looked at: a server opens its
-/// listening socket early, and each number is one cheap syscall.
+use crate::vocab::Pid;
+
+/// Where the worker's open fds cannot be listed, how many fd numbers are
+/// tried: a server opens its listening socket early.
 const FDS_LOOKED_AT: i32 = 1024;
 
-/// The TCP ports the worker whose pidfd is `pidfd` listens on through
-/// sockets other than `ours` (the inodes of rcluster's listeners), among
-/// its first [`FDS_LOOKED_AT`] fds. Empty if it cannot be told
-/// (`pidfd_getfd` needs Linux 5.6).
-pub fn own_ports(pidfd: BorrowedFd<'_>, ours: &BTreeSet<u64>) -> Vec<u16> {
+/// The TCP ports the worker `pid` (whose pidfd is `pidfd`) listens on
+/// through sockets other than `ours` (the inodes of rcluster's
+/// listeners). Empty if it cannot be told (`pidfd_getfd` needs Linux 5.6).
+pub fn own_ports(pid: Pid, pidfd: BorrowedFd<'_>, ours: &BTreeSet<u64>) -> Vec<u16> {
+    // Its open fds, from /proc (a few for most servers): trying every
+    // number up to 1024 was a thousand syscalls, the largest fixed cost of
+    // a reload of a few workers.
+    let fds = open_fds(pid).unwrap_or_else(|| (0..FDS_LOOKED_AT).collect());
     let mut ports = Vec::new();
-    for fd in 0..FDS_LOOKED_AT {
+    for fd in fds {
         let copy = match copy_fd(pidfd, fd) {
             Ok(copy) => copy,
             Err(nix::errno::Errno::EBADF) => continue,
@@ -44,6 +49,17 @@ pub fn own_ports(pidfd: BorrowedFd<'_>, ours: &BTreeSet<u64>) -> Vec<u16> {
     ports.sort_unstable();
     ports.dedup();
     ports
+}
+
+/// The fd numbers `pid` has open, in order; `None` if /proc does not say.
+fn open_fds(pid: Pid) -> Option<Vec<i32>> {
+    let entries = std::fs::read_dir(format!("/proc/{}/fd", pid.as_raw())).ok()?;
+    let mut fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    Some(fds)
 }
 
 /// A copy of the worker's `fd` (close-on-exec); EBADF if it has none.
@@ -156,7 +172,7 @@ mod tests {
         assert!(pidfd >= 0);
         // SAFETY: a fresh fd.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-        let found = own_ports(pidfd.as_fd(), &BTreeSet::from([ours_inode]));
+        let found = own_ports(me, pidfd.as_fd(), &BTreeSet::from([ours_inode]));
         assert!(found.contains(&port), "{found:?}");
         assert!(!found.contains(&ours.local_addr().unwrap().port()));
         drop(unix);

@@ -81,7 +81,7 @@ impl<L: Launch> Master<'_, L> {
         let Some(pidfd) = self.pidfds.get(&pid) else {
             return;
         };
-        let ports = portcheck::own_ports(pidfd.as_fd(), &self.ours.inodes);
+        let ports = portcheck::own_ports(pid, pidfd.as_fd(), &self.ours.inodes);
         if !ports.is_empty() {
             let ours = self.info.listeners.iter().map(|(_, a)| a.clone()).collect();
             self.log.emit(&Record::OwnPorts { pid, ports, ours });
