@@ -302,11 +302,11 @@ impl Supervisor {
                 // likely one whose notify call failed (a helper not on its
                 // PATH fails silently in Node), and every start now waits
                 // out the timer.
-                if self.heard_ready && !self.warned_timer_only {
+                if let ReadyRule::Delay(after) = self.policy.ready
+                    && self.heard_ready
+                    && !self.warned_timer_only
+                {
                     self.warned_timer_only = true;
-                    let ReadyRule::Delay(after) = self.policy.ready else {
-                        unreachable!("a ready_at is set only under --ready DELAY")
-                    };
                     self.log(Record::ReadyByTimerOnly {
                         slot: worker.slot,
                         pid,
