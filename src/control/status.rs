@@ -101,6 +101,8 @@ pub fn to_json(
     let ms = |since: Instant| now.saturating_duration_since(since).as_millis() as u64;
     let mut rows: Vec<&Worker> = sup.workers().collect();
     rows.sort_by_key(|w| (w.slot, w.generation, w.pid));
+    // Sorted: the last row of a slot holds its newest generation.
+    let newest: HashMap<SlotId, Generation> = rows.iter().map(|w| (w.slot, w.generation)).collect();
     let mut workers: Vec<Value> = rows
         .into_iter()
         .map(|w| worker_json(w, sup.slots().get(w.slot), observed, now))
@@ -114,11 +116,7 @@ pub fn to_json(
         // A worker newer than every one the slot has (a new release's,
         // failed) gets a row of its own, not the row of the older worker
         // still serving.
-        let newest = sup
-            .workers()
-            .filter(|w| w.slot == id)
-            .map(|w| w.generation)
-            .max();
+        let newest = newest.get(&id).copied();
         if let Some(gone) = slot.last_exit_generation.filter(|&g| Some(g) > newest) {
             workers.push(exited_json(id, gone, slot, observed));
         }

@@ -92,7 +92,8 @@ pub enum Event {
         pgid: Pid,
     },
     /// The answer to [`Action::FindStrays`] `{ of }`: processes the
-    /// workers (or the worker `of`) left behind, now the master's children.
+    /// workers (or the exited workers `of`) left behind, now the master's
+    /// children.
     Strays {
         of: Option<Vec<Pid>>,
         pids: Vec<Pid>,
@@ -166,7 +167,7 @@ pub enum Action {
         signal: i32,
     },
     /// Look for the processes workers left behind among the master's
-    /// children: those of the worker `of` (by its environment), or, with
+    /// children: those of the exited workers `of` (by their environment), or, with
     /// `None`, every child that is no worker. Answer [`Event::Strays`].
     FindStrays {
         of: Option<Vec<Pid>>,
