@@ -183,7 +183,7 @@ fn shim(config: &rcluster::start::config::Config) -> Result<Option<Shim>, rclust
 /// Starts (or goes on with) the workers: exec'd, as `setup` says.
 fn serve(
     config: &rcluster::start::config::Config,
-    setup: Setup,
+    mut setup: Setup,
     identity: Option<Identity>,
     shim: Option<Shim>,
     log: &Log,
@@ -211,7 +211,6 @@ fn serve(
         let line = format!("rcluster: cannot become a child subreaper: {e}\n");
         let _ = std::io::stderr().write_all(line.as_bytes());
     }
-    // Parsing and binding are done: what they used need not stay resident.
-    let _ = rcluster::shell::trim::after_startup();
+    setup.trim_when_idle = true;
     rcluster::shell::serve(setup, launcher, log)
 }

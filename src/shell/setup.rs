@@ -51,6 +51,9 @@ pub struct Setup {
     pub binary: Option<Binary>,
     /// What an earlier image of this master handed over (a live upgrade).
     pub handover: Option<Handover>,
+    /// Give back the memory work used before a long sleep (`trim.rs`):
+    /// the binary's master; a library's master is its user's process.
+    pub trim_when_idle: bool,
     watchdog: Option<Duration>,
 }
 
@@ -213,6 +216,7 @@ impl Setup {
             releases: None,
             binary: None,
             handover,
+            trim_when_idle: false,
             watchdog: config.watchdog,
         }
     }

@@ -1,9 +1,18 @@
-//! Giving back what start-up used and the loop never will: the heap that
-//! parsing and binding freed (`malloc_trim`), and the page-table entries of
-//! code and read-only data they ran (`MADV_DONTNEED` on clean file
-//! mappings). The pages stay in the page cache, shared with every other
-//! process using them; whatever the loop touches comes back on its first
-//! use, as a minor fault.
+//! Giving back what the master used and will not use again soon: the heap
+//! that parsing, binding or a reload freed (`malloc_trim`), and the
+//! page-table entries of code and read-only data they ran (`MADV_DONTNEED`
+//! on clean file mappings). The pages stay in the page cache, shared with
+//! every other process using them; whatever the loop touches comes back on
+//! its next use, as a minor fault.
+//!
+//! A fault on a file page maps the cached pages around it too (the
+//! kernel's fault-around, 64 KiB), so a reload, a `status` or a scrape
+//! that runs a little code in many places brings back most of the binary's
+//! text: 2 MB resident for a master that, asleep, needs a few hundred KiB.
+//! So the loop trims again whenever it is about to sleep for long after
+//! it woke up ([`Trimmer`]), not only after start-up; at most once a
+//! second, so that a worker logging a line at a time costs a trim a
+//! second, not one a line.
 //!
 //! A daemon that forks into the background (nginx's master) starts its
 //! loop with the same small resident set, because `fork` does not copy the
@@ -14,10 +23,54 @@
 //! nothing (a writable or copied-on-write page would lose its contents).
 
 use std::io;
+use std::time::{Duration, Instant};
+
+/// The least time between two trims.
+const GAP: Duration = Duration::from_secs(1);
+
+/// When the loop trims: before a quiet sleep, if it woke since the last
+/// trim, and not within [`GAP`] of it (then at its end: a deadline).
+#[derive(Debug, Default)]
+pub struct Trimmer {
+    woke: bool,
+    last: Option<Instant>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to give back, or not now (work is under way).
+    No,
+    Now,
+    /// Trim at this deadline, if still quiet then.
+    At(Instant),
+}
+
+impl Trimmer {
+    /// The loop woke up: whatever it ran is resident again.
+    pub fn woke(&mut self) {
+        self.woke = true;
+    }
+
+    /// Before a sleep: `quiet` when nothing is under way and the sleep is
+    /// long. After `Now`, the caller trims.
+    pub fn decide(&mut self, quiet: bool, now: Instant) -> Decision {
+        if !self.woke || !quiet {
+            return Decision::No;
+        }
+        match self.last.map(|last| last + GAP) {
+            Some(next) if now < next => Decision::At(next),
+            _ => {
+                self.woke = false;
+                self.last = Some(now);
+                Decision::Now
+            }
+        }
+    }
+}
 
 /// Trims the heap and drops the page-table entries of clean file mappings.
 /// Returns how many bytes of mappings were dropped.
-pub fn after_startup() -> io::Result<usize> {
+pub fn resident_set() -> io::Result<usize> {
     // SAFETY: malloc_trim only returns free heap memory to the kernel.
     unsafe { libc::malloc_trim(0) };
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
@@ -83,6 +136,21 @@ fn clean_file_mappings(smaps: &str) -> Vec<Mapping> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quiet_sleep_after_a_wakeup_trims_at_most_once_a_gap() {
+        let start = Instant::now();
+        let mut trimmer = Trimmer::default();
+        trimmer.woke();
+        assert_eq!(trimmer.decide(false, start), Decision::No, "work under way");
+        assert_eq!(trimmer.decide(true, start), Decision::Now);
+        assert_eq!(trimmer.decide(true, start), Decision::No, "nothing since");
+        let soon = start + GAP / 2;
+        trimmer.woke();
+        assert_eq!(trimmer.decide(true, soon), Decision::At(start + GAP));
+        assert_eq!(trimmer.decide(true, start + GAP), Decision::Now);
+        assert_eq!(trimmer.decide(true, start + GAP * 3), Decision::No);
+    }
 
     #[test]
     fn only_clean_file_mappings_are_chosen() {

@@ -329,6 +329,15 @@ impl Supervisor {
         self.ready_slots == self.slots.len()
     }
 
+    /// Nothing under way: running, no reload, one ready worker per slot
+    /// and no other. The master may give back memory then (`trim.rs`).
+    pub fn is_settled(&self) -> bool {
+        self.is_running()
+            && self.reload.is_none()
+            && self.all_ready()
+            && self.workers.len() == self.slots.len()
+    }
+
     pub fn target_generation(&self) -> Generation {
         self.target
     }

@@ -164,10 +164,10 @@ fn memory(report: &Report) -> Option<(String, bool)> {
     let m = report.memory.as_ref()?;
     Some((
         format!(
-            "{} KiB ({} anonymous, {} file-backed)",
-            m.rss_kib, m.anon_kib, m.file_kib
+            "{} KiB asleep ({} anonymous, {} file-backed); {} KiB as the status returned",
+            m.rss_kib, m.anon_kib, m.file_kib, m.awake_kib
         ),
-        m.rss_kib <= 1600,
+        m.asleep && m.rss_kib <= 1600,
     ))
 }
 

@@ -4,7 +4,9 @@
 //! scrape (`--metrics`, the one flag added). Read from
 //! `/proc/PID/smaps_rollup`: the whole, the master's own anonymous memory,
 //! and the file-backed rest (its code and libc's, shared with every other
-//! process that maps them).
+//! process that maps them); once as soon as the last `status` returns, and
+//! once when the master has gone to sleep with nothing to wait for (it
+//! gives back what the work brought in before such a sleep).
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
@@ -12,11 +14,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::http;
 use super::target::Bins;
+use super::{http, procfs};
 
 pub struct MemoryRow {
     pub workers: usize,
+    /// As soon as the last `status` returned.
+    pub awake_kib: u64,
+    /// Asleep: in `epoll_wait` with no deadline.
+    pub asleep: bool,
     pub rss_kib: u64,
     pub anon_kib: u64,
     pub file_kib: u64,
@@ -26,6 +32,8 @@ impl MemoryRow {
     pub fn json(&self) -> Value {
         json!({
             "workers": self.workers,
+            "awake_rss_kib": self.awake_kib,
+            "asleep": self.asleep,
             "rss_kib": self.rss_kib,
             "anonymous_kib": self.anon_kib,
             "file_kib": self.file_kib,
@@ -69,7 +77,18 @@ pub fn memory(bins: &Bins) -> Option<MemoryRow> {
             let reloaded = (0..3).all(|_| rcluster(&["reload", "--wait"]));
             let scraped = http::get(metrics, "/metrics").is_ok_and(|r| r.status == 200);
             if reloaded && scraped && rcluster(&["status"]) {
-                row = Some(rollup(master.id() as i32, workers));
+                let pid = master.id() as i32;
+                let awake = rollup(pid).0;
+                let asleep = procfs::wait_asleep(pid, Instant::now() + Duration::from_secs(5));
+                let (rss_kib, anon_kib) = rollup(pid);
+                row = Some(MemoryRow {
+                    workers,
+                    awake_kib: awake,
+                    asleep,
+                    rss_kib,
+                    anon_kib,
+                    file_kib: rss_kib.saturating_sub(anon_kib),
+                });
             }
             break;
         }
@@ -85,7 +104,8 @@ pub fn memory(bins: &Bins) -> Option<MemoryRow> {
     row
 }
 
-fn rollup(pid: i32, workers: usize) -> MemoryRow {
+/// Resident and anonymous KiB.
+fn rollup(pid: i32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     let field = |name: &str| -> u64 {
         text.lines()
@@ -93,14 +113,7 @@ fn rollup(pid: i32, workers: usize) -> MemoryRow {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     };
-    let rss_kib = field("Rss:");
-    let anon_kib = field("Anonymous:");
-    MemoryRow {
-        workers,
-        rss_kib,
-        anon_kib,
-        file_kib: rss_kib.saturating_sub(anon_kib),
-    }
+    (field("Rss:"), field("Anonymous:"))
 }
 
 fn free_port() -> SocketAddr {

@@ -1,7 +1,7 @@
 //! What the kernel says about the master: CPU time, memory, and how often
 //! it woke up.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcStat {
@@ -54,4 +54,39 @@ pub fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+/// The timeout the process sleeps with, if it sleeps in `epoll_wait` now
+/// (state `S`, its fourth argument): -1 for none.
+pub fn epoll_timeout(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let sleeping = stat.rsplit_once(") ")?.1.starts_with('S');
+    let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    let fields: Vec<&str> = call.split_whitespace().collect();
+    let number: i64 = fields.first()?.parse().ok()?;
+    let timeout = u64::from_str_radix(fields.get(4)?.trim_start_matches("0x"), 16).ok()?;
+    // The register holds the int as it was passed: its low 32 bits.
+    (sleeping && is_epoll_wait(number)).then_some(timeout as u32 as i32)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn is_epoll_wait(call: i64) -> bool {
+    call == libc::SYS_epoll_wait || call == libc::SYS_epoll_pwait
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn is_epoll_wait(call: i64) -> bool {
+    call == libc::SYS_epoll_pwait
+}
+
+/// Waits until the master sleeps with nothing left to do and no deadline:
+/// in `epoll_wait` with no timeout.
+pub fn wait_asleep(pid: i32, deadline: Instant) -> bool {
+    while Instant::now() < deadline {
+        if epoll_timeout(pid) == Some(-1) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }

@@ -228,6 +228,22 @@ impl Report {
                     ms(s.restart)
                 );
             }
+            let _ = writeln!(
+                t,
+                "\nrestart, idle master, median of 5 kills: ms from the kill to the exit seen, spawned, exec'd, ready"
+            );
+            for s in &self.scale {
+                let r = &s.restart_steps;
+                let _ = writeln!(
+                    t,
+                    "        {:>7} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                    s.workers,
+                    ms(r.exited),
+                    ms(r.spawned),
+                    ms(r.exec),
+                    ms(r.ready)
+                );
+            }
         }
         if let Some(i) = &self.idle {
             let _ = writeln!(
@@ -245,8 +261,17 @@ impl Report {
             let _ = writeln!(
                 t,
                 "\nmaster memory (default flags, {} workers, after 3 reloads, a status, a scrape): \
-                 RSS {} KiB, {} anonymous, {} file-backed",
-                m.workers, m.rss_kib, m.anon_kib, m.file_kib
+                 RSS {} KiB {}, {} anonymous, {} file-backed; {} KiB as the status returned",
+                m.workers,
+                m.rss_kib,
+                if m.asleep {
+                    "asleep"
+                } else {
+                    "(never fell asleep)"
+                },
+                m.anon_kib,
+                m.file_kib,
+                m.awake_kib
             );
         }
         if !self.balance.is_empty() {

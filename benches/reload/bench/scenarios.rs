@@ -382,6 +382,20 @@ pub struct ScaleRow {
     /// Kill to the replacement ready, and to its exec.
     pub restart: Duration,
     pub restart_exec: Duration,
+    /// The restart step by step, each from the kill (medians).
+    pub restart_steps: RestartSteps,
+}
+
+/// When the master logged each step of a restart, from the kill: the exit
+/// seen (the pidfd woke it, the worker was reaped), the replacement
+/// spawned (`clone` returned: with `CLONE_VFORK`, after its `execve` took
+/// over), its exec confirmed (the exec pipe's EOF), ready (`READY=1`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestartSteps {
+    pub exited: Duration,
+    pub spawned: Duration,
+    pub exec: Duration,
+    pub ready: Duration,
 }
 
 impl ScaleRow {
@@ -401,6 +415,12 @@ impl ScaleRow {
             "master_rss_kib": self.rss_kib,
             "restart_ms": ms(self.restart),
             "restart_exec_ms": ms(self.restart_exec),
+            "restart_steps_ms": {
+                "exit_seen": ms(self.restart_steps.exited),
+                "spawned": ms(self.restart_steps.spawned),
+                "exec": ms(self.restart_steps.exec),
+                "ready": ms(self.restart_steps.ready),
+            },
         })
     }
 }
@@ -464,7 +484,39 @@ pub fn scale(opts: &Opts, bins: &Bins, workers: usize) -> ScaleRow {
         overheads.push(took.saturating_sub(own) / workers as u32);
     }
     let rss_kib = procfs::read(rcluster.pid).rss_kib;
-    // Restart cost: one worker killed, to its replacement ready.
+    let steps: Vec<RestartSteps> = (0..RESTARTS).map(|_| restart(&mut rcluster)).collect();
+    let step =
+        |of: fn(&RestartSteps) -> Duration| median(&steps.iter().map(of).collect::<Vec<_>>());
+    let restart_steps = RestartSteps {
+        exited: step(|s| s.exited),
+        spawned: step(|s| s.spawned),
+        exec: step(|s| s.exec),
+        ready: step(|s| s.ready),
+    };
+    rcluster.stop();
+    ScaleRow {
+        workers,
+        startup,
+        reload: median(&reloads),
+        overhead_per_worker: median(&overheads),
+        cpu_per_reload: median(&cpus),
+        rss_kib,
+        restart: restart_steps.ready,
+        restart_exec: restart_steps.exec,
+        restart_steps,
+    }
+}
+
+/// Kills measured per worker count: the restart figures are their medians.
+const RESTARTS: usize = 5;
+
+/// One worker killed while the master sleeps with nothing to do (what
+/// "idle" means: the memory its last work used given back), and when each
+/// step of its restart was logged.
+fn restart(rcluster: &mut Rcluster) -> RestartSteps {
+    if !procfs::wait_asleep(rcluster.pid, Instant::now() + Duration::from_secs(5)) {
+        eprintln!("scale: the master did not go to sleep before a kill");
+    }
     let victim = rcluster.live_workers()[0];
     let killed = SystemTime::now();
     // SAFETY: killing a worker of the rcluster this bench started.
@@ -476,22 +528,22 @@ pub fn scale(opts: &Opts, bins: &Bins, workers: usize) -> ScaleRow {
         }
         slot.is_some() && e.msg() == "worker ready" && Some(e.u64("slot")) == slot
     });
-    let restart = events.last().expect("ready").since(killed);
-    let restart_exec = events
+    let ready = events.last().expect("ready").since(killed);
+    let after_exit: Vec<&Event> = events
         .iter()
         .skip_while(|e| !(e.msg() == "worker exited" && e.pid() == victim))
-        .find(|e| e.msg() == "worker started" && Some(e.u64("slot")) == slot)
-        .map_or(restart, |e| e.since(killed));
-    rcluster.stop();
-    ScaleRow {
-        workers,
-        startup,
-        reload: median(&reloads),
-        overhead_per_worker: median(&overheads),
-        cpu_per_reload: median(&cpus),
-        rss_kib,
-        restart,
-        restart_exec,
+        .collect();
+    let at = |msg: &str| {
+        after_exit
+            .iter()
+            .find(|e| e.msg() == msg && Some(e.u64("slot")) == slot)
+            .map_or(ready, |e| e.since(killed))
+    };
+    RestartSteps {
+        exited: after_exit.first().map_or(ready, |e| e.since(killed)),
+        spawned: at("worker spawned"),
+        exec: at("worker started"),
+        ready,
     }
 }
 

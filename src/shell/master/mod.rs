@@ -36,6 +36,7 @@ use crate::shell::serving;
 use crate::shell::setup::Setup;
 use crate::shell::signals::{self, Signals};
 use crate::shell::token::Source;
+use crate::shell::trim;
 use crate::shell::upgrade::Binary;
 use crate::sockets::balance::Balancer;
 use crate::sockets::listen::Listener;
@@ -50,6 +51,10 @@ use requests::reload_answer;
 /// A turn of the loop this long is logged: every call in it is bounded, so
 /// it means a call that was not, or a machine that stopped the master.
 const SLOW_TURN: Duration = Duration::from_secs(1);
+
+/// A sleep this long or longer, with nothing under way, is worth a trim
+/// first (`trim_before`).
+const LONG_SLEEP: Duration = Duration::from_secs(1);
 
 /// Runs the master until it stops: starts the workers with `launcher` and
 /// supervises them. The listeners and the pid file live until it returns.
@@ -66,6 +71,7 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         releases,
         binary,
         handover,
+        trim_when_idle,
         ..
     } = setup;
     let supervisor = match &handover {
@@ -74,6 +80,7 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
     };
     let mut master = Master::new(supervisor, launcher, signals, notify, control, info, log)?;
     master.binary = binary;
+    master.trimmer = trim_when_idle.then(trim::Trimmer::default);
     if let Some((source, _)) = releases.as_ref().and_then(|r| r.env.as_ref())
         && let Some((kind, file)) = &source.once
         && handover.is_none()
@@ -187,6 +194,9 @@ struct Master<'a, L: Launch> {
     log_lost_before: u64,
     /// `rcluster upgrade --reload`: roll the workers after the first turn.
     reload_at_start: bool,
+    /// When to give back memory before a long sleep (`trim.rs`); none
+    /// for a library's master.
+    trimmer: Option<trim::Trimmer>,
 }
 
 impl<'a, L: Launch> Master<'a, L> {
@@ -256,6 +266,7 @@ impl<'a, L: Launch> Master<'a, L> {
             abandoned_check: None,
             log_lost_before: 0,
             reload_at_start: false,
+            trimmer: None,
         })
     }
 
@@ -271,6 +282,7 @@ impl<'a, L: Launch> Master<'a, L> {
                 return outcome;
             }
             let timeout = self.timeout();
+            let timeout = self.trim_before(timeout);
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
@@ -281,6 +293,9 @@ impl<'a, L: Launch> Master<'a, L> {
                 .iter()
                 .filter_map(|e| Source::of(e.token()))
                 .collect();
+            if let Some(trimmer) = &mut self.trimmer {
+                trimmer.woke();
+            }
             self.handle(&sources, now);
             self.after_events(now);
             if self.upgrading.is_some() {
@@ -302,6 +317,40 @@ impl<'a, L: Launch> Master<'a, L> {
                 format!("{sources:?}")
             };
             self.log.emit(&Record::SlowTurn { took, handled });
+        }
+    }
+
+    /// Before a long sleep with nothing under way, the memory what woke
+    /// the loop brought back is given back: a reload, a `status` or a
+    /// scrape leaves most of the binary's code resident otherwise. Not in
+    /// the middle of work (a reload's steps, a client's request), which
+    /// would fault it all back in at the next step. Returns the timeout,
+    /// shortened if a trim waits for its turn.
+    fn trim_before(&mut self, timeout: Option<Duration>) -> Option<Duration> {
+        let quiet = timeout.is_none_or(|t| t >= LONG_SLEEP)
+            && self.supervisor.is_settled()
+            && self
+                .control
+                .as_ref()
+                .and_then(ControlServer::next_deadline)
+                .is_none()
+            && self
+                .metrics_server
+                .as_mut()
+                .and_then(|m| m.endpoint().next_deadline())
+                .is_none()
+            && self.upgrading.is_none();
+        let now = Instant::now();
+        match self.trimmer.as_mut().map(|t| t.decide(quiet, now)) {
+            Some(trim::Decision::Now) => {
+                let _ = trim::resident_set();
+                timeout
+            }
+            Some(trim::Decision::At(at)) => {
+                let wait = at.saturating_duration_since(now);
+                Some(timeout.map_or(wait, |t| t.min(wait)))
+            }
+            _ => timeout,
         }
     }
 
