@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -226,9 +226,14 @@ impl Launch for ExecLauncher {
         // The worker's ends close here: the worker holds its own copies.
         drop(write);
         drop(worker_ends);
+        // `spawn` returns once the child has exec'd or exited, and a child
+        // whose exec failed wrote its errno before exiting. So an empty
+        // pipe means it exec'd, known now rather than at its EOF a loop
+        // turn later (or it died without a word, which its pidfd tells).
+        let exec_pipe = child::exec_failed(read.as_fd()).then_some(read);
         Ok(Launched {
             pid,
-            exec_pipe: Some(read),
+            exec_pipe,
             output,
         })
     }

@@ -51,9 +51,10 @@ pub trait Launch {
 #[derive(Debug)]
 pub struct Launched {
     pub pid: Pid,
-    /// `None`: it already runs (a fork is its own start). Otherwise its
-    /// start is confirmed through this pipe: EOF when exec succeeded, four
-    /// bytes of errno when it failed.
+    /// `None`: it already runs (a fork is its own start, and an exec is
+    /// known to have happened when `spawn` returns). Otherwise its start
+    /// is confirmed through this pipe: EOF when exec succeeded, four bytes
+    /// of errno when it failed.
     pub exec_pipe: Option<OwnedFd>,
     /// The read ends of its output streams that go through the master.
     pub output: Vec<OutputPipe>,

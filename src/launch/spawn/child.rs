@@ -14,7 +14,7 @@
 //! every thread of the address space).
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use libc::c_char;
 use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
@@ -131,6 +131,16 @@ pub unsafe fn spawn(plan: &mut ChildPlan, err_fd: RawFd) -> Result<Pid, CallFail
     // SAFETY: plain syscall on our own child (a no-op if it did it first).
     unsafe { libc::setpgid(pid, pid) };
     Ok(Pid::from_raw(pid))
+}
+
+/// Whether the exec pipe of a child [`spawn`] returned holds an errno, or
+/// cannot be read (then the pipe must be watched, as before it could be
+/// known). Its bytes stay for the master to read.
+pub fn exec_failed(pipe: BorrowedFd) -> bool {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int, the bytes waiting in the pipe.
+    let asked = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut queued) };
+    asked != 0 || queued != 0
 }
 
 /// Enough for any pid (`pid_max` is at most 2^22).
