@@ -6,10 +6,13 @@ use std::time::{Duration, Instant};
 use crate::bench::procfs;
 use crate::support::{Master, TempDir, example, path_str, rcluster, wait_until};
 
-/// Whether the master sleeps in its poll now (not between writing its last
-/// record and going back to sleep, which would count as one wake-up).
+/// Whether the master sleeps in its poll now with nothing to wait for: not
+/// between writing its last record and going back to sleep, nor before
+/// the one turn that may follow its last work within a second (giving
+/// back the memory that work used), each of which would count as a
+/// wake-up.
 fn asleep(pid: i32) -> bool {
-    procfs::epoll_timeout(pid).is_some()
+    procfs::epoll_timeout(pid) == Some(-1)
 }
 
 /// How often the master woke in `window` (voluntary context switches).

@@ -630,6 +630,12 @@ pub fn idle(bins: &Bins, period: Duration) -> Idle {
     let workers = 2;
     let worker = [bins.test_worker.to_str().expect("utf-8 path")];
     let rcluster = Rcluster::start(bins, &["-w", &workers.to_string()], &worker);
+    // Idle: nothing left to do and no deadline (the master's last turn
+    // after start-up may still be due: the memory it gives back, within a
+    // second of its last work).
+    if !procfs::wait_asleep(rcluster.pid, Instant::now() + Duration::from_secs(5)) {
+        eprintln!("idle: the master did not go to sleep without a deadline");
+    }
     let before = procfs::read(rcluster.pid);
     std::thread::sleep(period);
     let after = procfs::read(rcluster.pid);
