@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 const GAP: Duration = Duration::from_secs(1);
 
 /// When the loop trims: before a quiet sleep, if it woke since the last
-/// trim, and not within [`GAP`] of it (then at its end: a deadline).
+/// trim, and not within a second of it (then at its end: a deadline).
 #[derive(Debug, Default)]
 pub struct Trimmer {
     woke: bool,
