@@ -1,5 +1,6 @@
 //! Servers that bind their own port, unmodified: `--adopt-bind` gives their
-//! `bind()` rcluster's socket and drains them (the shim, `src/shim/`);
+//! `bind()` rcluster's socket and drains them (the shim,
+//! `src/launch/shim/`);
 //! without it, the master says in a warning that the server listens on a
 //! port of its own.
 
@@ -7,7 +8,7 @@ use std::net::TcpListener;
 
 use crate::examples::path;
 use crate::servers::{rcluster_with, reloads_under_wrk};
-use crate::support::{TempDir, installs, path_str, rcluster, run};
+use crate::support::{Master, TempDir, WAIT, installs, path_str, rcluster, run, wait_until};
 
 #[test]
 fn an_unmodified_python_http_server_reloads_under_wrk_with_adopt_bind() {
@@ -81,4 +82,48 @@ fn adopt_bind_refuses_a_statically_linked_server() {
             && err.trim_end().lines().count() == 1,
         "{err}"
     );
+}
+
+/// An accept the shim has begun when the drain makes the listeners vanish
+/// must not keep the worker from leaving. The drain waits for accepts under
+/// way; one that went on to the vanished socket used to block there for
+/// good when the server's socket was a blocking one, and the worker left
+/// only when killed at --stop-timeout. The fixture holds its first accept
+/// in that gap.
+#[test]
+fn an_accept_under_way_when_the_listeners_vanish_does_not_hold_the_drain() {
+    let dir = TempDir::new("window");
+    let server = dir.path("accept_window");
+    let source = format!(
+        "{}/tests/fixtures/accept_window.c",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let (code, _, err) = run("cc", &["-rdynamic", "-o", path_str(&server), &source]);
+    assert_eq!(code, 0, "cc accept_window.c: {err}");
+    let mut master = Master::start(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--adopt-bind",
+        "--",
+        path_str(&server),
+    ]);
+    let old = master.ready_workers()[0].1;
+    let held = wait_until(WAIT, || {
+        master
+            .log_text()
+            .contains("accept_window: held between the shim's check and its accept")
+    });
+    assert!(
+        held,
+        "the accept never reached the gap:\n{}",
+        master.log_text()
+    );
+    master.signal(libc::SIGHUP);
+    let exited = master.expect("the old worker leaving by its drain", |r| {
+        r["msg"] == "worker exited" && r["pid"] == old
+    });
+    assert_eq!(exited["code"], 0, "{exited}");
+    master.stop_cleanly();
 }

@@ -618,9 +618,13 @@ static void vanish(void) {
     for (int i = 0; i < nwatches; i++) epoll_ctl(watches[i].epoll, EPOLL_CTL_DEL, watches[i].fd, NULL);
     for (int i = 0; i < nfds; i++) {
         int fd = fds[i];
+        /* An adopted fd is non-blocking underneath whatever the server
+         * asked (accept4 waits for it), and so must its stand-in be: an
+         * accept already past its check of the listener, counted in
+         * `accepting`, may reach the stand-in, and must return there, not
+         * block for good with the drain waiting on it. */
         int kind = fd < MAX_FDS ? atomic_load(&adopted[fd]) : NOT_ADOPTED;
-        int nonblocking = kind == NOT_ADOPTED ? (fcntl(fd, F_GETFL) & O_NONBLOCK) != 0
-                                              : kind == ADOPTED_NONBLOCKING;
+        int nonblocking = kind != NOT_ADOPTED || (fcntl(fd, F_GETFL) & O_NONBLOCK) != 0;
         int cloexec = (fcntl(fd, F_GETFD) & FD_CLOEXEC) ? O_CLOEXEC : 0;
         int s = never_ready(nonblocking);
         if (s < 0) continue;
