@@ -327,6 +327,9 @@ impl<'a, L: Launch> Master<'a, L> {
     /// would fault it all back in at the next step. Returns the timeout,
     /// shortened if a trim waits for its turn.
     fn trim_before(&mut self, timeout: Option<Duration>) -> Option<Duration> {
+        if self.trimmer.is_none() {
+            return timeout;
+        }
         let quiet = timeout.is_none_or(|t| t >= LONG_SLEEP)
             && self.supervisor.is_settled()
             && self
