@@ -20,6 +20,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Shutdown as Half;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,6 +33,12 @@ use rcluster::worker::{Listener, Shutdown, Stream};
 /// window for every client that sends without pausing. `HELLO_DRAIN_GRACE_MS`
 /// overrides it.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// While draining, a keep-alive connection that keeps sending is told to
+/// close at a moment of its own within this time, not on its next
+/// response: clients that all reconnect at once queue behind each other on
+/// the workers left, and those reconnects are the slowest requests of a
+/// reload. `HELLO_CLOSE_SPREAD_MS` overrides it.
+const CLOSE_SPREAD: Duration = Duration::from_millis(250);
 /// How long a polite close waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(1);
 const MAX_HEADER_LINES: usize = 100;
@@ -100,6 +107,10 @@ pub fn serve(listener: Listener, shutdown: &Shutdown, greeting: &str) -> io::Res
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map_or(DRAIN_GRACE, Duration::from_millis);
+    let spread = std::env::var("HELLO_CLOSE_SPREAD_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(CLOSE_SPREAD, Duration::from_millis);
     // The scope returns once every connection thread has finished: that is
     // the drain.
     let busy = Busy {
@@ -121,7 +132,7 @@ pub fn serve(listener: Listener, shutdown: &Shutdown, greeting: &str) -> io::Res
             // connection, closed unanswered, not the server.
             let spawned = thread::Builder::new().spawn_scoped(scope, move || {
                 let _ends = Ends(busy);
-                let _ = serve_connection(conn, shutdown, greeting, grace);
+                let _ = serve_connection(conn, shutdown, greeting, grace, spread);
             });
             if let Err(e) = spawned {
                 busy.end();
@@ -131,6 +142,14 @@ pub fn serve(listener: Listener, shutdown: &Shutdown, greeting: &str) -> io::Res
         drop(listener);
         Ok(())
     })
+}
+
+/// A connection's share of `spread`: successive calls step through it by
+/// the golden ratio, so any few of them are far apart.
+fn share_of(spread: Duration) -> Duration {
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    spread.mul_f64((f64::from(n) * 0.618_033_988_75).fract())
 }
 
 struct Request {
@@ -147,9 +166,12 @@ fn serve_connection(
     shutdown: &Shutdown,
     greeting: &str,
     grace: Duration,
+    spread: Duration,
 ) -> io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut conn = conn;
+    // When, once the stop has come, this connection says close.
+    let mut close_at = None;
     loop {
         if reader.buffer().is_empty() && !shutdown.requested() {
             // Idle between requests: wake for the next one or for the stop.
@@ -173,7 +195,10 @@ fn serve_connection(
         if let Some(delay) = request.sleep {
             thread::sleep(delay);
         }
-        let close = request.close || shutdown.requested();
+        let close = request.close
+            || shutdown.requested()
+                && Instant::now()
+                    >= *close_at.get_or_insert_with(|| Instant::now() + share_of(spread));
         let cwd;
         let body = if request.cwd {
             cwd = std::env::current_dir()

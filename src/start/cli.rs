@@ -274,8 +274,9 @@ struct Args {
     adopt_bind: bool,
 
     /// Drain for a server that cannot: on its stop signal, take it off the
-    /// listeners, mark each response `Connection: close`, close idle
-    /// connections after 500ms, and pass the signal on once none is left
+    /// listeners, mark each connection's responses `Connection: close`
+    /// (spread over 250ms), close idle connections after 500ms, and pass
+    /// the signal on once none is left
     #[arg(long, env = "RCLUSTER_HTTP_DRAIN")]
     http_drain: bool,
 

@@ -5,7 +5,8 @@
 //! - `reload`: K rolling reloads under load: time from HUP to the first new
 //!   worker ready and to `reload complete`, requests served and failed by
 //!   class, latency of the requests that overlapped a reload (the roll
-//!   itself: `--min-ready 0`, no canary hold);
+//!   itself: `--min-ready 0`, no canary hold; from HUP until the last
+//!   replaced worker has exited, its clients reconnected);
 //! - `defaults`: reload time with the default flags (a canary held for
 //!   `--min-ready`, then a quarter of the workers at a time) of `hello`,
 //!   which says READY=1, and of a worker that says nothing, at 2, 8 and 64
@@ -112,6 +113,11 @@ struct Args {
     /// Reloads in the reload scenario
     #[arg(long)]
     reloads: Option<usize>,
+    /// Count at least this many ms from each HUP as "during" (the window
+    /// is otherwise HUP to the last replaced worker's exit): to compare
+    /// drains of different lengths over the same window
+    #[arg(long, default_value_t = 0)]
+    window_at_least: u64,
     /// Client connection mode
     #[arg(long, value_enum, default_value_t = Modes::Both)]
     mode: Modes,
@@ -154,6 +160,8 @@ pub struct Opts {
     pub reloads: usize,
     /// Steady traffic before the first and after each reload.
     pub gap: Duration,
+    /// The shortest window of a reload (`--window-at-least`).
+    pub window_at_least: Duration,
     pub crash: Duration,
     pub crash_every: Duration,
     pub scale_sizes: Vec<usize>,
@@ -187,6 +195,7 @@ impl Opts {
             steady: Duration::from_secs(5),
             reloads: 10,
             gap: Duration::from_millis(300),
+            window_at_least: Duration::ZERO,
             crash: Duration::from_secs(10),
             crash_every: Duration::from_millis(500),
             scale_sizes: vec![8, 64, 256, 1024],
@@ -330,6 +339,7 @@ pub fn main() -> ExitCode {
         Balance::Reuseport => "reuseport",
     };
     opts.reloads = args.reloads.unwrap_or(opts.reloads);
+    opts.window_at_least = Duration::from_millis(args.window_at_least);
     opts.modes = match args.mode {
         Modes::KeepAlive => vec![Mode::KeepAlive],
         Modes::Close => vec![Mode::Close],

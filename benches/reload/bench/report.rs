@@ -86,6 +86,14 @@ impl Report {
                     ms(median(&complete))
                 );
             }
+            let drained: Vec<Duration> = r.timings.iter().filter_map(|t| t.to_drained).collect();
+            if !drained.is_empty() {
+                let _ = writeln!(
+                    t,
+                    "  HUP to the last replaced worker's exit (the window of \"during\"): median {:.2} ms",
+                    ms(median(&drained))
+                );
+            }
             if let Some(overhead) = r.overhead_per_worker() {
                 let _ = writeln!(
                     t,

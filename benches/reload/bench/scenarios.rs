@@ -142,6 +142,9 @@ pub struct ReloadTiming {
     pub to_first_ready: Option<Duration>,
     /// HUP to `reload complete` (or the reload command's return).
     pub to_complete: Duration,
+    /// HUP to the last replaced worker's exit: the window in which
+    /// requests count as during the reload.
+    pub to_drained: Option<Duration>,
     /// The new workers' own time from fork to ready, summed.
     pub workers_own: Option<Duration>,
 }
@@ -181,6 +184,7 @@ impl Reload {
             "reloads": self.timings.iter().map(|t| json!({
                 "to_first_ready_ms": t.to_first_ready.map(ms),
                 "to_complete_ms": ms(t.to_complete),
+                "to_drained_ms": t.to_drained.map(ms),
                 "workers_own_ms": t.workers_own.map(ms),
             })).collect::<Vec<_>>(),
             "served": self.served,
@@ -209,27 +213,40 @@ pub fn reload(opts: &Opts, server: &Server, workers: usize, mode: Mode) -> Reloa
             Running::Rcluster(rcluster) => {
                 let target = round as u64 + 2;
                 rcluster.signal(libc::SIGHUP);
-                let events =
-                    rcluster.collect_until("reload complete", |e| e.msg() == "reload complete");
+                // Until the last worker it replaced has exited: its clients
+                // reconnect while it drains, after `reload complete`.
+                let mut complete = false;
+                let mut old_left = workers;
+                let events = rcluster.collect_until("the old workers' exit", |e| {
+                    complete |= e.msg() == "reload complete";
+                    if e.msg() == "worker exited" && e.u64("generation") == target - 1 {
+                        old_left -= 1;
+                    }
+                    complete && old_left == 0
+                });
                 let new_ready: Vec<_> = events
                     .iter()
                     .filter(|e| e.msg() == "worker ready" && e.u64("generation") == target)
                     .collect();
-                let complete = events.last().expect("the complete event");
+                let complete = events.iter().find(|e| e.msg() == "reload complete");
+                let drained = events.last().expect("the last old worker's exit");
                 ReloadTiming {
                     to_first_ready: new_ready.first().map(|e| e.since(hup)),
-                    to_complete: complete.since(hup),
+                    to_complete: complete.expect("the complete event").since(hup),
+                    to_drained: Some(drained.since(hup)),
                     workers_own: Some(own_startup(&events, target)),
                 }
             }
             Running::External(external) => ReloadTiming {
                 to_first_ready: None,
                 to_complete: external.reload(),
+                to_drained: None,
                 workers_own: None,
             },
         };
         let start = hup.duration_since(epoch_wall).unwrap_or_default();
-        windows.push((start, start + timing.to_complete));
+        let window = timing.to_drained.unwrap_or(timing.to_complete);
+        windows.push((start, start + window.max(opts.window_at_least)));
         timings.push(timing);
         std::thread::sleep(opts.gap);
     }

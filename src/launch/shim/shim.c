@@ -17,8 +17,9 @@
  * keep-alive connections the moment it stops (uvicorn), loses the requests
  * in flight. The shim takes the stop signal first: it makes the listeners
  * vanish from this process (queued connections go to the other workers),
- * marks every HTTP/1 response from then on with `Connection: close` (so
- * each client reconnects elsewhere after its answer), shuts the
+ * marks HTTP/1 responses with `Connection: close` (so each client
+ * reconnects elsewhere after its answer; each connection from a moment of
+ * its own within a quarter of a second, not all at once), shuts the
  * connections that stay idle past a short grace, and once the last
  * connection is closed, hands the signal to the server with the
  * disposition the server asked for. Every connection it tracks gets
@@ -61,6 +62,11 @@
  * looked at. */
 #define GRACE_MS 500
 #define CHECK_MS 10
+/* While draining, a connection that keeps sending is told to close at a
+ * moment of its own within this time, not on its next response: clients
+ * that all reconnect at once queue behind each other on the workers left,
+ * and those reconnects are the slowest requests of a reload. */
+#define CLOSE_SPREAD_MS 250
 /* How long a response head that gained a header may wait for room in the
  * socket: it must go out whole. */
 #define HEAD_WAIT_MS 1000
@@ -89,6 +95,7 @@ struct conn {
     atomic_int pending;    /* request bytes read since the last response began */
     atomic_int shut;
     _Atomic(int64_t) active_ms; /* last read or write */
+    _Atomic(int64_t) close_ms;  /* draining: when its responses say close (0: not yet set) */
 };
 
 static struct conn conns[MAX_FDS];
@@ -220,6 +227,7 @@ static void track(int fd) {
     atomic_store(&c->answered, 0);
     atomic_store(&c->pending, 0);
     atomic_store(&c->shut, 0);
+    atomic_store(&c->close_ms, 0);
     atomic_store(&c->active_ms, now_ms());
     atomic_store(&c->ino, (uint64_t)st.st_ino);
     int max = atomic_load(&max_conn_fd);
@@ -414,6 +422,23 @@ static ssize_t write_all(int fd, struct iovec *iov, int count, int flags) {
     return total;
 }
 
+/* Whether a response on `c` says close: from a moment of the connection's
+ * own, set at its first response of the drain. Successive connections step
+ * through the spread by the golden ratio, so any few of them are far
+ * apart. */
+static int time_to_close(struct conn *c) {
+    static atomic_uint calls;
+    int64_t now = now_ms();
+    int64_t at = atomic_load(&c->close_ms);
+    if (at == 0) {
+        double share = (double)atomic_fetch_add(&calls, 1) * 0.61803398875;
+        at = now + (int64_t)((share - (double)(uint64_t)share) * CLOSE_SPREAD_MS);
+        int64_t unset = 0;
+        if (!atomic_compare_exchange_strong(&c->close_ms, &unset, at)) at = unset;
+    }
+    return now >= at;
+}
+
 /* The write of `iov` (the server's), as the drain wants it. Returns what
  * the server's call returns, or -1 with errno. `*done` is 0 when the call
  * should go to the C library unchanged. */
@@ -428,7 +453,7 @@ static ssize_t drain_write(int fd, const struct iovec *iov, int count, int flags
     atomic_store(&c->active_ms, now_ms());
     struct edit e;
     if (!atomic_load(&draining) || count > MAX_IOV || !plan_edit(head, iov[0].iov_len, &e) ||
-        !still_open(fd, c))
+        !time_to_close(c) || !still_open(fd, c))
         return 0;
     *done = 1;
     size_t head_len = iov[0].iov_len;
