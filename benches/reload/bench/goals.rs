@@ -136,11 +136,17 @@ fn p99_ratio(report: &Report, workers: usize) -> Option<(String, bool)> {
         return None;
     }
     let ratio = reload.during.p99.as_secs_f64() / steady.latency.p99.as_secs_f64();
+    // The window's length says how much steady traffic the figure holds:
+    // the drains' spread lengthens it; p99.9 shows the tail it dilutes.
+    let windows: Vec<Duration> = reload.windows.iter().map(|(a, b)| *b - *a).collect();
     Some((
         format!(
-            "{ratio:.2}× ({:.2} / {:.2} ms)",
+            "{ratio:.2}× ({:.2} / {:.2} ms; p99.9 {:.2} / {:.2} ms; window median {:.0} ms)",
             ms(reload.during.p99),
-            ms(steady.latency.p99)
+            ms(steady.latency.p99),
+            ms(reload.during.p999),
+            ms(steady.latency.p999),
+            ms(median(&windows))
         ),
         ratio <= 1.5,
     ))
