@@ -21,7 +21,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Shutdown as Half;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -124,6 +124,7 @@ pub fn serve(listener: Listener, shutdown: &Shutdown, greeting: &str) -> io::Res
         loop {
             busy.wait_for_room(shutdown);
             let Some(conn) = shutdown.accept(&listener)? else {
+                stopped_at();
                 busy.end();
                 break;
             };
@@ -142,6 +143,14 @@ pub fn serve(listener: Listener, shutdown: &Shutdown, greeting: &str) -> io::Res
         drop(listener);
         Ok(())
     })
+}
+
+/// When the stop came, as first seen here (the accept loop sees it at
+/// once): each connection's close is timed from it, so a response that
+/// was already under way when it came says close.
+fn stopped_at() -> Instant {
+    static AT: OnceLock<Instant> = OnceLock::new();
+    *AT.get_or_init(Instant::now)
 }
 
 /// A connection's share of `spread`: successive calls step through it by
@@ -170,7 +179,7 @@ fn serve_connection(
 ) -> io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut conn = conn;
-    // When, once the stop has come, this connection says close.
+    // From when, once the stop has come, this connection says close.
     let mut close_at = None;
     loop {
         if reader.buffer().is_empty() && !shutdown.requested() {
@@ -198,7 +207,7 @@ fn serve_connection(
         let close = request.close
             || shutdown.requested()
                 && Instant::now()
-                    >= *close_at.get_or_insert_with(|| Instant::now() + share_of(spread));
+                    >= *close_at.get_or_insert_with(|| stopped_at() + share_of(spread));
         let cwd;
         let body = if request.cwd {
             cwd = std::env::current_dir()

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 
 use crate::examples::path;
 use crate::servers::{rcluster_with, reloads_under_wrk};
-use crate::support::{Master, TempDir, WAIT, installs, path_str, rcluster, run, wait_until};
+use crate::support::{Master, TempDir, WAIT, http, installs, path_str, rcluster, run, wait_until};
 
 #[test]
 fn an_unmodified_python_http_server_reloads_under_wrk_with_adopt_bind() {
@@ -125,5 +125,48 @@ fn an_accept_under_way_when_the_listeners_vanish_does_not_hold_the_drain() {
         r["msg"] == "worker exited" && r["pid"] == old
     });
     assert_eq!(exited["code"], 0, "{exited}");
+    master.stop_cleanly();
+}
+
+/// rcluster's drain spreads its `Connection: close` over the connections,
+/// each from a moment of its own after the stop; a response that was
+/// already under way when the stop came says close, as a server's own
+/// drain would.
+#[test]
+fn a_response_under_way_at_the_stop_says_close_under_http_drain() {
+    let server = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/naive_server.py"
+    );
+    let mut master = Master::start(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--http-drain",
+        "--",
+        "python3",
+        server,
+    ]);
+    let addr = master.listening();
+    master.ready_workers();
+    // Two: the first connection's moment may be the stop itself.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let mut conn = http::Conn::new(http::connect(addr).unwrap()).unwrap();
+            assert!(!conn.request("/", false).unwrap().close);
+            std::thread::spawn(move || conn.request("/sleep/1500", false))
+        })
+        .collect();
+    master.signal(libc::SIGTERM);
+    master.expect_msg("stop requested");
+    for slow in slow {
+        let response = slow
+            .join()
+            .unwrap()
+            .expect("the request in flight is answered");
+        assert_eq!(response.status, 200);
+        assert!(response.close, "a drained connection is told to close");
+    }
     master.stop_cleanly();
 }

@@ -105,6 +105,7 @@ enum { NOT_ADOPTED, ADOPTED_NONBLOCKING, ADOPTED_BLOCKING };
 static _Atomic(unsigned char) adopted[MAX_FDS];
 
 static atomic_int draining;
+static _Atomic(int64_t) drain_started_ms;
 static atomic_int handed_over;
 static int wake_fds[2] = {-1, -1};
 
@@ -423,8 +424,9 @@ static ssize_t write_all(int fd, struct iovec *iov, int count, int flags) {
 }
 
 /* Whether a response on `c` says close: from a moment of the connection's
- * own, set at its first response of the drain. Successive connections step
- * through the spread by the golden ratio, so any few of them are far
+ * own after the stop, chosen at its first response of the drain (so one
+ * already under way when the stop came says close). Successive connections
+ * step through the spread by the golden ratio, so any few of them are far
  * apart. */
 static int time_to_close(struct conn *c) {
     static atomic_uint calls;
@@ -432,7 +434,8 @@ static int time_to_close(struct conn *c) {
     int64_t at = atomic_load(&c->close_ms);
     if (at == 0) {
         double share = (double)atomic_fetch_add(&calls, 1) * 0.61803398875;
-        at = now + (int64_t)((share - (double)(uint64_t)share) * CLOSE_SPREAD_MS);
+        at = atomic_load(&drain_started_ms) +
+             (int64_t)((share - (double)(uint64_t)share) * CLOSE_SPREAD_MS);
         int64_t unset = 0;
         if (!atomic_compare_exchange_strong(&c->close_ms, &unset, at)) at = unset;
     }
@@ -549,6 +552,8 @@ static void on_stop(int sig) {
     (void)sig;
     int saved = errno;
     char byte = 1;
+    /* clock_gettime is async-signal-safe. */
+    if (!atomic_load(&draining)) atomic_store(&drain_started_ms, now_ms());
     if (!atomic_exchange(&draining, 1)) real_write(wake_fds[1], &byte, 1);
     errno = saved;
 }
