@@ -58,6 +58,11 @@ pub enum NotifyMsg {
     Stopping,
     Watchdog,
     Status(String),
+    /// `X_RCLUSTER_DRAINED=1`: rcluster's shim (`--http-drain`,
+    /// `--adopt-bind`) closed the draining worker's last connection and is
+    /// about to hand the stop signal to the server, which may die of it
+    /// with nothing in flight.
+    Drained,
 }
 
 /// What the service manager above rcluster (systemd) should be told.

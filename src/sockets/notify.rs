@@ -52,6 +52,7 @@ pub fn parse(text: &str) -> (Vec<NotifyMsg>, Option<Pid>) {
             Some(("STOPPING", "1")) => messages.push(NotifyMsg::Stopping),
             Some(("WATCHDOG", "1")) => messages.push(NotifyMsg::Watchdog),
             Some(("STATUS", status)) => messages.push(NotifyMsg::Status(status.to_string())),
+            Some(("X_RCLUSTER_DRAINED", "1")) => messages.push(NotifyMsg::Drained),
             Some(("MAINPID", pid)) => main_pid = pid.parse().ok().map(Pid::from_raw),
             _ => {}
         }
@@ -472,15 +473,17 @@ mod tests {
 
     #[test]
     fn parses_the_messages_rcluster_acts_on() {
-        let (messages, main_pid) =
-            parse("READY=1\nSTATUS=warming up: 3/4\nMAINPID=42\nWATCHDOG=1\nX_OTHER=1\nSTOPPING=1");
+        let (messages, main_pid) = parse(
+            "READY=1\nSTATUS=warming up: 3/4\nMAINPID=42\nWATCHDOG=1\nX_OTHER=1\nSTOPPING=1\nX_RCLUSTER_DRAINED=1",
+        );
         assert_eq!(
             messages,
             [
                 NotifyMsg::Ready,
                 NotifyMsg::Status("warming up: 3/4".into()),
                 NotifyMsg::Watchdog,
-                NotifyMsg::Stopping
+                NotifyMsg::Stopping,
+                NotifyMsg::Drained
             ]
         );
         assert_eq!(main_pid, Some(Pid::from_raw(42)));

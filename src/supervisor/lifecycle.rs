@@ -62,6 +62,7 @@ impl Supervisor {
                 status: None,
                 status_logged: None,
                 status_unlogged: 0,
+                drained: false,
             },
         );
         self.dirty.insert(slot);
@@ -213,6 +214,19 @@ impl Supervisor {
                 | WorkerState::Killed { .. },
             ) => {}
             (NotifyMsg::Status(status), _) => self.on_status(pid, status, now),
+            (NotifyMsg::Drained, WorkerState::Draining { .. }) => {
+                if let Some(worker) = self.workers.get_mut(&pid) {
+                    worker.drained = true;
+                }
+            }
+            (
+                NotifyMsg::Drained,
+                WorkerState::Spawned { .. }
+                | WorkerState::Booting { .. }
+                | WorkerState::Ready { .. }
+                | WorkerState::Leaving { .. }
+                | WorkerState::Killed { .. },
+            ) => {}
         }
     }
 

@@ -108,6 +108,9 @@ pub enum Record {
         next: Next,
         /// Whether a `SIGKILL` that ended it was sent by rcluster.
         killed_by_us: bool,
+        /// The shim closed its last connection before the end
+        /// ([`Worker::drained`](super::slot::Worker::drained)).
+        drained: bool,
         /// The last line it wrote to stderr.
         last_line: Option<String>,
     },
@@ -344,9 +347,12 @@ pub enum Record {
 /// A worker the master asked to drain that did not end cleanly: an exit
 /// code other than 0, or a signal it did not handle (its stop signal's
 /// default action). Requests in flight were probably lost. A `SIGKILL`
-/// rcluster sent after `--stop-timeout` is told apart (`StopTimeout`).
-pub fn unclean_drain(why: &StopReason, exit: &Exit, killed_by_us: bool) -> bool {
-    let drained = matches!(
+/// rcluster sent after `--stop-timeout` is told apart (`StopTimeout`), and
+/// so is a server the shim drained: it closed every connection before it
+/// handed the stop signal over, so the signal's default action found
+/// nothing in flight.
+pub fn unclean_drain(why: &StopReason, exit: &Exit, killed_by_us: bool, drained: bool) -> bool {
+    let asked = matches!(
         why,
         StopReason::Replaced { .. }
             | StopReason::ScaledDown
@@ -361,7 +367,7 @@ pub fn unclean_drain(why: &StopReason, exit: &Exit, killed_by_us: bool) -> bool 
                 ..
             }
         );
-    drained && *exit != Exit::Code(0) && !killed
+    asked && *exit != Exit::Code(0) && !killed && !drained
 }
 
 impl Record {
@@ -385,11 +391,14 @@ impl Record {
                 next,
                 exit,
                 killed_by_us,
+                drained,
                 ..
             } => (
                 "worker exited",
                 match next {
-                    Next::Stopped(why) if unclean_drain(why, exit, *killed_by_us) => Warning,
+                    Next::Stopped(why) if unclean_drain(why, exit, *killed_by_us, *drained) => {
+                        Warning
+                    }
                     Next::Stopped(_) | Next::NotRestarted => Info,
                     Next::Restart { .. } | Next::SlotServed => Warning,
                     Next::GiveUp => Error,

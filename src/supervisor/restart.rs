@@ -87,6 +87,7 @@ impl Supervisor {
             uptime,
             next,
             killed_by_us,
+            drained: worker.drained,
             last_line,
         };
         self.actions.insert(at, Action::Log(record));

@@ -108,6 +108,10 @@ pub struct Worker {
     pub status: Option<String>,
     pub status_logged: Option<Instant>,
     pub status_unlogged: u32,
+    /// Draining, the shim said its last connection was closed
+    /// ([`NotifyMsg::Drained`](crate::vocab::NotifyMsg::Drained)): its
+    /// death by the stop signal that follows lost nothing.
+    pub drained: bool,
 }
 
 /// What showed that a worker is ready: its own word, or the master's look.

@@ -263,6 +263,7 @@ impl Supervisor {
                     status: snap.status,
                     status_logged: None,
                     status_unlogged: 0,
+                    drained: false,
                 },
             );
         }

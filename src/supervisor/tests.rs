@@ -917,6 +917,45 @@ fn a_worker_that_says_stopping_is_replaced_before_it_exits() {
     );
 }
 
+/// A server the shim drained dies of the stop signal it hands over, with
+/// nothing in flight: that end is not a warning. Without the shim's word it
+/// is (requests were probably lost), and the word counts only while the
+/// worker drains.
+#[test]
+fn a_death_by_the_stop_signal_after_the_shims_drain_is_clean() {
+    let end = |sim: &mut Sim, pid| {
+        let acts = sim.feed(Event::Exited {
+            pid,
+            exit: Exit::Signaled {
+                signal: libc::SIGTERM,
+                core_dumped: false,
+            },
+            last_line: None,
+        });
+        let exited = records(&acts, "worker exited").remove(0);
+        (exited.meta().1, sentence(&exited))
+    };
+    let (mut sim, pids) = Sim::started(policy(3));
+    // Said before the drain: not yet true, so not kept.
+    sim.notify(pids[0], NotifyMsg::Drained);
+    sim.signal(MasterSignal::Terminate);
+    sim.notify(pids[1], NotifyMsg::Drained);
+    let (level, text) = end(&mut sim, pids[1]);
+    assert_eq!(level, slog::Level::Info, "{text}");
+    assert!(
+        text.contains("killed by SIGTERM after 0ms, once the drain had closed all its connections"),
+        "{text}"
+    );
+    for pid in [pids[0], pids[2]] {
+        let (level, text) = end(&mut sim, pid);
+        assert_eq!(level, slog::Level::Warning, "{text}");
+        assert!(
+            text.contains("requests in flight were probably lost"),
+            "{text}"
+        );
+    }
+}
+
 #[test]
 fn status_messages_are_logged_and_unknown_senders_ignored() {
     let (mut sim, pids) = Sim::started(policy(1));

@@ -170,3 +170,30 @@ fn a_response_under_way_at_the_stop_says_close_under_http_drain() {
     }
     master.stop_cleanly();
 }
+
+/// Python's http.server leaves SIGTERM at its default action: once the
+/// shim has drained it, the signal it hands over kills the server with no
+/// connection left. That end is logged as the clean drain it was (INFO,
+/// `drained`), not as requests probably lost (it was a WARN on every worker
+/// of every reload).
+#[test]
+fn a_server_that_dies_of_the_signal_after_the_shims_drain_is_not_warned_of() {
+    let www = path("examples");
+    let server = ["python3", "-m", "http.server", "3000", "--directory", &www];
+    let mut args = vec!["-w", "1", "-l", "127.0.0.1:0", "--adopt-bind", "--"];
+    args.extend_from_slice(&server);
+    let mut master = Master::start(&args);
+    let addr = master.listening();
+    let old = master.ready_workers()[0].1;
+    let mut conn = http::Conn::new(http::connect(addr).unwrap()).unwrap();
+    assert_eq!(conn.request("/", false).unwrap().status, 200);
+    drop(conn);
+    master.signal(libc::SIGHUP);
+    let exited = master.expect("the old worker's exit", |r| {
+        r["msg"] == "worker exited" && r["pid"] == old
+    });
+    assert_eq!(exited["signal"], "SIGTERM", "{exited}");
+    assert_eq!(exited["drained"], true, "{exited}");
+    assert_eq!(exited["level"], "INFO", "{exited}");
+    master.stop_cleanly();
+}

@@ -38,6 +38,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -51,6 +52,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -700,6 +702,33 @@ static int sweep(int64_t started) {
     return open;
 }
 
+/* The master's NOTIFY_SOCKET, read at start (a server may unset it). */
+static struct sockaddr_un notify_addr;
+static socklen_t notify_len;
+
+static void read_notify_socket(void) {
+    const char *name = getenv("NOTIFY_SOCKET");
+    size_t n = name ? strlen(name) : 0;
+    if (n < 2 || n >= sizeof notify_addr.sun_path || (name[0] != '/' && name[0] != '@')) return;
+    notify_addr.sun_family = AF_UNIX;
+    memcpy(notify_addr.sun_path, name, n);
+    /* '@': the abstract namespace, whose name is not NUL-terminated. */
+    if (name[0] == '@') notify_addr.sun_path[0] = '\0';
+    notify_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (name[0] == '/'));
+}
+
+/* Tells the master that no connection is left: the server's death by the
+ * stop signal handed over next (its default action, for many) lost
+ * nothing, and the master's log need not say it probably did. */
+static void say_drained(void) {
+    static const char msg[] = "X_RCLUSTER_DRAINED=1";
+    if (notify_len == 0) return;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return;
+    real_sendto(fd, msg, sizeof msg - 1, MSG_NOSIGNAL, (struct sockaddr *)&notify_addr, notify_len);
+    close(fd);
+}
+
 static void *drainer(void *unused) {
     (void)unused;
     char byte;
@@ -711,6 +740,7 @@ static void *drainer(void *unused) {
         struct timespec pause = {0, CHECK_MS * 1000000L};
         nanosleep(&pause, NULL);
     }
+    say_drained();
     /* Hand over: the server's own disposition, then the signal. */
     pthread_mutex_lock(&app_action_lock);
     atomic_store(&handed_over, 1);
@@ -761,6 +791,7 @@ __attribute__((constructor)) static void start(void) {
     cfg.stop_signal = stop ? atoi(stop + 5) : SIGTERM;
     if (cfg.stop_signal <= 0 || cfg.stop_signal >= NSIG || !read_listeners()) return;
     if (pipe2(wake_fds, O_CLOEXEC) != 0) return;
+    read_notify_socket();
     struct sigaction ours = {.sa_handler = on_stop, .sa_flags = SA_RESTART};
     sigemptyset(&ours.sa_mask);
     if (real_sigaction(cfg.stop_signal, &ours, &app_action) != 0) return;

@@ -312,6 +312,7 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             uptime,
             next,
             killed_by_us,
+            drained,
             last_line,
         } => {
             r.slot(*slot)
@@ -322,7 +323,8 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 r.str("exec_error", &errno_name(*errno));
             }
             r.ms("uptime_ms", *uptime)
-                .bool("killed_by_rcluster", *killed_by_us);
+                .bool("killed_by_rcluster", *killed_by_us)
+                .bool("drained", *drained);
             if let Some(line) = last_line {
                 r.str("last_line", line);
             }
@@ -355,13 +357,16 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             );
             let not_ours = if sigkill && !killed_by_us {
                 " (not sent by rcluster: out of memory?)"
+            } else if *drained && *exit != Exit::Code(0) {
+                // The shim's hand-over: the server's own end of the signal.
+                ", once the drain had closed all its connections"
             } else {
                 ""
             };
             // What it said last, for an end nobody asked for, or a drain
             // that did not end cleanly.
             let unclean = match next {
-                Next::Stopped(why) => unclean_drain(why, exit, *killed_by_us),
+                Next::Stopped(why) => unclean_drain(why, exit, *killed_by_us, *drained),
                 _ => false,
             };
             let said = match (last_line, next) {
@@ -781,6 +786,7 @@ mod tests {
                 attempt: 0,
             },
             killed_by_us: false,
+            drained: false,
             last_line: None,
         };
         assert_eq!(
@@ -797,6 +803,7 @@ mod tests {
             uptime: Duration::from_millis(3200),
             next: Next::Stopped(StopReason::Replaced { by: 2 }),
             killed_by_us: false,
+            drained: false,
             last_line: last_line.map(String::from),
         };
         let drained = exited(1, Some("close tcp: use of closed network connection"));

@@ -382,22 +382,24 @@ impl<'a, L: Launch> Master<'a, L> {
         deadline.map(|d| d.saturating_duration_since(Instant::now()))
     }
 
-    /// Hands each source that is ready to its handler. Exec pipes first: a
-    /// worker's exec precedes anything it says, even when both land in one
-    /// wakeup. New clients last: those that hung up free their fds first.
+    /// Hands each source that is ready to its handler. Exec pipes first,
+    /// then the notify socket: a worker's exec precedes anything it says,
+    /// and what it says precedes its exit (the shim's word that its drain
+    /// is done, sent just before the signal it dies of), even when all land
+    /// in one wakeup. New clients last: those that hung up free their fds
+    /// first.
     fn handle(&mut self, sources: &[Source], now: Instant) {
         for source in sources {
             if let Source::ExecPipe(pid) = source {
                 self.on_exec_pipe(*pid, now);
             }
         }
-        if self.notify_pending {
+        if self.notify_pending || sources.contains(&Source::Notify) {
             self.on_notify(now);
         }
         for &source in sources {
             match source {
                 Source::Signals => self.on_signals(now),
-                Source::Notify => self.on_notify(now),
                 Source::ControlClient(id) => self.on_control_client(id, now),
                 Source::MetricsClient(id) => self.on_scraper(id, now),
                 Source::Output(id) => self.on_output(id),
@@ -407,7 +409,7 @@ impl<'a, L: Launch> Master<'a, L> {
                         self.on_reaped(pid, exit, now);
                     }
                 }
-                Source::Control | Source::Metrics | Source::ExecPipe(_) => {}
+                Source::Control | Source::Metrics | Source::ExecPipe(_) | Source::Notify => {}
             }
         }
         if sources.contains(&Source::Control) {
