@@ -19,6 +19,7 @@ use crate::launch::spawn::CallFailed;
 use crate::launch::spawn::child::{self, ChildPlan, PID_DIGITS};
 use crate::launch::spawn::command::{Command, Identity};
 use crate::launch::spawn::env::{Value, WorkerEnv, slot_vars};
+use crate::launch::spawn::fds;
 use crate::vocab::{Generation, SlotId};
 
 use super::{Capture, Launch, Launched, OutputPipe, Reaping};
@@ -217,7 +218,7 @@ impl Launch for ExecLauncher {
             output.push(OutputPipe {
                 stream,
                 prefixed: self.capture.prefixed,
-                fd: read,
+                fd: fds::above_floor(read),
             });
         }
         // SAFETY: the master is single-threaded, and the plan is this
@@ -230,7 +231,7 @@ impl Launch for ExecLauncher {
         // whose exec failed wrote its errno before exiting. So an empty
         // pipe means it exec'd, known now rather than at its EOF a loop
         // turn later (or it died without a word, which its pidfd tells).
-        let exec_pipe = child::exec_failed(read.as_fd()).then_some(read);
+        let exec_pipe = child::exec_failed(read.as_fd()).then(|| fds::above_floor(read));
         Ok(Launched {
             pid,
             exec_pipe,

@@ -99,3 +99,46 @@ fn another_user_may_connect_to_a_unix_listener_unless_its_mode_says_not() {
         master.stop_cleanly();
     }
 }
+
+/// A worker holds stdin, stdout, stderr and its listeners (at 3, 4, …),
+/// nothing else of the master's: a start shares the master's fd table
+/// until the child's first call takes a table of its own
+/// (`src/launch/spawn/fds.rs`), so this holds for workers started when the
+/// master already keeps a pidfd and a pipe per worker, as in a reload.
+#[test]
+fn a_worker_holds_only_its_stdio_and_listeners() {
+    let mut master = Master::start(&[
+        "-w",
+        "3",
+        "-l",
+        "127.0.0.1:0",
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "exec",
+        "--min-ready",
+        "0",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    let mut pids: Vec<i32> = master.ready_workers().iter().map(|w| w.1).collect();
+    master.signal(libc::SIGHUP);
+    let reload = master.collect_until("reload complete", |r| r["msg"] == "reload complete");
+    pids.extend(
+        reload
+            .iter()
+            .filter(|r| r["msg"] == "worker ready")
+            .map(|r| r["pid"].as_i64().unwrap() as i32),
+    );
+    assert_eq!(pids.len(), 6, "{reload:?}");
+    for pid in pids.iter().skip(3) {
+        let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect();
+        fds.sort();
+        assert_eq!(fds, [0, 1, 2, 3, 4], "worker {pid}");
+    }
+    master.stop_cleanly();
+}

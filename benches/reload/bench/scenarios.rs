@@ -474,7 +474,12 @@ pub fn scale(opts: &Opts, bins: &Bins, workers: usize) -> ScaleRow {
     let mut reloads = Vec::new();
     let mut overheads = Vec::new();
     let mut cpus = Vec::new();
-    for round in 0..opts.scale_reloads {
+    // A reload of 8 workers costs the master about 2 ms of CPU, of the
+    // order of one sample's noise here: fewer workers, more reloads (8× as
+    // many at 8 as at 256 and above), so every count's median rests on
+    // comparable work.
+    let rounds = opts.scale_reloads * (256 / workers).clamp(1, 8);
+    for round in 0..rounds {
         let target = round as u64 + 2;
         let before = procfs::read(rcluster.pid);
         let hup = SystemTime::now();

@@ -11,7 +11,9 @@
 //! shares the master's memory until it execs, while the master waits: it
 //! writes only into its plan, and uses raw syscalls where glibc's wrappers
 //! would act on the master's threads (`setuid` and friends broadcast to
-//! every thread of the address space).
+//! every thread of the address space). It shares the master's fd table
+//! too (`CLONE_FILES`), until its first call takes a table of its own with
+//! only the low fds it needs in it (`fds.rs` says why).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -113,7 +115,7 @@ pub unsafe fn spawn(plan: &mut ChildPlan, err_fd: RawFd) -> Result<Pid, CallFail
             libc::clone(
                 child,
                 stack.cast::<u8>().add(CHILD_STACK).cast(),
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD,
                 (&mut start as *mut Start).cast(),
             )
         } {
@@ -192,6 +194,23 @@ pub unsafe fn exec_child(plan: &mut ChildPlan, err_fd: RawFd) -> ! {
     // SAFETY: every call below is an async-signal-safe syscall on memory
     // prepared before fork.
     unsafe {
+        // A table of its own before any fd changes (the master's is shared
+        // with it, `CLONE_FILES`), holding only the fds below the highest it
+        // needs: the master keeps its many long-lived fds above those
+        // (`fds.rs`), and they close here rather than being copied and
+        // closed at exec. Before Linux 5.9 (no close_range), a whole copy.
+        let needed = plan.fds.iter().chain(plan.stdio.iter().flatten());
+        let keep = needed.copied().fold(err_fd, RawFd::max) + 1;
+        if libc::syscall(
+            libc::SYS_close_range,
+            keep as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_UNSHARE as libc::c_uint,
+        ) != 0
+            && libc::unshare(libc::CLONE_FILES) != 0
+        {
+            report_and_exit(err_fd);
+        }
         // Signals are still blocked (the parent blocked them around fork):
         // reset every disposition first, so none of the master's handlers
         // can run here, including SIGPIPE, which Rust set to ignore. The

@@ -1,11 +1,13 @@
 //! The parts every started worker is made of, each in its own file: what it
-//! runs and as whom (`command.rs`), the environment it gets (`env.rs`), and
-//! the async-signal-safe code between `fork` and `exec` (`child.rs`). How
+//! runs and as whom (`command.rs`), the environment it gets (`env.rs`), the
+//! async-signal-safe code between `fork` and `exec` (`child.rs`), and where
+//! the master keeps its fds so that a start copies few (`fds.rs`). How
 //! they are put together is `crate::launch`'s.
 
 pub mod child;
 pub mod command;
 pub mod env;
+pub mod fds;
 
 use std::io;
 
