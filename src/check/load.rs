@@ -233,6 +233,10 @@ fn run(
 ) -> Samples {
     let mut out = Samples::default();
     let mut conn = None;
+    // When the connection's last response came: a request that fails on a
+    // reused connection says how long the connection sat idle before it (a
+    // client starved past a server's idle grace looks like a lost request).
+    let mut answered_at = None;
     while !stop.load(Ordering::SeqCst) && epoch.elapsed() < MAX_RUN {
         let started = Instant::now();
         let fresh = conn.is_none();
@@ -257,6 +261,7 @@ fn run(
                 // response says; otherwise it is reused while the response
                 // allows, and a server that closes a keep-alive connection
                 // without saying so fails the next request here.
+                answered_at = Some(Instant::now());
                 if !keep_alive || !response.reusable {
                     conn = None;
                 }
@@ -264,9 +269,17 @@ fn run(
             _ => {
                 conn = None;
                 if out.errors.len() < 10 {
-                    out.errors.push(match result {
+                    let error = match result {
                         Ok(response) => format!("status {}", response.status),
                         Err(e) => e.to_string(),
+                    };
+                    out.errors.push(match answered_at.filter(|_| !fresh) {
+                        Some(at) => format!(
+                            "{error} (at {} ms, on a connection idle {} ms before it)",
+                            (started - epoch).as_millis(),
+                            started.saturating_duration_since(at).as_millis()
+                        ),
+                        None => format!("{error} (at {} ms)", (started - epoch).as_millis()),
                     });
                 }
             }
