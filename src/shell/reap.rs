@@ -13,15 +13,17 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
+use crate::launch::spawn::fds;
 use crate::vocab::{Exit, Pid};
 
 /// A pidfd for a child: readable once it has exited. `None` on kernels
-/// before 5.3 (the caller falls back to SIGCHLD).
+/// before 5.3 (the caller falls back to SIGCHLD). It lives as long as the
+/// worker: kept above the fds a start copies.
 pub fn open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: plain syscall; the fd it returns (close-on-exec) is ours.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     // SAFETY: a new fd nothing else owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    (fd >= 0).then(|| fds::above_floor(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
 }
 
 /// The next exited child, if one is waiting: `waitpid(-1, WNOHANG)`.
