@@ -194,23 +194,6 @@ pub unsafe fn exec_child(plan: &mut ChildPlan, err_fd: RawFd) -> ! {
     // SAFETY: every call below is an async-signal-safe syscall on memory
     // prepared before fork.
     unsafe {
-        // A table of its own before any fd changes (the master's is shared
-        // with it, `CLONE_FILES`), holding only the fds below the highest it
-        // needs: the master keeps its many long-lived fds above those
-        // (`fds.rs`), and they close here rather than being copied and
-        // closed at exec. Before Linux 5.9 (no close_range), a whole copy.
-        let needed = plan.fds.iter().chain(plan.stdio.iter().flatten());
-        let keep = needed.copied().fold(err_fd, RawFd::max) + 1;
-        if libc::syscall(
-            libc::SYS_close_range,
-            keep as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_UNSHARE as libc::c_uint,
-        ) != 0
-            && libc::unshare(libc::CLONE_FILES) != 0
-        {
-            report_and_exit(err_fd);
-        }
         // Signals are still blocked (the parent blocked them around fork):
         // reset every disposition first, so none of the master's handlers
         // can run here, including SIGPIPE, which Rust set to ignore. The
@@ -232,37 +215,8 @@ pub unsafe fn exec_child(plan: &mut ChildPlan, err_fd: RawFd) -> ! {
         // Its own process group: Ctrl-C reaches only the master, and a
         // forced stop can kill the worker's children with it.
         libc::setpgid(0, 0);
-        // stdout and stderr first: their targets (1, 2) are below every
-        // listener, and the pipes' own fds may be clobbered after this.
-        for (target, pipe) in [(1, plan.stdio[0]), (2, plan.stdio[1])] {
-            if let Some(pipe) = pipe
-                && libc::dup2(pipe, target) < 0
-            {
-                libc::_exit(127);
-            }
-        }
-        // Listener i goes to fd 3 + i. Copy every listener above the target
-        // range first, so moving one never clobbers another (or the exec
-        // pipe), then dup2 down; dup2 clears FD_CLOEXEC on the copy.
+        let err = arrange_fds(plan, err_fd);
         let n = plan.fds.len() as i32;
-        let mut err = err_fd;
-        if err < 3 + n {
-            err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, 3 + n);
-            if err < 0 {
-                libc::_exit(127);
-            }
-        }
-        for i in 0..plan.fds.len() {
-            plan.scratch[i] = libc::fcntl(plan.fds[i], libc::F_DUPFD_CLOEXEC, 3 + n);
-            if plan.scratch[i] < 0 {
-                report_and_exit(err);
-            }
-        }
-        for i in 0..plan.fds.len() {
-            if libc::dup2(plan.scratch[i], 3 + i as i32) < 0 {
-                report_and_exit(err);
-            }
-        }
         // Drop privileges last but one: setuid clears the parent-death
         // signal, which is why that comes after it.
         if let Some(id) = &plan.credentials
@@ -304,6 +258,68 @@ pub unsafe fn exec_child(plan: &mut ChildPlan, err_fd: RawFd) -> ! {
             plan.envp.as_ptr() as *const *const c_char,
         );
         report_and_exit(err)
+    }
+}
+
+/// The worker's fds, from the master's table the child shares: a table of
+/// its own, stdout and stderr, listener i at 3 + i. Returns the exec pipe,
+/// which may have moved out of the listeners' way.
+///
+/// # Safety
+///
+/// As [`exec_child`], whose first fd changes these are.
+unsafe fn arrange_fds(plan: &mut ChildPlan, err_fd: RawFd) -> RawFd {
+    // SAFETY: async-signal-safe syscalls on the plan's fds.
+    unsafe {
+        // A table of its own before any fd changes (the master's is shared
+        // with it, `CLONE_FILES`), holding only the fds below the highest it
+        // needs: the master keeps its many long-lived fds above those
+        // (`fds.rs`), and they close here rather than being copied and
+        // closed at exec. Before Linux 5.9 (no close_range), a whole copy.
+        let needed = plan.fds.iter().chain(plan.stdio.iter().flatten());
+        let keep = needed.copied().fold(err_fd, RawFd::max) + 1;
+        if libc::syscall(
+            libc::SYS_close_range,
+            keep as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_UNSHARE as libc::c_uint,
+        ) != 0
+            && libc::unshare(libc::CLONE_FILES) != 0
+        {
+            report_and_exit(err_fd);
+        }
+        // stdout and stderr first: their targets (1, 2) are below every
+        // listener, and the pipes' own fds may be clobbered after this.
+        for (target, pipe) in [(1, plan.stdio[0]), (2, plan.stdio[1])] {
+            if let Some(pipe) = pipe
+                && libc::dup2(pipe, target) < 0
+            {
+                libc::_exit(127);
+            }
+        }
+        // Listener i goes to fd 3 + i. Copy every listener above the target
+        // range first, so moving one never clobbers another (or the exec
+        // pipe), then dup2 down; dup2 clears FD_CLOEXEC on the copy.
+        let n = plan.fds.len() as i32;
+        let mut err = err_fd;
+        if err < 3 + n {
+            err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, 3 + n);
+            if err < 0 {
+                libc::_exit(127);
+            }
+        }
+        for i in 0..plan.fds.len() {
+            plan.scratch[i] = libc::fcntl(plan.fds[i], libc::F_DUPFD_CLOEXEC, 3 + n);
+            if plan.scratch[i] < 0 {
+                report_and_exit(err);
+            }
+        }
+        for i in 0..plan.fds.len() {
+            if libc::dup2(plan.scratch[i], 3 + i as i32) < 0 {
+                report_and_exit(err);
+            }
+        }
+        err
     }
 }
 
