@@ -14,12 +14,11 @@ pub mod render;
 pub mod sink;
 mod words;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io::{self, Write};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use slog::{Drain, Logger, o};
 
@@ -37,9 +36,6 @@ pub struct Log {
     /// What slog's drain wrote for the record being emitted.
     formatted: Arc<Mutex<Vec<u8>>>,
     sinks: RefCell<Sinks>,
-    /// Records held back while workers start ([`hold`](Self::hold)), each
-    /// with the time it was emitted.
-    held: RefCell<Option<Vec<(Record, SystemTime)>>>,
 }
 
 /// Where lines go: the log (stderr or `--log-file`), and stdout for the
@@ -70,46 +66,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-thread_local! {
-    /// The time of the record being written, when it was held back.
-    static STAMP: Cell<Option<SystemTime>> = const { Cell::new(None) };
-}
-
-/// The time a line says: when its record was emitted, also for one that
-/// was held back and written later.
-fn stamp() -> SystemTime {
-    STAMP.with(Cell::get).unwrap_or_else(SystemTime::now)
-}
-
-/// slog-term's own format (local time, milliseconds), of [`stamp`].
-fn local_stamp(io: &mut dyn Write) -> io::Result<()> {
-    let at: chrono::DateTime<chrono::Local> = stamp().into();
-    write!(io, "{}", at.format("%b %d %H:%M:%S%.3f"))
-}
-
 fn root(format: LogFormat, level: slog::Level, out: Formatted, name: &str) -> Logger {
     match format {
         // The name leads the sentence (see `format`).
         LogFormat::Human => {
             let decorator = slog_term::PlainSyncDecorator::new(out);
-            let drain = slog_term::FullFormat::new(decorator)
-                .use_custom_timestamp(local_stamp)
-                .build();
+            let drain = slog_term::FullFormat::new(decorator).build();
             Logger::root(slog::LevelFilter::new(drain, level).ignore_res(), o!())
         }
         LogFormat::Json => {
-            // slog-json's default keys, with the time of [`stamp`].
-            let drain = slog_json::Json::new(out)
-                .add_key_value(o!(
-                    "ts" => slog::FnValue(|_: &slog::Record| {
-                        time::OffsetDateTime::from(stamp())
-                            .format(&time::format_description::well_known::Rfc3339)
-                            .ok()
-                    }),
-                    "level" => slog::FnValue(|r: &slog::Record| r.level().as_short_str()),
-                    "msg" => slog::PushFnValue(|r: &slog::Record, ser| ser.emit(r.msg())),
-                ))
-                .build();
+            let drain = slog_json::Json::new(out).add_default_keys().build();
             Logger::root(
                 slog::LevelFilter::new(Mutex::new(drain), level).ignore_res(),
                 o!("name" => name.to_string()),
@@ -146,7 +112,6 @@ impl Log {
             name: name.to_string(),
             formatted,
             sinks: RefCell::new(sinks),
-            held: RefCell::new(None),
         })
     }
 
@@ -165,41 +130,10 @@ impl Log {
     }
 
     pub fn emit(&self, record: &Record) {
-        if let Some(held) = self.held.borrow_mut().as_mut() {
-            held.push((record.clone(), SystemTime::now()));
-            return;
-        }
         if let Some(line) = self.format(record) {
             let mut sinks = self.sinks.borrow_mut();
             self.push(&mut sinks.log, &line);
         }
-    }
-
-    /// Holds back the records emitted from now on until
-    /// [`release`](Self::release), which writes them in order, each with
-    /// the time it was emitted: a worker's start need not wait for the
-    /// lines rendered before it (the exit that caused a restart, with the
-    /// code a trim gave back). False when already holding: the first
-    /// holder releases.
-    pub fn hold(&self) -> bool {
-        let mut held = self.held.borrow_mut();
-        if held.is_some() {
-            return false;
-        }
-        *held = Some(Vec::new());
-        true
-    }
-
-    /// Writes the records held back since [`hold`](Self::hold).
-    pub fn release(&self) {
-        let Some(records) = self.held.borrow_mut().take() else {
-            return;
-        };
-        for (record, at) in records {
-            STAMP.with(|stamp| stamp.set(Some(at)));
-            self.emit(&record);
-        }
-        STAMP.with(|stamp| stamp.set(None));
     }
 
     /// `record` as a line, or `None` if `--log-level` leaves it out.
@@ -323,63 +257,5 @@ impl LineSink for Log {
                 self.push(sink, &out);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Held records come out in order, each with the time it was
-    /// emitted, not the time it was written.
-    #[test]
-    fn held_records_keep_their_order_and_their_time() {
-        let dir = std::env::temp_dir().join(format!("rcluster-log-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("held.log");
-        let log = Log::new(LogFormat::Json, slog::Level::Info, Some(&path), "t").unwrap();
-        let started = |pid| Record::Started {
-            pid,
-            workers: 1,
-            version: "0",
-        };
-        assert!(log.hold());
-        assert!(!log.hold(), "the first holder releases");
-        log.emit(&started(1));
-        let emitted = SystemTime::now();
-        log.emit(&started(2));
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "", "held back");
-        // The release comes measurably later (bounded: the clock moves).
-        let later = emitted + std::time::Duration::from_millis(5);
-        for _ in 0..10_000_000 {
-            if SystemTime::now() > later {
-                break;
-            }
-            std::hint::spin_loop();
-        }
-        log.release();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 2, "{text}");
-        assert_eq!(
-            (lines[0]["pid"].as_u64(), lines[1]["pid"].as_u64()),
-            (Some(1), Some(2))
-        );
-        let ts = |i: usize| {
-            let ts = lines[i]["ts"].as_str().unwrap();
-            let at =
-                time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
-                    .unwrap();
-            SystemTime::from(at)
-        };
-        assert!(ts(0) <= emitted && emitted <= later, "{text}");
-        assert!(
-            ts(1) < later,
-            "stamped when emitted, not when written: {text}"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -42,7 +42,7 @@ use crate::sockets::balance::Balancer;
 use crate::sockets::listen::Listener;
 use crate::sockets::notify::{Manager, NotifySocket};
 use crate::supervisor::Supervisor;
-use crate::supervisor::event::{Action, Event, MasterSignal};
+use crate::supervisor::event::{Event, MasterSignal};
 use crate::supervisor::record::Record;
 use crate::vocab::{Pid, SlotId, errno_name};
 
@@ -495,18 +495,8 @@ impl<'a, L: Launch> Master<'a, L> {
     /// Feeds one event to the supervisor and carries out its actions. A
     /// spawn's answer is fed back before the next action runs.
     fn dispatch(&mut self, event: Event, now: Instant) {
-        let actions = self.supervisor.handle(event, now);
-        // A worker's start comes first: the lines of this turn are written
-        // after its clone, each with the time it was decided (a restart's
-        // exit line, rendered with the code a trim gave back, took 0.1-0.3
-        // ms of the kill-to-exec'd path; docs/performance.md).
-        let spawns = actions.iter().any(|a| matches!(a, Action::Spawn { .. }));
-        let held = spawns && self.log.hold();
-        for action in actions {
+        for action in self.supervisor.handle(event, now) {
             self.execute(action, now);
-        }
-        if held {
-            self.log.release();
         }
     }
 }
