@@ -2,12 +2,17 @@
 //! a connection whenever the response allows it (HTTP/1.1 without
 //! `Connection: close`, or HTTP/1.0 with `keep-alive`), whatever it asked
 //! for, so a server that closes without saying so fails the next request, as
-//! it would under wrk or a browser. Timeouts, so nothing hangs. Shared by the
-//! benchmark's load generator and the integration tests.
+//! it would under wrk. Only a connection left idle is checked before reuse,
+//! as curl and browsers check theirs (see `load.rs`). Timeouts, so nothing
+//! hangs. Shared by the benchmark's load generator and the integration tests.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, recv};
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,6 +68,25 @@ impl<S: Read + Write> Conn<S> {
             format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: {connection}\r\n\r\n");
         self.reader.get_mut().write_all(request.as_bytes())?;
         read_response(&mut self.reader)
+    }
+}
+
+impl Conn<TcpStream> {
+    /// The server closed (or reset) this connection since its last response:
+    /// the check a client pool makes before it reuses a connection (curl's
+    /// dead-connection check, hyper's, a browser's). A peek that does not
+    /// wait, so the socket stays blocking.
+    pub fn closed_by_server(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let fd = self.reader.get_ref().as_raw_fd();
+        match recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => true,
+            Ok(_) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => false,
+            Err(_) => true,
+        }
     }
 }
 
@@ -171,5 +195,74 @@ fn read_chunks<R: BufRead>(reader: &mut R) -> io::Result<Vec<u8>> {
         body.resize(start + size + 2, 0);
         reader.read_exact(&mut body[start..])?;
         body.truncate(start + size);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Shutdown, TcpListener};
+    use std::sync::mpsc;
+
+    /// One keep-alive response, then the server closes (`close_after`) or
+    /// keeps the connection open until the client is done.
+    fn serve_once(
+        close_after: bool,
+    ) -> (SocketAddr, mpsc::Receiver<()>, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (answered, rx) = mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+            let mut request = [0u8; 512];
+            let _ = stream.read(&mut request).expect("request");
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .expect("response");
+            if close_after {
+                stream.shutdown(Shutdown::Both).expect("close");
+            }
+            answered.send(()).expect("answered");
+            if !close_after {
+                // Held open until the client closes its end.
+                let _ = stream.read(&mut request);
+            }
+        });
+        (addr, rx, server)
+    }
+
+    #[test]
+    fn a_connection_the_server_closed_while_idle_is_seen_before_reuse() {
+        let (addr, answered, server) = serve_once(true);
+        let mut conn = Conn::new(connect(addr).expect("connect")).expect("conn");
+        let response = conn.request("/", false).expect("response");
+        assert!(response.reusable, "{response:?}");
+        answered
+            .recv_timeout(IO_TIMEOUT)
+            .expect("the server closed");
+        server.join().expect("server");
+        // The FIN may still be on its way through the loopback's softirq.
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        while !conn.closed_by_server() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server's close was never seen"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_connection_the_server_keeps_is_reused() {
+        let (addr, answered, server) = serve_once(false);
+        let mut conn = Conn::new(connect(addr).expect("connect")).expect("conn");
+        conn.request("/", false).expect("response");
+        answered
+            .recv_timeout(IO_TIMEOUT)
+            .expect("the server answered");
+        assert!(!conn.closed_by_server());
+        drop(conn);
+        server.join().expect("server");
     }
 }

@@ -103,9 +103,10 @@ impl Report {
             }
             let _ = writeln!(
                 t,
-                "  served {}, failed {}",
+                "  served {}, failed {}; idle connections the server had closed, replaced before reuse: {}",
                 r.served,
-                stats::failures_text(&r.failed)
+                stats::failures_text(&r.failed),
+                r.samples.idle_closed
             );
             let _ = writeln!(
                 t,

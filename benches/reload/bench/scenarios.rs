@@ -189,6 +189,7 @@ impl Reload {
             })).collect::<Vec<_>>(),
             "served": self.served,
             "failed": stats::failures_json(&self.failed),
+            "idle_closed_before_reuse": self.samples.idle_closed,
             "latency_during_reloads": self.during.json(),
             "latency_outside_reloads": self.outside.json(),
             "latency_during_reloads_reused_connections": self.during_reused.json(),

@@ -459,8 +459,9 @@ pub fn reload_under_load(
     assert_eq!(
         stats.failed(),
         0,
-        "failed requests during reloads: {:?}",
-        stats.errors
+        "failed requests during reloads: {:?} ({} idle connections found closed before reuse)",
+        stats.errors,
+        stats.idle_closed
     );
     stats
 }
