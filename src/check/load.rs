@@ -18,9 +18,10 @@ const MAX_RUN: Duration = Duration::from_secs(300);
 const GATE_WAIT: Duration = Duration::from_secs(30 * 60);
 /// How long `wait_for_more` waits for progress.
 const PROGRESS_WAIT: Duration = Duration::from_secs(20);
-/// A keep-alive connection idle longer than this is checked before reuse.
-/// A busy client (wrk) sends its next request within microseconds of the
-/// last response; only a client thread this machine starved sits longer.
+/// A keep-alive connection whose last request went out longer ago than
+/// this is checked before reuse. A busy client (wrk) sends its next request
+/// within a millisecond of the last; only a client thread this machine
+/// starved (before it read the response, or after) takes longer.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// How a request ended.
@@ -104,7 +105,7 @@ pub struct Samples {
     /// The first few failures' messages.
     pub errors: Vec<String>,
     /// Keep-alive connections found closed by the server before reuse, after
-    /// sitting idle longer than a busy client leaves one, and replaced.
+    /// sitting longer than a busy client leaves one, and replaced.
     pub idle_closed: u64,
 }
 
@@ -241,24 +242,26 @@ fn run(
 ) -> Samples {
     let mut out = Samples::default();
     let mut conn = None;
-    // When the connection's last response came: a request that fails on a
-    // reused connection says how long the connection sat idle before it (a
-    // client starved past a server's idle grace looks like a lost request).
-    let mut answered_at = None;
+    // When the connection's last request went out: a request that fails on
+    // a reused connection says how long before it that was.
+    let mut asked_at: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) && epoch.elapsed() < MAX_RUN {
         // Checked as a client pool checks (curl, hyper, browsers): a thread
         // starved past a server's idle grace would otherwise send on a
         // connection the server closed long before, a loss no real client
-        // sees. A busy connection is not checked, as wrk does not check, so
-        // a server that closes without saying so still fails the next
-        // request.
-        let idle = answered_at.is_some_and(|at: Instant| at.elapsed() >= IDLE_CHECK);
+        // sees. The response may have waited in the socket as long as the
+        // thread did, so the time counts from the request, not the
+        // response. A busy connection is not checked, as wrk does not
+        // check, so a server that closes without saying so still fails the
+        // next request.
+        let idle = asked_at.is_some_and(|at| at.elapsed() >= IDLE_CHECK);
         if idle && conn.as_ref().is_some_and(Conn::closed_by_server) {
             conn = None;
             out.idle_closed += 1;
         }
         let started = Instant::now();
         let fresh = conn.is_none();
+        let last_asked = asked_at.replace(started);
         let result = (|| {
             if conn.is_none() {
                 conn = Some(Conn::new(connect(addr)?)?);
@@ -280,7 +283,6 @@ fn run(
                 // response says; otherwise it is reused while the response
                 // allows, and a server that closes a keep-alive connection
                 // without saying so fails the next request here.
-                answered_at = Some(Instant::now());
                 if !keep_alive || !response.reusable {
                     conn = None;
                 }
@@ -292,9 +294,9 @@ fn run(
                         Ok(response) => format!("status {}", response.status),
                         Err(e) => e.to_string(),
                     };
-                    out.errors.push(match answered_at.filter(|_| !fresh) {
+                    out.errors.push(match last_asked.filter(|_| !fresh) {
                         Some(at) => format!(
-                            "{error} (at {} ms, on a connection idle {} ms before it)",
+                            "{error} (at {} ms, on a connection whose last request went out {} ms before)",
                             (started - epoch).as_millis(),
                             started.saturating_duration_since(at).as_millis()
                         ),

@@ -108,6 +108,9 @@ impl Report {
                 stats::failures_text(&r.failed),
                 r.samples.idle_closed
             );
+            for error in &r.samples.errors {
+                let _ = writeln!(t, "    {error}");
+            }
             let _ = writeln!(
                 t,
                 "                     requests   p50 ms   p99 ms p99.9 ms   max ms"
