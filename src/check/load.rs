@@ -4,7 +4,7 @@
 //! integration tests use it too.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
@@ -233,6 +233,19 @@ impl Load {
     }
 }
 
+/// The server closed `conn` while this client was away: its last request
+/// went out over [`IDLE_CHECK`] ago and the peer has closed. Checked as a
+/// client pool checks (curl, hyper, browsers): a thread starved past a
+/// server's idle grace would otherwise send on a connection the server
+/// closed long before, a loss no real client sees. The response may have
+/// waited in the socket as long as the thread did, so the time counts from
+/// the request, not the response. A busy connection is not checked, as wrk
+/// does not check, so a server that closes without saying so still fails
+/// the next request.
+fn closed_while_away(conn: &Conn<TcpStream>, asked_at: Instant) -> bool {
+    asked_at.elapsed() >= IDLE_CHECK && conn.closed_by_server()
+}
+
 fn run(
     addr: SocketAddr,
     keep_alive: bool,
@@ -246,16 +259,9 @@ fn run(
     // a reused connection says how long before it that was.
     let mut asked_at: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) && epoch.elapsed() < MAX_RUN {
-        // Checked as a client pool checks (curl, hyper, browsers): a thread
-        // starved past a server's idle grace would otherwise send on a
-        // connection the server closed long before, a loss no real client
-        // sees. The response may have waited in the socket as long as the
-        // thread did, so the time counts from the request, not the
-        // response. A busy connection is not checked, as wrk does not
-        // check, so a server that closes without saying so still fails the
-        // next request.
-        let idle = asked_at.is_some_and(|at| at.elapsed() >= IDLE_CHECK);
-        if idle && conn.as_ref().is_some_and(Conn::closed_by_server) {
+        if let (Some(c), Some(at)) = (&conn, asked_at)
+            && closed_while_away(c, at)
+        {
             conn = None;
             out.idle_closed += 1;
         }
@@ -307,4 +313,49 @@ fn run(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+
+    /// A server that answers one request with keep-alive and then closes,
+    /// as a draining worker closes a connection left idle past its grace.
+    #[test]
+    fn a_connection_closed_while_its_client_was_away_is_not_reused_and_a_busy_one_is() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 512];
+            let _ = stream.read(&mut request).expect("request");
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .expect("response");
+            stream.shutdown(Shutdown::Both).expect("close");
+        });
+        let mut conn = Conn::new(connect(addr).expect("connect")).expect("conn");
+        let asked_at = Instant::now();
+        assert!(conn.request("/", false).expect("response").reusable);
+        server.join().expect("server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !conn.closed_by_server() {
+            assert!(
+                Instant::now() < deadline,
+                "the server's close was never seen"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Away longer than a busy client ever is: replaced, not sent on.
+        let long_ago = asked_at
+            .checked_sub(IDLE_CHECK)
+            .expect("a monotonic clock past 100 ms");
+        assert!(closed_while_away(&conn, long_ago));
+        // Sent on at once, as wrk would: not checked, so a server that
+        // closes without saying so still fails the next request.
+        assert!(!closed_while_away(&conn, Instant::now()));
+        assert!(conn.request("/", false).is_err());
+    }
 }
