@@ -42,7 +42,7 @@ fn main() -> Result<(), rcluster::Error> {
                 worker.id(),
                 std::process::id()
             );
-            http::serve(listener, &shutdown, &greeting)?;
+            http::serve(vec![listener], &shutdown, &greeting)?;
             Ok(())
         })
 }

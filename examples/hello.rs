@@ -8,8 +8,9 @@
 //! curl 127.0.0.1:8080/sleep/2000 # the same, two seconds later
 //! ```
 //!
-//! It takes its socket from rcluster (fd 3), says `READY=1` once it can
-//! accept, and drains on its stop signal (see `shared/http.rs`).
+//! It takes its sockets from rcluster (fd 3 and up: every `--listen`),
+//! says `READY=1` once it can accept, and drains on its stop signal (see
+//! `shared/http.rs`).
 
 #[path = "shared/http.rs"]
 mod http;
@@ -18,8 +19,8 @@ use rcluster::worker;
 
 // snippet:start
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // A port or a Unix socket, whichever `--listen` gave.
-    let listener = worker::listeners()?.take(0)?;
+    // Every socket `--listen` gave, ports and Unix sockets alike.
+    let listeners = worker::listeners()?.take_all()?;
     let shutdown = worker::shutdown()?;
     // Connections queue in the shared socket until we accept: ready now.
     worker::ready()?;
@@ -32,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // its pid: load tools such as `ab` count a length that changes as a
     // failure.
     let greeting = format!("{greeting:<40}\n");
-    http::serve(listener, &shutdown, &greeting)?;
+    http::serve(listeners, &shutdown, &greeting)?;
     Ok(())
 }
 // snippet:end

@@ -100,9 +100,10 @@ impl Complaint {
     }
 }
 
-/// Serves `listener` (a port or a Unix socket) until the stop signal, then closes it and drains:
-/// returns once every connection is done.
-pub fn serve(listener: Listener, shutdown: &Shutdown, greeting: &str) -> io::Result<()> {
+/// Serves every listener (ports and Unix sockets, a thread accepting on
+/// each) until the stop signal, then closes them and drains: returns once
+/// every connection is done.
+pub fn serve(listeners: Vec<Listener>, shutdown: &Shutdown, greeting: &str) -> io::Result<()> {
     let grace = std::env::var("HELLO_DRAIN_GRACE_MS")
         .ok()
         .and_then(|ms| ms.parse().ok())
@@ -111,38 +112,84 @@ pub fn serve(listener: Listener, shutdown: &Shutdown, greeting: &str) -> io::Res
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map_or(CLOSE_SPREAD, Duration::from_millis);
+    let server = Server {
+        shutdown,
+        greeting,
+        grace,
+        spread,
+        busy: Busy {
+            running: Mutex::new(0),
+            ended: Condvar::new(),
+        },
+        complaint: Complaint {
+            last: Mutex::new((None, 0)),
+        },
+    };
     // The scope returns once every connection thread has finished: that is
     // the drain.
-    let busy = Busy {
-        running: Mutex::new(0),
-        ended: Condvar::new(),
-    };
-    let complaint = Complaint {
-        last: Mutex::new((None, 0)),
-    };
     thread::scope(|scope| -> io::Result<()> {
+        let server = &server;
+        let mut listeners = listeners.into_iter();
+        let first = listeners.next();
+        // Each listener past the first has an accepting thread of its own.
+        let others: Vec<_> = listeners
+            .map(|listener| {
+                thread::Builder::new()
+                    .name("accept".into())
+                    .spawn_scoped(scope, move || server.accept_until_stop(scope, listener))
+            })
+            .collect::<io::Result<_>>()?;
+        let mut result = first.map_or(Ok(()), |l| server.accept_until_stop(scope, l));
+        for accepting in others {
+            let joined = accepting.join();
+            let ended = joined.unwrap_or_else(|_| Err(io::Error::other("an accept loop panicked")));
+            result = result.and(ended);
+        }
+        result
+    })
+}
+
+/// What every connection of a worker shares.
+struct Server<'a> {
+    shutdown: &'a Shutdown,
+    greeting: &'a str,
+    grace: Duration,
+    spread: Duration,
+    busy: Busy,
+    complaint: Complaint,
+}
+
+impl<'a> Server<'a> {
+    /// Accepts on `listener` until the stop signal, a thread per
+    /// connection, then closes it.
+    fn accept_until_stop<'scope>(
+        &'scope self,
+        scope: &'scope thread::Scope<'scope, '_>,
+        listener: Listener,
+    ) -> io::Result<()> {
         loop {
-            busy.wait_for_room(shutdown);
-            let Some(conn) = shutdown.accept(&listener)? else {
+            self.busy.wait_for_room(self.shutdown);
+            let Some(conn) = self.shutdown.accept(&listener)? else {
                 stopped_at();
-                busy.end();
+                self.busy.end();
                 break;
             };
-            let busy = &busy;
             // A thread the system refuses (`ulimit -u`, memory) costs this
             // connection, closed unanswered, not the server.
             let spawned = thread::Builder::new().spawn_scoped(scope, move || {
-                let _ends = Ends(busy);
-                let _ = serve_connection(conn, shutdown, greeting, grace, spread);
+                let _ends = Ends(&self.busy);
+                let _ =
+                    serve_connection(conn, self.shutdown, self.greeting, self.grace, self.spread);
             });
             if let Err(e) = spawned {
-                busy.end();
-                complaint.say(&format!("connection refused: cannot start a thread: {e}"));
+                self.busy.end();
+                self.complaint
+                    .say(&format!("connection refused: cannot start a thread: {e}"));
             }
         }
         drop(listener);
         Ok(())
-    })
+    }
 }
 
 /// When the stop came, as first seen here (the accept loop sees it at

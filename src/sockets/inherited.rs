@@ -205,6 +205,15 @@ impl Listeners {
         Ok(Listener::Tcp(socket.into()))
     }
 
+    /// Takes every listener not taken yet, in fd order, each of either
+    /// kind: for a server that serves all that `--listen` gave it.
+    pub fn take_all(&mut self) -> Result<Vec<Listener>, ListenersError> {
+        let left: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| self.entries[i].1.is_some())
+            .collect();
+        left.into_iter().map(|i| self.take(i)).collect()
+    }
+
     fn take_socket(&mut self, which: Which<'_>) -> Result<(RawFd, String, Socket), ListenersError> {
         let index = match which {
             Which::Index(index) if index < self.entries.len() => index,
