@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Options: `--listen ADDR` (default 127.0.0.1:8080), `--workers N`
-//! (default: one per CPU), `--json` (JSON logs).
+//! (default: one per CPU), `--min-ready-ms N` (the canary's hold; default
+//! rcluster's), `--json` (JSON logs).
 
 #[path = "shared/http.rs"]
 mod http;
@@ -26,9 +27,14 @@ fn main() -> Result<(), rcluster::Error> {
     let workers = value("--workers")
         .and_then(|n| n.parse().ok())
         .map_or(Workers::Auto, Workers::Fixed);
+    let min_ready = value("--min-ready-ms").and_then(|ms| ms.parse().ok());
 
     // No thread may exist before run(): workers are forked from this one.
-    Cluster::builder()
+    let mut cluster = Cluster::builder();
+    if let Some(ms) = min_ready {
+        cluster = cluster.min_ready(std::time::Duration::from_millis(ms));
+    }
+    cluster
         .workers(workers)
         .listen(&listen)
         .ready(ReadyRule::Notify)

@@ -8,7 +8,9 @@ use std::net::TcpListener;
 
 use crate::examples::path;
 use crate::servers::{rcluster_with, reloads_under_wrk};
-use crate::support::{Master, TempDir, WAIT, http, installs, path_str, rcluster, run, wait_until};
+use crate::support::{
+    Master, SHORT_LOOK, TempDir, WAIT, http, installs, path_str, rcluster, run, wait_until,
+};
 
 #[test]
 fn an_unmodified_python_http_server_reloads_under_wrk_with_adopt_bind() {
@@ -16,7 +18,7 @@ fn an_unmodified_python_http_server_reloads_under_wrk_with_adopt_bind() {
     let server = ["python3", "-m", "http.server", "3000", "--directory", &www];
     // Served at all, on rcluster's port, only if the bind was adopted.
     reloads_under_wrk("python3 -m http.server, adopted", || {
-        rcluster_with(&["--adopt-bind"], &server, |_| {})
+        rcluster_with(&["--adopt-bind", SHORT_LOOK], &server, |_| {})
     });
 }
 
@@ -25,7 +27,7 @@ fn an_unmodified_express_app_reloads_under_wrk_with_adopt_bind() {
     let app = installs::express().join("plain.js");
     let app = app.to_str().unwrap();
     reloads_under_wrk("express app.listen(3000), adopted", || {
-        rcluster_with(&["--adopt-bind"], &["node", app], |_| {})
+        rcluster_with(&["--adopt-bind", SHORT_LOOK], &["node", app], |_| {})
     });
 }
 

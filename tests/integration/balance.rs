@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::wrk::Wrk;
 use crate::support::{
-    Master, TempDir, environ, example, fd_target, get_once, path_str, rcluster, reload_under_wrk,
-    wait_until,
+    Master, SHORT_HOLD, TempDir, environ, example, fd_target, get_once, path_str, rcluster,
+    reload_under_wrk, wait_until,
 };
 
 fn reuseport(workers: &str, extra: &[&str], command: &[&str]) -> Master {
@@ -18,6 +18,7 @@ fn reuseport(workers: &str, extra: &[&str], command: &[&str]) -> Master {
         "reuseport",
         "--ready",
         "notify",
+        SHORT_HOLD,
         "-l",
         "127.0.0.1:0",
     ];

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{TempDir, example, is_gone, load, path_str, rcluster_bin, wait_until};
+use crate::support::{
+    SHORT_HOLD, SHORT_LOOK, TempDir, example, is_gone, load, path_str, rcluster_bin, wait_until,
+};
 
 /// The longest a check may run here: its `--duration`, the cures' second
 /// runs, and a slow machine.
@@ -139,7 +141,9 @@ fn hello_is_reload_safe() {
 /// with it.
 #[test]
 fn a_server_that_dies_on_term_loses_requests_and_http_drain_cures_it() {
-    let checked = check(&[], &format!("python3 {}", naive_server()), &[]);
+    // The hold and the first look are not what this test is about.
+    let naive = format!("python3 {}", naive_server());
+    let checked = check(&[SHORT_HOLD, SHORT_LOOK], &naive, &[]);
     assert_eq!(checked.code, 1, "{:#}", checked.report);
     assert_eq!(checked.report["ok"], false);
 
@@ -212,7 +216,7 @@ fn the_python_recipe_is_reload_safe() {
 /// `--protocol tcp`: connections only.
 #[test]
 fn a_tcp_check_counts_connections() {
-    let checked = check(&["--protocol", "tcp"], &example("hello"), &[]);
+    let checked = check(&["--protocol", "tcp", SHORT_HOLD], &example("hello"), &[]);
     assert_eq!(checked.code, 0, "{:#}", checked.report);
     assert_eq!(checked.verdict("reload"), "good");
     assert!(checked.answer("reload")["figures"]["sent"].as_u64() > Some(0));

@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use crate::support::load::Load;
 use crate::support::{
-    Master, TempDir, WAIT, environ, example, http, path_str, rcluster, release_switch, wait_until,
+    Master, TempDir, WAIT, environ, example, http, path_str, rcluster, release_switch,
+    reload_under_both, wait_until,
 };
 
 /// `rcluster status --json` against `control`.
@@ -89,6 +90,17 @@ fn a_release_that_dies_200ms_after_start_never_replaces_the_good_one() {
     load.wait_for_more(100);
     let stats = load.finish();
     assert_eq!(stats.failed(), 0, "{:?}", stats.errors);
+}
+
+/// A reload under load loses nothing with the default flags (`--ready
+/// auto`, the canary's 2 s hold), counted by wrk and by the project's
+/// client at once; the other load tests shorten the hold they do not test.
+#[test]
+fn reloads_with_the_default_flags_lose_nothing() {
+    let hello = example("hello");
+    let mut master = Master::start(&["-w", "2", "-l", "127.0.0.1:0", "--", &hello]);
+    reload_under_both(&mut master, 2, true, 4, true);
+    master.stop_cleanly();
 }
 
 #[test]

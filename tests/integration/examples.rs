@@ -1,12 +1,12 @@
-//! Every example server under rcluster: reloads under load (32
-//! connections, keep-alive and `Connection: close`) with zero failed
-//! requests, counted by the project's client and by wrk. `hello` has its
+//! Every example server under rcluster: reloads under load (the project's
+//! client and wrk at once, 16 connections each, keep-alive and
+//! `Connection: close`) with zero failed requests counted by either. `hello` has its
 //! own, longer tests in reload.rs.
 
 use std::path::Path;
 
 use crate::support::{
-    Master, TempDir, WAIT, example, http, is_gone, open_fds, reload_under_load, reload_under_wrk,
+    Master, SHORT_HOLD, TempDir, WAIT, example, http, is_gone, open_fds, reload_under_both,
     wait_until,
 };
 
@@ -21,16 +21,14 @@ pub fn path(relative: &str) -> String {
         .into_owned()
 }
 
-/// Reloads under both clients, keep-alive and close, each on a master of
-/// its own from `start`; prints what each client counted.
+/// Reloads under both clients at once (see `reload_under_both`),
+/// keep-alive and close, each on a master of its own from `start`; prints
+/// what each client counted.
 pub fn reloads_lose_nothing(name: &str, exec_workers: bool, start: impl Fn() -> Master) {
     for keep_alive in [true, false] {
         let mode = if keep_alive { "keep-alive" } else { "close" };
         let mut master = start();
-        let ours = reload_under_load(&mut master, 2, keep_alive, RELOADS, exec_workers);
-        master.stop_cleanly();
-        let mut master = start();
-        let wrk = reload_under_wrk(&mut master, 2, keep_alive, RELOADS, exec_workers);
+        let (ours, wrk) = reload_under_both(&mut master, 2, keep_alive, RELOADS, exec_workers);
         master.stop_cleanly();
         eprintln!(
             "{name}, {mode}, {RELOADS} reloads: our client {} served, {} failed; \
@@ -45,9 +43,18 @@ pub fn reloads_lose_nothing(name: &str, exec_workers: bool, start: impl Fn() -> 
     }
 }
 
-/// rcluster with 2 workers on a port of its choice, `--ready notify`.
+/// rcluster with 2 workers on a port of its choice, `--ready notify`, a
+/// short canary hold.
 pub fn under_rcluster(command: &[&str], extra: &[&str]) -> Master {
-    let mut args = vec!["-w", "2", "--ready", "notify", "-l", "127.0.0.1:0"];
+    let mut args = vec![
+        "-w",
+        "2",
+        "--ready",
+        "notify",
+        SHORT_HOLD,
+        "-l",
+        "127.0.0.1:0",
+    ];
     args.extend_from_slice(extra);
     args.push("--");
     args.extend_from_slice(command);
@@ -169,7 +176,15 @@ fn cluster_example_reloads_under_load_without_a_failed_request() {
     reloads_lose_nothing("cluster (fork mode)", false, || {
         Master::start_program(
             &cluster,
-            &["--listen", "127.0.0.1:0", "--workers", "2", "--json"],
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+                "--min-ready-ms",
+                "50",
+                "--json",
+            ],
         )
     });
 }

@@ -15,35 +15,49 @@ fn asleep(pid: i32) -> bool {
     procfs::epoll_timeout(pid) == Some(-1)
 }
 
-/// How often the master woke in `window` (voluntary context switches).
-fn wakeups(master: &Master, window: Duration) -> u64 {
-    assert!(
-        wait_until(Duration::from_secs(10), || asleep(master.pid)),
-        "the master never went to sleep"
-    );
-    let before = procfs::read(master.pid).voluntary_switches;
+/// How often each master woke in one `window` (voluntary context
+/// switches), measured over the same window for all.
+fn wakeups(masters: &[Master], window: Duration) -> Vec<u64> {
+    for master in masters {
+        assert!(
+            wait_until(Duration::from_secs(10), || asleep(master.pid)),
+            "the master never went to sleep"
+        );
+    }
+    let before: Vec<u64> = masters
+        .iter()
+        .map(|m| procfs::read(m.pid).voluntary_switches)
+        .collect();
     // The measurement is this window itself: nothing to wait for.
     let end = Instant::now() + window;
     while let Some(left) = end.checked_duration_since(Instant::now()) {
         std::thread::sleep(left);
     }
-    procfs::read(master.pid).voluntary_switches - before
+    masters
+        .iter()
+        .zip(before)
+        .map(|(m, before)| procfs::read(m.pid).voluntary_switches - before)
+        .collect()
 }
 
 #[test]
 fn an_idle_master_does_not_wake_with_or_without_metrics() {
     let worker = example("test_worker");
-    for extra in [&[][..], &["--metrics", "127.0.0.1:0"][..]] {
-        let mut args = vec!["-w", "2", "--ready", "notify"];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--", &worker, "--ready-after", "0"]);
-        let mut master = Master::start(&args);
-        master.expect_msg("workers ready");
-        assert_eq!(
-            wakeups(&master, Duration::from_secs(10)),
-            0,
-            "rcluster {extra:?} woke while idle"
-        );
+    let options = [&[][..], &["--metrics", "127.0.0.1:0"][..]];
+    let masters: Vec<Master> = options
+        .iter()
+        .map(|extra| {
+            let mut args = vec!["-w", "2", "--ready", "notify"];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&["--", &worker, "--ready-after", "0"]);
+            let mut master = Master::start(&args);
+            master.expect_msg("workers ready");
+            master
+        })
+        .collect();
+    let woke = wakeups(&masters, Duration::from_secs(10));
+    assert_eq!(woke, [0, 0], "rcluster {options:?} woke while idle");
+    for master in masters {
         master.stop_cleanly();
     }
 }

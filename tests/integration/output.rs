@@ -67,7 +67,7 @@ fn a_worker_flooding_100_mb_of_output_stalls_neither_the_master_nor_the_others()
         addr.is_some()
     });
     let addr = addr.expect("a listening record in the log file");
-    let load = Load::start(addr, 8, true);
+    let load = Load::start(addr, 2, true);
     let mut status_answers = 0;
     let flooded = wait_until(std::time::Duration::from_secs(120), || {
         // The master answers while it copies the flood.

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use crate::examples::{RELOADS, path};
 use crate::support::installs::path_with_python;
 use crate::support::recipes::recipe;
-use crate::support::{Master, TempDir, WAIT, path_str, reload_under_wrk_at, skip, wait_until};
+use crate::support::{
+    Master, SHORT_HOLD, TempDir, WAIT, path_str, reload_under_wrk_at, skip, wait_until,
+};
 
 /// nginx as the tests run it: in the foreground, its own process group
 /// (killed as a group when dropped: its workers outlive a killed master).
@@ -115,7 +117,7 @@ fn nginx_in_front_over_a_unix_socket_loses_nothing_through_reloads() {
     let python = path("examples/python");
     for keep_alive in [true, false] {
         let listen = format!("unix:{socket}");
-        let mut args = vec!["-w", "2", "--listen", &listen];
+        let mut args = vec!["-w", "2", SHORT_HOLD, "--listen", &listen];
         args.extend(recipe.flags());
         args.push("--");
         args.extend(recipe.command());

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::support::wrk::Wrk;
-use crate::support::{Master, example};
+use crate::support::{Master, example, load};
 
 /// The records from `worker recycled` to the recycled worker's exit, and
 /// checks the order: recycled, successor ready, then it drains.
@@ -41,6 +41,9 @@ fn a_worker_over_max_memory_is_recycled_without_a_failed_request() {
     // hello, with a child that grows by 10 MB a second: the worker's
     // memory is its process tree's.
     let leak = "python3 -c 'import time\nb = []\nwhile True:\n    b.append(b\"x\" * (10 << 20))\n    time.sleep(1)' & exec \"$0\"";
+    // The load's turn first: the recycle comes by the clock, and must
+    // come under load, not while this test waits for another's.
+    let _gate = load::gate();
     let mut master = Master::start(&[
         "-w",
         "2",
@@ -75,6 +78,8 @@ fn a_worker_over_max_memory_is_recycled_without_a_failed_request() {
 #[test]
 fn max_age_recycles_four_workers_one_by_one_without_a_failed_request() {
     let hello = example("hello");
+    // As above: the recycles come by the clock, under load.
+    let _gate = load::gate();
     let mut master = Master::start(&[
         "-w",
         "4",

@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::load::Load;
-use crate::support::{Master, TempDir, apply_ready, example, release_switch, reload_under_load};
+use crate::support::{
+    Master, SHORT_HOLD, TempDir, apply_ready, example, release_switch, reload_under_load,
+};
 
 fn hello_reload_under_load(workers: usize, keep_alive: bool) {
     let hello = example("hello");
@@ -19,6 +21,7 @@ fn hello_reload_under_load(workers: usize, keep_alive: bool) {
         &n,
         "--ready",
         "notify",
+        SHORT_HOLD,
         "-l",
         "127.0.0.1:0",
         "--",

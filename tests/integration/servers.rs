@@ -10,11 +10,13 @@ use std::process::Command;
 use crate::examples::{RELOADS, path};
 use crate::support::installs::{self, path_with_python};
 use crate::support::recipes::{Recipe, recipe};
-use crate::support::{Master, reload_under_wrk};
+use crate::support::{Master, SHORT_HOLD, SHORT_LOOK, reload_under_wrk};
 
-/// `rcluster -w 2 -l 127.0.0.1:0 FLAGS -- COMMAND`, with `setup` last.
+/// `rcluster -w 2 -l 127.0.0.1:0 FLAGS -- COMMAND`, with `setup` last,
+/// and a short canary hold (`SHORT_HOLD`: the hold is not what these
+/// tests test).
 pub fn rcluster_with(flags: &[&str], command: &[&str], setup: impl Fn(&mut Command)) -> Master {
-    let mut args = vec!["-w", "2", "-l", "127.0.0.1:0"];
+    let mut args = vec!["-w", "2", SHORT_HOLD, "-l", "127.0.0.1:0"];
     args.extend_from_slice(flags);
     args.push("--");
     args.extend_from_slice(command);
@@ -77,10 +79,13 @@ pub fn reloads_under_wrk(name: &str, start: impl Fn() -> Master) {
 }
 
 /// `recipe`'s command line under rcluster (2 workers, a port of its
-/// own), run from `dir` with the Python servers on the PATH.
+/// own, an early first look at a silent server), run from `dir` with the
+/// Python servers on the PATH.
 fn start_recipe(recipe: &Recipe, dir: &str) -> Master {
     let env = path_with_python();
-    rcluster_with(&recipe.flags(), &recipe.command(), |cmd| {
+    let mut flags = recipe.flags();
+    flags.push(SHORT_LOOK);
+    rcluster_with(&flags, &recipe.command(), |cmd| {
         cmd.env("PATH", &env).current_dir(dir);
     })
 }

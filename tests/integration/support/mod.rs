@@ -22,6 +22,20 @@ use serde_json::Value;
 /// Generous: a 2-core machine running the suite in parallel is slow.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// For a test whose subject is not the canary's hold: a hold that still
+/// runs the canary's path (held, then proven) without spending the
+/// default 2 s on every reload. The hold itself is tested with the
+/// default flags (`defaults.rs`, `release.rs`), and so is a reload under
+/// load (`defaults::reloads_with_the_default_flags_lose_nothing`).
+pub const SHORT_HOLD: &str = "--min-ready=50ms";
+
+/// For a test of a server that never says `READY=1`, whose subject is not
+/// when the master first looks at it: the look after 300 ms, not the
+/// default `--min-uptime` of 1 s (a booting server is busy, and looked at
+/// again; only one idle and not listening fails, so an earlier look is
+/// the stricter one).
+pub const SHORT_LOOK: &str = "--min-uptime=300ms";
+
 pub fn rcluster_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rcluster"))
 }
@@ -354,7 +368,11 @@ impl Drop for Master {
             }
         }
         let _ = self.child.wait();
-        if std::thread::panicking() {
+        // RCLUSTER_TEST_LOG=1: every master's log, to see where a passing
+        // test spends its time.
+        if std::thread::panicking()
+            || std::env::var_os("RCLUSTER_TEST_LOG").is_some_and(|v| v == "1")
+        {
             eprintln!("---- rcluster log ----\n{}\n----", self.log_text());
         }
     }
@@ -499,6 +517,38 @@ pub fn reload_under_wrk_at(
         "wrk counted failures during reloads: {stats:?}"
     );
     stats
+}
+
+/// The same under both clients at once, 16 connections each: the
+/// project's and wrk see every reload, and neither counts a failure.
+pub fn reload_under_both(
+    master: &mut Master,
+    workers: usize,
+    keep_alive: bool,
+    reloads: u64,
+    exec_workers: bool,
+) -> (load::Samples, wrk::WrkStats) {
+    let addr = master.listening();
+    let mut reloading = Reloads::new(master, workers, exec_workers);
+    // One gate for the two loads: they are one test's traffic.
+    let _gate = load::gate();
+    let ours = load::Load::start(addr, 16, keep_alive);
+    let wrk = wrk::Wrk::start(addr, 16, keep_alive);
+    reloading.run(master, reloads, |n| {
+        ours.wait_for_more(n / 2);
+        wrk.wait_for_more(n / 2);
+    });
+    let (ours, wrk) = (ours.finish(), wrk.finish());
+    assert!(wrk.requests > 0, "wrk served nothing: {wrk:?}");
+    assert_eq!(
+        (ours.failed(), wrk.failed()),
+        (0, 0),
+        "failed requests during reloads: ours {:?} ({} idle connections found closed \
+         before reuse), wrk {wrk:?}",
+        ours.errors,
+        ours.idle_closed
+    );
+    (ours, wrk)
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.

@@ -87,12 +87,16 @@ impl Wrk {
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot run wrk ({e}): install it (Debian: apt install wrk; ./test.sh does)")
         });
-        Wrk {
+        let wrk = Wrk {
             child,
             progress,
             _dir: dir,
             _gate: gate,
-        }
+        };
+        // Started means sending: wrk dies of a SIGINT that comes before it
+        // set its handler, and says nothing.
+        wrk.wait_for_more(1);
+        wrk
     }
 
     /// Responses so far, in hundreds per wrk thread.
@@ -114,15 +118,20 @@ impl Wrk {
         // SAFETY: signalling the wrk this test started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + WAIT;
-        while self.child.try_wait().unwrap().is_none() {
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
             assert!(Instant::now() < deadline, "wrk did not stop");
             std::thread::sleep(Duration::from_millis(10));
-        }
+        };
         let mut out = String::new();
+        let mut err = String::new();
         std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
-        out.lines()
-            .find_map(WrkStats::parse)
-            .unwrap_or_else(|| panic!("no wrk-result line in wrk's output:\n{out}"))
+        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        out.lines().find_map(WrkStats::parse).unwrap_or_else(|| {
+            panic!("no wrk-result line from wrk ({status}):\n{out}\nstderr:\n{err}")
+        })
     }
 }
 
