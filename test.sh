@@ -3,8 +3,48 @@
 # apt, as root or through sudo), then runs the whole suite. Arguments go to
 # `cargo test`. Those who have the tools may run `cargo test` alone: a
 # missing tool is then named in one line, with this script as the fix.
+#
+# `./test.sh --quick`: the edit-and-test loop, under a minute. The unit
+# tests, and one fast integration test per part of the architecture
+# (ARCHITECTURE.md), listed below; CI runs everything.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+QUICK=(
+    # start: the command line; launch: a command that cannot run
+    cli_errors::usage_errors_exit_64_with_all_that_clap_says
+    cli_errors::a_missing_command_exits_127_and_a_non_executable_one_126
+    # sockets: bound, passed by the systemd protocol, adopted from systemd
+    start::workers_serve_on_one_port_each_with_its_own_listen_pid_and_names
+    listen::a_worker_holds_only_its_stdio_and_listeners
+    notify::sockets_passed_with_listen_fds_are_adopted_instead_of_bound
+    # shell and policy: a crash, a reload, a stop, what the release is
+    restart::a_killed_worker_is_replaced_in_its_slot_while_the_service_answers
+    reload::the_old_worker_is_not_stopped_before_the_new_one_says_ready
+    stop::term_lets_a_request_in_flight_finish_then_exits_zero
+    releases::a_restart_after_an_aborted_reload_runs_the_serving_release
+    observe::a_crash_says_its_last_lines
+    upgrade::a_worker_that_dies_during_the_upgrade_is_restarted_by_the_new_image
+    # control: status, scale
+    control::status_shows_every_worker_as_a_table_and_as_json
+    control::scale_sets_the_worker_count
+    # check
+    check::a_server_that_cannot_run_is_said_so
+    # library: a worker's listeners, a cluster of one's own
+    library::listeners_are_found_by_position_and_name_and_checked
+    cluster::cluster_restarts_a_panicking_worker_and_reloads_on_hup
+    # the shape of the code and of the docs
+    layout::
+    docs::
+)
+
+if [ "${1:-}" = --quick ]; then
+    # `--test integration` alone would not rebuild the examples it runs.
+    cargo build --quiet --bin rcluster --examples
+    cargo test --quiet --lib
+    # Each name is a filter (`layout::` is the whole module).
+    exec cargo test --quiet --test integration -- "${QUICK[@]}"
+fi
 
 apt_install() {
     if [ "$(id -u)" = 0 ]; then

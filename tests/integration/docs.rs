@@ -218,3 +218,32 @@ fn the_performance_page_shows_every_goal_the_bench_measures() {
         );
     }
 }
+
+/// Every name in `./test.sh --quick`'s list is a test of this suite (or a
+/// whole module): a name that matches nothing would be a part of the
+/// architecture the quick tier silently stopped testing.
+#[test]
+fn every_quick_test_names_a_test() {
+    let script = std::fs::read_to_string(root().join("test.sh")).unwrap();
+    let list = script
+        .split_once("QUICK=(")
+        .and_then(|(_, rest)| rest.split_once("\n)"))
+        .expect("test.sh has a QUICK=( ... ) list")
+        .0;
+    let names: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let (module, test) = name.split_once("::").expect("module::test");
+        let file = root().join(format!("tests/integration/{module}.rs"));
+        let source = std::fs::read_to_string(&file)
+            .unwrap_or_else(|_| panic!("{name}: no tests/integration/{module}.rs"));
+        assert!(
+            test.is_empty() || source.contains(&format!("#[test]\nfn {test}()")),
+            "test.sh --quick names {name}, which is no test"
+        );
+    }
+}
