@@ -43,9 +43,11 @@ fn term_lets_a_request_in_flight_finish_then_exits_zero() {
 /// last line on stderr, not an INFO.
 #[test]
 fn a_drain_that_fails_is_a_warning_with_the_workers_last_words() {
+    // Ready once the trap is set: a TERM before it (under `--ready exec`,
+    // 7 ms after the exec once) would kill the shell outright.
     let script = "trap 'echo \"close tcp: use of closed network connection\" >&2; exit 1' TERM; \
-                  while :; do sleep 0.05; done";
-    let mut master = Master::start(&["-w", "1", "--ready", "exec", "--", "sh", "-c", script]);
+                  rcluster notify --ready; while :; do sleep 0.05; done";
+    let mut master = Master::start(&["-w", "1", "--ready", "notify", "--", "sh", "-c", script]);
     master.ready_workers();
     master.signal(libc::SIGTERM);
     let exited = master.expect_msg("worker exited");
