@@ -1,5 +1,5 @@
 //! Every example server under rcluster: reloads under load (the project's
-//! client and wrk at once, 16 connections each, keep-alive and
+//! client and wrk at once, 8 connections each, keep-alive and
 //! `Connection: close`) with zero failed requests counted by either. `hello` has its
 //! own, longer tests in reload.rs.
 
