@@ -12,8 +12,10 @@ const net = require('net');
 
 // While draining, how long an idle keep-alive connection stays open for a
 // request that may already be on its way (closing it at once races with a
-// client that is sending, which then sees a reset).
-const DRAIN_GRACE_MS = 500;
+// client that is sending, which then sees a reset): the idle timeout Node
+// states in each keep-alive response (`Keep-Alive: timeout=1`), so a client
+// away longer knows not to send on it.
+const DRAIN_GRACE_MS = 1000;
 
 const id = process.env.RCLUSTER_WORKER_ID ?? '-';
 const greeting = `hello from node worker ${id} (pid ${process.pid})\n`;
@@ -40,6 +42,10 @@ const server = http.createServer((req, res) => {
     res.end(greeting);
   }, delay);
 });
+
+// Idle keep-alive connections close after the drain's grace in normal
+// service too, and Node says so in each response.
+server.keepAliveTimeout = DRAIN_GRACE_MS;
 
 // snippet:start
 function drain() {

@@ -20,8 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # While draining, how long an idle keep-alive connection stays open for a
 # request that may already be on its way (closing at once races with a client
-# that is sending, which then sees a reset).
-DRAIN_GRACE = 0.5
+# that is sending, which then sees a reset). Each keep-alive response states
+# it as the idle timeout, so a client away longer knows not to send on it.
+DRAIN_GRACE = 1.0
 
 WORKER = os.environ.get("RCLUSTER_WORKER_ID", "-")
 GREETING = f"hello from python worker {WORKER} (pid {os.getpid()})\n".encode()
@@ -88,6 +89,8 @@ class Handler(BaseHTTPRequestHandler):
         # client is told to reconnect (to a worker that is not leaving).
         if self.close_connection or draining.is_set():
             self.send_header("Connection", "close")
+        else:
+            self.send_header("Keep-Alive", f"timeout={DRAIN_GRACE:.0f}")
         self.end_headers()
         self.wfile.write(GREETING)
 
@@ -140,7 +143,17 @@ def main():
     threading.Thread(target=stopper, daemon=True).start()
 
     sd_notify("READY=1")
-    server.serve_forever()  # returns once stop() ran: accepting stops here
+    server.serve_forever(poll_interval=0.1)  # returns once stop() ran
+    # What is queued already came to us: serve it, then close our copy of
+    # the socket at once, so that once every copy is closed a new
+    # connection is refused (a client knows, and goes elsewhere) rather
+    # than queued, then reset unanswered.
+    while True:
+        try:
+            server.process_request(*listener.accept())
+        except OSError:
+            break
+    listener.close()
     time.sleep(DRAIN_GRACE)
     close_idle_connections()
     server.server_close()  # joins the request threads

@@ -30,9 +30,11 @@ use rcluster::worker::{Listener, Shutdown, Stream};
 /// While draining, how long an idle keep-alive connection stays open for a
 /// request that may already be on its way. Closing at once races with a
 /// client that is sending (it would see a reset); this grace closes that
-/// window for every client that sends without pausing. `HELLO_DRAIN_GRACE_MS`
-/// overrides it.
-const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// window for every client that sends without pausing. It is the idle
+/// timeout each keep-alive response states (`Keep-Alive: timeout=1`), so a
+/// client that was away longer knows not to send on it. `HELLO_DRAIN_GRACE_MS`
+/// overrides it (the statement stays).
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// While draining, a keep-alive connection that keeps sending is told to
 /// close at a moment of its own within this time, not on its next
 /// response: clients that all reconnect at once queue behind each other on
@@ -269,7 +271,11 @@ fn serve_connection(
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{}",
             body.len(),
-            if close { "close" } else { "keep-alive" },
+            if close {
+                "close"
+            } else {
+                "keep-alive\r\nKeep-Alive: timeout=1"
+            },
             body
         );
         conn.write_all(response.as_bytes())?;

@@ -1,9 +1,9 @@
 //! A minimal HTTP/1.1 client, as strict as the clients people use: it reuses
 //! a connection whenever the response allows it (HTTP/1.1 without
 //! `Connection: close`, or HTTP/1.0 with `keep-alive`), whatever it asked
-//! for, so a server that closes without saying so fails the next request, as
-//! it would under wrk. Only a connection left idle is checked before reuse,
-//! as curl and browsers check theirs (see `load.rs`). Timeouts, so nothing
+//! for, so a server that closes without saying so fails, as it would under
+//! wrk. A connection is looked at before reuse, as curl and browsers look at
+//! theirs, and what that finds is judged in `load.rs`. Timeouts, so nothing
 //! hangs. Shared by the benchmark's load generator and the integration tests.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -26,6 +26,9 @@ pub struct Response {
     /// without `Connection: close`, or HTTP/1.0 with `keep-alive`, and a
     /// body whose end was marked (a length or chunks, not the close).
     pub reusable: bool,
+    /// How long the server said it keeps an idle connection open
+    /// (`Keep-Alive: timeout=N`, in seconds), if it said.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Response {
@@ -109,6 +112,7 @@ fn read_response<R: BufRead>(reader: &mut R) -> io::Result<Response> {
     let mut length = None;
     let mut chunked = false;
     let mut connection = String::new();
+    let mut idle_timeout = None;
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
@@ -135,6 +139,8 @@ fn read_response<R: BufRead>(reader: &mut R) -> io::Result<Response> {
             chunked = value.eq_ignore_ascii_case("chunked");
         } else if name.eq_ignore_ascii_case("connection") {
             connection = value.to_ascii_lowercase();
+        } else if name.eq_ignore_ascii_case("keep-alive") {
+            idle_timeout = stated_timeout(value);
         }
     }
     let has = |token: &str| connection.split(',').any(|t| t.trim() == token);
@@ -165,6 +171,18 @@ fn read_response<R: BufRead>(reader: &mut R) -> io::Result<Response> {
         body: String::from_utf8_lossy(&body).into_owned(),
         close,
         reusable: keep_alive && delimited,
+        idle_timeout,
+    })
+}
+
+/// `timeout=N` of a `Keep-Alive` header (`timeout=5, max=1000`).
+fn stated_timeout(value: &str) -> Option<Duration> {
+    value.split(',').find_map(|param| {
+        let (name, seconds) = param.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("timeout") {
+            return None;
+        }
+        seconds.trim().parse().ok().map(Duration::from_secs)
     })
 }
 
@@ -203,6 +221,17 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
     use std::sync::mpsc;
+
+    #[test]
+    fn the_stated_idle_timeout_is_read_from_keep_alive() {
+        assert_eq!(stated_timeout("timeout=5"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            stated_timeout("max=100, Timeout = 1"),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(stated_timeout("max=100"), None);
+        assert_eq!(stated_timeout("timeout=soon"), None);
+    }
 
     /// The peek sees a connection the server keeps as open, and leaves it
     /// usable (a closed one: `load::tests`).

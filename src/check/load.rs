@@ -3,12 +3,15 @@
 //! outcome. `rcluster check` drives servers with it; the benchmark and the
 //! integration tests use it too.
 
+use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use super::http::{Conn, Response, connect};
 
@@ -18,11 +21,6 @@ const MAX_RUN: Duration = Duration::from_secs(300);
 const GATE_WAIT: Duration = Duration::from_secs(30 * 60);
 /// How long `wait_for_more` waits for progress.
 const PROGRESS_WAIT: Duration = Duration::from_secs(20);
-/// A keep-alive connection whose last request went out longer ago than
-/// this is checked before reuse. A busy client (wrk) sends its next request
-/// within a millisecond of the last; only a client thread this machine
-/// starved (before it read the response, or after) takes longer.
-const IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,14 +35,20 @@ pub enum Outcome {
     Timeout,
     /// Answered with a status other than 200.
     BadStatus,
+    /// Not sent: the server closed the keep-alive connection it was meant
+    /// for, one its last response let the client reuse, within the idle
+    /// time the server stated (or stating none). wrk, which sends at once,
+    /// fails its next request there.
+    SilentClose,
     Other,
 }
 
 impl Outcome {
-    pub const FAILURES: [Outcome; 6] = [
+    pub const FAILURES: [Outcome; 7] = [
         Outcome::Refused,
         Outcome::Reset,
         Outcome::Closed,
+        Outcome::SilentClose,
         Outcome::Timeout,
         Outcome::BadStatus,
         Outcome::Other,
@@ -58,6 +62,7 @@ impl Outcome {
             Outcome::Closed => "closed",
             Outcome::Timeout => "timeout",
             Outcome::BadStatus => "bad status",
+            Outcome::SilentClose => "closed while idle",
             Outcome::Other => "other",
         }
     }
@@ -95,6 +100,11 @@ impl Sample {
     pub fn end(&self) -> Duration {
         self.start + self.latency
     }
+
+    /// Whether it ran at some point within `[from, to]`.
+    pub fn overlaps(&self, (from, to): (Duration, Duration)) -> bool {
+        self.start <= to && self.end() >= from
+    }
 }
 
 /// Everything a load run recorded.
@@ -104,8 +114,9 @@ pub struct Samples {
     pub samples: Vec<Sample>,
     /// The first few failures' messages.
     pub errors: Vec<String>,
-    /// Keep-alive connections found closed by the server before reuse, after
-    /// sitting longer than a busy client leaves one, and replaced.
+    /// Keep-alive connections found closed by the server before reuse once
+    /// the idle timeout it stated had passed (a client starved that long),
+    /// and replaced: no failure, but shown beside the failures.
     pub idle_closed: u64,
 }
 
@@ -135,8 +146,17 @@ pub struct Load {
 /// thread then waits longer than a server's drain grace to send its next
 /// request on a keep-alive connection, and that looks like a lost request.
 /// A thread that holds the gate may start more loads (two clients through
-/// the same reloads): they share it.
-pub struct Gate(#[allow(dead_code)] Option<MutexGuard<'static, ()>>);
+/// the same reloads): they share it. With `RCLUSTER_LOAD_GATE=FILE` (the
+/// test suite sets it), the loads of every process that has it take turns
+/// too, through a lock on that file: a test's and those of the
+/// `rcluster check` it runs, which holds it only while it loads.
+pub struct Gate {
+    _turn: Option<(MutexGuard<'static, ()>, Option<Flock<File>>)>,
+}
+
+/// The variable naming the file whose lock the loads of several processes
+/// take turns through.
+pub const GATE_FILE: &str = "RCLUSTER_LOAD_GATE";
 
 thread_local! {
     /// How many gates this thread holds.
@@ -149,24 +169,49 @@ impl Drop for Gate {
     }
 }
 
-/// Waits for the other loads of this process to end: at most `GATE_WAIT`,
-/// long enough for every load a test suite queues ahead of this one.
+/// Waits for the other loads of this process (and, with
+/// [`GATE_FILE`], of the others) to end: at most `GATE_WAIT`, long enough
+/// for every load a test suite queues ahead of this one.
 pub fn gate() -> Gate {
     static RUNNING: Mutex<()> = Mutex::new(());
     if HELD.with(|held| held.replace(held.get() + 1)) > 0 {
-        return Gate(None);
+        return Gate { _turn: None };
     }
     let deadline = Instant::now() + GATE_WAIT;
-    loop {
+    let given_up = || -> ! {
+        HELD.with(|held| held.set(held.get() - 1));
+        panic!("another load never ended");
+    };
+    let guard = loop {
         match RUNNING.try_lock() {
-            Ok(guard) => return Gate(Some(guard)),
+            Ok(guard) => break guard,
             // A test that failed while it held the gate: the load is over.
-            Err(TryLockError::Poisoned(e)) => return Gate(Some(e.into_inner())),
-            Err(TryLockError::WouldBlock) => {
-                if Instant::now() >= deadline {
-                    HELD.with(|held| held.set(held.get() - 1));
-                    panic!("another load in this process never ended");
-                }
+            Err(TryLockError::Poisoned(e)) => break e.into_inner(),
+            Err(TryLockError::WouldBlock) if Instant::now() >= deadline => given_up(),
+            Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let Some(path) = std::env::var_os(GATE_FILE) else {
+        return Gate {
+            _turn: Some((guard, None)),
+        };
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{GATE_FILE}={}: {e}", path.to_string_lossy()));
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                return Gate {
+                    _turn: Some((guard, Some(lock))),
+                };
+            }
+            Err((_, _)) if Instant::now() >= deadline => given_up(),
+            Err((again, _)) => {
+                file = again;
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -250,17 +295,32 @@ impl Load {
     }
 }
 
-/// The server closed `conn` while this client was away: its last request
-/// went out over [`IDLE_CHECK`] ago and the peer has closed. Checked as a
-/// client pool checks (curl, hyper, browsers): a thread starved past a
-/// server's idle grace would otherwise send on a connection the server
-/// closed long before, a loss no real client sees. The response may have
-/// waited in the socket as long as the thread did, so the time counts from
-/// the request, not the response. A busy connection is not checked, as wrk
-/// does not check, so a server that closes without saying so still fails
-/// the next request.
-fn closed_while_away(conn: &Conn<TcpStream>, asked_at: Instant) -> bool {
-    asked_at.elapsed() >= IDLE_CHECK && conn.closed_by_server()
+/// What a client does with a keep-alive connection before it sends on it
+/// again. It looks first, as pooled clients do (curl, hyper, browsers): a
+/// non-blocking peek.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    Send,
+    /// The server closed it, but only after the idle timeout it stated had
+    /// passed since this client's last request (a client thread starved
+    /// that long): a client that honours the timeout would not send on it.
+    Replace,
+    /// The server closed a connection its last response let the client
+    /// reuse, within the idle time it stated (or stating none): a failure,
+    /// however long the response took. The server's idle time is at most
+    /// the time since the request, so a close sooner than its timeout
+    /// broke its word.
+    SilentClose,
+}
+
+fn reuse(conn: &Conn<TcpStream>, asked_at: Instant, stated: Option<Duration>) -> Reuse {
+    if !conn.closed_by_server() {
+        return Reuse::Send;
+    }
+    match stated {
+        Some(timeout) if asked_at.elapsed() > timeout => Reuse::Replace,
+        _ => Reuse::SilentClose,
+    }
 }
 
 fn run(
@@ -272,15 +332,40 @@ fn run(
 ) -> Samples {
     let mut out = Samples::default();
     let mut conn = None;
-    // When the connection's last request went out: a request that fails on
-    // a reused connection says how long before it that was.
+    // When the connection's last request went out, and the idle timeout
+    // its last response stated.
     let mut asked_at: Option<Instant> = None;
+    let mut stated = None;
     while !stop.load(Ordering::SeqCst) && epoch.elapsed() < MAX_RUN {
-        if let (Some(c), Some(at)) = (&conn, asked_at)
-            && closed_while_away(c, at)
-        {
-            conn = None;
-            out.idle_closed += 1;
+        if let (Some(c), Some(at)) = (&conn, asked_at) {
+            match reuse(c, at, stated) {
+                Reuse::Send => {}
+                Reuse::Replace => {
+                    conn = None;
+                    out.idle_closed += 1;
+                }
+                Reuse::SilentClose => {
+                    conn = None;
+                    let now = Instant::now();
+                    let timeout = stated.map_or("it stated no idle timeout".into(), |t| {
+                        format!("its stated idle timeout is {} s", t.as_secs())
+                    });
+                    out.note(format!(
+                        "the server closed a keep-alive connection it had let the client reuse, \
+                         without Connection: close, {} ms after its last request ({timeout}) \
+                         (at {} ms)",
+                        now.saturating_duration_since(at).as_millis(),
+                        (now - epoch).as_millis()
+                    ));
+                    out.samples.push(Sample {
+                        start: now - epoch,
+                        latency: Duration::ZERO,
+                        outcome: Outcome::SilentClose,
+                        fresh: false,
+                    });
+                    continue;
+                }
+            }
         }
         let started = Instant::now();
         let fresh = conn.is_none();
@@ -301,35 +386,43 @@ fn run(
         match &result {
             Ok(response) if outcome == Outcome::Ok => {
                 ok.fetch_add(1, Ordering::SeqCst);
+                stated = response.idle_timeout;
                 // A client that said `Connection: close` sends nothing
                 // more on the connection (RFC 9112, 9.6), whatever the
                 // response says; otherwise it is reused while the response
                 // allows, and a server that closes a keep-alive connection
-                // without saying so fails the next request here.
+                // without saying so fails here.
                 if !keep_alive || !response.reusable {
                     conn = None;
                 }
             }
             _ => {
                 conn = None;
-                if out.errors.len() < 10 {
-                    let error = match result {
-                        Ok(response) => format!("status {}", response.status),
-                        Err(e) => e.to_string(),
-                    };
-                    out.errors.push(match last_asked.filter(|_| !fresh) {
-                        Some(at) => format!(
-                            "{error} (at {} ms, on a connection whose last request went out {} ms before)",
-                            (started - epoch).as_millis(),
-                            started.saturating_duration_since(at).as_millis()
-                        ),
-                        None => format!("{error} (at {} ms)", (started - epoch).as_millis()),
-                    });
-                }
+                let error = match result {
+                    Ok(response) => format!("status {}", response.status),
+                    Err(e) => e.to_string(),
+                };
+                let at = (started - epoch).as_millis();
+                out.note(match last_asked.filter(|_| !fresh) {
+                    Some(last) => format!(
+                        "{error} (at {at} ms, on a connection whose last request went out {} ms before)",
+                        started.saturating_duration_since(last).as_millis()
+                    ),
+                    None => format!("{error} (at {at} ms)"),
+                });
             }
         }
     }
     out
+}
+
+impl Samples {
+    /// Keeps a failure's message, the first few only.
+    fn note(&mut self, message: String) {
+        if self.errors.len() < 10 {
+            self.errors.push(message);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -338,23 +431,22 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener};
 
-    /// A server that answers one request with keep-alive and then closes,
-    /// as a draining worker closes a connection left idle past its grace.
-    #[test]
-    fn a_connection_closed_while_its_client_was_away_is_not_reused_and_a_busy_one_is() {
+    /// A server that answers one request on a keep-alive connection, after
+    /// `delay`, with `headers`, and then closes it without a word: as a
+    /// draining worker closes a connection it let the client reuse.
+    fn answered_then_closed(delay: Duration, headers: &'static str) -> Conn<TcpStream> {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().expect("accept");
             let mut request = [0u8; 512];
             let _ = stream.read(&mut request).expect("request");
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                .expect("response");
+            std::thread::sleep(delay);
+            let response = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{headers}\r\nok");
+            stream.write_all(response.as_bytes()).expect("response");
             stream.shutdown(Shutdown::Both).expect("close");
         });
         let mut conn = Conn::new(connect(addr).expect("connect")).expect("conn");
-        let asked_at = Instant::now();
         assert!(conn.request("/", false).expect("response").reusable);
         server.join().expect("server");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -365,14 +457,73 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        // Away longer than a busy client ever is: replaced, not sent on.
-        let long_ago = asked_at
-            .checked_sub(IDLE_CHECK)
-            .expect("a monotonic clock past 100 ms");
-        assert!(closed_while_away(&conn, long_ago));
-        // Sent on at once, as wrk would: not checked, so a server that
-        // closes without saying so still fails the next request.
-        assert!(!closed_while_away(&conn, Instant::now()));
-        assert!(conn.request("/", false).is_err());
+        conn
+    }
+
+    /// A slow response (150 ms, longer than the old 100 ms idle check),
+    /// then a silent close: a failure, as wrk's next request on it would
+    /// fail, not a connection quietly replaced.
+    #[test]
+    fn a_slow_response_then_a_silent_close_is_a_failure() {
+        let asked_at = Instant::now();
+        let conn = answered_then_closed(Duration::from_millis(150), "");
+        assert_eq!(reuse(&conn, asked_at, None), Reuse::SilentClose);
+        // Long after, too: it stated no idle timeout.
+        let long_ago = asked_at.checked_sub(Duration::from_secs(5)).unwrap();
+        assert_eq!(reuse(&conn, long_ago, None), Reuse::SilentClose);
+    }
+
+    /// A close after the idle timeout the server stated, counted from the
+    /// client's last request: a client starved that long would not send on
+    /// it, so it is replaced; within the timeout it is a failure.
+    #[test]
+    fn a_close_after_the_stated_idle_timeout_is_replaced() {
+        let asked_at = Instant::now();
+        let conn = answered_then_closed(Duration::ZERO, "Keep-Alive: timeout=1\r\n");
+        let one = Some(Duration::from_secs(1));
+        assert_eq!(reuse(&conn, asked_at, one), Reuse::SilentClose);
+        let long_ago = asked_at.checked_sub(Duration::from_millis(1100)).unwrap();
+        assert_eq!(reuse(&conn, long_ago, one), Reuse::Replace);
+    }
+
+    /// The loop as a client runs it: the silent close is a sample of its
+    /// own, with a message, and a new connection serves the next request.
+    #[test]
+    fn the_load_counts_a_silent_close_and_goes_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // Every connection: one slow answer, then a silent close.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut request = [0u8; 512];
+                let _ = stream.read(&mut request);
+                std::thread::sleep(Duration::from_millis(120));
+                // Corked, the answer and the close leave in one segment: the
+                // client sees the close by the time it has read the answer.
+                let _ = socket2::SockRef::from(&stream).set_tcp_cork(true);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        });
+        let stop = AtomicBool::new(false);
+        let ok = AtomicU64::new(0);
+        let samples = std::thread::scope(|scope| {
+            let load = scope.spawn(|| run(addr, true, Instant::now(), &stop, &ok));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ok.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            stop.store(true, Ordering::SeqCst);
+            load.join().expect("the load")
+        });
+        assert!(samples.ok() >= 3, "{samples:?}");
+        assert!(samples.count(Outcome::SilentClose) >= 2, "{samples:?}");
+        assert_eq!(samples.idle_closed, 0);
+        assert!(
+            samples.errors[0].contains("without Connection: close"),
+            "{:?}",
+            samples.errors
+        );
     }
 }

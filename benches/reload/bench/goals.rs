@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::load::Outcome;
 use super::report::Report;
 use super::scenarios::Mode;
 use super::stats::{median, ms};
@@ -120,7 +121,24 @@ fn failed(report: &Report) -> Option<(String, bool)> {
         .flat_map(|r| r.failed.iter().map(|f| f.1))
         .sum();
     let served: u64 = report.reload.iter().map(|r| r.served).sum();
-    Some((format!("{total} of {served}"), total == 0))
+    // Silent closes are failures, counted in the total; connections the
+    // server closed after its stated idle timeout were replaced, no
+    // failure, but shown beside them.
+    let silent: u64 = report
+        .reload
+        .iter()
+        .flat_map(|r| &r.failed)
+        .filter(|f| f.0 == Outcome::SilentClose)
+        .map(|f| f.1)
+        .sum();
+    let replaced: u64 = report.reload.iter().map(|r| r.samples.idle_closed).sum();
+    Some((
+        format!(
+            "{total} of {served} ({silent} closed while idle; {replaced} idle connections \
+             replaced after the server's stated timeout)"
+        ),
+        total == 0,
+    ))
 }
 
 fn p99_ratio(report: &Report, workers: usize) -> Option<(String, bool)> {

@@ -103,7 +103,7 @@ impl Report {
             }
             let _ = writeln!(
                 t,
-                "  served {}, failed {}; idle connections the server had closed, replaced before reuse: {}",
+                "  served {}, failed {}; idle connections closed after the server's stated idle timeout, replaced before reuse: {}",
                 r.served,
                 stats::failures_text(&r.failed),
                 r.samples.idle_closed

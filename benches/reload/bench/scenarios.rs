@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::Opts;
 use super::load::{Load, Outcome, Sample, Samples};
 use super::procfs;
-use super::stats::{self, Latency, failures, latency, median, overlaps};
+use super::stats::{self, Latency, failures, latency, median};
 use super::target::{Bins, Event, External, Rcluster};
 
 /// How clients use connections.
@@ -255,7 +255,7 @@ pub fn reload(opts: &Opts, server: &Server, workers: usize, mode: Mode) -> Reloa
     let (during, outside): (Vec<Sample>, Vec<Sample>) = samples
         .samples
         .iter()
-        .partition(|s| windows.iter().any(|w| overlaps(s, *w)));
+        .partition(|s| windows.iter().any(|w| s.overlaps(*w)));
     Reload {
         mode,
         workers,

@@ -83,11 +83,6 @@ pub fn failures_text(counts: &[(Outcome, u64)]) -> String {
     }
 }
 
-/// Whether a request ran at some point within `[from, to]`.
-pub fn overlaps(s: &Sample, (from, to): (Duration, Duration)) -> bool {
-    s.start <= to && s.end() >= from
-}
-
 /// One time bucket of a run, for the picture and the JSON.
 #[derive(Debug, Clone, Copy)]
 pub struct Bucket {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::Opts;
 use super::load::{Load, Outcome, Sample};
 use super::scenarios::{Mode, hello_cluster};
-use super::stats::{self, Latency, failures, latency, median, overlaps};
+use super::stats::{self, Latency, failures, latency, median};
 use super::target::Bins;
 
 pub struct UpgradeRow {
@@ -104,7 +104,7 @@ pub fn upgrade(opts: &Opts, bins: &Bins, workers: usize, mode: Mode) -> UpgradeR
     let samples = load.finish();
     rcluster.stop();
     let in_any =
-        |s: &Sample, windows: &[(Duration, Duration)]| windows.iter().any(|w| overlaps(s, *w));
+        |s: &Sample, windows: &[(Duration, Duration)]| windows.iter().any(|w| s.overlaps(*w));
     let during = |windows: &[(Duration, Duration)]| {
         latency(samples.samples.iter().filter(|s| in_any(s, windows)))
     };
