@@ -191,6 +191,43 @@ impl Checked {
         live.iter().copied().collect()
     }
 
+    /// The live workers as the log keeps them, for a load's threads.
+    pub fn live_set(&self) -> Arc<Mutex<BTreeSet<i32>>> {
+        Arc::clone(&self.live)
+    }
+
+    /// After a reload to `generation` answered: the exit records of the
+    /// workers of `before` it told to drain, once each has exited (or
+    /// `deadline` passed). A reload's window ends with the last of them:
+    /// what a drain does at its end (a kill at `--stop-timeout`, clients
+    /// held till then) is part of the reload.
+    pub fn drained_exits(&self, generation: u64, before: &[i32], deadline: Instant) -> Vec<Value> {
+        let pid_in = |r: &Value, pids: &[i32]| {
+            r["pid"]
+                .as_i64()
+                .is_some_and(|pid| pids.contains(&(pid as i32)))
+        };
+        // Every drain it started is logged before its end, which the log
+        // may bring a moment after the answer.
+        let ended = |r: &Value| {
+            (r["msg"] == "reload complete" || r["msg"] == "reload aborted")
+                && r["generation"].as_u64() >= Some(generation)
+        };
+        loop {
+            let told: Vec<i32> = self
+                .seen(|r| r["msg"] == "worker draining" && pid_in(r, before))
+                .iter()
+                .filter_map(|r| Some(r["pid"].as_i64()? as i32))
+                .collect();
+            let exits = self.seen(|r| r["msg"] == "worker exited" && pid_in(r, &told));
+            let settled = !self.seen(ended).is_empty() && exits.len() >= told.len();
+            if settled || Instant::now() >= deadline {
+                return exits;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The pids of the workers the master calls ready, asked of it: the
     /// log may lag, and a worker told to drain a moment ago is no place for
     /// a request meant to be cut by the next stop. The log's live workers

@@ -18,8 +18,10 @@ mod child;
 pub mod http;
 pub mod load;
 mod questions;
+mod reloads;
 mod report;
 mod sockets;
+mod traffic;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -164,7 +166,7 @@ fn check(plan: &Plan, say: &dyn Fn(&str)) -> Report {
         } else {
             "reloading under Connection: close load"
         });
-        load_phases.push(questions::reloads(
+        load_phases.push(reloads::reloads(
             &checked,
             keep_alive,
             3,
@@ -193,7 +195,26 @@ fn check(plan: &Plan, say: &dyn Fn(&str)) -> Report {
     report.answers.extend(load_phases);
     report.answers.extend(drains);
     report.answers.push(own_port);
+    for answer in &mut report.answers {
+        no_cure_known(answer);
+    }
     report
+}
+
+/// A bad answer that no flag of rcluster's made good says so, with what
+/// the server itself would have to change, where the question knows.
+fn no_cure_known(answer: &mut Answer) {
+    let cured = answer
+        .cure
+        .as_ref()
+        .is_some_and(|(_, again)| again.verdict == Verdict::Good);
+    if answer.verdict != Verdict::Bad || cured {
+        return;
+    }
+    answer.fix = Some(match answer.fix.take() {
+        Some(advice) => format!("no cure known in rcluster's flags; in the server: {advice}"),
+        None => "no cure known in rcluster's flags: the server itself must change".into(),
+    });
 }
 
 fn load_modes(protocol: Protocol) -> Vec<bool> {
@@ -215,7 +236,7 @@ fn cure_with_http_drain(plan: &Plan, loads: &mut [Answer], drains: &mut [Answer]
     }
     for answer in loads.iter_mut().filter(|a| a.verdict == Verdict::Bad) {
         let keep_alive = answer.question != "reload close";
-        let again = questions::reloads(&checked, keep_alive, 3, plan.protocol, plan.phase());
+        let again = reloads::reloads(&checked, keep_alive, 3, plan.protocol, plan.phase());
         attach(answer, "--http-drain", again);
     }
     if drains[0].verdict == Verdict::Bad {

@@ -1,44 +1,27 @@
 //! The questions `rcluster check` asks of a server running under it, one
 //! function each: how its workers say ready, whether a crash heals,
-//! whether reloads under load lose requests, whether a request in flight
-//! survives its worker's stop, what a new connection gets during a stop,
-//! and whether it binds a port of its own.
+//! whether a request in flight survives its worker's stop, what a new
+//! connection gets during a stop, and whether it binds a port of its own.
+//! The reloads under load have a file of their own (`reloads.rs`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::Protocol;
 use super::child::Checked;
-use super::load::{Load, Outcome};
+use super::load::Outcome;
 use super::report::{Answer, Verdict};
+use super::traffic::{Got, Workers, first_words, tcp_probe};
 use crate::vocab::human;
-
-/// Connections each load phase keeps busy.
-const CONNECTIONS: usize = 8;
 
 /// A worker's exits in a row at start after which it is crash-looping.
 const CRASH_LOOP: u64 = 5;
 
 /// How long a worker seen on a port of its own has to say ready.
 const OWN_PORT_GRACE: Duration = Duration::from_secs(3);
-
-/// How long one reload may take: its new workers' start and its old
-/// workers' drain (up to the default --ready-timeout and --stop-timeout).
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// A latency: tenths of a millisecond below ten.
-fn short(d: Duration) -> String {
-    if d < Duration::from_millis(10) {
-        format!("{:.1}ms", d.as_secs_f64() * 1000.0)
-    } else {
-        human(d)
-    }
-}
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
@@ -231,7 +214,8 @@ pub fn crash(checked: &Checked, protocol: Protocol) -> Answer {
     let ready = checked.expect(deadline, |r| {
         r["msg"] == "worker ready" && Some(&r["slot"]) == slot.as_ref()
     });
-    let served = ready.is_some() && probe_until(addr, protocol, deadline);
+    let workers = checked.live_set();
+    let served = ready.is_some() && probe_until(addr, protocol, &workers, deadline);
     match (exited, ready, served) {
         (Some(exited), Some(ready), true) => {
             let took = between(&exited, &ready);
@@ -257,11 +241,11 @@ pub fn crash(checked: &Checked, protocol: Protocol) -> Answer {
 }
 
 /// One request (or, for TCP, one connection) answered before `deadline`.
-fn probe_until(addr: SocketAddr, protocol: Protocol, deadline: Instant) -> bool {
+fn probe_until(addr: SocketAddr, protocol: Protocol, workers: &Workers, deadline: Instant) -> bool {
     while Instant::now() < deadline {
         let ok = match protocol {
             Protocol::Http => super::http::get(addr, "/").is_ok_and(|r| r.status < 500),
-            Protocol::Tcp => tcp_probe(addr) == Outcome::Ok,
+            Protocol::Tcp => tcp_probe(addr, workers) == Outcome::Ok,
         };
         if ok {
             return true;
@@ -269,309 +253,6 @@ fn probe_until(addr: SocketAddr, protocol: Protocol, deadline: Instant) -> bool 
         std::thread::sleep(Duration::from_millis(20));
     }
     false
-}
-
-/// `reloads` reloads under load (keep-alive or `Connection: close`; for
-/// TCP, a connection each): requests sent, answered and failed.
-pub fn reloads(
-    checked: &Checked,
-    keep_alive: bool,
-    reloads: usize,
-    protocol: Protocol,
-    budget: Duration,
-) -> Answer {
-    let question = match (protocol, keep_alive) {
-        (Protocol::Tcp, _) => "reload",
-        (Protocol::Http, true) => "reload keep-alive",
-        (Protocol::Http, false) => "reload close",
-    };
-    let Some(addr) = checked.addr else {
-        return Answer::new(
-            question,
-            Verdict::NotChecked,
-            "no TCP listener to load".into(),
-        );
-    };
-    let deadline = Instant::now() + budget;
-    let load = Traffic::start(addr, keep_alive, protocol);
-    let mut done = Vec::new();
-    if load.progressed(20, Duration::from_secs(5)) {
-        // The budget decides whether another reload starts (one that would
-        // likely end past it does not), never how long one may take: a
-        // reload cut short would be a failure of the check's, not of the
-        // server's.
-        let mut longest = Duration::ZERO;
-        while done.len() < reloads && (done.is_empty() || Instant::now() + longest < deadline) {
-            let started = Instant::now();
-            done.push(checked.reload(RELOAD_TIMEOUT));
-            longest = longest.max(started.elapsed());
-            load.progressed(20, Duration::from_secs(2));
-        }
-    }
-    let mut counts = load.finish();
-    let (p50, p99) = (counts.latency(500), counts.latency(990));
-    let aborted: Vec<String> = done
-        .iter()
-        .filter_map(|r| match r {
-            Ok(answer) if answer["ok"] == true => None,
-            Ok(answer) => Some(answer["error"].as_str().unwrap_or("aborted").to_string()),
-            Err(e) => Some(format!("no answer: {e}")),
-        })
-        .collect();
-    let mut took: Vec<u64> = done
-        .iter()
-        .filter_map(|r| r.as_ref().ok()?["duration_ms"].as_u64())
-        .collect();
-    took.sort_unstable();
-    let figures = json!({
-        "reloads": done.len(),
-        "reload_ms": took,
-        "sent": counts.sent,
-        "answered": counts.ok,
-        "failed": counts.failed(),
-        "reset": counts.reset,
-        "closed": counts.closed,
-        "timeout": counts.timeout,
-        "refused": counts.refused,
-        "other": counts.other,
-        "aborted": aborted,
-        "latency_p50_ms": p50.map(|d| d.as_secs_f64() * 1000.0),
-        "latency_p99_ms": p99.map(|d| d.as_secs_f64() * 1000.0),
-    });
-    let took_text = match (took.len(), took.get(took.len() / 2)) {
-        (1, Some(&median)) => format!(" ({})", human(Duration::from_millis(median))),
-        (_, Some(&median)) => format!(" ({} each)", human(Duration::from_millis(median))),
-        (_, None) => String::new(),
-    };
-    let latency_text = match (p50, p99) {
-        (Some(p50), Some(p99)) => format!("; latency p50 {}, p99 {}", short(p50), short(p99)),
-        _ => String::new(),
-    };
-    let summary = format!(
-        "{}{took_text} under load: {} sent, {} answered, {}{latency_text}",
-        reloads_text(done.len()),
-        counts.sent,
-        counts.ok,
-        counts.failures_text()
-    );
-    let verdict = if counts.failed() == 0 && aborted.is_empty() && !done.is_empty() {
-        Verdict::Good
-    } else {
-        Verdict::Bad
-    };
-    let mut answer = Answer::new(question, verdict, summary).figures(figures);
-    if let Some(why) = aborted.first() {
-        answer
-            .summary
-            .push_str(&format!("; a reload did not complete: {why}"));
-    } else if counts.ok == 0 {
-        answer
-            .summary
-            .push_str("; nothing was answered (is it an HTTP server? try --protocol tcp)");
-    }
-    answer
-}
-
-fn reloads_text(n: usize) -> String {
-    match n {
-        1 => "1 reload".into(),
-        n => format!("{n} reloads"),
-    }
-}
-
-/// What a load counted.
-#[derive(Debug, Default, Clone)]
-struct Counts {
-    /// The latencies of the answered requests (HTTP only).
-    latencies: Vec<Duration>,
-    sent: u64,
-    ok: u64,
-    reset: u64,
-    closed: u64,
-    timeout: u64,
-    refused: u64,
-    other: u64,
-}
-
-impl Counts {
-    fn failed(&self) -> u64 {
-        self.sent - self.ok
-    }
-
-    /// The latency under which `per_mille` of the answered requests came.
-    fn latency(&mut self, per_mille: usize) -> Option<Duration> {
-        self.latencies.sort_unstable();
-        let at =
-            (self.latencies.len() * per_mille / 1000).min(self.latencies.len().checked_sub(1)?);
-        Some(self.latencies[at])
-    }
-
-    fn failures_text(&self) -> String {
-        if self.failed() == 0 {
-            return "0 failed".into();
-        }
-        let kinds: Vec<String> = [
-            (self.reset, "reset"),
-            (self.closed, "closed without an answer"),
-            (self.timeout, "timed out"),
-            (self.refused, "refused"),
-            (self.other, "other"),
-        ]
-        .iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, what)| format!("{n} {what}"))
-        .collect();
-        format!("{} failed ({})", self.failed(), kinds.join(", "))
-    }
-
-    fn add(&mut self, outcome: Outcome) {
-        self.sent += 1;
-        match outcome {
-            Outcome::Ok => self.ok += 1,
-            Outcome::Reset => self.reset += 1,
-            Outcome::Closed => self.closed += 1,
-            Outcome::Timeout => self.timeout += 1,
-            Outcome::Refused => self.refused += 1,
-            Outcome::BadStatus | Outcome::Other => self.other += 1,
-        }
-    }
-}
-
-/// The project's strict HTTP/1.1 client, or TCP connections.
-enum Traffic {
-    Http(Load),
-    Tcp(TcpLoad),
-}
-
-impl Traffic {
-    fn start(addr: SocketAddr, keep_alive: bool, protocol: Protocol) -> Traffic {
-        match protocol {
-            Protocol::Http => Traffic::Http(Load::start(addr, CONNECTIONS, keep_alive)),
-            Protocol::Tcp => Traffic::Tcp(TcpLoad::start(addr)),
-        }
-    }
-
-    fn progressed(&self, n: u64, within: Duration) -> bool {
-        match self {
-            Traffic::Http(load) => load.progressed(n, within),
-            Traffic::Tcp(load) => load.progressed(n, within),
-        }
-    }
-
-    fn finish(self) -> Counts {
-        let mut counts = Counts::default();
-        match self {
-            Traffic::Http(load) => {
-                for sample in load.finish().samples {
-                    counts.add(sample.outcome);
-                    if sample.outcome == Outcome::Ok {
-                        counts.latencies.push(sample.latency);
-                    }
-                }
-            }
-            Traffic::Tcp(load) => {
-                for outcome in load.finish() {
-                    counts.add(outcome);
-                }
-            }
-        }
-        counts
-    }
-}
-
-/// Connections to a TCP server that is not HTTP: each is accepted and not
-/// closed at once (the server waits for input), or it failed.
-struct TcpLoad {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    threads: Vec<std::thread::JoinHandle<Vec<Outcome>>>,
-}
-
-impl TcpLoad {
-    fn start(addr: SocketAddr) -> TcpLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let threads = (0..CONNECTIONS)
-            .map(|_| {
-                let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
-                std::thread::spawn(move || {
-                    let mut outcomes = Vec::new();
-                    while !stop.load(Ordering::SeqCst) {
-                        let outcome = tcp_probe(addr);
-                        if outcome == Outcome::Ok {
-                            ok.fetch_add(1, Ordering::SeqCst);
-                        }
-                        outcomes.push(outcome);
-                    }
-                    outcomes
-                })
-            })
-            .collect();
-        TcpLoad { stop, ok, threads }
-    }
-
-    fn progressed(&self, n: u64, within: Duration) -> bool {
-        let target = self.ok.load(Ordering::SeqCst) + n;
-        let deadline = Instant::now() + within;
-        while self.ok.load(Ordering::SeqCst) < target {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        true
-    }
-
-    fn finish(self) -> Vec<Outcome> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap_or_default())
-            .collect()
-    }
-}
-
-/// What a new connection got first.
-enum Got {
-    Refused,
-    /// The connect itself did not complete in time.
-    NoConnect,
-    Closed,
-    Reset,
-    Bytes,
-    Nothing,
-}
-
-/// Connects, sends `request`, and reads once within `within`.
-fn first_words(addr: SocketAddr, request: &[u8], within: Duration) -> Got {
-    use std::io::ErrorKind;
-    let mut stream = match TcpStream::connect_timeout(&addr, within.max(Duration::from_secs(1))) {
-        Ok(stream) => stream,
-        Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Got::Refused,
-        Err(_) => return Got::NoConnect,
-    };
-    let _ = stream.set_read_timeout(Some(within));
-    // A write that fails shows as the read's error.
-    let _ = stream.write_all(request);
-    let mut buf = [0u8; 64];
-    match stream.read(&mut buf) {
-        Ok(0) => Got::Closed,
-        Ok(_) => Got::Bytes,
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Got::Nothing,
-        Err(_) => Got::Reset,
-    }
-}
-
-/// Connects, and waits a moment: a server that waits for input (or says
-/// something) took the connection; one that closes or resets it did not.
-fn tcp_probe(addr: SocketAddr) -> Outcome {
-    match first_words(addr, b"", Duration::from_millis(50)) {
-        Got::Refused => Outcome::Refused,
-        Got::NoConnect => Outcome::Timeout,
-        Got::Closed => Outcome::Closed,
-        Got::Reset => Outcome::Reset,
-        Got::Bytes | Got::Nothing => Outcome::Ok,
-    }
 }
 
 /// A request sent but for its last line, held by a known worker: in
@@ -661,6 +342,11 @@ pub fn drain(checked: &Checked, stop: bool, protocol: Protocol) -> Answer {
         "drain on reload"
     };
     let (Protocol::Http, Some(addr)) = (protocol, checked.addr) else {
+        // The stop is asked all the same: what a new connection gets
+        // during it is the next question.
+        if stop {
+            let _ = checked.ask(json!({"cmd": "stop"}), Duration::from_secs(5));
+        }
         return Answer::new(
             question,
             Verdict::NotChecked,
@@ -730,15 +416,21 @@ pub fn drain(checked: &Checked, stop: bool, protocol: Protocol) -> Answer {
 }
 
 /// During a graceful stop (already asked for): what a new connection gets,
-/// every 50 ms until the master exits (or 5 s).
+/// every 50 ms until the master exits (or 5 s). Refused is good (a client
+/// knows at once, and may go elsewhere); closed without an answer is not
+/// (a client that does not retry, a POST, has failed), nor is left
+/// hanging.
 pub fn during_stop(checked: &mut Checked, protocol: Protocol) -> Answer {
     let question = "new conn on stop";
     let Some(addr) = checked.addr else {
         return Answer::new(question, Verdict::NotChecked, "no TCP listener".into());
     };
+    let workers = checked.live_set();
     let (mut refused, mut closed, mut served, mut hung) = (0, 0, 0, 0);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && checked.exited().is_none() {
+    // At least one connection, even if the stop was over before the first:
+    // what it gets then (refused) is what a client would get.
+    loop {
         let asked = Instant::now();
         match protocol {
             Protocol::Http => match answer_within(addr, Duration::from_secs(1)) {
@@ -747,10 +439,15 @@ pub fn during_stop(checked: &mut Checked, protocol: Protocol) -> Answer {
                 Ask::Served => served += 1,
                 Ask::Hung => hung += 1,
             },
-            Protocol::Tcp => match tcp_probe(addr) {
+            Protocol::Tcp => match tcp_probe(addr, &workers) {
                 Outcome::Refused => refused += 1,
-                _ => served += 1,
+                Outcome::Ok => served += 1,
+                Outcome::Closed | Outcome::Reset => closed += 1,
+                _ => hung += 1,
             },
+        }
+        if Instant::now() >= deadline || checked.exited().is_some() {
+            break;
         }
         std::thread::sleep(Duration::from_millis(50).saturating_sub(asked.elapsed()));
     }
@@ -759,18 +456,22 @@ pub fn during_stop(checked: &mut Checked, protocol: Protocol) -> Answer {
         "{refused} refused at once, {closed} closed at once, {served} served, {hung} left \
          hanging"
     );
-    if hung == 0 {
-        Answer::new(question, Verdict::Good, summary).figures(figures)
-    } else {
+    if hung > 0 {
         Answer::new(question, Verdict::Bad, summary)
-            .fix("the workers keep their listening socket open without accepting while they drain: close it on the stop signal (or run with --http-drain)")
+            .fix("the workers keep their listening socket open without accepting while they drain: close it on the stop signal")
             .figures(figures)
+    } else if closed > 0 {
+        Answer::new(question, Verdict::Bad, summary)
+            .fix("the workers accept new connections during the stop and close them unanswered: stop accepting and close the listening socket on the stop signal, so that they are refused")
+            .figures(figures)
+    } else {
+        Answer::new(question, Verdict::Good, summary).figures(figures)
     }
 }
 
 enum Ask {
     Refused,
-    /// Closed or reset without an answer: a client knows at once.
+    /// Closed or reset without an answer.
     Closed,
     Served,
     Hung,

@@ -17,7 +17,7 @@ end
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    "wrk-result requests=%d connect=%d read=%d write=%d status=%d timeout=%d p50=%d p99=%d\n",
+    "wrk-result requests=%d connect=%d read=%d write=%d status=%d timeout=%d p50=%d p99=%d max=%d\n",
     summary.requests, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(99)))
+    latency:percentile(50), latency:percentile(99), latency.max))
 end

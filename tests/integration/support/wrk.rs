@@ -26,6 +26,8 @@ pub struct WrkStats {
     pub timeout: u64,
     pub p50_us: u64,
     pub p99_us: u64,
+    /// The longest a request waited.
+    pub max_us: u64,
 }
 
 impl WrkStats {
@@ -48,6 +50,7 @@ impl WrkStats {
                 "timeout" => stats.timeout = value,
                 "p50" => stats.p50_us = value,
                 "p99" => stats.p99_us = value,
+                "max" => stats.max_us = value,
                 _ => {}
             }
         }
