@@ -19,8 +19,9 @@
 //! page-table entries of clean file mappings. rcluster stays in the
 //! foreground (systemd's `Type=notify`, PID 1 in a container), so it drops
 //! them itself. Only mappings that are file-backed, not writable and hold
-//! no anonymous page are touched: for those, dropping an entry loses
-//! nothing (a writable or copied-on-write page would lose its contents).
+//! no anonymous page, resident or in swap, are touched: for those,
+//! dropping an entry loses nothing (a writable or copied-on-write page
+//! would lose its contents).
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -100,7 +101,8 @@ struct Mapping {
 }
 
 /// The mappings of `/proc/self/smaps` that are backed by a file, not
-/// writable, and hold no anonymous (private, modified) page.
+/// writable, and hold no anonymous (private, modified) page, resident or
+/// swapped out.
 fn clean_file_mappings(smaps: &str) -> Vec<Mapping> {
     let mut found = Vec::new();
     let mut current: Option<Mapping> = None;
@@ -120,7 +122,12 @@ fn clean_file_mappings(smaps: &str) -> Vec<Mapping> {
             current = clean.then_some(Mapping { start, end });
             continue;
         }
-        if first == "Anonymous:" && fields.next() != Some("0") {
+        // A private page copied once (relocated data made read-only by
+        // RELRO: the GOT, vtables) shows as `Anonymous` while resident and
+        // as `Swap` once swapped out. Dropping the entry of a swapped one
+        // would lose it: the next access would read the file's unrelocated
+        // bytes.
+        if (first == "Anonymous:" || first == "Swap:") && fields.next() != Some("0") {
             current = None;
         }
         // The last field of each entry: the mapping is complete.
@@ -153,6 +160,9 @@ mod tests {
     }
 
     #[test]
+    /// The second libc mapping is its relocated, read-only data, swapped
+    /// out: `Anonymous: 0`, `Swap: 8`. Chosen, its pages were thrown away
+    /// (#35).
     fn only_clean_file_mappings_are_chosen() {
         let smaps = "\
 55d0-55e0 r-xp 00001000 fe:00 12 /usr/bin/rcluster
@@ -170,7 +180,13 @@ Anonymous:             4 kB
 VmFlags: rd wr mr mw me ac
 7f00-7f10 r--p 00000000 fe:00 34 /usr/lib/libc.so.6
 Anonymous:             0 kB
+Swap:                  0 kB
 VmFlags: rd mr mw me
+7f10-7f20 r--p 00010000 fe:00 34 /usr/lib/libc.so.6
+Rss:                   0 kB
+Anonymous:             0 kB
+Swap:                  8 kB
+VmFlags: rd mr mw me ac
 ";
         assert_eq!(
             clean_file_mappings(smaps),
