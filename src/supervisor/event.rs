@@ -205,6 +205,29 @@ pub enum Action {
     Exit(Outcome),
 }
 
+impl Action {
+    /// Its name, for a slow turn's record.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Spawn { .. } => "Spawn",
+            Action::Signal { .. } => "Signal",
+            Action::KillGroup { .. } => "KillGroup",
+            Action::KillRemnants { .. } => "KillRemnants",
+            Action::StopGroup { .. } => "StopGroup",
+            Action::FindStrays { .. } => "FindStrays",
+            Action::MeasureMemory { .. } => "MeasureMemory",
+            Action::CheckListeners { .. } => "CheckListeners",
+            Action::LookServing { .. } => "LookServing",
+            Action::CloseListeners => "CloseListeners",
+            Action::Steer { .. } => "Steer",
+            Action::Log(_) => "Log",
+            Action::NotifyManager(_) => "NotifyManager",
+            Action::ReloadFinished(_) => "ReloadFinished",
+            Action::Exit(_) => "Exit",
+        }
+    }
+}
+
 /// How a reload ended, for `rcluster status` and `reload --wait`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {

@@ -240,6 +240,8 @@ pub enum Record {
     SlowTurn {
         took: Duration,
         handled: String,
+        /// The steps that took 100 ms or more, innermost first.
+        steps: String,
     },
     /// Log lines that could not be written (a full disk, a reader that is
     /// gone or stalled), now that lines get through again.

@@ -699,10 +699,22 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             r.str("path", path);
             r.say(format_args!("reopened the log file {path}"))
         }
-        SlowTurn { took, handled } => {
-            r.ms("took_ms", *took).str("handled", handled);
+        SlowTurn {
+            took,
+            handled,
+            steps,
+        } => {
+            r.ms("took_ms", *took)
+                .str("handled", handled)
+                .str("steps", steps);
+            let within = if steps.is_empty() {
+                String::new()
+            } else {
+                format!(" (the slow steps, innermost first: {steps})")
+            };
             r.say(format_args!(
-                "the master was busy for {} handling {handled}: nothing else was done meanwhile",
+                "the master was busy for {} handling {handled}{within}: nothing else was done \
+                 meanwhile",
                 human(*took)
             ))
         }

@@ -12,6 +12,7 @@ mod execute;
 mod observe;
 mod requests;
 mod resume;
+mod steps;
 mod upgrade;
 mod workers;
 
@@ -197,6 +198,8 @@ struct Master<'a, L: Launch> {
     /// When to give back memory before a long sleep (`trim.rs`); none
     /// for a library's master.
     trimmer: Option<trim::Trimmer>,
+    /// The steps of this turn that took long, for a slow turn's record.
+    steps: steps::Steps,
 }
 
 impl<'a, L: Launch> Master<'a, L> {
@@ -267,6 +270,7 @@ impl<'a, L: Launch> Master<'a, L> {
             log_lost_before: 0,
             reload_at_start: false,
             trimmer: None,
+            steps: steps::Steps::default(),
         })
     }
 
@@ -297,9 +301,13 @@ impl<'a, L: Launch> Master<'a, L> {
                 trimmer.woke();
             }
             self.handle(&sources, now);
+            let began = Instant::now();
             self.after_events(now);
+            self.steps.ended(began, || "after the events".into());
             if self.upgrading.is_some() {
+                let began = Instant::now();
                 self.advance_upgrade(now);
+                self.steps.ended(began, || "the upgrade".into());
             }
             self.check_turn(now, &sources);
         }
@@ -310,13 +318,18 @@ impl<'a, L: Launch> Master<'a, L> {
     /// middle of a turn may show here too).
     fn check_turn(&mut self, began: Instant, sources: &[Source]) {
         let took = began.elapsed();
+        let steps = self.steps.take();
         if took >= SLOW_TURN {
             let handled = if sources.is_empty() {
                 "deadlines".to_string()
             } else {
                 format!("{sources:?}")
             };
-            self.log.emit(&Record::SlowTurn { took, handled });
+            self.log.emit(&Record::SlowTurn {
+                took,
+                handled,
+                steps,
+            });
         }
     }
 
@@ -398,6 +411,7 @@ impl<'a, L: Launch> Master<'a, L> {
             self.on_notify(now);
         }
         for &source in sources {
+            let began = Instant::now();
             match source {
                 Source::Signals => self.on_signals(now),
                 Source::ControlClient(id) => self.on_control_client(id, now),
@@ -411,9 +425,13 @@ impl<'a, L: Launch> Master<'a, L> {
                 }
                 Source::Control | Source::Metrics | Source::ExecPipe(_) | Source::Notify => {}
             }
+            self.steps.ended(began, || format!("{source:?}"));
         }
         if sources.contains(&Source::Control) {
+            let began = Instant::now();
             self.on_control_listener(now);
+            self.steps
+                .ended(began, || "accepting control clients".into());
         }
         if sources.contains(&Source::Metrics)
             && let Some(metrics) = &mut self.metrics_server
@@ -496,7 +514,9 @@ impl<'a, L: Launch> Master<'a, L> {
     /// spawn's answer is fed back before the next action runs.
     fn dispatch(&mut self, event: Event, now: Instant) {
         for action in self.supervisor.handle(event, now) {
+            let (began, kind) = (Instant::now(), action.kind());
             self.execute(action, now);
+            self.steps.ended(began, || kind.to_string());
         }
     }
 }
