@@ -14,7 +14,7 @@ use rcluster::shell::log::Log;
 use rcluster::shell::releases::Releases;
 use rcluster::shell::setup::Setup;
 use rcluster::shell::upgrade::{
-    Binary,
+    Binary, fallback,
     handover::{self, Handover},
 };
 use rcluster::start::cli::{self, Parsed};
@@ -23,16 +23,27 @@ fn main() -> ExitCode {
     rcluster::ensure_std_fds();
     let mut argv: Vec<OsString> = std::env::args_os().collect();
     // A live upgrade: this image checks a hand-over, or goes on from one.
-    let upgrade = match argv.get(1).and_then(|a| a.to_str()) {
-        Some(handover::CHECK_ARG) => Some(Upgrade::Check),
-        Some(arg) => arg
-            .strip_prefix(handover::RESUME_ARG)
-            .map(|fd| Upgrade::Resume(fd.parse().unwrap_or(-1))),
-        None => None,
-    };
-    if upgrade.is_some() {
-        argv.remove(1);
+    let upgrade = Upgrade::of(&mut argv);
+    if let Some(Upgrade::Resume {
+        fd,
+        old_exe: Some(old),
+        ..
+    }) = &upgrade
+    {
+        // SAFETY: the old image handed these descriptors over to us alone.
+        // Without a way back, a failure exits as it did before there was one.
+        let _ = unsafe { fallback::arm(*fd, *old) };
     }
+    let or_fail = |e: &rcluster::Error| or_fail(e, &argv);
+    // The old image again, after a failed upgrade: it serves on whatever
+    // else fails (a log file it cannot open: stderr then).
+    let back_again = matches!(
+        &upgrade,
+        Some(Upgrade::Resume {
+            failed: Some(_),
+            ..
+        })
+    );
     let config = match cli::parse(argv.clone()) {
         Ok(Parsed::Run(config)) => config,
         Ok(Parsed::Client(command)) => return client::run(command),
@@ -41,15 +52,19 @@ fn main() -> ExitCode {
             let _ = std::io::stdout().write_all(text.as_bytes());
             return ExitCode::SUCCESS;
         }
-        Err(e) => return fail(&e),
+        Err(e) => return or_fail(&e),
     };
     let handover = match upgrade {
         None => None,
         Some(Upgrade::Check) => return check_handover(),
-        Some(Upgrade::Resume(fd)) => match unsafe { Handover::read(fd) } {
-            // SAFETY: the old image handed this descriptor over to us.
-            Ok(handover) => Some(handover),
-            Err(e) => return fail(&rcluster::Error::Usage(format!("upgrade: {e}"))),
+        // SAFETY: the old image handed this descriptor over to us.
+        Some(Upgrade::Resume { fd, failed, .. }) => match unsafe { Handover::read(fd) } {
+            Ok(mut handover) => {
+                fallback::keep(&handover.fds());
+                handover.failed = failed;
+                Some(handover)
+            }
+            Err(e) => return or_fail(&rcluster::Error::Usage(format!("upgrade: {e}"))),
         },
     };
     let log = match Log::new(
@@ -65,15 +80,30 @@ fn main() -> ExitCode {
                 .as_deref()
                 .unwrap_or(std::path::Path::new(""))
                 .display();
-            let e = format!("rcluster: cannot open the log file {path}: {e}\n");
-            let _ = std::io::stderr().write_all(e.as_bytes());
-            return ExitCode::from(73);
+            if fallback::can_go_back() {
+                let e = format!("opening the log file {path}: {e}");
+                return or_fail(&rcluster::Error::Usage(e));
+            }
+            if back_again
+                && let Ok(log) = Log::new(config.log_format, config.log_level, None, &config.name)
+            {
+                let e = format!("rcluster: cannot open the log file {path}: {e}; logging here\n");
+                let _ = std::io::stderr().write_all(e.as_bytes());
+                log
+            } else {
+                let e = format!("rcluster: cannot open the log file {path}: {e}\n");
+                let _ = std::io::stderr().write_all(e.as_bytes());
+                return ExitCode::from(73);
+            }
         }
     };
     let outcome = match handover {
         Some(handover) => resume(&config, &log, handover),
         None => run(&config, &log, Binary::of_this_process(&argv)),
     };
+    if let Err(e) = &outcome {
+        return or_fail(e);
+    }
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
@@ -83,8 +113,67 @@ fn main() -> ExitCode {
 enum Upgrade {
     /// `--upgrade-check`: can this binary go on from the hand-over on stdin?
     Check,
-    /// `--upgrade-resume=FD`: go on from the hand-over in FD.
-    Resume(i32),
+    /// `--upgrade-resume=FD[,EXE]`: go on from the hand-over in FD; EXE is
+    /// the old image's binary, to go back to. With `--upgrade-failed=CAUSE`
+    /// after it: this is the old image again, the new one could not go on.
+    Resume {
+        fd: i32,
+        old_exe: Option<i32>,
+        failed: Option<String>,
+    },
+}
+
+impl Upgrade {
+    /// Takes the upgrade's arguments out of `argv`, if any.
+    fn of(argv: &mut Vec<OsString>) -> Option<Upgrade> {
+        let first = argv.get(1).and_then(|a| a.to_str())?.to_string();
+        let upgrade = if first == handover::CHECK_ARG {
+            Upgrade::Check
+        } else {
+            let mut fds = first.strip_prefix(handover::RESUME_ARG)?.split(',');
+            let fd = fds.next().unwrap_or_default();
+            let old_exe = fds.next().and_then(|old| old.parse().ok());
+            // This image's own binary, exec'd by its descriptor: not ours
+            // to keep.
+            if let Some(new_exe) = fds.next().and_then(|new| new.parse::<i32>().ok()) {
+                // SAFETY: the old image left it open for the exec alone.
+                unsafe { libc::close(new_exe) };
+            }
+            let failed = argv
+                .get(2)
+                .and_then(|a| a.to_str())
+                .and_then(|a| a.strip_prefix(handover::FAILED_ARG))
+                .map(String::from);
+            if failed.is_some() {
+                argv.remove(2);
+            }
+            Upgrade::Resume {
+                fd: fd.parse().unwrap_or(-1),
+                old_exe,
+                failed,
+            }
+        };
+        argv.remove(1);
+        Some(upgrade)
+    }
+}
+
+/// Fails as `fail` does; but a new image that can still go back runs the
+/// old one again instead, which serves on (`upgrade --wait` says why).
+fn or_fail(e: &rcluster::Error, argv: &[OsString]) -> ExitCode {
+    if !fallback::can_go_back() {
+        return fail(e);
+    }
+    let cause = e.to_string();
+    let line = format!(
+        "rcluster: the upgraded image cannot go on: {cause}; running the previous one again\n"
+    );
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    let (argv0, args) = argv.split_first().expect("argv[0]");
+    let error = fallback::go_back(argv0, args, &cause);
+    let line = format!("rcluster: cannot run the previous image again: {error}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    fail(e)
 }
 
 /// `--upgrade-check`: the command line parsed (done by the caller), the
@@ -154,6 +243,15 @@ fn resume(
     log: &Log,
     mut handover: Handover,
 ) -> Result<(), rcluster::Error> {
+    // For the tests: a new image that fails after the exec, while the file
+    // this names exists (the old image, run again, ignores it).
+    if handover.failed.is_none()
+        && let Some(flag) = std::env::var_os("RCLUSTER_TEST_FAIL_RESUME")
+        && std::path::Path::new(&flag).exists()
+    {
+        let why = "failing as RCLUSTER_TEST_FAIL_RESUME asks (a test)";
+        return Err(rcluster::Error::Usage(why.into()));
+    }
     let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
     let shim = shim(config)?;
     let binary = Binary {

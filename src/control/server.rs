@@ -358,7 +358,9 @@ impl ControlServer {
                 Some(uid),
             ),
             path: path.to_path_buf(),
-            ino: std::fs::symlink_metadata(path)?.ino(),
+            // Removed meanwhile: served as it was, nothing removed at exit
+            // (0 is no file's inode); the master says so.
+            ino: std::fs::symlink_metadata(path).map_or(0, |m| m.ino()),
             owner: std::process::id(),
         })
     }

@@ -19,6 +19,23 @@ pub struct PidFile {
 }
 
 impl PidFile {
+    /// Whether `create` could write this pid file now (its directory
+    /// exists and takes a new file), without touching the file itself: an
+    /// upgrade asks before the point of no return.
+    pub fn writable(&self) -> std::io::Result<()> {
+        let tmp = temporary_beside(&self.path);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        std::fs::remove_file(&tmp)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn create(path: &Path) -> Result<PidFile, Error> {
         let pid = std::process::id();
         if let Some(other) = running_master(path)

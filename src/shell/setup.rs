@@ -140,11 +140,16 @@ impl Setup {
             })
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(taking("the listeners"))?;
-        let pid_file = config
-            .pid_file
-            .as_deref()
-            .map(PidFile::create)
-            .transpose()?;
+        // The old image run again after a failed upgrade goes on without
+        // a pid file it cannot write: it serves, which matters more.
+        let pid_file = match config.pid_file.as_deref().map(PidFile::create) {
+            Some(Err(e)) if handover.failed.is_some() => {
+                let line = format!("rcluster: going on without the pid file: {e}\n");
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+                None
+            }
+            created => created.transpose()?,
+        };
         let n = &handover.notify;
         let notify = NotifySocket::resume(own(n.fd), n.address.clone(), n.dir.clone())
             .map_err(taking("the notify socket"))?;

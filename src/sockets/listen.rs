@@ -493,9 +493,19 @@ pub struct SocketFile {
 }
 
 impl SocketFile {
-    /// A file this process made in an earlier image (a live upgrade).
+    /// A file this process made in an earlier image (a live upgrade). One
+    /// removed meanwhile (a tmp cleaner) is no reason to fail the upgrade,
+    /// which would end the master: the socket serves as it did, nothing is
+    /// removed at exit, and the master says so (`FileGone`).
     pub fn resume(path: &Path) -> io::Result<SocketFile> {
-        Self::new(path)
+        match Self::new(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SocketFile {
+                path: path.to_path_buf(),
+                owner: std::process::id(),
+                ino: 0,
+            }),
+            made => made,
+        }
     }
 
     pub fn path(&self) -> &Path {

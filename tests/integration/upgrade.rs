@@ -85,13 +85,17 @@ impl Bin {
 
     /// `bin/rcluster --log-format json ARGS -- hello`, on a free port.
     fn start(&self, args: &[&str]) -> Master {
+        self.start_with(args, |_| {})
+    }
+
+    fn start_with(&self, args: &[&str], setup: impl FnOnce(&mut std::process::Command)) -> Master {
         let control = self.control();
         let mut all = vec!["--log-format", "json", "-l", "127.0.0.1:0"];
         all.extend(["--control", &control]);
         all.extend(args);
         let hello = example("hello");
         all.extend(["--", &hello]);
-        Master::start_program(path_str(&self.path()), &all)
+        Master::start_program_with(path_str(&self.path()), &all, setup)
     }
 }
 
@@ -433,6 +437,120 @@ fn a_cluster_refuses_to_upgrade() {
         failed["cause"].as_str().unwrap().contains("closure"),
         "{failed}"
     );
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.wait_exit().code(), Some(0));
+}
+
+/// Under wrk keep-alive: an upgrade that cannot complete changes nothing
+/// (same master pid, same workers, 0 failed requests), `upgrade --wait`
+/// exits 1 naming the step, and a good upgrade goes through after.
+fn fails_and_changes_nothing(
+    bin: &Bin,
+    master: &mut Master,
+    break_it: impl FnOnce(),
+    mend_it: impl FnOnce(),
+    step: &str,
+) {
+    let control = bin.control();
+    let addr = master.listening();
+    master.ready_workers();
+    let before = status(&control);
+    let wrk = Wrk::start(addr, 16, true);
+    wrk.wait_for_more(200);
+    break_it();
+    let (code, out, err) = upgrade(&control, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains(step), "the step is named: {out}{err}");
+    let st = status(&control);
+    assert_eq!(
+        st["master"]["pid"], before["master"]["pid"],
+        "the same process"
+    );
+    assert_eq!(workers(&st), workers(&before), "the same workers");
+    assert_eq!(st["master"]["upgrades"]["done"], 0, "{}", st["master"]);
+    wrk.wait_for_more(200);
+    mend_it();
+    let (code, out, err) = upgrade(&control, &[]);
+    assert_eq!(code, 0, "once mended: {out}{err}");
+    let st = status(&control);
+    assert_eq!(st["master"]["pid"], before["master"]["pid"]);
+    assert_eq!(workers(&st), workers(&before));
+    wrk.wait_for_more(200);
+    let stats = wrk.finish();
+    assert_eq!(stats.failed(), 0, "failed requests: {stats:?}");
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.wait_exit().code(), Some(0));
+}
+
+/// The new image fails after the exec, before its loop turns (a switch
+/// for the tests: it fails while the file RCLUSTER_TEST_FAIL_RESUME names
+/// exists): it runs the old image again from the same hand-over (#35).
+/// Before, the master exited, and every worker with it.
+#[test]
+fn an_upgrade_that_fails_after_the_exec_goes_back_to_the_old_image() {
+    let bin = Bin::new("upgrade-back");
+    let flag = bin.dir.path("fail-resume");
+    let flag_env = flag.clone();
+    let mut master = bin.start_with(&["-w", "2"], |cmd| {
+        cmd.env("RCLUSTER_TEST_FAIL_RESUME", &flag_env);
+    });
+    fails_and_changes_nothing(
+        &bin,
+        &mut master,
+        || std::fs::write(&flag, "").unwrap(),
+        || std::fs::remove_file(&flag).unwrap(),
+        "the new image could not go on (failing as RCLUSTER_TEST_FAIL_RESUME asks",
+    );
+    let log = master.log_text();
+    assert!(log.contains("running the previous one again"), "{log}");
+}
+
+/// The pid file's directory removed: the new image could not write the
+/// pid file; the old one finds out before the exec and serves on (#35).
+#[test]
+fn an_upgrade_whose_pid_file_cannot_be_written_changes_nothing() {
+    let bin = Bin::new("upgrade-pidfile");
+    let run = bin.dir.path("run");
+    std::fs::create_dir(&run).unwrap();
+    let pid_file = run.join("rcluster.pid");
+    let mut master = bin.start(&["-w", "2", "--pid-file", path_str(&pid_file)]);
+    fails_and_changes_nothing(
+        &bin,
+        &mut master,
+        || std::fs::remove_dir_all(&run).unwrap(),
+        || std::fs::create_dir(&run).unwrap(),
+        "the pid file",
+    );
+}
+
+/// A Unix listener's socket file removed while the master ran (a tmp
+/// cleaner): the upgrade completes, says the file is gone, and the master
+/// serves on with the same workers. Before, the new image failed to take
+/// over the listeners and exited: nothing served (#35).
+#[test]
+fn a_removed_socket_file_does_not_end_the_master_at_an_upgrade() {
+    let bin = Bin::new("upgrade-sockfile");
+    let sock = bin.dir.path("app.sock");
+    let unix = format!("unix:{}", path_str(&sock));
+    let mut master = bin.start(&["-w", "2", "-l", &unix]);
+    let control = bin.control();
+    let addr = master.listening();
+    master.ready_workers();
+    let before = status(&control);
+    let wrk = Wrk::start(addr, 16, true);
+    wrk.wait_for_more(200);
+    std::fs::remove_file(&sock).unwrap();
+    let (code, out, err) = upgrade(&control, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let st = status(&control);
+    assert_eq!(st["master"]["pid"], before["master"]["pid"]);
+    assert_eq!(workers(&st), workers(&before), "the same workers");
+    master.expect("the file named", |r| {
+        r["msg"] == "os error" && r["op"].as_str().is_some_and(|op| op.contains("app.sock"))
+    });
+    wrk.wait_for_more(200);
+    let stats = wrk.finish();
+    assert_eq!(stats.failed(), 0, "failed requests: {stats:?}");
     master.signal(libc::SIGTERM);
     assert_eq!(master.wait_exit().code(), Some(0));
 }

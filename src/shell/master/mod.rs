@@ -129,10 +129,8 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         }
         None => {}
     }
-    let outcome = master.run();
-    drop(master);
-    drop(pid_file);
-    outcome
+    master.pid_file = pid_file;
+    master.run()
 }
 
 struct Master<'a, L: Launch> {
@@ -200,6 +198,8 @@ struct Master<'a, L: Launch> {
     trimmer: Option<trim::Trimmer>,
     /// The steps of this turn that took long, for a slow turn's record.
     steps: steps::Steps,
+    /// Removed as the master drops, if it still names this master.
+    pid_file: Option<crate::shell::pidfile::PidFile>,
 }
 
 impl<'a, L: Launch> Master<'a, L> {
@@ -271,6 +271,7 @@ impl<'a, L: Launch> Master<'a, L> {
             reload_at_start: false,
             trimmer: None,
             steps: steps::Steps::default(),
+            pid_file: None,
         })
     }
 
@@ -279,6 +280,9 @@ impl<'a, L: Launch> Master<'a, L> {
     /// master is done.
     fn run(&mut self) -> Result<(), Error> {
         let mut events = Events::with_capacity(256);
+        // From here on this image acts for the cluster: a failure no longer
+        // sends an upgrade back to the image before it.
+        crate::shell::upgrade::fallback::commit();
         self.dispatch(Event::Start, Instant::now());
         self.reload_after_upgrade(Instant::now());
         loop {

@@ -40,6 +40,7 @@ impl<L: Launch> Master<'_, L> {
                 });
             }
         }
+        self.say_files_gone(&handover);
         for (slot, pid, lines) in &handover.last_words {
             let words = (Pid::from_raw(*pid), Tail::of_lines(lines));
             self.last_words.insert(*slot, words);
@@ -54,22 +55,62 @@ impl<L: Launch> Master<'_, L> {
         self.metrics = Metrics::resume(&handover.counters);
         let took =
             Duration::from_nanos(upgrade::monotonic_ns().saturating_sub(handover.asked_at_ns));
-        self.upgrades.done = handover.upgrades + 1;
-        self.upgrades.attempts = self.upgrades.done;
-        self.upgrades.last = Some((handover.from_version.clone(), took));
-        self.reload_at_start = handover.reload_after;
-        self.log.emit(&Record::Upgraded {
-            from: handover.from_version,
-            to: version().to_string(),
-            duration: took,
-            workers: self.supervisor.worker_pids().len(),
-        });
+        if let Some(cause) = handover.failed {
+            // The old image again, from its own hand-over: nothing moved.
+            self.upgrades.done = handover.upgrades;
+            self.upgrades.attempts = handover.attempt.max(handover.upgrades);
+            let cause = format!("the new image could not go on ({cause}) and ran this one again");
+            self.upgrades.failed = Some((self.upgrades.attempts, cause.clone()));
+            self.log.emit(&Record::UpgradeFailed { cause });
+        } else {
+            self.upgrades.done = handover.upgrades + 1;
+            self.upgrades.attempts = handover.attempt.max(self.upgrades.done);
+            self.upgrades.last = Some((handover.from_version.clone(), took));
+            self.reload_at_start = handover.reload_after;
+            self.log.emit(&Record::Upgraded {
+                from: handover.from_version,
+                to: version().to_string(),
+                duration: took,
+                workers: self.supervisor.worker_pids().len(),
+            });
+        }
         self.notify_manager(&ManagerState::Ready);
         let status = format!(
             "serving generation {}",
             self.supervisor.serving_generation()
         );
         self.notify_manager(&ManagerState::Status(status));
+    }
+
+    /// Socket files removed while the master ran (a tmp cleaner) are not
+    /// taken over, and the upgrade goes on: failing it would end a master
+    /// that serves, for a file it cannot make again without a restart.
+    fn say_files_gone(&self, handover: &Handover) {
+        let listeners = handover
+            .listeners
+            .iter()
+            .filter_map(|l| Some((format!("listener {}", l.name), l.file.as_ref()?)));
+        let control = handover
+            .control
+            .iter()
+            .map(|c| ("the control socket".to_string(), &c.path));
+        let metrics = handover
+            .metrics
+            .iter()
+            .filter_map(|m| Some(("the metrics socket".to_string(), m.file.as_ref()?)));
+        for (what, path) in listeners.chain(control).chain(metrics) {
+            if std::fs::symlink_metadata(path).is_err() {
+                self.log.emit(&Record::OsError {
+                    op: format!(
+                        "taking over {what}'s file {} after the upgrade",
+                        path.display()
+                    ),
+                    error: "it was removed while the master ran: the socket serves on, but a \
+                            client cannot connect by that path until rcluster starts again"
+                        .into(),
+                });
+            }
+        }
     }
 
     /// After the first turn of a resumed master: `rcluster upgrade

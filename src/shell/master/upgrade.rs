@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::launch::Launch;
-use crate::launch::release::FileId;
 use crate::shell::upgrade::handover::{
     self, CHECK_OK, ControlFd, Handover, ListenerFd, MetricsFd, NotifyFd,
 };
@@ -20,6 +19,12 @@ use crate::supervisor::record::Record;
 use crate::vocab::{Exit, Pid, version};
 
 use super::Master;
+
+/// How long an upgrade waits for a busy cluster (a reload, a worker
+/// starting or stopping) to settle before it gives up and says so: one
+/// asked during a crash loop would otherwise wait for ever, and block
+/// every later one.
+const BUSY_LIMIT: Duration = Duration::from_secs(60);
 
 /// What this master's upgrades came to: for `status`.
 #[derive(Debug, Default)]
@@ -59,15 +64,19 @@ pub(super) struct Upgrading {
 }
 
 enum Step {
-    /// Until the master is quiet; `said`: the reason last logged.
-    Waiting { said: Option<&'static str> },
+    /// Until the master is quiet; `said`: the reason last logged. Given up
+    /// at `until`.
+    Waiting {
+        said: Option<&'static str>,
+        until: Instant,
+    },
     /// The new binary reads a copy of the hand-over.
     Checking {
         pid: Pid,
         output: OwnedFd,
         deadline: Instant,
-        /// The binary checked: the one exec'd must be that one.
-        file: FileId,
+        /// The binary checked, open: the one exec'd.
+        exe: OwnedFd,
         killed: bool,
     },
 }
@@ -99,14 +108,18 @@ impl<L: Launch> Master<'_, L> {
             attempt,
             reload,
             asked_at_ns: upgrade::monotonic_ns(),
-            step: Step::Waiting { said: None },
+            step: Step::Waiting {
+                said: None,
+                until: now + BUSY_LIMIT,
+            },
         });
         self.advance_upgrade(now);
         Ok(attempt)
     }
 
     /// After every turn, while an upgrade is under way: check the new
-    /// binary once the master is quiet; stop a check that takes too long.
+    /// binary once the master is quiet (or give up if it stays busy too
+    /// long); stop a check that takes too long.
     pub(super) fn advance_upgrade(&mut self, now: Instant) {
         if !self.supervisor.is_running() {
             return self.cancel_upgrade();
@@ -117,7 +130,16 @@ impl<L: Launch> Master<'_, L> {
             return;
         };
         match &mut upgrading.step {
-            Step::Waiting { said } => match busy {
+            Step::Waiting { until, .. } if busy.is_some() && now >= *until => {
+                let cause = format!(
+                    "the cluster stayed busy ({}) for {}s; nothing changed, try again once it \
+                     is quiet",
+                    busy.unwrap_or_default(),
+                    BUSY_LIMIT.as_secs()
+                );
+                self.upgrade_failed(cause);
+            }
+            Step::Waiting { said, .. } => match busy {
                 Some(why) => {
                     if *said != busy {
                         *said = busy;
@@ -143,6 +165,7 @@ impl<L: Launch> Master<'_, L> {
     /// When the loop must wake up for the upgrade.
     pub(super) fn upgrade_deadline(&self) -> Option<Instant> {
         match &self.upgrading.as_ref()?.step {
+            Step::Waiting { until, .. } => Some(*until),
             Step::Checking {
                 deadline,
                 killed: false,
@@ -164,10 +187,6 @@ impl<L: Launch> Master<'_, L> {
         let Some(binary) = self.binary.clone() else {
             return;
         };
-        let file = match FileId::of(&binary.exe) {
-            Ok(file) => file,
-            Err(e) => return self.upgrade_failed(format!("{}: {e}", binary.exe.display())),
-        };
         let check = self
             .handover(now)
             .and_then(|h| h.seal().map_err(|e| format!("writing the hand-over: {e}")))
@@ -188,7 +207,7 @@ impl<L: Launch> Master<'_, L> {
                 pid: check.pid,
                 output: check.output,
                 deadline: now + CHECK_TIMEOUT,
-                file,
+                exe: check.exe,
                 killed: false,
             };
         }
@@ -210,13 +229,7 @@ impl<L: Launch> Master<'_, L> {
             return;
         }
         let Some(Upgrading {
-            step:
-                Step::Checking {
-                    output,
-                    file,
-                    killed,
-                    ..
-                },
+            step: Step::Checking { output, killed, .. },
             ..
         }) = &self.upgrading
         else {
@@ -252,33 +265,43 @@ impl<L: Launch> Master<'_, L> {
         if let Some(cause) = failure {
             return self.upgrade_failed(cause);
         }
-        let file = *file;
         let to = said
             .lines()
             .nth(1)
             .and_then(|l| l.strip_prefix("version "))
             .unwrap_or("?")
             .to_string();
-        self.exec_upgrade(file, to, now);
+        let checked = self.upgrading.as_mut().map(|u| {
+            std::mem::replace(
+                &mut u.step,
+                Step::Waiting {
+                    said: None,
+                    until: now,
+                },
+            )
+        });
+        if let Some(Step::Checking { exe, .. }) = checked {
+            self.exec_upgrade(&exe, to, now);
+        }
     }
 
     /// Replaces the master's image, with a hand-over written now (the
     /// master may have moved while the check ran: then it waits again).
-    fn exec_upgrade(&mut self, checked: FileId, to: String, now: Instant) {
+    fn exec_upgrade(&mut self, exe: &OwnedFd, to: String, now: Instant) {
         let Some(binary) = self.binary.clone() else {
             return;
         };
         if let Some(why) = self.busy() {
             if let Some(upgrading) = &mut self.upgrading {
-                upgrading.step = Step::Waiting { said: Some(why) };
+                upgrading.step = Step::Waiting {
+                    said: Some(why),
+                    until: now + BUSY_LIMIT,
+                };
             }
             return self.log.emit(&Record::UpgradeWaiting { why: why.into() });
         }
-        if FileId::of(&binary.exe).ok() != Some(checked) {
-            return self.upgrade_failed(format!(
-                "{} changed while it was checked; nothing changed, try again",
-                binary.exe.display()
-            ));
+        if let Err(cause) = self.preflight() {
+            return self.upgrade_failed(cause);
         }
         let handover = match self.handover(now) {
             Ok(handover) => handover,
@@ -296,9 +319,25 @@ impl<L: Launch> Master<'_, L> {
         });
         self.notify_manager(&ManagerState::Reloading);
         self.log.flush();
-        let error = upgrade::exec(&binary, &memfd, &fds);
+        let error = upgrade::exec(&binary, exe, &memfd, &fds);
         self.notify_manager(&ManagerState::Ready);
         self.upgrade_failed(format!("cannot execute {}: {error}", binary.exe.display()));
+    }
+
+    /// What the new image opens again as it starts, tried now, before the
+    /// point of no return: the log file (reopened, as on `SIGUSR1`) and
+    /// the pid file's directory.
+    fn preflight(&mut self) -> Result<(), String> {
+        if let Err(e) = self.log.reopen() {
+            return Err(format!("the log file cannot be opened again: {e}"));
+        }
+        if let Some(pid_file) = &self.pid_file
+            && let Err(e) = pid_file.writable()
+        {
+            let path = pid_file.path().display();
+            return Err(format!("the pid file {path} cannot be written again: {e}"));
+        }
+        Ok(())
     }
 
     fn upgrade_failed(&mut self, cause: String) {
@@ -353,6 +392,8 @@ impl<L: Launch> Master<'_, L> {
             argv0: binary.argv0.clone(),
             args: binary.args.clone(),
             upgrades: self.upgrades.done,
+            attempt: upgrading.attempt,
+            failed: None,
             asked_at_ns: upgrading.asked_at_ns,
             started_ago_us: now.saturating_duration_since(self.info.started).as_micros() as u64,
             reload_after: upgrading.reload,

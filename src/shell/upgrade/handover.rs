@@ -30,8 +30,15 @@ pub const FORMAT: u32 = 1;
 pub const CHECK_ARG: &str = "--upgrade-check";
 
 /// The argument that makes a new image go on from the hand-over in this
-/// descriptor: `--upgrade-resume=FD`.
+/// descriptor: `--upgrade-resume=FD`, or `--upgrade-resume=FD,OLD,NEW`
+/// with the old image's binary in `OLD`, to go back to if the new image
+/// cannot go on (`fallback.rs`), and the new one's, exec'd, in `NEW` (to
+/// close).
 pub const RESUME_ARG: &str = "--upgrade-resume=";
+
+/// After `RESUME_ARG`, when the old image runs again because the new one
+/// could not go on: `--upgrade-failed=CAUSE`.
+pub const FAILED_ARG: &str = "--upgrade-failed=";
 
 /// The first line a check prints when it can go on from the hand-over.
 pub const CHECK_OK: &str = "rcluster upgrade check: ok";
@@ -54,6 +61,14 @@ pub struct Handover {
     pub args: Vec<std::ffi::OsString>,
     /// Upgrades this master went through before this one.
     pub upgrades: u32,
+    /// The number of this attempt (`rcluster upgrade --wait` watches for
+    /// it); absent from hand-overs written before there was a way back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// Set when the old image runs again from its own hand-over: why the
+    /// new one could not go on. Never written.
+    #[serde(skip)]
+    pub failed: Option<String>,
     /// When the upgrade was asked for, on the system's monotonic clock (the
     /// same in every image), for the time it took.
     pub asked_at_ns: u64,
@@ -76,6 +91,10 @@ pub struct Handover {
     pub inherited: Vec<i32>,
     /// The `/metrics` counters, by name and labels.
     pub counters: serde_json::Value,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,10 +8,13 @@
 //! not executable, a binary that cannot start, crashes, hangs, predates
 //! live upgrades or reads another format fails there, and the master that
 //! asked serves on. Only a binary that said it can go on from the
-//! hand-over is exec'd, in place; an `execve` that fails returns, and the
-//! old image goes on as before. The master's loop drives the check
+//! hand-over is exec'd, in place, from the file checked (by descriptor,
+//! not by path); an `execve` that fails returns, and the old image goes on
+//! as before; a new image that fails before its loop turns runs the old
+//! binary again (`fallback.rs`). The master's loop drives the check
 //! (`shell/master/upgrade.rs`); nothing here blocks.
 
+pub mod fallback;
 pub mod handover;
 
 use std::ffi::{CString, OsString};
@@ -72,18 +75,33 @@ fn find(name: &Path) -> Option<PathBuf> {
         .filter(|path| path.is_absolute())
 }
 
-/// A new binary checking the hand-over: its pid, and the read end of its
-/// stdout and stderr.
+/// A new binary checking the hand-over: its pid, the read end of its
+/// stdout and stderr, and the binary itself, opened before the check ran:
+/// the file exec'd is the file checked, whatever the path holds by then
+/// (a deploy's `mv` between the two).
 pub struct Check {
     pub pid: Pid,
     pub output: OwnedFd,
+    pub exe: OwnedFd,
 }
 
-/// Runs `binary --upgrade-check ARGS…` with the hand-over on its stdin.
+/// Runs `binary --upgrade-check ARGS…` with the hand-over on its stdin,
+/// from the file opened now (`/proc/self/fd/N`, open in the child: a
+/// script's interpreter opens it by that name too).
 pub fn start_check(binary: &Binary, handover: &OwnedFd) -> io::Result<Check> {
+    // Without close-on-exec until the check is spawned (the master has
+    // one thread: no other child can inherit it meanwhile).
+    let exe = nix::fcntl::open(&binary.exe, OFlag::O_RDONLY, nix::sys::stat::Mode::empty())?;
+    let spawned = spawn_check(binary, handover, &exe);
+    set_cloexec(exe.as_raw_fd(), true)?;
+    let (pid, output) = spawned?;
+    Ok(Check { pid, output, exe })
+}
+
+fn spawn_check(binary: &Binary, handover: &OwnedFd, exe: &OwnedFd) -> io::Result<(Pid, OwnedFd)> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
     let stdin = handover.try_clone()?;
-    let child = Command::new(&binary.exe)
+    let child = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()))
         .arg0(&binary.argv0)
         .arg(CHECK_ARG)
         .args(&binary.args)
@@ -92,10 +110,7 @@ pub fn start_check(binary: &Binary, handover: &OwnedFd) -> io::Result<Check> {
         .stderr(Stdio::from(write))
         .spawn()?;
     // Reaped by the master's loop, through its pidfd, never by `Child`.
-    Ok(Check {
-        pid: Pid::from_raw(child.id() as i32),
-        output: read,
-    })
+    Ok((Pid::from_raw(child.id() as i32), read))
 }
 
 /// What a check wrote, up to 16 KiB (a check that says more is not one).
@@ -114,12 +129,26 @@ pub fn read_output(fd: &OwnedFd) -> String {
     String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
-/// Replaces this process's image with `binary`, going on from the hand-over
-/// in `handover`, with the descriptors `fds` kept open. Returns only if
-/// `execve` failed: then everything is as it was.
-pub fn exec(binary: &Binary, handover: &OwnedFd, fds: &[RawFd]) -> io::Error {
+/// Replaces this process's image with `exe` (the file checked), going on
+/// from the hand-over in `handover`, with the descriptors `fds` kept open,
+/// and this image's own binary kept open too, to go back to if the new
+/// image cannot go on. Returns only if `execve` failed: then everything is
+/// as it was.
+pub fn exec(binary: &Binary, exe: &OwnedFd, handover: &OwnedFd, fds: &[RawFd]) -> io::Error {
+    // Opened without close-on-exec: the new image owns it.
+    let old = match nix::fcntl::open(
+        "/proc/self/exe",
+        OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Ok(old) => old,
+        Err(errno) => return io::Error::from(errno),
+    };
+    // `exe` stays open across the exec (a script's interpreter opens it
+    // as /dev/fd/N); the new image closes it, told its number.
     let mut argv = vec![binary.argv0.clone()];
-    argv.push(format!("{RESUME_ARG}{}", handover.as_raw_fd()).into());
+    let (h, e, x) = (handover.as_raw_fd(), old.as_raw_fd(), exe.as_raw_fd());
+    argv.push(format!("{RESUME_ARG}{h},{e},{x}").into());
     argv.extend(binary.args.iter().cloned());
     let cstrings = |items: &[OsString]| -> io::Result<Vec<CString>> {
         items
@@ -127,10 +156,7 @@ pub fn exec(binary: &Binary, handover: &OwnedFd, fds: &[RawFd]) -> io::Error {
             .map(|s| CString::new(s.as_bytes()).map_err(io::Error::other))
             .collect()
     };
-    let (Ok(argv), Ok(path)) = (
-        cstrings(&argv),
-        CString::new(binary.exe.as_os_str().as_bytes()),
-    ) else {
+    let Ok(argv) = cstrings(&argv) else {
         return io::Error::other("a NUL byte in the command line");
     };
     let env: Vec<OsString> = std::env::vars_os()
@@ -144,11 +170,11 @@ pub fn exec(binary: &Binary, handover: &OwnedFd, fds: &[RawFd]) -> io::Error {
     let Ok(env) = cstrings(&env) else {
         return io::Error::other("a NUL byte in the environment");
     };
-    let kept: Vec<RawFd> = fds.iter().copied().chain([handover.as_raw_fd()]).collect();
+    let kept: Vec<RawFd> = fds.iter().copied().chain([h, x]).collect();
     for &fd in &kept {
         let _ = set_cloexec(fd, false);
     }
-    let error = match nix::unistd::execve(&path, &argv, &env) {
+    let error = match nix::unistd::fexecve(exe.as_fd(), &argv, &env) {
         Err(errno) => io::Error::from(errno),
         Ok(never) => match never {},
     };
