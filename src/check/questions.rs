@@ -370,12 +370,24 @@ pub fn drain(checked: &Checked, stop: bool, protocol: Protocol) -> Answer {
     let _ = checked.ask(request, Duration::from_secs(5));
     let mut tally = Finished::default();
     let deadline = Instant::now() + Duration::from_secs(30);
+    let told = |pid: i32| {
+        let told = checked.seen(|r| r["msg"] == "worker draining" && r["pid"] == pid);
+        !told.is_empty()
+    };
     while let Some(first) = held.first() {
         // Each request is finished once its worker was told to stop; one
-        // whose worker was not within the deadline, then.
-        let pid = match checked.expect(deadline, |r| r["msg"] == "worker draining") {
-            Some(draining) => draining["pid"].as_i64().unwrap_or_default() as i32,
-            None => first.worker,
+        // whose worker was not within the deadline, then. A worker told
+        // before the question was asked (the last reload's old worker,
+        // still serving as the requests were placed, replaced since) has
+        // its record in the past: waiting for a new one would hold its
+        // request until --stop-timeout killed it.
+        let before = held.iter().map(|f| f.worker).find(|&pid| told(pid));
+        let pid = match before {
+            Some(pid) => pid,
+            None => match checked.expect(deadline, |r| r["msg"] == "worker draining") {
+                Some(draining) => draining["pid"].as_i64().unwrap_or_default() as i32,
+                None => first.worker,
+            },
         };
         finish_requests(&mut held, pid, &mut tally);
     }
