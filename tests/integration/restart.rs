@@ -56,7 +56,19 @@ fn a_killed_worker_is_replaced_in_its_slot_while_the_service_answers() {
 #[test]
 fn a_crash_loop_backs_off_doubling_and_never_gives_up() {
     let worker = example("test_worker");
-    let mut master = Master::start(&["-w", "1", "--", &worker, "--exit", "3"]);
+    // A worker that lived --min-uptime was no crash loop, and resets the
+    // backoff: under load one took 2.6 s to start and exit (once in a run
+    // beside two CPU hogs), so the test gives it a minute.
+    let mut master = Master::start(&[
+        "-w",
+        "1",
+        "--min-uptime",
+        "60s",
+        "--",
+        &worker,
+        "--exit",
+        "3",
+    ]);
     let mut delays = Vec::new();
     let mut attempts = Vec::new();
     for _ in 0..5 {
