@@ -299,7 +299,8 @@ fn serve(
         "RCLUSTER_BACKLOG".into(),
         Value::Text(config.backlog.to_string()),
     ));
-    let mut launcher = ExecLauncher::new(&setup.listener_fds(), vars, identity, config.capture());
+    let mut launcher = ExecLauncher::new(&setup.listener_fds(), vars, identity, config.capture())
+        .dying_with(config.stop_signal);
     if let Some(shim) = shim {
         launcher = launcher.with_shim(shim, config.stop_signal);
     }

@@ -44,6 +44,9 @@ pub struct ExecLauncher {
     /// Which of each worker's output streams go through the master.
     capture: Capture,
     parent: libc::pid_t,
+    /// The workers' parent-death signal: `SIGKILL` unless told the stop
+    /// signal (`dying_with`).
+    death_signal: i32,
 }
 
 /// One generation's release, made ready to exec.
@@ -96,7 +99,16 @@ impl ExecLauncher {
             identity,
             capture,
             parent: std::process::id() as libc::pid_t,
+            death_signal: libc::SIGKILL,
         }
+    }
+
+    /// When the master dies its workers get `signal` (the stop signal: they
+    /// drain), not `SIGKILL`; for a master that runs the undertaker, which
+    /// bounds the drain.
+    pub fn dying_with(mut self, signal: i32) -> ExecLauncher {
+        self.death_signal = signal;
+        self
     }
 
     /// Every worker loads `shim`, inherited after the listeners. Its
@@ -164,6 +176,7 @@ impl ExecLauncher {
             stdio: [None, None],
             credentials: self.identity.as_ref().map(|i| i.credentials.clone()),
             parent: self.parent,
+            death_signal: self.death_signal,
             max_signal: libc::SIGRTMAX(),
         }
     }

@@ -20,6 +20,7 @@ pub mod setup;
 pub mod signals;
 mod token;
 pub mod trim;
+pub mod undertaker;
 pub mod upgrade;
 
 pub use master::serve;

@@ -14,8 +14,7 @@ use serde_json::Value;
 
 use crate::support::wrk::{Wrk, WrkStats};
 use crate::support::{
-    Master, SHORT_HOLD, SHORT_LOOK, TempDir, example, is_gone, load, path_str, rcluster_bin,
-    wait_until,
+    Master, SHORT_HOLD, TempDir, example, is_gone, load, path_str, rcluster_bin, wait_until,
 };
 
 /// The longest a check may run here: its `--duration`, the cures' second
@@ -300,7 +299,7 @@ fn drain_fixture(mode: &str) -> String {
 
 /// Flags for the drain fixtures: a short hold and first look, and a short
 /// `--stop-timeout`, so that a drain that never ends ends in a second.
-const FIXTURE_FLAGS: [&str; 3] = [SHORT_HOLD, SHORT_LOOK, "--stop-timeout=1s"];
+const FIXTURE_FLAGS: [&str; 2] = [SHORT_HOLD, "--stop-timeout=1s"];
 
 /// A server that drains as Node's `server.close()` did before v19: it
 /// stops accepting and serves its keep-alive clients for as long as they
@@ -355,7 +354,7 @@ fn a_server_that_closes_keep_alive_silently_at_drain_is_bad_and_http_drain_cures
 fn a_server_whose_draining_worker_answers_slowly_is_bad_on_latency() {
     let server = drain_fixture("slow");
     // The default --stop-timeout: its drain ends in time, only slowly.
-    let flags = [SHORT_HOLD, SHORT_LOOK];
+    let flags = [SHORT_HOLD];
     let checked = check(&flags, &server, &[]);
     let reload = checked.answer("reload keep-alive");
     assert_eq!(reload["verdict"], "bad", "{reload:#}");

@@ -1,7 +1,8 @@
 //! Stopping: graceful on TERM (requests in flight finish, however many
 //! TERMs arrive), forced after the stop timeout or a second INT, immediate
-//! on QUIT; a worker stopped with SIGSTOP is continued and drains; no
-//! worker outlives a master killed with SIGKILL.
+//! on QUIT; a worker stopped with SIGSTOP is continued and drains; a
+//! master killed with SIGKILL is a graceful stop, bounded by the stop
+//! timeout.
 //!
 //! Workers started with `--ignore-stop` say READY=1 once they ignore their
 //! stop signal (`--ready notify`), so no stop can reach them before.
@@ -163,14 +164,18 @@ fn quit_stops_at_once() {
     assert!(workers.iter().all(|&(_, pid)| is_gone(pid)));
 }
 
+/// Workers that ignore their stop signal outlive a master killed with
+/// SIGKILL by `--stop-timeout` at most: the undertaker kills them then.
 #[test]
-fn no_worker_outlives_a_master_killed_with_sigkill() {
+fn no_worker_outlives_a_master_killed_with_sigkill_by_more_than_the_stop_timeout() {
     let worker = example("test_worker");
     let mut master = Master::start(&[
         "-w",
         "3",
         "--ready",
         "notify",
+        "--stop-timeout",
+        "1s",
         "--",
         &worker,
         "--ignore-stop",
@@ -178,13 +183,72 @@ fn no_worker_outlives_a_master_killed_with_sigkill() {
     let workers = master.ready_workers();
     master.signal(libc::SIGKILL);
     master.wait_exit();
-    let all_gone = wait_until(Duration::from_secs(2), || {
+    let all_gone = wait_until(Duration::from_secs(10), || {
         workers.iter().all(|&(_, pid)| is_gone(pid))
     });
     assert!(
         all_gone,
-        "workers still running 2 s after the master died: {workers:?}"
+        "workers still running 10 s after the master died (--stop-timeout 1s): {workers:?}"
     );
+}
+
+/// The master's death is a graceful stop (#35): `kill -9` of the master
+/// with requests of 300 ms in flight on both workers: each is answered,
+/// every worker is gone within `--stop-timeout`, and a new master started
+/// on the same address serves. Before, the workers died with the master
+/// (SIGKILL) and the requests were reset.
+#[test]
+fn a_master_killed_with_sigkill_lets_its_workers_finish_what_they_hold() {
+    let listen = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let hello = example("hello");
+    let args = [
+        "-w",
+        "2",
+        "--stop-timeout",
+        "5s",
+        "-l",
+        &listen,
+        "--",
+        &hello,
+    ];
+    let mut master = Master::start(&args);
+    let addr = master.listening();
+    let workers = master.ready_workers();
+    // Each connection proven taken by a worker (a first answer), then a
+    // slow request on it.
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let mut conn = http::Conn::new(http::connect(addr).unwrap()).unwrap();
+            assert_eq!(conn.request("/", false).unwrap().status, 200);
+            std::thread::spawn(move || conn.request("/sleep/300", false))
+        })
+        .collect();
+    master.signal(libc::SIGKILL);
+    master.wait_exit();
+    for request in slow {
+        let response = request
+            .join()
+            .unwrap()
+            .expect("a request in flight when the master died is answered");
+        assert_eq!(response.status, 200);
+    }
+    let all_gone = wait_until(Duration::from_secs(10), || {
+        workers.iter().all(|&(_, pid)| is_gone(pid))
+    });
+    assert!(all_gone, "workers outlived --stop-timeout: {workers:?}");
+    let started = std::time::Instant::now();
+    let mut next = Master::start(&args);
+    assert_eq!(next.listening(), addr, "the same address, bound again");
+    next.ready_workers();
+    assert_eq!(http::get(addr, "/").unwrap().status, 200);
+    eprintln!(
+        "a new master served {:?} after its start",
+        started.elapsed()
+    );
+    next.stop_cleanly();
 }
 
 #[test]

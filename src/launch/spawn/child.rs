@@ -180,6 +180,9 @@ pub struct ChildPlan {
     pub credentials: Option<Credentials>,
     /// The master's pid: the child checks it still has that parent.
     pub parent: libc::pid_t,
+    /// What the child gets when the master dies (`PR_SET_PDEATHSIG`): the
+    /// stop signal, so that it drains (`shell/undertaker.rs` bounds that).
+    pub death_signal: i32,
     pub max_signal: i32,
 }
 
@@ -231,9 +234,9 @@ pub unsafe fn exec_child(plan: &mut ChildPlan, err_fd: RawFd) -> ! {
         if !plan.dir.is_null() && libc::chdir(plan.dir) < 0 {
             report_and_exit(err);
         }
-        // Die with the master. The master may already have died before the
+        // Stop with the master. The master may already have died before the
         // prctl, so check that our parent is still it (bubblewrap#730).
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_PDEATHSIG, plan.death_signal);
         if libc::getppid() != plan.parent {
             libc::_exit(1);
         }

@@ -75,6 +75,7 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         trim_when_idle,
         ..
     } = setup;
+    let stop = (policy.stop_signal, policy.stop_timeout);
     let supervisor = match &handover {
         Some(h) => Supervisor::restore(policy, h.supervisor.clone(), Instant::now()),
         None => Supervisor::new(policy),
@@ -130,6 +131,7 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         None => {}
     }
     master.pid_file = pid_file;
+    master.keep_undertaker(stop);
     master.run()
 }
 
@@ -200,6 +202,8 @@ struct Master<'a, L: Launch> {
     steps: steps::Steps,
     /// Removed as the master drops, if it still names this master.
     pid_file: Option<crate::shell::pidfile::PidFile>,
+    /// Stops the workers if the master dies (`shell/undertaker.rs`).
+    undertaker: Option<crate::shell::undertaker::Undertaker>,
 }
 
 impl<'a, L: Launch> Master<'a, L> {
@@ -272,6 +276,7 @@ impl<'a, L: Launch> Master<'a, L> {
             trimmer: None,
             steps: steps::Steps::default(),
             pid_file: None,
+            undertaker: None,
         })
     }
 

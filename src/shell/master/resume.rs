@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::control::metrics::Metrics;
 use crate::launch::Launch;
 use crate::shell::output::Tail;
+use crate::shell::undertaker::Undertaker;
 use crate::shell::upgrade::{self, handover::Handover};
 use crate::supervisor::event::ManagerState;
 use crate::supervisor::record::Record;
@@ -41,6 +42,16 @@ impl<L: Launch> Master<'_, L> {
             }
         }
         self.say_files_gone(&handover);
+        if let Some((fd, pid)) = handover.undertaker {
+            // SAFETY: the old image handed this descriptor over to us alone.
+            match unsafe { Undertaker::resume(fd, pid) } {
+                Ok(undertaker) => self.undertaker = Some(undertaker),
+                Err(e) => self.log.emit(&Record::OsError {
+                    op: "taking over the undertaker's pipe after the upgrade".into(),
+                    error: e.to_string(),
+                }),
+            }
+        }
         for (slot, pid, lines) in &handover.last_words {
             let words = (Pid::from_raw(*pid), Tail::of_lines(lines));
             self.last_words.insert(*slot, words);

@@ -394,6 +394,7 @@ impl<L: Launch> Master<'_, L> {
             upgrades: self.upgrades.done,
             attempt: upgrading.attempt,
             failed: None,
+            undertaker: self.undertaker.as_ref().map(|u| (u.fd(), u.pid.as_raw())),
             asked_at_ns: upgrading.asked_at_ns,
             started_ago_us: now.saturating_duration_since(self.info.started).as_micros() as u64,
             reload_after: upgrading.reload,

@@ -13,6 +13,7 @@ use mio::unix::SourceFd;
 
 use crate::launch::{Launch, Launched, OutputPipe, Reaping};
 use crate::shell::reap;
+use crate::shell::undertaker::Undertaker;
 use crate::sockets::notify::{self, Datagram};
 use crate::supervisor::event::Event;
 use crate::supervisor::record::Record;
@@ -138,6 +139,9 @@ impl<L: Launch> Master<'_, L> {
     }
 
     pub(super) fn on_reaped(&mut self, pid: Pid, exit: crate::vocab::Exit, now: Instant) {
+        if let Some(undertaker) = &self.undertaker {
+            undertaker.forget(pid);
+        }
         if let Some(pidfd) = self.pidfds.remove(&pid) {
             // It closes as it drops, which takes it out of the epoll set
             // anyway: a failed deregister changes nothing.
@@ -257,6 +261,9 @@ impl<L: Launch> Master<'_, L> {
                 output,
             }) => {
                 self.watch_output(slot, pid, output);
+                if let Some(undertaker) = &self.undertaker {
+                    undertaker.watch(pid);
+                }
                 let confirmed = exec_pipe.is_none();
                 if let Some(pipe) = exec_pipe {
                     self.watch_exec_pipe(pid, pipe);
@@ -278,6 +285,35 @@ impl<L: Launch> Master<'_, L> {
                 },
                 now,
             ),
+        }
+    }
+
+    /// The undertaker the hand-over named (`resume`), or a new one; it is
+    /// told of every worker there is. Only for exec'd workers: a library's
+    /// cluster forks no helper into its host program.
+    pub(super) fn keep_undertaker(&mut self, (signal, timeout): (i32, std::time::Duration)) {
+        if self.launcher.reaping() != Reaping::All {
+            return;
+        }
+        if self.undertaker.is_none() {
+            match Undertaker::start(signal, timeout) {
+                Ok(undertaker) => {
+                    for pid in self.supervisor.worker_pids() {
+                        undertaker.watch(pid);
+                    }
+                    self.undertaker = Some(undertaker);
+                }
+                Err(e) => self.log.emit(&Record::OsError {
+                    op: "starting the undertaker (fork): workers are killed, not stopped, if the \
+                         master dies"
+                        .into(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        if let Some(undertaker) = &self.undertaker {
+            // No stray, no worker: a child of the master's own.
+            self.inherited.insert(undertaker.pid);
         }
     }
 

@@ -91,6 +91,10 @@ pub struct Handover {
     pub inherited: Vec<i32>,
     /// The `/metrics` counters, by name and labels.
     pub counters: serde_json::Value,
+    /// The master's end of the undertaker's pipe, and its pid; absent from
+    /// hand-overs written before there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undertaker: Option<(RawFd, i32)>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -135,6 +139,7 @@ impl Handover {
         fds.extend(self.control.iter().map(|c| c.fd));
         fds.extend(self.metrics.iter().map(|m| m.fd));
         fds.extend(self.pipes.iter().map(|p| p.fd));
+        fds.extend(self.undertaker.iter().map(|u| u.0));
         fds
     }
 
