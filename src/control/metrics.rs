@@ -462,6 +462,15 @@ impl Metrics {
             out.sample("rcluster_master_resident_memory_bytes", &[], rss as f64);
         }
         out.family(
+            "rcluster_master_anonymous_memory_bytes",
+            "gauge",
+            "Anonymous resident memory of the master itself: its own, where the resident \
+             memory also counts the shared pages of its binary and libc.",
+        );
+        if let Some(anon) = observed.master_anon {
+            out.sample("rcluster_master_anonymous_memory_bytes", &[], anon as f64);
+        }
+        out.family(
             "rcluster_log_lines_lost_total",
             "counter",
             "Log lines the log's destination could not take.",

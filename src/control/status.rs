@@ -79,6 +79,8 @@ pub struct Observed {
     /// ...and the slot's last exited worker, with its last lines.
     pub previous: Option<(Pid, Vec<String>)>,
     pub master_rss: Option<u64>,
+    /// Of which anonymous (`usage::own_anonymous`).
+    pub master_anon: Option<u64>,
 }
 
 /// What the shell has counted: things that went wrong at the edges.
@@ -246,6 +248,7 @@ fn master_json(
         "releases": releases,
         "all_ready": sup.all_ready(),
         "rss_bytes": observed.master_rss,
+        "anon_bytes": observed.master_anon,
         "log_lines_lost": counts.log_lines_lost,
         "notify_dropped": counts.notify_dropped,
         "stopping": !sup.is_running(),

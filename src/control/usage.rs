@@ -61,6 +61,17 @@ pub fn of_process(pid: Pid) -> Option<Usage> {
     })
 }
 
+/// This process's anonymous resident memory (`RssAnon` of
+/// `/proc/self/status`): what it holds of its own, where its RSS also
+/// counts the pages of its binary and libc, shared and given back to the
+/// page cache on demand.
+pub fn own_anonymous() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The children of every thread of `pid`.
 pub(crate) fn children(pid: i32) -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

@@ -152,9 +152,12 @@ fn master_lines(status: &Value) -> String {
         master["name"].as_str().unwrap_or("-"),
         master["pid"],
         millis(&master["uptime_ms"]).map(human).unwrap_or_default(),
-        master["rss_bytes"]
-            .as_u64()
-            .map_or_else(String::new, |rss| format!(", rss {}", megabytes(rss))),
+        match (master["rss_bytes"].as_u64(), master["anon_bytes"].as_u64()) {
+            (Some(rss), Some(anon)) =>
+                format!(", rss {} ({} anon)", megabytes(rss), megabytes(anon)),
+            (Some(rss), None) => format!(", rss {}", megabytes(rss)),
+            _ => String::new(),
+        },
         count(
             master["workers"].as_u64().unwrap_or_default() as usize,
             "worker"

@@ -102,6 +102,8 @@ fn serve(read: OwnedFd, stop_signal: i32, stop_timeout: Duration) -> ! {
             libc::dup2(read.as_raw_fd(), 3);
         }
         libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+        // Told apart from the master in `ps -o comm` and `pgrep -x`.
+        libc::prctl(libc::PR_SET_NAME, c"rcluster-undert".as_ptr());
         for signal in [
             libc::SIGINT,
             libc::SIGTERM,

@@ -30,8 +30,8 @@ pub const FIGURES: &[(&str, &str)] = &[
         "< 5 ms",
     ),
     (
-        "master RSS, default flags, 4 workers, after 3 reloads, a status and a scrape",
-        "≤ 1600 KiB",
+        "master memory, default flags, 4 workers, after 3 reloads, a status and a scrape",
+        "anonymous ≤ 1024 KiB, RSS awake ≤ 4096 KiB",
     ),
     ("kill -9 to replacement exec'd, idle (8 workers)", "< 1 ms"),
     (
@@ -188,10 +188,14 @@ fn memory(report: &Report) -> Option<(String, bool)> {
     let m = report.memory.as_ref()?;
     Some((
         format!(
-            "{} KiB asleep ({} anonymous, {} file-backed); {} KiB as the status returned",
-            m.rss_kib, m.anon_kib, m.file_kib, m.awake_kib
+            "{} KiB anonymous; RSS {} KiB as the status returned, {} KiB asleep ({} \
+             file-backed, shared and given back on demand)",
+            m.anon_kib, m.awake_kib, m.rss_kib, m.file_kib
         ),
-        m.asleep && m.rss_kib <= 1600,
+        // What the master holds of its own, and what it touches as it
+        // works: RSS asleep only counts the binary's pages it dropped,
+        // which stay cached and charged to the cgroup all the same (#35).
+        m.anon_kib <= 1024 && m.awake_kib <= 4096,
     ))
 }
 

@@ -34,6 +34,7 @@ impl<L: Launch> Master<'_, L> {
         let mut observed = Observed {
             master_rss: usage::of_process(Pid::from_raw(std::process::id() as i32))
                 .map(|u| u.rss_bytes),
+            master_anon: usage::own_anonymous(),
             ..Observed::default()
         };
         for worker in self.supervisor.workers() {
