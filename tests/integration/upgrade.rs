@@ -395,6 +395,46 @@ fn a_worker_that_dies_during_the_upgrade_is_restarted_by_the_new_image() {
     assert_eq!(slot["restarts"], 1, "{st}");
 }
 
+/// The file exec'd is the file checked (#35): a deploy that moves another
+/// binary over the path while the check runs (here the checked script
+/// does it itself, once its check has passed) does not get that binary
+/// exec'd. Before, the master compared the path's identity again and gave
+/// the upgrade up ("changed while it was checked").
+#[test]
+fn the_binary_execd_is_the_one_checked_whatever_the_path_holds_by_then() {
+    let tagged = tagged_binary();
+    let bin = Bin::new("upgrade-mv");
+    let control = bin.control();
+    let mut master = bin.start(&["-w", "2"]);
+    let before = master.ready_workers();
+    let next = bin.dir.path("rcluster.moved");
+    bin.install_script(&format!(
+        "case \"$1\" in --upgrade-check) {real} \"$@\"; rc=$?; \
+           cp {tagged} {next} && chmod 755 {next} && mv {next} {path}; exit $rc;; esac\n\
+         exec {real} \"$@\"",
+        real = path_str(&rcluster_bin()),
+        tagged = path_str(tagged),
+        next = path_str(&next),
+        path = path_str(&bin.path()),
+    ));
+    let (code, out, err) = upgrade(&control, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let st = status(&control);
+    assert_eq!(
+        st["master"]["version"], "0.1.0",
+        "the checked script ran, not the binary moved over it: {}",
+        st["master"]
+    );
+    let now: Vec<i64> = workers(&st).iter().map(|w| w.1).collect();
+    assert!(before.iter().all(|(_, pid)| now.contains(&i64::from(*pid))));
+    let moved = std::fs::metadata(bin.path()).unwrap().len();
+    assert_eq!(
+        moved,
+        std::fs::metadata(tagged).unwrap().len(),
+        "the path holds the moved binary by now"
+    );
+}
+
 /// `rcluster upgrade --reload`: the new image then rolls the workers.
 #[test]
 fn upgrade_with_reload_rolls_the_workers_after() {
