@@ -88,31 +88,15 @@ fn tcp_listening_port(socket: &OwnedFd) -> Option<u16> {
 }
 
 /// The processes that hold a socket listening on TCP `port`, with their
-/// command names: read from `/proc/net/tcp{,6}` and every process's fds,
-/// which only the start-up's error path does (it is a scan of the host).
+/// command names: every process's socket fds, each copied for a moment
+/// (`pidfd_getfd`) and asked whether it listens there. Only the
+/// start-up's error path does this (it is a scan of the host's processes).
+/// Not `/proc/net/tcp`: with the tens of thousands of connections a loaded
+/// host keeps in TIME_WAIT, reading it took over 20 s (the kernel walks the
+/// table again for each page it returns), and a master that could not bind
+/// took that long to say so. A process the master may not look into (ptrace
+/// rules: another user's, without root) is not named.
 pub fn holders(port: u16) -> Vec<(i32, String)> {
-    let mut inodes = BTreeSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // local_address is `ADDR:PORT` in hex; state 0A is LISTEN.
-            let listening_here = fields
-                .get(1)
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-                == Some(port)
-                && fields.get(3) == Some(&"0A");
-            if let Some(inode) = fields.get(9).and_then(|i| i.parse::<u64>().ok())
-                && listening_here
-            {
-                inodes.insert(inode);
-            }
-        }
-    }
-    if inodes.is_empty() {
-        return Vec::new();
-    }
     let mut found = Vec::new();
     let Ok(processes) = std::fs::read_dir("/proc") else {
         return found;
@@ -125,25 +109,42 @@ pub fn holders(port: u16) -> Vec<(i32, String)> {
         else {
             continue;
         };
-        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|target| {
-                let target = target.to_string_lossy();
-                target
-                    .strip_prefix("socket:[")
-                    .and_then(|t| t.strip_suffix(']'))
-                    .and_then(|ino| ino.parse().ok())
-                    .is_some_and(|ino: u64| inodes.contains(&ino))
-            })
-        });
-        if holds {
+        if listens_on(pid, &process.path(), port) {
             let comm = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
             found.push((pid, comm.trim().to_string()));
         }
     }
     found
+}
+
+/// Whether process `pid` (its `/proc` directory `dir`) holds a socket
+/// listening on TCP `port`.
+fn listens_on(pid: i32, dir: &std::path::Path, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+        return false;
+    };
+    let sockets: Vec<i32> = fds
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:["))
+        })
+        .filter_map(|fd| fd.file_name().to_str()?.parse().ok())
+        .collect();
+    if sockets.is_empty() {
+        return false;
+    }
+    // SAFETY: pidfd_open only reads its arguments; a new fd is ours alone.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return false;
+    }
+    // SAFETY: a fresh fd, owned from here.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    sockets.into_iter().any(|fd| {
+        use std::os::fd::AsFd;
+        copy_fd(pidfd.as_fd(), fd).is_ok_and(|copy| tcp_listening_port(&copy) == Some(port))
+    })
 }
 
 #[cfg(test)]
