@@ -274,6 +274,16 @@ fn a_port_kept_by_what_an_earlier_masters_worker_left_is_named_at_the_next_start
         .trim()
         .parse()
         .unwrap();
+    // The worker is ready before its background `setsid` has left the
+    // worker's process group; killed before that, it goes with the group
+    // (the undertaker stops the group, as the master's own stop would).
+    let detached = wait_until(WAIT, || {
+        std::fs::read_to_string(format!("/proc/{daemon}/stat")).is_ok_and(|stat| {
+            let fields: Vec<&str> = stat.split_whitespace().collect();
+            fields.get(1) == Some(&"(sleep)") && fields.get(4) == Some(&daemon.to_string().as_str())
+        })
+    });
+    assert!(detached, "the daemon never left the worker's process group");
     master.signal(libc::SIGKILL);
     master.wait_exit();
     let (code, _, err) = rcluster(&["-w", "1", "-l", &listen, "--", &hello]);
