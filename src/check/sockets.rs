@@ -1,51 +1,58 @@
 //! Which worker holds a connection the check opened: the server's end of
-//! it found in `/proc/net/tcp` (its inode), then among the fds of each
-//! worker's process tree.
+//! it found among the socket fds of each worker's process tree.
 
 use std::net::SocketAddr;
 
 /// The worker (of `workers`) whose process tree holds the server's end of
-/// the connection from `client` to `server`.
+/// the connection from `client` to `server`: a socket among its fds,
+/// copied for a moment (`pidfd_getfd`), whose local port is the server's
+/// and whose peer is `client`. Not through `/proc/net/tcp`: under load it
+/// lists tens of thousands of connections in TIME_WAIT, and reading it took
+/// longer than a connection may wait to be taken.
 pub fn holder(server: SocketAddr, client: SocketAddr, workers: &[i32]) -> Option<i32> {
-    let inode = server_end(server, client)?;
-    let target = format!("socket:[{inode}]");
-    workers.iter().copied().find(|&worker| {
-        tree(worker).iter().any(|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|fd| {
-                    std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == target)
-                })
-        })
-    })
+    workers
+        .iter()
+        .copied()
+        .find(|&worker| tree(worker).iter().any(|&pid| holds(pid, server, client)))
 }
 
-/// The inode of the socket whose local port is `server`'s and whose peer
-/// is `client`.
-fn server_end(server: SocketAddr, client: SocketAddr) -> Option<u64> {
-    let table = if server.is_ipv4() {
-        "/proc/net/tcp"
-    } else {
-        "/proc/net/tcp6"
+/// Whether process `pid` holds the server's end of the connection.
+fn holds(pid: i32, server: SocketAddr, client: SocketAddr) -> bool {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
     };
-    let text = std::fs::read_to_string(table).ok()?;
-    let port = |field: &str| {
-        field
-            .rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok())
-    };
-    text.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let ours = port(fields.get(1)?) == Some(server.port())
-            && port(fields.get(2)?) == Some(client.port());
-        if ours {
-            fields.get(9)?.parse().ok()
-        } else {
-            None
+    let sockets: Vec<i32> = fds
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:["))
+        })
+        .filter_map(|fd| fd.file_name().to_str()?.parse().ok())
+        .collect();
+    // SAFETY: pidfd_open only reads its arguments; a new fd is ours alone.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return false;
+    }
+    // SAFETY: a fresh fd, owned from here.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    sockets.into_iter().any(|fd| {
+        // SAFETY: pidfd_getfd only reads its arguments; a new fd (close-on-
+        // exec) is ours alone.
+        let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+        if copy < 0 {
+            return false;
         }
+        // SAFETY: as above.
+        let copy = unsafe { OwnedFd::from_raw_fd(copy as i32) };
+        let socket = socket2::SockRef::from(&copy);
+        let peer = socket.peer_addr().ok().and_then(|a| a.as_socket());
+        let local = socket.local_addr().ok().and_then(|a| a.as_socket());
+        // A dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d.
+        let canonical = |a: SocketAddr| (a.ip().to_canonical(), a.port());
+        peer.map(canonical) == Some(canonical(client))
+            && local.is_some_and(|l| l.port() == server.port())
     })
 }
 
