@@ -18,35 +18,9 @@ pub fn holder(server: SocketAddr, client: SocketAddr, workers: &[i32]) -> Option
 
 /// Whether process `pid` holds the server's end of the connection.
 fn holds(pid: i32, server: SocketAddr, client: SocketAddr) -> bool {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    let sockets: Vec<i32> = fds
-        .flatten()
-        .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:["))
-        })
-        .filter_map(|fd| fd.file_name().to_str()?.parse().ok())
-        .collect();
-    // SAFETY: pidfd_open only reads its arguments; a new fd is ours alone.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return false;
-    }
-    // SAFETY: a fresh fd, owned from here.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    sockets.into_iter().any(|fd| {
-        // SAFETY: pidfd_getfd only reads its arguments; a new fd (close-on-
-        // exec) is ours alone.
-        let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-        if copy < 0 {
-            return false;
-        }
-        // SAFETY: as above.
-        let copy = unsafe { OwnedFd::from_raw_fd(copy as i32) };
-        let socket = socket2::SockRef::from(&copy);
+    let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    crate::sockets::portcheck::any_socket(pid, &dir, |copy| {
+        let socket = socket2::SockRef::from(copy);
         let peer = socket.peer_addr().ok().and_then(|a| a.as_socket());
         let local = socket.local_addr().ok().and_then(|a| a.as_socket());
         // A dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d.

@@ -120,6 +120,13 @@ pub fn holders(port: u16) -> Vec<(i32, String)> {
 /// Whether process `pid` (its `/proc` directory `dir`) holds a socket
 /// listening on TCP `port`.
 fn listens_on(pid: i32, dir: &std::path::Path, port: u16) -> bool {
+    any_socket(pid, dir, |copy| tcp_listening_port(copy) == Some(port))
+}
+
+/// Whether one of the sockets process `pid` (its `/proc` directory `dir`)
+/// holds, each copied for a moment (`pidfd_getfd`), passes `test`; false
+/// for a process that may not be looked into (ptrace rules) or is gone.
+pub fn any_socket(pid: i32, dir: &std::path::Path, test: impl Fn(&OwnedFd) -> bool) -> bool {
     let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
         return false;
     };
@@ -143,7 +150,7 @@ fn listens_on(pid: i32, dir: &std::path::Path, port: u16) -> bool {
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
     sockets.into_iter().any(|fd| {
         use std::os::fd::AsFd;
-        copy_fd(pidfd.as_fd(), fd).is_ok_and(|copy| tcp_listening_port(&copy) == Some(port))
+        copy_fd(pidfd.as_fd(), fd).is_ok_and(|copy| test(&copy))
     })
 }
 
