@@ -15,10 +15,9 @@
 //! copied as soon as the hand-over is read, and the copies are put back
 //! at their numbers (`dup2`) just before the old binary runs again.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Mutex;
 
 use super::handover::{FAILED_ARG, RESUME_ARG};
@@ -135,21 +134,10 @@ impl Fallback {
         // One line: it travels as an argument.
         argv.push(format!("{FAILED_ARG}{}", cause.replace('\n', " ")).into());
         argv.extend(args.iter().cloned());
-        let Ok(argv) = argv
-            .iter()
-            .map(|a| CString::new(a.as_bytes()))
-            .collect::<Result<Vec<_>, _>>()
-        else {
-            return io::Error::other("a NUL byte in the command line");
+        let (argv, env) = match super::exec_strings(&argv) {
+            Ok(strings) => strings,
+            Err(e) => return e,
         };
-        let env: Vec<CString> = std::env::vars_os()
-            .filter_map(|(k, v)| {
-                let mut kv = k;
-                kv.push("=");
-                kv.push(v);
-                CString::new(kv.as_bytes()).ok()
-            })
-            .collect();
         match nix::unistd::fexecve(self.old_exe.as_fd(), &argv, &env) {
             Err(errno) => io::Error::from(errno),
             Ok(never) => match never {},

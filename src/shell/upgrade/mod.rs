@@ -20,7 +20,7 @@ pub mod handover;
 use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -150,25 +150,9 @@ pub fn exec(binary: &Binary, exe: &OwnedFd, handover: &OwnedFd, fds: &[RawFd]) -
     let (h, e, x) = (handover.as_raw_fd(), old.as_raw_fd(), exe.as_raw_fd());
     argv.push(format!("{RESUME_ARG}{h},{e},{x}").into());
     argv.extend(binary.args.iter().cloned());
-    let cstrings = |items: &[OsString]| -> io::Result<Vec<CString>> {
-        items
-            .iter()
-            .map(|s| CString::new(s.as_bytes()).map_err(io::Error::other))
-            .collect()
-    };
-    let Ok(argv) = cstrings(&argv) else {
-        return io::Error::other("a NUL byte in the command line");
-    };
-    let env: Vec<OsString> = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut kv = k;
-            kv.push("=");
-            kv.push(v);
-            kv
-        })
-        .collect();
-    let Ok(env) = cstrings(&env) else {
-        return io::Error::other("a NUL byte in the environment");
+    let (argv, env) = match exec_strings(&argv) {
+        Ok(strings) => strings,
+        Err(e) => return e,
     };
     let kept: Vec<RawFd> = fds.iter().copied().chain([h, x]).collect();
     for &fd in &kept {
@@ -182,6 +166,25 @@ pub fn exec(binary: &Binary, exe: &OwnedFd, handover: &OwnedFd, fds: &[RawFd]) -
         let _ = set_cloexec(fd, true);
     }
     error
+}
+
+/// `argv` and this process's environment as `execve` takes them; the error
+/// names which held a NUL byte.
+pub(super) fn exec_strings(argv: &[OsString]) -> Result<(Vec<CString>, Vec<CString>), io::Error> {
+    let cstrings = |items: &mut dyn Iterator<Item = OsString>| -> Option<Vec<CString>> {
+        items.map(|s| CString::new(s.into_vec()).ok()).collect()
+    };
+    let argv = cstrings(&mut argv.iter().cloned())
+        .ok_or_else(|| io::Error::other("a NUL byte in the command line"))?;
+    let mut env = std::env::vars_os().map(|(k, v)| {
+        let mut kv = k;
+        kv.push("=");
+        kv.push(v);
+        kv
+    });
+    let env =
+        cstrings(&mut env).ok_or_else(|| io::Error::other("a NUL byte in the environment"))?;
+    Ok((argv, env))
 }
 
 /// Sets or clears a descriptor's close-on-exec flag.
