@@ -428,7 +428,9 @@ impl<'a, L: Launch> Master<'a, L> {
                 Source::Output(id) => self.on_output(id),
                 Source::Log(_) => self.log.flush(),
                 Source::Exited(pid) => {
-                    if let Some(exit) = reap::pid(pid) {
+                    let reaped = reap::pid(pid);
+                    self.steps.ended(began, || "waitpid".into());
+                    if let Some(exit) = reaped {
                         self.on_reaped(pid, exit, now);
                     }
                 }
@@ -522,7 +524,10 @@ impl<'a, L: Launch> Master<'a, L> {
     /// Feeds one event to the supervisor and carries out its actions. A
     /// spawn's answer is fed back before the next action runs.
     fn dispatch(&mut self, event: Event, now: Instant) {
-        for action in self.supervisor.handle(event, now) {
+        let began = Instant::now();
+        let actions = self.supervisor.handle(event, now);
+        self.steps.ended(began, || "the supervisor".into());
+        for action in actions {
             let (began, kind) = (Instant::now(), action.kind());
             self.execute(action, now);
             self.steps.ended(began, || kind.to_string());

@@ -139,9 +139,13 @@ impl<L: Launch> Master<'_, L> {
     }
 
     pub(super) fn on_reaped(&mut self, pid: Pid, exit: crate::vocab::Exit, now: Instant) {
+        // Each part is timed on its own: a stall seen once names its part.
+        let began = Instant::now();
         if let Some(undertaker) = &self.undertaker {
             undertaker.forget(pid);
         }
+        self.steps.ended(began, || "telling the undertaker".into());
+        let began = Instant::now();
         if let Some(pidfd) = self.pidfds.remove(&pid) {
             // It closes as it drops, which takes it out of the epoll set
             // anyway: a failed deregister changes nothing.
@@ -150,6 +154,7 @@ impl<L: Launch> Master<'_, L> {
                 .registry()
                 .deregister(&mut SourceFd(&pidfd.as_raw_fd()));
         }
+        self.steps.ended(began, || "closing the pidfd".into());
         if self.is_upgrade_check(pid) {
             return self.on_upgrade_checked(exit, now);
         }
@@ -161,8 +166,10 @@ impl<L: Launch> Master<'_, L> {
         }
         // Its last words first: what it wrote just before it died may still
         // be in its pipe.
+        let began = Instant::now();
         let tail = self.output.last_words(pid, self.poll.registry(), self.log);
         let last_line = tail.cause();
+        self.steps.ended(began, || "its last words".into());
         self.cpu_samples.remove(&pid);
         self.look_samples.remove(&pid);
         self.inherited.remove(&pid);
