@@ -308,11 +308,22 @@ fn upgrade(wait: bool, reload: bool, target: &Target) -> ExitCode {
     let Ok(path) = find(target) else {
         return ExitCode::from(NO_MASTER);
     };
+    let pid = answer["pid"].as_i64().unwrap_or_default();
     let deadline = Instant::now() + target.timeout.unwrap_or(WAIT_TIMEOUT);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
-        let Ok(status) = control::ask(&path, &json!({"cmd": "status"}), TIMEOUT) else {
-            continue;
+        let status = match control::ask(&path, &json!({"cmd": "status"}), TIMEOUT) {
+            Ok(status) => status,
+            // The control socket stays open across the exec: nobody
+            // listening, and no process, means the master died.
+            Err(control::Failed::NoMaster(_)) if !alive(pid) => {
+                complain!(
+                    "rcluster: the master (pid {pid}) died during the upgrade; its workers are \
+                     stopped within --stop-timeout; see its log for why"
+                );
+                return ExitCode::from(NO_MASTER);
+            }
+            Err(_) => continue,
         };
         let master = &status["master"];
         let upgrades = &master["upgrades"];
@@ -339,6 +350,18 @@ fn upgrade(wait: bool, reload: bool, target: &Target) -> ExitCode {
     }
     complain!("rcluster: the upgrade did not finish in time; see rcluster status and the log");
     ExitCode::from(TIMED_OUT)
+}
+
+/// Whether process `pid` runs (a zombie does not). 0, an answer from a
+/// master that did not say its pid, counts as running.
+fn alive(pid: i64) -> bool {
+    if pid <= 0 {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }
 
 /// The master `target` names, asked `request`: its answer, or (having

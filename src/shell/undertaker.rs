@@ -170,8 +170,9 @@ fn apply(groups: &mut BTreeSet<i32>, line: &[u8]) {
 fn stop(groups: &BTreeSet<i32>, stop_signal: i32, stop_timeout: Duration) {
     let _ = writeln!(
         io::stderr(),
-        "rcluster: the master is gone: stopping its {} workers ({}), killing what is left after {}s",
+        "rcluster: the master is gone: stopping its {} worker{} ({}), killing what is left after {}s",
         groups.len(),
+        if groups.len() == 1 { "" } else { "s" },
         crate::vocab::signal_name(stop_signal),
         stop_timeout.as_secs_f64()
     );

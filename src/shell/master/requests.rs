@@ -88,6 +88,7 @@ impl<L: Launch> Master<'_, L> {
             Request::Upgrade { reload } => Some(match self.upgrade(reload, now) {
                 Ok(attempt) => json!({
                     "ok": true, "attempt": attempt, "done": self.upgrades.done,
+                    "pid": std::process::id(),
                     "exe": self.binary.as_ref().map(|b| b.exe.display().to_string()),
                 }),
                 Err(cause) => control::error(cause),
