@@ -28,7 +28,9 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use serde::{Deserialize, Serialize};
 
 use socket2::{Domain, Socket, Type};
 
@@ -88,6 +90,67 @@ impl Balancer {
         })
     }
 
+    /// Every group as a live upgrade hands it over: the sockets keep
+    /// their numbers, and the steering program stays attached to the
+    /// group in the kernel, so the new image only needs to know which is
+    /// which.
+    pub fn handover(&self) -> Vec<GroupFd> {
+        self.groups
+            .iter()
+            .map(|group| GroupFd {
+                position: group.position,
+                addr: group.addr,
+                backlog: group.backlog,
+                sockets: group
+                    .sockets
+                    .iter()
+                    .map(|(&(slot, lane), (socket, index))| QueueFd {
+                        slot,
+                        lane,
+                        index: *index,
+                        fd: socket.as_raw_fd(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The groups an earlier image of the master handed over, as they
+    /// were; `listeners` as for [`Balancer::new`].
+    ///
+    /// # Safety
+    /// Every fd in `groups` must be the hand-over's, owned by nothing else.
+    pub unsafe fn resume(listeners: &[RawFd], groups: &[GroupFd]) -> io::Result<Balancer> {
+        let mut resumed = Vec::new();
+        for group in groups {
+            let mut sockets = BTreeMap::new();
+            for queue in &group.sockets {
+                // SAFETY: as the caller says.
+                let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(queue.fd) });
+                socket.set_cloexec(true)?;
+                sockets.insert((queue.slot, queue.lane), (socket, queue.index));
+            }
+            resumed.push(Group {
+                position: group.position,
+                addr: group.addr,
+                backlog: group.backlog,
+                sockets,
+            });
+        }
+        Ok(Balancer {
+            listeners: listeners.to_vec(),
+            groups: resumed,
+            steered: None,
+        })
+    }
+
+    /// Every socket of every group.
+    pub fn fds_of_all_slots(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.groups
+            .iter()
+            .flat_map(|g| g.sockets.values().map(|(socket, _)| socket.as_raw_fd()))
+    }
+
     /// The fds a worker of `slot` on `lane` gets, in listener order; the
     /// lane's sockets are made (bound and listening) the first time.
     pub fn fds(&mut self, slot: SlotId, lane: Lane) -> io::Result<Vec<RawFd>> {
@@ -132,6 +195,24 @@ impl Balancer {
         self.steered = Some(live.to_vec());
         Ok(true)
     }
+}
+
+/// A group in a live upgrade's hand-over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupFd {
+    pub position: usize,
+    pub addr: SocketAddr,
+    pub backlog: i32,
+    pub sockets: Vec<QueueFd>,
+}
+
+/// One slot's socket on one lane, and its index in the kernel's group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueFd {
+    pub slot: SlotId,
+    pub lane: Lane,
+    pub index: u32,
+    pub fd: RawFd,
 }
 
 /// A socket that joins the group at `addr`.

@@ -623,3 +623,63 @@ fn upgrade_wait_says_at_once_that_the_master_died() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(master.wait_exit().signal(), Some(libc::SIGKILL));
 }
+
+/// `--balance reuseport` (#35; refused before): each slot's sockets keep
+/// their numbers across the exec and the steering program stays attached
+/// in the kernel, so wrk, keep-alive then close, sees no failure through
+/// an upgrade each, nor through a reload after them (which steers the new
+/// workers' lanes with the groups the new image took over); the same
+/// workers serve, and no socket leaks.
+#[test]
+fn reuseport_upgrades_under_wrk_lose_nothing() {
+    let bin = Bin::new("upgrade-reuseport");
+    let control = bin.control();
+    let mut master = bin.start(&["-w", "2", "--balance", "reuseport"]);
+    let addr = master.listening();
+    master.ready_workers();
+    let before = status(&control);
+    let fds_before = open_fds(master.pid).len();
+    for keep_alive in [true, false] {
+        let wrk = Wrk::start(addr, 8, keep_alive);
+        wrk.wait_for_more(200);
+        let (code, out, err) = upgrade(&control, &[]);
+        assert_eq!(code, 0, "keep-alive {keep_alive}: {out}{err}");
+        wrk.wait_for_more(200);
+        let stats = wrk.finish();
+        assert_eq!(stats.failed(), 0, "keep-alive {keep_alive}: {stats:?}");
+    }
+    let st = status(&control);
+    assert_eq!(st["master"]["pid"], before["master"]["pid"]);
+    assert_eq!(st["master"]["upgrades"]["done"], 2, "{st}");
+    assert_eq!(workers(&st), workers(&before), "the same workers");
+    assert!(
+        wait_until(WAIT, || open_fds(master.pid).len() <= fds_before),
+        "fds leaked across images: {} now, {fds_before} before",
+        open_fds(master.pid).len()
+    );
+    let wrk = Wrk::start(addr, 8, true);
+    wrk.wait_for_more(200);
+    let (code, out, err) = rcluster(&["reload", "--wait", "--control", &control]);
+    assert_eq!(code, 0, "{out}{err}");
+    wrk.wait_for_more(200);
+    let stats = wrk.finish();
+    assert_eq!(
+        stats.failed(),
+        0,
+        "the reload after the upgrades: {stats:?}"
+    );
+    // The replaced workers go once their queues' grace is over.
+    let replaced = wait_until(WAIT, || workers(&status(&control)).iter().all(|w| w.2 == 2));
+    assert!(replaced, "{}", status(&control));
+    // Each slot's new worker has a queue of its own, made by the new image.
+    let sockets: std::collections::BTreeSet<String> = workers(&status(&control))
+        .iter()
+        .map(|w| {
+            let fd3 = std::fs::read_link(format!("/proc/{}/fd/3", w.1)).unwrap();
+            fd3.display().to_string()
+        })
+        .collect();
+    assert_eq!(sockets.len(), 2, "one queue per slot: {sockets:?}");
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.wait_exit().code(), Some(0));
+}

@@ -116,7 +116,19 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
     }
     master.listener_fds = listeners.iter().map(Listener::fd).collect();
     let groups: Vec<_> = listeners.iter().map(|l| (l.fd(), l.reuseport)).collect();
-    if groups.iter().any(|(_, group)| group.is_some()) {
+    let handed = handover
+        .as_ref()
+        .map(|h| h.balance.as_slice())
+        .unwrap_or_default();
+    if !handed.is_empty() {
+        // SAFETY: the old image handed these descriptors over to us alone.
+        let balancer = unsafe { Balancer::resume(&master.listener_fds, handed) }
+            .map_err(|e| Error::os("taking over --balance reuseport after the upgrade", e))?;
+        for fd in balancer.fds_of_all_slots() {
+            master.ours.add(fd);
+        }
+        master.balancer = Some(balancer);
+    } else if groups.iter().any(|(_, group)| group.is_some()) {
         let balancer = Balancer::new(&groups).map_err(|e| Error::os("--balance reuseport", e))?;
         master.balancer = Some(balancer);
     }

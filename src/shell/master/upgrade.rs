@@ -14,6 +14,7 @@ use crate::shell::upgrade::handover::{
     self, CHECK_OK, ControlFd, Handover, ListenerFd, MetricsFd, NotifyFd,
 };
 use crate::shell::upgrade::{self, CHECK_TIMEOUT};
+use crate::sockets::balance::Balancer;
 use crate::supervisor::event::ManagerState;
 use crate::supervisor::record::Record;
 use crate::vocab::{Exit, Pid, version};
@@ -91,8 +92,6 @@ impl<L: Launch> Master<'_, L> {
             )
         } else if !self.supervisor.is_running() {
             Some("the master is stopping")
-        } else if self.balancer.is_some() {
-            Some("not yet with --balance reuseport (its steering program is not handed over)")
         } else if self.upgrading.is_some() {
             Some("an upgrade is already under way")
         } else {
@@ -386,7 +385,10 @@ impl<L: Launch> Master<'_, L> {
             }
         });
         Ok(Handover {
-            format: handover::FORMAT,
+            format: match self.balancer {
+                Some(_) => handover::FORMAT_BALANCE,
+                None => handover::FORMAT,
+            },
             from_version: version().to_string(),
             exe: binary.exe.clone(),
             argv0: binary.argv0.clone(),
@@ -423,6 +425,11 @@ impl<L: Launch> Master<'_, L> {
             log_lines_lost: self.counts().log_lines_lost,
             inherited: self.inherited.iter().map(|p| p.as_raw()).collect(),
             counters: self.metrics.snapshot(),
+            balance: self
+                .balancer
+                .as_ref()
+                .map(Balancer::handover)
+                .unwrap_or_default(),
         })
     }
 }

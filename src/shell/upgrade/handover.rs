@@ -16,12 +16,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::shell::output::PipeFd;
 use crate::shell::releases::ReleasesSnapshot;
+use crate::sockets::balance::GroupFd;
 use crate::supervisor::snapshot::Snapshot;
 use crate::vocab::SlotId;
 
 /// The version of this format. A change that an older reader would
 /// misread takes a new number.
 pub const FORMAT: u32 = 1;
+
+/// Format 1 with `balance` (`--balance reuseport`): a reader of format 1
+/// alone would drop the groups and leave the sockets unsteered, so it must
+/// refuse. Written only when there are groups; everything else is
+/// format 1, which every upgrade-capable image reads.
+pub const FORMAT_BALANCE: u32 = 2;
 
 /// The argument that runs a new binary as a check of the hand-over on
 /// its standard input: it reads it, and the command line after it, and
@@ -95,6 +102,10 @@ pub struct Handover {
     /// hand-overs written before there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undertaker: Option<(RawFd, i32)>,
+    /// `--balance reuseport`: each group's sockets. Empty otherwise, and
+    /// in hand-overs written before it could upgrade.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub balance: Vec<GroupFd>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -140,6 +151,11 @@ impl Handover {
         fds.extend(self.metrics.iter().map(|m| m.fd));
         fds.extend(self.pipes.iter().map(|p| p.fd));
         fds.extend(self.undertaker.iter().map(|u| u.0));
+        fds.extend(
+            self.balance
+                .iter()
+                .flat_map(|g| g.sockets.iter().map(|q| q.fd)),
+        );
         fds
     }
 
@@ -184,9 +200,10 @@ impl Handover {
         }
         let version: Version = serde_json::from_slice(bytes)
             .map_err(|e| format!("the hand-over is not one (no format number): {e}"))?;
-        if version.format != FORMAT {
+        if version.format != FORMAT && version.format != FORMAT_BALANCE {
             return Err(format!(
-                "hand-over format {} is unknown to rcluster {} (it reads format {FORMAT})",
+                "hand-over format {} is unknown to rcluster {} (it reads formats \
+                 {FORMAT} and {FORMAT_BALANCE})",
                 version.format,
                 crate::vocab::version()
             ));
@@ -201,11 +218,11 @@ mod tests {
 
     #[test]
     fn a_format_this_image_does_not_know_is_refused_in_one_line() {
-        let error = Handover::parse(br#"{"format": 2, "anything": "else"}"#).unwrap_err();
+        let error = Handover::parse(br#"{"format": 3, "anything": "else"}"#).unwrap_err();
         assert_eq!(
             error,
             format!(
-                "hand-over format 2 is unknown to rcluster {} (it reads format 1)",
+                "hand-over format 3 is unknown to rcluster {} (it reads formats 1 and 2)",
                 crate::vocab::version()
             )
         );
@@ -230,5 +247,29 @@ mod tests {
             String::from_utf8_lossy(&again),
             String::from_utf8_lossy(written).trim_end()
         );
+    }
+
+    /// Format 2 is format 1 with the reuseport groups, and reads back as
+    /// written.
+    #[test]
+    fn format_2_carries_the_reuseport_groups() {
+        let written = include_bytes!("../../../tests/fixtures/handover-format-1.json");
+        let mut handover = Handover::parse(written).unwrap();
+        handover.format = FORMAT_BALANCE;
+        handover.balance = vec![GroupFd {
+            position: 0,
+            addr: "127.0.0.1:8080".parse().unwrap(),
+            backlog: 1024,
+            sockets: vec![crate::sockets::balance::QueueFd {
+                slot: 1,
+                lane: 1,
+                index: 3,
+                fd: 17,
+            }],
+        }];
+        let again = Handover::parse(&serde_json::to_vec(&handover).unwrap()).unwrap();
+        assert_eq!(again.balance[0].sockets[0].index, 3);
+        assert_eq!(again.balance[0].addr.port(), 8080);
+        assert!(again.fds().contains(&17), "handed over by number");
     }
 }
