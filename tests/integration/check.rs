@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use crate::support::wrk::{Wrk, WrkStats};
 use crate::support::{
-    Master, SHORT_HOLD, TempDir, example, is_gone, load, path_str, rcluster_bin, wait_until,
+    Master, SHORT_HOLD, TempDir, example, is_gone, is_gone_since, load, path_str, rcluster_bin,
+    wait_until,
 };
 
 /// The longest a check may run here: its `--duration`, the cures' second
@@ -36,8 +37,8 @@ struct Checked {
     code: i32,
     report: Value,
     /// Every worker process it started, from a file each one wrote its
-    /// pid to.
-    pids: Vec<i32>,
+    /// pid and start time to.
+    pids: Vec<(i32, u64)>,
 }
 
 impl Checked {
@@ -63,7 +64,11 @@ fn check(args: &[&str], server: &str, env: &[(&str, &str)]) -> Checked {
     let pids = dir.path("pids");
     let tmp = dir.path("tmp");
     std::fs::create_dir(&tmp).unwrap();
-    let script = format!("echo $$ >> {}; exec {server}", path_str(&pids));
+    // Each worker's pid and start time: pids wrap during a long check.
+    let script = format!(
+        "echo $$ $(cut -d' ' -f22 /proc/$$/stat) >> {}; exec {server}",
+        path_str(&pids)
+    );
     // Its loads take turns with the suite's through the gate's file
     // (RCLUSTER_LOAD_GATE, which cargo sets from .cargo/config.toml): the
     // test need not hold the gate while the check starts, kills and stops.
@@ -91,10 +96,13 @@ fn check(args: &[&str], server: &str, env: &[(&str, &str)]) -> Checked {
     assert!(exited, "the check did not end: {stdout}{stderr}");
     let report: Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}{stderr}"));
-    let pids: Vec<i32> = std::fs::read_to_string(&pids)
+    let pids: Vec<(i32, u64)> = std::fs::read_to_string(&pids)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.trim().parse().ok())
+        .filter_map(|l| {
+            let (pid, ticks) = l.trim().split_once(' ')?;
+            Some((pid.parse().ok()?, ticks.parse().ok()?))
+        })
         .collect();
     let checked = Checked {
         code: output.status.code().unwrap_or(-1),
@@ -205,13 +213,15 @@ fn leaves_nothing(checked: &Checked, tmp: &Path) {
         "no worker ran: {:#}",
         checked.report
     );
-    for &pid in &checked.pids {
-        let gone = wait_until(Duration::from_secs(10), || is_gone(pid));
+    for &(pid, ticks) in &checked.pids {
+        let gone = wait_until(Duration::from_secs(10), || is_gone_since(pid, ticks));
+        let what = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if !gone {
-            // SAFETY: a worker of this test's check, left behind.
+            // SAFETY: a worker of this test's check (the same start time),
+            // left behind.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        assert!(gone, "worker {pid} outlived the check");
+        assert!(gone, "worker {pid} outlived the check: {what:?}");
     }
     let left: Vec<_> = std::fs::read_dir(tmp).unwrap().flatten().collect();
     assert!(left.is_empty(), "the check left files behind: {left:?}");

@@ -578,6 +578,22 @@ pub fn is_gone(pid: i32) -> bool {
     }
 }
 
+/// When `pid` started (`/proc/PID/stat` field 22, clock ticks since
+/// boot): with the pid, what names one process, since pids wrap (32768 on
+/// the test machine, spent by the suite's threads in minutes).
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    // Field 22 overall is the 20th after the command's closing bracket.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process that was `pid` and started at `ticks` is gone: its
+/// pid free, a zombie, or someone else's by now.
+pub fn is_gone_since(pid: i32, ticks: u64) -> bool {
+    is_gone(pid) || start_ticks(pid) != Some(ticks)
+}
+
 /// A variable from a process's environment.
 pub fn environ(pid: i32, key: &str) -> Option<String> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
