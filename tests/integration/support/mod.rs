@@ -103,9 +103,12 @@ impl Drop for TempDir {
     }
 }
 
-/// Pids of workers the log reported spawned and not yet exited, shared with
-/// the log thread so `Drop` can kill them even after a panic.
-type LivePids = Arc<Mutex<BTreeSet<i32>>>;
+/// Pids of workers the log reported spawned and not yet exited, with
+/// their start times (pids wrap within seconds here: a worker the log never
+/// said exited, say after the master was killed, may have left its pid to
+/// another test's process), shared with the log thread so `Drop` can kill
+/// them even after a panic.
+type LivePids = Arc<Mutex<BTreeMap<i32, Option<u64>>>>;
 
 /// A running master. Dropping it kills the master's process group and each
 /// worker's (workers lead their own groups), then reaps the master; if the
@@ -198,7 +201,7 @@ impl Master {
                 let pid = record["pid"].as_i64().unwrap_or(0) as i32;
                 match record["msg"].as_str() {
                     Some("worker spawned") => {
-                        live2.lock().unwrap().insert(pid);
+                        live2.lock().unwrap().insert(pid, start_ticks(pid));
                     }
                     Some("worker exited") => {
                         live2.lock().unwrap().remove(&pid);
@@ -356,15 +359,25 @@ impl Drop for Master {
             if running {
                 libc::kill(-self.pid, libc::SIGKILL);
             }
-            for &pid in self
+            for (&pid, &ticks) in self
                 .live
                 .lock()
                 .unwrap()
                 .iter()
                 .filter(|_| self.kill_workers)
             {
+                // Its pid now names another process: the worker, and its
+                // group (whose number was free to reuse), are gone. With
+                // no process at that pid, a group of that number can only
+                // be the worker's, kept by what it started.
+                match start_ticks(pid) {
+                    Some(now) if Some(now) != ticks => continue,
+                    Some(_) => {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                    None => {}
+                }
                 libc::kill(-pid, libc::SIGKILL);
-                libc::kill(pid, libc::SIGKILL);
             }
         }
         let _ = self.child.wait();
