@@ -203,6 +203,12 @@ impl Launch for ExecLauncher {
                 std::io::Error::from_raw_os_error(libc::ENOENT),
             ));
         }
+        // Other code at the generation's paths is not run under its name.
+        release.release.unchanged().map_err(|why| {
+            CallFailed::during("checking the release's files")(std::io::Error::other(format!(
+                "generation {generation}'s {why}"
+            )))
+        })?;
         let mut plan = self.plan(release, slot, generation, listeners);
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .map_err(|e| CallFailed::during("pipe2 (the exec pipe)")(e.into()))?;

@@ -4,8 +4,19 @@
 //! `--chdir` anew, so a `current` symlink switched to the next release is
 //! followed then; every later start of that generation (a crash's restart)
 //! runs the same files, whatever `current` points to by then.
+//!
+//! Pinned are the working directory, the program (however it was named:
+//! `./server`, a path through `current`, a name found on a `PATH` entry
+//! inside it) and the script an interpreter runs (`python3 app.py`): each
+//! path's directories have their symlinks resolved once, and the worker is
+//! given the pinned paths (the program's last component is kept as named,
+//! so a virtualenv's `bin/python`, itself a symlink, still finds its
+//! `pyvenv.cfg`). Before each start the files at those paths must still be
+//! the ones recorded (device and inode): a file replaced since is refused
+//! ([`Release::unchanged`]), rather than running other code under the
+//! generation's name. One rewritten in place (the same inode) runs.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -25,6 +36,11 @@ pub struct FileId {
 }
 
 impl FileId {
+    /// The same file (device and inode), whatever was written to it.
+    pub fn same_file(&self, other: &FileId) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
+
     pub fn of(path: &Path) -> std::io::Result<FileId> {
         let meta = std::fs::metadata(path)?;
         Ok(FileId {
@@ -72,17 +88,26 @@ impl Release {
             None => std::env::current_dir()
                 .map_err(|e| Error::os("reading the working directory", e))?,
         };
-        let command = command::resolve_in(command, chdir.map(|_| dir.as_path()))?;
-        let executable = FileId::of(&command.path()).map_err(|e| Error::NotExecutable {
+        let mut command = command::resolve_in(command, chdir.map(|_| dir.as_path()))?;
+        let program = pin(&command.path());
+        let executable = FileId::of(&program).map_err(|e| Error::NotExecutable {
             command: command.display(),
             cause: e.to_string(),
         })?;
-        let script = command
-            .argv
-            .get(1)
-            .map(|arg| dir.join(OsStr::from_bytes(arg.as_bytes())))
-            .filter(|path| path.is_file())
-            .and_then(|path| Some((path.clone(), FileId::of(&path).ok()?)));
+        command.program = c_path(&program);
+        // A program named by a path runs as the pinned path: an interpreter
+        // that finds its files from its own name (a virtualenv's python)
+        // finds this release's.
+        if command.argv[0].as_bytes().contains(&b'/') {
+            command.argv[0] = c_path(&program);
+        }
+        let script = script_position(&command.argv).and_then(|i| {
+            let given = dir.join(OsStr::from_bytes(command.argv[i].as_bytes()));
+            let path = pin(&given);
+            let id = FileId::of(&path).ok().filter(|_| path.is_file())?;
+            command.argv[i] = c_path(&path);
+            Some((path, id))
+        });
         Ok(Release {
             dir,
             chdir: chdir.is_some(),
@@ -113,6 +138,29 @@ impl Release {
         if !program.exists() {
             return Err(format!("{} no longer exists", program.display()));
         }
+        self.unchanged()
+    }
+
+    /// Whether the program and the script at their pinned paths are the
+    /// files recorded when the generation was made (device and inode):
+    /// `Err` names the one replaced since. Checked before every start.
+    pub fn unchanged(&self) -> Result<(), String> {
+        let program = self.command.path();
+        let files = std::iter::once(("program", &program, &self.executable))
+            .chain(self.script.iter().map(|(path, id)| ("script", path, id)));
+        for (what, path, recorded) in files {
+            match FileId::of(path) {
+                Ok(now) if now.same_file(recorded) => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "{what} {} was replaced since the generation was made (reload to run \
+                         the new file)",
+                        path.display()
+                    ));
+                }
+                Err(e) => return Err(format!("{what} {}: {e}", path.display())),
+            }
+        }
         Ok(())
     }
 
@@ -125,5 +173,107 @@ impl Release {
             .map(|a| String::from_utf8_lossy(a.as_bytes()).into_owned())
             .collect();
         words.join(" ")
+    }
+}
+
+/// `path` with the symlinks of its directories resolved, its last
+/// component as named; as given if its directory cannot be resolved.
+fn pin(path: &Path) -> PathBuf {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return path.to_path_buf();
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    std::fs::canonicalize(parent).map_or_else(|_| path.to_path_buf(), |dir| dir.join(name))
+}
+
+fn c_path(path: &Path) -> CString {
+    // A path from the file system, or from a command line that had no NUL.
+    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+/// Interpreters whose first argument that is not an option is the file
+/// they run.
+const INTERPRETERS: &[&str] = &[
+    "python", "python2", "python3", "pypy", "pypy3", "node", "nodejs", "bun", "ruby", "perl",
+    "php", "sh", "bash", "dash", "zsh",
+];
+
+/// Options after which there is no script (the code is on the command
+/// line, or a module is named): `python -c`, `python -m`, `node -e`.
+const NO_SCRIPT: &[&str] = &["-c", "-m", "-e", "-E", "-p", "-r", "--eval", "--print", "-"];
+
+/// Options that take the next argument as their value.
+const WITH_VALUE: &[&str] = &["-X", "-W", "-I", "--require", "--import", "--loader"];
+
+/// Where the script is in `argv`, when `argv[0]` is an interpreter this
+/// knows (`python3.12` counts as `python3`).
+fn script_position(argv: &[CString]) -> Option<usize> {
+    let name = Path::new(OsStr::from_bytes(argv.first()?.as_bytes())).file_name()?;
+    let name = name.to_str()?;
+    let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    if !INTERPRETERS.contains(&name) && !INTERPRETERS.contains(&base) {
+        return None;
+    }
+    let mut i = 1;
+    while let Some(arg) = argv.get(i) {
+        let arg = arg.to_str().ok()?;
+        if NO_SCRIPT.contains(&arg) || arg == "--" && i + 1 >= argv.len() {
+            return None;
+        }
+        if arg == "--" {
+            return Some(i + 1);
+        }
+        if !arg.starts_with('-') {
+            return Some(i);
+        }
+        i += if WITH_VALUE.contains(&arg) { 2 } else { 1 };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<CString> {
+        words.iter().map(|w| CString::new(*w).unwrap()).collect()
+    }
+
+    #[test]
+    fn the_script_is_the_first_argument_that_is_not_an_option() {
+        let at = |words: &[&str]| script_position(&argv(words));
+        assert_eq!(at(&["python3", "app.py"]), Some(1));
+        assert_eq!(
+            at(&["/usr/bin/python3.12", "-u", "app.py", "--port", "1"]),
+            Some(2)
+        );
+        assert_eq!(at(&["python3", "-X", "dev", "app.py"]), Some(3));
+        assert_eq!(at(&["node", "--require", "x", "server.js"]), Some(3));
+        assert_eq!(at(&["python3", "-m", "http.server"]), None);
+        assert_eq!(at(&["node", "-e", "1"]), None);
+        assert_eq!(at(&["sh", "-c", "exec x"]), None);
+        assert_eq!(at(&["./server", "config.yml"]), None, "not an interpreter");
+        assert_eq!(at(&["gunicorn", "app:app"]), None);
+    }
+
+    #[test]
+    fn a_path_is_pinned_through_its_directories_not_its_last_link() {
+        let dir = std::env::temp_dir().join(format!("rcluster-pin-{}", std::process::id()));
+        let release = dir.join("releases/1");
+        std::fs::create_dir_all(release.join("bin")).unwrap();
+        std::fs::write(release.join("bin/real"), "").unwrap();
+        std::os::unix::fs::symlink("real", release.join("bin/python")).unwrap();
+        std::os::unix::fs::symlink("releases/1", dir.join("current")).unwrap();
+        let real_dir = std::fs::canonicalize(&dir).unwrap();
+        assert_eq!(
+            pin(&dir.join("current/bin/python")),
+            real_dir.join("releases/1/bin/python"),
+            "the directory resolved, the last link kept"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

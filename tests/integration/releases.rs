@@ -126,7 +126,9 @@ fn with_chdir_a_reload_runs_the_release_current_points_to_and_rollback_goes_back
         r["msg"] == "release" && r["generation"] == 2
     });
     assert_eq!(record["dir"], path_str(&two), "{record}");
-    assert_eq!(record["command"], "./server", "{record}");
+    // What runs, pinned: `./server` in the release `current` led to.
+    let server = format!("{}/server", path_str(&two));
+    assert_eq!(record["command"], server, "{record}");
     let st = status(&control);
     let releases = &st["master"]["releases"];
     assert_eq!(releases[0]["generation"], 2, "{st}");
@@ -135,7 +137,7 @@ fn with_chdir_a_reload_runs_the_release_current_points_to_and_rollback_goes_back
     assert_eq!(releases[1]["dir"], path_str(&one), "{st}");
     let exposition = http::get(metrics, "/metrics").expect("/metrics").body;
     let info = format!(
-        "rcluster_release_info{{generation=\"2\",directory=\"{}\",command=\"./server\",serving=\"true\"}} 1",
+        "rcluster_release_info{{generation=\"2\",directory=\"{}\",command=\"{server}\",serving=\"true\"}} 1",
         path_str(&two)
     );
     assert!(exposition.contains(&info), "{info} in:\n{exposition}");
@@ -278,6 +280,216 @@ fn a_restart_after_an_aborted_reload_runs_the_serving_release() {
         assert_eq!(http::get(addr, "/").expect("served").status, 200);
     }
     // Not stop_cleanly: the test's own SIGKILL is in the log.
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.wait_exit().code(), Some(0));
+}
+
+/// How a test names the release's program (#36).
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    /// `--chdir APP/current -- ./server`
+    Relative,
+    /// `-- APP/current/server`
+    Absolute,
+    /// `-- python3 APP/current/server.py`
+    Script,
+    /// `-- server`, found on `PATH=APP/current/bin:…`
+    OnPath,
+}
+
+/// Releases 1 and 2, and 3 that dies at start; each has `server` and
+/// `bin/server` (sh scripts) and `server.py`, all of which run hello with
+/// `RELEASE` set to the release's name, so a worker's environment says
+/// which release's files started it.
+fn versioned_tree(tag: &str) -> Tree {
+    let dir = TempDir::new(tag);
+    let hello = example("hello");
+    for n in ["1", "2", "3"] {
+        let body = match n {
+            "3" => "echo 'release 3 cannot start' >&2; exit 1".to_string(),
+            _ => format!("RELEASE={n} exec {hello} \"$@\""),
+        };
+        Tree::release(&dir.0, n, &body);
+        let release = dir.0.join("releases").join(n);
+        std::fs::create_dir_all(release.join("bin")).unwrap();
+        std::fs::copy(release.join("server"), release.join("bin/server")).unwrap();
+        let py = match n {
+            "3" => "import sys; sys.exit('release 3 cannot start')".to_string(),
+            _ => format!(
+                "import os\nos.environ['RELEASE'] = '{n}'\nos.execv('{hello}', ['{hello}'])\n"
+            ),
+        };
+        std::fs::write(release.join("server.py"), py).unwrap();
+    }
+    let tree = Tree { dir };
+    tree.point_to("1");
+    tree
+}
+
+/// The release each worker's files came from, sorted.
+fn releases_running(control: &str) -> Vec<String> {
+    let st = status(control);
+    let mut running: Vec<String> = st["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["pid"].as_i64())
+        .map(|pid| crate::support::environ(pid as i32, "RELEASE").unwrap_or_default())
+        .collect();
+    running.sort();
+    running
+}
+
+/// Makes slot 0's worker exit on its own (`SIGTERM` from outside: it
+/// drains, so wrk loses nothing, where `SIGKILL` would cut the requests it
+/// holds) and waits until its replacement is ready.
+fn crash_one(master: &mut Master, control: &str) {
+    let st = status(control);
+    let pid = st["workers"][0]["pid"].as_i64().unwrap() as i32;
+    // SAFETY: a worker of this test's master, alive a moment ago.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    master.expect("the crash", |r| {
+        r["msg"] == "worker exited" && r["pid"] == pid
+    });
+    master.expect("the replacement", |r| {
+        r["msg"] == "worker ready" && r["pid"] != pid
+    });
+}
+
+/// Each command form under wrk: `current` switched without a reload, a
+/// crash restarts release 1; a reload runs 2; a reload to 3 aborts and a
+/// crash then restarts 2, not 3; a rollback runs 1 again; `status` names
+/// the pinned file; no request fails. Before #36 only `./server` with
+/// `--chdir` was pinned: the crash after the switch ran release 2.
+fn each_start_runs_the_generations_files(form: Form) {
+    let tree = versioned_tree(&format!("pinned-{form:?}").to_lowercase());
+    let control = tree.control();
+    let current = path_str(&tree.current()).to_string();
+    let mut args = vec!["-w", "2", "-l", "127.0.0.1:0", "--control", &control];
+    let (server, py, bin) = (
+        format!("{current}/server"),
+        format!("{current}/server.py"),
+        format!("{current}/bin"),
+    );
+    match form {
+        Form::Relative => args.extend(["--chdir", &current, "--", "./server"]),
+        Form::Absolute => args.extend(["--", &server]),
+        Form::Script => args.extend(["--", "python3", &py]),
+        Form::OnPath => args.extend(["--", "server"]),
+    }
+    let path = format!("{bin}:{}", std::env::var("PATH").unwrap_or_default());
+    let mut master = Master::start_with(&args, |cmd| {
+        cmd.env("PATH", &path);
+    });
+    let addr = master.listening();
+    master.ready_workers();
+    assert_eq!(releases_running(&control), ["1", "1"]);
+    let wrk = Wrk::start(addr, 8, true);
+    wrk.wait_for_more(200);
+
+    tree.point_to("2");
+    crash_one(&mut master, &control);
+    assert_eq!(
+        releases_running(&control),
+        ["1", "1"],
+        "{form:?}: a crash after the switch"
+    );
+    let st = status(&control);
+    let pinned = &st["master"]["releases"][0];
+    let named = match form {
+        Form::Script => pinned["script"].as_str().unwrap_or_default().to_string(),
+        _ => pinned["executable"]["path"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    };
+    assert!(
+        named.starts_with(path_str(&tree.releases("1"))),
+        "{form:?}: status names the file that runs: {pinned}"
+    );
+
+    let (code, out, err) = rcluster(&["reload", "--wait", "--control", &control]);
+    assert_eq!(code, 0, "{form:?}: {out}{err}");
+    assert!(wait_until(crate::support::WAIT, || releases_running(
+        &control
+    ) == ["2", "2"]));
+
+    tree.point_to("3");
+    let (code, out, err) = rcluster(&["reload", "--wait", "--control", &control]);
+    assert_eq!(code, 1, "{form:?}: release 3 aborts: {out}{err}");
+    crash_one(&mut master, &control);
+    assert_eq!(
+        releases_running(&control),
+        ["2", "2"],
+        "{form:?}: a crash after the abort"
+    );
+
+    let (code, out, err) = rcluster(&["rollback", "--wait", "--control", &control]);
+    assert_eq!(code, 0, "{form:?}: {out}{err}");
+    assert!(wait_until(crate::support::WAIT, || releases_running(
+        &control
+    ) == ["1", "1"]));
+    wrk.wait_for_more(200);
+    let stats = wrk.finish();
+    assert_eq!(stats.failed(), 0, "{form:?}: {stats:?}");
+    master.signal(libc::SIGTERM);
+    assert_eq!(master.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn a_relative_program_with_chdir_runs_its_generations_files() {
+    each_start_runs_the_generations_files(Form::Relative);
+}
+
+#[test]
+fn a_program_named_through_current_runs_its_generations_files() {
+    each_start_runs_the_generations_files(Form::Absolute);
+}
+
+#[test]
+fn a_script_named_through_current_runs_its_generations_files() {
+    each_start_runs_the_generations_files(Form::Script);
+}
+
+#[test]
+fn a_program_found_on_a_path_inside_current_runs_its_generations_files() {
+    each_start_runs_the_generations_files(Form::OnPath);
+}
+
+/// A file replaced at the generation's pinned path (a deploy that wrote
+/// into the serving release): a crash restart refuses to run it under the
+/// generation's name, says which file in one line, and the other worker
+/// serves on; a reload runs the new file.
+#[test]
+fn a_program_replaced_under_its_path_is_refused_until_a_reload() {
+    let tree = versioned_tree("pinned-replaced");
+    let control = tree.control();
+    let mut master = tree.rcluster(&["-w", "2"]);
+    let addr = master.listening();
+    master.ready_workers();
+    let server = tree.releases("1").join("server");
+    let next = tree.releases("1").join("server.new");
+    std::fs::copy(&server, &next).unwrap();
+    std::fs::rename(&next, &server).unwrap();
+    let st = status(&control);
+    let pid = st["workers"][0]["pid"].as_i64().unwrap() as i32;
+    // SAFETY: a worker of this test's master, alive a moment ago.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let refused = master.expect_msg("spawn failed");
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "generation 1's program {} was replaced since the generation was made",
+            path_str(&server)
+        )),
+        "{refused}"
+    );
+    for _ in 0..4 {
+        assert_eq!(http::get(addr, "/").expect("served").status, 200);
+    }
+    let (code, out, err) = rcluster(&["reload", "--wait", "--control", &control]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(releases_running(&control), ["1", "1"]);
     master.signal(libc::SIGTERM);
     assert_eq!(master.wait_exit().code(), Some(0));
 }
