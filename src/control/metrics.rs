@@ -220,6 +220,7 @@ impl Metrics {
             | Record::OwnPorts { .. }
             | Record::ControlMoved { .. }
             | Record::Release { .. }
+            | Record::ReleaseRewritten { .. }
             | Record::WorkdirMoved { .. }
             | Record::LosesRequests { .. }
             | Record::UpgradeWaiting { .. }

@@ -141,6 +141,23 @@ impl Release {
         self.unchanged()
     }
 
+    /// The files at the pinned paths that are the recorded ones but were
+    /// written to since (a new modification time).
+    pub fn rewritten(&self) -> Vec<(&'static str, PathBuf)> {
+        let program = self.command.path();
+        std::iter::once(("program", program, self.executable))
+            .chain(
+                self.script
+                    .iter()
+                    .map(|(path, id)| ("script", path.clone(), *id)),
+            )
+            .filter(|(_, path, recorded)| {
+                FileId::of(path).is_ok_and(|now| now.same_file(recorded) && now != *recorded)
+            })
+            .map(|(what, path, _)| (what, path))
+            .collect()
+    }
+
     /// Whether the program and the script at their pinned paths are the
     /// files recorded when the generation was made (device and inode):
     /// `Err` names the one replaced since. Checked before every start.

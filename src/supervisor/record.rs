@@ -306,6 +306,14 @@ pub enum Record {
         /// `rcluster rollback`: the generation whose release this repeats.
         rollback_of: Option<Generation>,
     },
+    /// A file a generation runs was rewritten in place since the
+    /// generation was made (the same inode, a new modification time): it
+    /// runs as it is now. Said once per generation and file.
+    ReleaseRewritten {
+        generation: Generation,
+        what: &'static str,
+        path: String,
+    },
     /// Without `--chdir`: the master's working directory was reached
     /// through a path (`$PWD`) that now leads elsewhere, so a reload runs
     /// the old files.
@@ -441,6 +449,7 @@ impl Record {
             EnvFileOnce { .. } => ("env file read once", Info),
             EnvFileRead { emptied, .. } => ("env file read", if *emptied { Warning } else { Info }),
             Release { .. } => ("release", Info),
+            ReleaseRewritten { .. } => ("release rewritten", Warning),
             WorkdirMoved { .. } => ("working directory moved", Warning),
             LosesRequests { .. } => ("loses requests", Warning),
             UpgradeWaiting { .. } => ("upgrade waiting", Info),

@@ -456,10 +456,11 @@ fn a_program_found_on_a_path_inside_current_runs_its_generations_files() {
     each_start_runs_the_generations_files(Form::OnPath);
 }
 
-/// A file replaced at the generation's pinned path (a deploy that wrote
-/// into the serving release): a crash restart refuses to run it under the
-/// generation's name, says which file in one line, and the other worker
-/// serves on; a reload runs the new file.
+/// A file rewritten in place (the same inode) runs as it is, and that is
+/// said once; one replaced at the generation's pinned path (a deploy that
+/// wrote into the serving release) is refused: a restart does not run it
+/// under the generation's name, says which file in one line, and the other
+/// worker serves on; a reload runs the new file.
 #[test]
 fn a_program_replaced_under_its_path_is_refused_until_a_reload() {
     let tree = versioned_tree("pinned-replaced");
@@ -468,6 +469,17 @@ fn a_program_replaced_under_its_path_is_refused_until_a_reload() {
     let addr = master.listening();
     master.ready_workers();
     let server = tree.releases("1").join("server");
+    let body = std::fs::read(&server).unwrap();
+    std::fs::write(&server, &body).unwrap();
+    let pid = status(&control)["workers"][0]["pid"].as_i64().unwrap() as i32;
+    // SAFETY: a worker of this test's master, alive a moment ago.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let said = master.expect_msg("release rewritten");
+    assert_eq!(said["path"], path_str(&server), "{said}");
+    master.expect("the restart", |r| {
+        r["msg"] == "worker ready" && r["pid"] != pid
+    });
+    assert_eq!(releases_running(&control), ["1", "1"]);
     let next = tree.releases("1").join("server.new");
     std::fs::copy(&server, &next).unwrap();
     std::fs::rename(&next, &server).unwrap();

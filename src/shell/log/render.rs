@@ -177,6 +177,20 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 "generation {generation}: {dir}, {command}{how}"
             ))
         }
+        ReleaseRewritten {
+            generation,
+            what,
+            path,
+        } => {
+            r.u64("generation", *generation)
+                .str("what", what)
+                .str("path", path);
+            r.say(format_args!(
+                "generation {generation}'s {what} {path} was rewritten in place since the \
+                 generation was made: its workers start with it as it is now (reload to make \
+                 that a generation of its own)"
+            ))
+        }
         WorkdirMoved {
             cwd,
             reached_as,

@@ -45,7 +45,7 @@ use crate::sockets::notify::{Manager, NotifySocket};
 use crate::supervisor::Supervisor;
 use crate::supervisor::event::{Event, MasterSignal};
 use crate::supervisor::record::Record;
-use crate::vocab::{Pid, SlotId, errno_name};
+use crate::vocab::{Generation, Pid, SlotId, errno_name};
 
 use requests::reload_answer;
 
@@ -212,6 +212,8 @@ struct Master<'a, L: Launch> {
     trimmer: Option<trim::Trimmer>,
     /// The steps of this turn that took long, for a slow turn's record.
     steps: steps::Steps,
+    /// Files of a generation said to be rewritten in place (`spawn`).
+    rewritten_said: BTreeSet<(Generation, &'static str)>,
     /// Removed as the master drops, if it still names this master.
     pid_file: Option<crate::shell::pidfile::PidFile>,
     /// Stops the workers if the master dies (`shell/undertaker.rs`).
@@ -287,6 +289,7 @@ impl<'a, L: Launch> Master<'a, L> {
             reload_at_start: false,
             trimmer: None,
             steps: steps::Steps::default(),
+            rewritten_said: BTreeSet::new(),
             pid_file: None,
             undertaker: None,
         })

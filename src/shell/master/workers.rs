@@ -261,6 +261,7 @@ impl<L: Launch> Master<'_, L> {
                 return self.dispatch(failed, now);
             }
         };
+        self.say_rewritten(generation);
         match self.launcher.launch(slot, generation, &listeners) {
             Ok(Launched {
                 pid,
@@ -292,6 +293,23 @@ impl<L: Launch> Master<'_, L> {
                 },
                 now,
             ),
+        }
+    }
+
+    /// A file of the generation's release rewritten in place runs as it
+    /// is now (the launcher refuses only a replaced one): said once.
+    fn say_rewritten(&mut self, generation: Generation) {
+        let Some(release) = self.releases.as_ref().and_then(|r| r.get(generation)) else {
+            return;
+        };
+        for (what, path) in release.rewritten() {
+            if self.rewritten_said.insert((generation, what)) {
+                self.log.emit(&Record::ReleaseRewritten {
+                    generation,
+                    what,
+                    path: path.display().to_string(),
+                });
+            }
         }
     }
 
