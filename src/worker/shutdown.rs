@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -280,15 +280,22 @@ impl Shutdown {
     }
 }
 
-/// `poll(2)`, retried on `EINTR`; the number of ready fds (0: timed out).
+/// `poll(2)`, retried on `EINTR` for what is left of `timeout` (a signal
+/// does not restart the wait in full); the number of ready fds (0: timed
+/// out).
 fn poll_fds(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usize> {
-    let timeout = match timeout {
-        None => PollTimeout::NONE,
-        Some(t) => PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
-            .unwrap_or(PollTimeout::MAX),
-    };
+    let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        match poll(fds, timeout) {
+        let left = match deadline {
+            None => PollTimeout::NONE,
+            Some(deadline) => {
+                // Rounded up: a wait never ends before its deadline.
+                let left = deadline.saturating_duration_since(Instant::now());
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match poll(fds, left) {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
             Ok(n) => return Ok(n as usize),
@@ -314,4 +321,51 @@ fn transient_accept_error(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
     ) || e.raw_os_error() == Some(libc::EPROTO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    extern "C" fn nothing(_: libc::c_int) {}
+
+    /// A stream of signals does not make a wait longer than its timeout:
+    /// each `EINTR` used to start the whole wait again, so a worker's
+    /// `wait_for_stop(900ms)` under signals every 50 ms never returned.
+    #[test]
+    fn signals_do_not_restart_a_wait_in_full() {
+        // SAFETY: a handler that does nothing, for a signal nothing else
+        // in the unit tests uses.
+        unsafe { libc::signal(libc::SIGWINCH, nothing as *const () as libc::sighandler_t) };
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        // SAFETY: this thread's own handle.
+        let me = unsafe { libc::pthread_self() };
+        let done = Arc::new(AtomicBool::new(false));
+        let sending = Arc::new(AtomicBool::new(true));
+        let sender = {
+            let (done, sending) = (Arc::clone(&done), Arc::clone(&sending));
+            std::thread::spawn(move || {
+                for _ in 0..300 {
+                    if done.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    // SAFETY: the test thread outlives this loop (it joins).
+                    unsafe { libc::pthread_kill(me, libc::SIGWINCH) };
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                sending.store(false, Ordering::SeqCst);
+            })
+        };
+        let mut fds = [PollFd::new(read.as_fd(), PollFlags::POLLIN)];
+        let ready = poll_fds(&mut fds, Some(Duration::from_millis(100))).unwrap();
+        let returned_under_signals = sending.load(Ordering::SeqCst);
+        done.store(true, Ordering::SeqCst);
+        sender.join().unwrap();
+        assert_eq!(ready, 0, "timed out");
+        assert!(
+            returned_under_signals,
+            "the wait ended only once the signals (3 s of them) stopped"
+        );
+    }
 }
