@@ -189,12 +189,13 @@ fn memory(report: &Report) -> Option<(String, bool)> {
     Some((
         format!(
             "{} KiB anonymous; RSS {} KiB as the status returned, {} KiB asleep ({} \
-             file-backed, shared and given back on demand)",
+             file-backed, shared)",
             m.anon_kib, m.awake_kib, m.rss_kib, m.file_kib
         ),
         // What the master holds of its own, and what it touches as it
-        // works: RSS asleep only counts the binary's pages it dropped,
-        // which stay cached and charged to the cgroup all the same (#35).
+        // works. Not RSS asleep: that once counted only the binary's pages
+        // the master dropped when idle, which stayed cached and charged to
+        // the cgroup all the same (#35), and it no longer drops them.
         m.anon_kib <= 1024 && m.awake_kib <= 4096,
     ))
 }

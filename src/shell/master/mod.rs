@@ -83,6 +83,15 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
     let mut master = Master::new(supervisor, launcher, signals, notify, control, info, log)?;
     master.binary = binary;
     master.trimmer = trim_when_idle.then(trim::Trimmer::default);
+    if trim_when_idle && let Err(e) = trim::keep_code() {
+        log.emit(&Record::OsError {
+            op: "locking the master's code in memory (mlock2; raise LimitMEMLOCK= or ulimit -l \
+                 to allow it): a page of it reclaimed while idle is read from the disk when \
+                 next run"
+                .into(),
+            error: e.to_string(),
+        });
+    }
     if let Some((source, _)) = releases.as_ref().and_then(|r| r.env.as_ref())
         && let Some((kind, file)) = &source.once
         && handover.is_none()
@@ -383,7 +392,7 @@ impl<'a, L: Launch> Master<'a, L> {
         let now = Instant::now();
         match self.trimmer.as_mut().map(|t| t.decide(quiet, now)) {
             Some(trim::Decision::Now) => {
-                let _ = trim::resident_set();
+                trim::heap();
                 timeout
             }
             Some(trim::Decision::At(at)) => {
