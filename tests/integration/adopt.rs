@@ -4,8 +4,6 @@
 //! without it, the master says in a warning that the server listens on a
 //! port of its own.
 
-use std::net::TcpListener;
-
 use crate::examples::path;
 use crate::servers::{rcluster_with, reloads_under_wrk};
 use crate::support::{
@@ -34,12 +32,7 @@ fn an_unmodified_express_app_reloads_under_wrk_with_adopt_bind() {
 #[test]
 fn a_server_on_a_port_of_its_own_is_named_in_a_warning() {
     let app = installs::express().join("plain.js");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = crate::support::free_port().to_string();
     let mut master = crate::support::Master::start_with(
         &[
             "-w",

@@ -5,7 +5,6 @@
 //! names wrk sees none); what it leaves behind (nothing: no process, no
 //! file), even when it is killed.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -383,15 +382,9 @@ fn a_server_whose_draining_worker_answers_slowly_is_bad_on_latency() {
     agrees_with_wrk(&checked, &flags, &server);
 }
 
-/// A free port of 127.0.0.1 for a server to bind itself.
-fn free_port() -> u16 {
-    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
-}
-
 #[test]
 fn a_server_on_its_own_port_cannot_run_and_adopt_bind_is_the_fix() {
-    let port = free_port().to_string();
+    let port = crate::support::free_port().to_string();
     let server = format!("python3 {} --own-port", naive_server());
     let checked = check(&[], &server, &[("PORT", &port)]);
     assert_eq!(checked.code, 2, "{:#}", checked.report);

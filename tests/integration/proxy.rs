@@ -5,7 +5,7 @@
 //! `examples/nginx/app.conf`, so what the docs show is what ran: 5 reloads
 //! under wrk, keep-alive and close, and not one failed request.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ impl Nginx {
         let site = std::fs::read_to_string(path("examples/nginx/app.conf")).unwrap();
         assert!(site.contains("unix:/run/app.sock;") && site.contains("listen 80;"));
         for _ in 0..5 {
-            let addr = free_port();
+            let addr = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
             let site = site
                 .replace("unix:/run/app.sock;", &format!("unix:{socket};"))
                 .replace("listen 80;", &format!("listen {addr};"));
@@ -89,11 +89,6 @@ impl Drop for Nginx {
         unsafe { libc::kill(-group, libc::SIGKILL) };
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> SocketAddr {
-    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap()
 }
 
 fn is_root() -> bool {

@@ -261,11 +261,7 @@ fn a_port_kept_by_what_an_earlier_masters_worker_left_is_named_at_the_next_start
         "setsid sleep 300 & echo $! > {}; exec {hello}",
         path_str(&pidfile)
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut master = Master::start(&["-w", "1", "-l", &listen, "--", "sh", "-c", &script]);
     master.ready_workers();

@@ -199,10 +199,7 @@ fn no_worker_outlives_a_master_killed_with_sigkill_by_more_than_the_stop_timeout
 /// (SIGKILL) and the requests were reset.
 #[test]
 fn a_master_killed_with_sigkill_lets_its_workers_finish_what_they_hold() {
-    let listen = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().to_string()
-    };
+    let listen = format!("127.0.0.1:{}", crate::support::free_port());
     let hello = example("hello");
     let args = [
         "-w",

@@ -591,6 +591,33 @@ pub fn is_gone(pid: i32) -> bool {
     }
 }
 
+/// A port on 127.0.0.1 that is free now, for a server that binds a port
+/// of its own: below the kernel's ephemeral range, so that the clients of
+/// other tests (wrk in `Connection: close` mode opens thousands a second)
+/// are never given it as their source port before the server binds it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u32 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(32768);
+    let (first, span) = (10000u32, low.saturating_sub(10000).max(1));
+    // Spread over the range by process and call: test processes run side
+    // by side.
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = first + (std::process::id().wrapping_mul(7919) + n * 104_729) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port below {low}");
+}
+
 /// When `pid` started (`/proc/PID/stat` field 22, clock ticks since
 /// boot): with the pid, what names one process, since pids wrap (32768 on
 /// the test machine, spent by the suite's threads in minutes).
