@@ -444,3 +444,122 @@ fn hello_out_of_threads_says_so_a_few_times_not_per_connection() {
         "{lines} lines for 300 connections in {seconds} s"
     );
 }
+
+/// A blkio cgroup (v1) whose reads from one device are throttled; the
+/// processes moved into it go back to the root group when it drops.
+struct SlowDisk {
+    dir: std::path::PathBuf,
+    pids: Vec<i32>,
+}
+
+impl SlowDisk {
+    /// `None` where the machine cannot: not root, no cgroup v1 blkio.
+    fn new(dev: u64, bytes_per_second: u64) -> Option<SlowDisk> {
+        let root = std::path::Path::new("/sys/fs/cgroup/blkio");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !root.join("cgroup.procs").exists() {
+            return None;
+        }
+        let dir = root.join(format!("rcluster-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let disk = SlowDisk {
+            dir,
+            pids: Vec::new(),
+        };
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        std::fs::write(
+            disk.dir.join("blkio.throttle.read_bps_device"),
+            format!("{major}:{minor} {bytes_per_second}"),
+        )
+        .ok()?;
+        Some(disk)
+    }
+
+    fn take(&mut self, pid: i32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        self.pids.push(pid);
+    }
+}
+
+impl Drop for SlowDisk {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            let _ = std::fs::write("/sys/fs/cgroup/blkio/cgroup.procs", pid.to_string());
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// `{"cmd":"status"}` asked by the test itself, the same request each time
+/// (an `rcluster status` would read the master's binary back into the
+/// cache before the master ran): the answer's line.
+fn raw_status(control: &str, within: Duration) -> std::io::Result<String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(control)?;
+    stream.set_read_timeout(Some(within))?;
+    std::io::Write::write_all(&mut stream, b"{\"cmd\":\"status\"}\n")?;
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut answer)?;
+    Ok(answer)
+}
+
+/// The stall of #35, reproduced: a master asleep, its binary's cache
+/// evicted (as a host's reclaim of cold pages does; the test machine runs
+/// DAMON `pageout`), its reads from the disk throttled to 64 KiB/s (a disk
+/// busy with the suite's builds): `status` is answered within 1 s, since
+/// the code it runs stays resident, locked as it faulted in. Before, the
+/// master dropped its code when idle, and each page of it the status ran
+/// was read from the disk again, in uninterruptible sleep (the suite saw
+/// turns of 1.6 s to 19.9 s).
+#[test]
+fn a_master_whose_disk_is_slow_answers_status_from_memory() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("slow-disk");
+    let control = path_str(&dir.path("control.sock")).to_string();
+    let worker = example("test_worker");
+    let mut master = Master::start(&[
+        "-w",
+        "1",
+        "--control",
+        &control,
+        "--",
+        &worker,
+        "--ready-after",
+        "0",
+    ]);
+    master.expect_msg("workers ready");
+    raw_status(&control, WAIT).expect("status");
+    assert!(
+        crate::bench::procfs::wait_asleep(master.pid, Instant::now() + WAIT),
+        "the master never went to sleep without a deadline"
+    );
+    let exe = std::fs::read_link(format!("/proc/{}/exe", master.pid)).unwrap();
+    let dev = std::fs::metadata(&exe).unwrap().dev();
+    let Some(mut disk) = SlowDisk::new(dev, 64 * 1024) else {
+        eprintln!("skipped: needs root and cgroup v1 blkio to slow the disk down");
+        return;
+    };
+    disk.take(master.pid);
+    let file = std::fs::File::open(&exe).unwrap();
+    file.sync_all().unwrap();
+    // SAFETY: advice on a file this test opened.
+    unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let answer = raw_status(&control, Duration::from_secs(1));
+        assert!(
+            answer.as_ref().is_ok_and(|a| a.contains("\"ok\":true")),
+            "no answer to status within 1 s from a master whose disk is slow: {answer:?} after \
+             {:?}",
+            asked.elapsed()
+        );
+    }
+    drop(disk);
+    master.stop_cleanly();
+}
