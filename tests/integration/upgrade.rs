@@ -627,7 +627,7 @@ fn upgrade_wait_says_at_once_that_the_master_died() {
 /// `--balance reuseport` (#35; refused before): each slot's sockets keep
 /// their numbers across the exec and the steering program stays attached
 /// in the kernel, so wrk, keep-alive then close, sees no failure through
-/// an upgrade each, nor through a reload after them (which steers the new
+/// five upgrades, nor through a reload after them (which steers the new
 /// workers' lanes with the groups the new image took over); the same
 /// workers serve, and no socket leaks.
 #[test]
@@ -639,18 +639,21 @@ fn reuseport_upgrades_under_wrk_lose_nothing() {
     master.ready_workers();
     let before = status(&control);
     let fds_before = open_fds(master.pid).len();
-    for keep_alive in [true, false] {
+    // Five upgrades: three under keep-alive, two under close.
+    for (keep_alive, upgrades) in [(true, 3), (false, 2)] {
         let wrk = Wrk::start(addr, 8, keep_alive);
         wrk.wait_for_more(200);
-        let (code, out, err) = upgrade(&control, &[]);
-        assert_eq!(code, 0, "keep-alive {keep_alive}: {out}{err}");
-        wrk.wait_for_more(200);
+        for _ in 0..upgrades {
+            let (code, out, err) = upgrade(&control, &[]);
+            assert_eq!(code, 0, "keep-alive {keep_alive}: {out}{err}");
+            wrk.wait_for_more(200);
+        }
         let stats = wrk.finish();
         assert_eq!(stats.failed(), 0, "keep-alive {keep_alive}: {stats:?}");
     }
     let st = status(&control);
     assert_eq!(st["master"]["pid"], before["master"]["pid"]);
-    assert_eq!(st["master"]["upgrades"]["done"], 2, "{st}");
+    assert_eq!(st["master"]["upgrades"]["done"], 5, "{st}");
     assert_eq!(workers(&st), workers(&before), "the same workers");
     assert!(
         wait_until(WAIT, || open_fds(master.pid).len() <= fds_before),
