@@ -310,6 +310,6 @@ fn serve(
         let line = format!("rcluster: cannot become a child subreaper: {e}\n");
         let _ = std::io::stderr().write_all(line.as_bytes());
     }
-    setup.trim_when_idle = true;
+    setup.own_memory = true;
     rcluster::shell::serve(setup, launcher, log)
 }

@@ -51,9 +51,10 @@ pub struct Setup {
     pub binary: Option<Binary>,
     /// What an earlier image of this master handed over (a live upgrade).
     pub handover: Option<Handover>,
-    /// Give back the memory work used before a long sleep (`trim.rs`):
-    /// the binary's master; a library's master is its user's process.
-    pub trim_when_idle: bool,
+    /// Manage the process's memory (`trim.rs`): lock the code as it runs,
+    /// give the heap back before a long sleep. The binary's master only; a
+    /// library's master is its user's process.
+    pub own_memory: bool,
     watchdog: Option<Duration>,
 }
 
@@ -221,7 +222,7 @@ impl Setup {
             releases: None,
             binary: None,
             handover,
-            trim_when_idle: false,
+            own_memory: false,
             watchdog: config.watchdog,
         }
     }

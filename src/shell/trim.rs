@@ -14,20 +14,19 @@
 //! pressure), and the first crash after an idle hour would otherwise read
 //! the restart path's code from the disk, in uninterruptible sleep.
 //! Locking counts against `RLIMIT_MEMLOCK` (8 MiB by default; the release
-//! binary's mappings need about 6): refused, the master says so once and
+//! binary's mappings take about 5): refused, the master says so once and
 //! goes on unlocked.
 //!
 //! The master's code is not given back. It used to be: `MADV_DONTNEED` on
 //! clean file mappings dropped the page-table entries of the binary's text
 //! (RSS asleep 0.6 MB instead of 3 MB). That saved no memory (the pages
-//! stayed cached, charged to the same cgroup) and it was the cause of the
-//! master's stalls (#35): unmapped, those pages could be evicted from the
-//! cache (a mapped page is not, by `drop_caches`, `fadvise` or the test
-//! machine's own eviction), and the next turn of the loop then waited in a
-//! major fault for the disk, in uninterruptible sleep, 1.6 s, 10.4 s and
-//! 19.9 s in the cases seen, under the test suite's disk load. A process
-//! manager must not wait on the disk to handle a worker's exit; a mapped
-//! page of code costs nothing to keep.
+//! stayed cached, charged to the same cgroup) and it made the master stall
+//! (#35): unmapped pages are the first a cache eviction takes (`drop_caches`
+//! and `fadvise` take no other), and the next turn of the loop then waited
+//! in a major fault for the disk, in uninterruptible sleep (caught twice
+//! in `filemap_fault` by a monitor of the suite's masters, turns of 1.6 s;
+//! the 10.4 s and 19.9 s turns seen earlier had the same signature). A
+//! process manager must not wait on the disk to handle a worker's exit.
 
 use std::time::{Duration, Instant};
 

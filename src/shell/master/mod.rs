@@ -72,7 +72,7 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         releases,
         binary,
         handover,
-        trim_when_idle,
+        own_memory,
         ..
     } = setup;
     let stop = (policy.stop_signal, policy.stop_timeout);
@@ -82,8 +82,8 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
     };
     let mut master = Master::new(supervisor, launcher, signals, notify, control, info, log)?;
     master.binary = binary;
-    master.trimmer = trim_when_idle.then(trim::Trimmer::default);
-    if trim_when_idle && let Err(e) = trim::keep_code() {
+    master.trimmer = own_memory.then(trim::Trimmer::default);
+    if own_memory && let Err(e) = trim::keep_code() {
         log.emit(&Record::OsError {
             op: "locking the master's code in memory (mlock2; raise LimitMEMLOCK= or ulimit -l \
                  to allow it): a page of it reclaimed while idle is read from the disk when \
