@@ -460,7 +460,8 @@ fn a_program_found_on_a_path_inside_current_runs_its_generations_files() {
 /// said once; one replaced at the generation's pinned path (a deploy that
 /// wrote into the serving release) is refused: a restart does not run it
 /// under the generation's name, says which file in one line, and the other
-/// worker serves on; a reload runs the new file.
+/// worker serves on; a reload runs the new file, and a rollback to the
+/// generation whose file was replaced is refused.
 #[test]
 fn a_program_replaced_under_its_path_is_refused_until_a_reload() {
     let tree = versioned_tree("pinned-replaced");
@@ -502,6 +503,19 @@ fn a_program_replaced_under_its_path_is_refused_until_a_reload() {
     let (code, out, err) = rcluster(&["reload", "--wait", "--control", &control]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(releases_running(&control), ["1", "1"]);
+    // Generation 1's file is gone from its path: a rollback to it is
+    // refused with the file named, and generation 2 serves on.
+    let (code, out, err) = rcluster(&["rollback", "--wait", "--control", &control]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "generation 1's release cannot run: program {} was replaced since the generation \
+             was made",
+            path_str(&server)
+        )),
+        "{err}"
+    );
+    assert_eq!(status(&control)["master"]["generation"], 2);
     master.signal(libc::SIGTERM);
     assert_eq!(master.wait_exit().code(), Some(0));
 }
