@@ -180,7 +180,7 @@ impl Master {
             .stderr(Stdio::piped())
             .process_group(0);
         setup(&mut cmd);
-        let mut child = cmd.spawn().expect("starting rcluster");
+        let mut child = spawn_fresh(&mut cmd).expect("starting rcluster");
         let pid = child.id() as i32;
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, records) = crossbeam_channel::unbounded();
@@ -588,6 +588,23 @@ pub fn is_gone(pid: i32) -> bool {
         Ok(stat) => stat
             .rsplit_once(") ")
             .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+/// Spawns `cmd`, whose program may have just been written by this test:
+/// while another test thread forks, its child holds a copy of the
+/// writer's fd until it execs, and the kernel refuses to exec a file open
+/// for writing (`ETXTBSY`, for microseconds; rust-lang/rust#114554). That
+/// one error is tried again, for at most 5 s.
+pub fn spawn_fresh(cmd: &mut Command) -> std::io::Result<Child> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            spawned => return spawned,
+        }
     }
 }
 
