@@ -535,8 +535,7 @@ fn a_master_whose_disk_is_slow_answers_status_from_memory() {
     let exe = std::fs::read_link(format!("/proc/{}/exe", master.pid)).unwrap();
     let dev = std::fs::metadata(&exe).unwrap().dev();
     let Some(mut disk) = SlowDisk::new(dev, 64 * 1024) else {
-        eprintln!("skipped: needs root and cgroup v1 blkio to slow the disk down");
-        return;
+        return crate::support::skip("needs root and cgroup v1 blkio to slow the disk down");
     };
     disk.take(master.pid);
     let file = std::fs::File::open(&exe).unwrap();
