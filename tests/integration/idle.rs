@@ -107,21 +107,6 @@ fn major_faults(pid: i32) -> u64 {
     rest.split_whitespace().nth(9).unwrap().parse().unwrap()
 }
 
-/// Drops the page cache of `path` where it can: pages a process maps stay.
-fn evict_cache(path: &str) {
-    let file = std::fs::File::open(path).unwrap();
-    // SAFETY: advice on a file this test opened.
-    let done = unsafe {
-        libc::posix_fadvise(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            0,
-            0,
-            libc::POSIX_FADV_DONTNEED,
-        )
-    };
-    assert_eq!(done, 0, "posix_fadvise");
-}
-
 /// An idle master keeps the code its work ran mapped (it used to drop it,
 /// #35): the binary's cache evicted, as a memory-short host or a
 /// `drop_caches` does, the next `status` needs not one page from the disk.
@@ -165,7 +150,7 @@ fn an_idle_master_never_waits_on_the_disk_for_its_own_code() {
         "{locked} KiB of rcluster's {mapped} KiB of code mapped locked"
     );
     let exe = std::fs::read_link(format!("/proc/{}/exe", master.pid)).unwrap();
-    evict_cache(path_str(&exe));
+    crate::support::evict_cache(path_str(&exe));
     let before = major_faults(master.pid);
     let (code, _, err) = rcluster(&["status", "--control", &control]);
     assert_eq!(code, 0, "{err}");

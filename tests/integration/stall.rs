@@ -538,17 +538,7 @@ fn a_master_whose_disk_is_slow_answers_status_from_memory() {
         return crate::support::skip("needs root and cgroup v1 blkio to slow the disk down");
     };
     disk.take(master.pid);
-    let file = std::fs::File::open(&exe).unwrap();
-    file.sync_all().unwrap();
-    // SAFETY: advice on a file this test opened.
-    unsafe {
-        libc::posix_fadvise(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            0,
-            0,
-            libc::POSIX_FADV_DONTNEED,
-        )
-    };
+    crate::support::evict_cache(path_str(&exe));
     for _ in 0..3 {
         let asked = Instant::now();
         let answer = raw_status(&control, Duration::from_secs(1));

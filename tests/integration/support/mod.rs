@@ -591,6 +591,23 @@ pub fn is_gone(pid: i32) -> bool {
     }
 }
 
+/// Drops the page cache of `path` where it can (written back first;
+/// pages a process maps stay), as a host reclaiming cold pages does.
+pub fn evict_cache(path: &str) {
+    let file = std::fs::File::open(path).unwrap();
+    file.sync_all().unwrap();
+    // SAFETY: advice on a file this function opened.
+    let done = unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    assert_eq!(done, 0, "posix_fadvise");
+}
+
 /// Spawns `cmd`, whose program may have just been written by this test:
 /// while another test thread forks, its child holds a copy of the
 /// writer's fd until it execs, and the kernel refuses to exec a file open
