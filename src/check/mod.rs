@@ -20,7 +20,6 @@ pub mod load;
 mod questions;
 mod reloads;
 mod report;
-mod sockets;
 mod traffic;
 
 use std::ffi::OsString;

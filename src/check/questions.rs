@@ -287,7 +287,7 @@ fn in_flight(checked: &Checked, addr: SocketAddr) -> Vec<InFlight> {
         };
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
-            if let Some(worker) = super::sockets::holder(addr, local, &workers) {
+            if let Some(worker) = crate::control::holder::holder(addr, local, &workers) {
                 if ready.contains(&worker) {
                     held.push(InFlight { stream, worker });
                 }

@@ -185,7 +185,7 @@ pub(super) fn tcp_probe(addr: SocketAddr, workers: &Workers) -> Outcome {
             .iter()
             .copied()
             .collect();
-        if super::sockets::holder(addr, local, &live).is_some() {
+        if crate::control::holder::holder(addr, local, &live).is_some() {
             return Outcome::Ok;
         }
         if Instant::now() >= deadline {

@@ -142,8 +142,10 @@ pub struct Metrics {
     /// Restarts (after an exit nobody asked for) by slot.
     restarts: BTreeMap<SlotId, u64>,
     reloads: BTreeMap<&'static str, u64>,
-    /// Workers replaced for their memory or age, by reason.
+    /// Workers replaced for their memory, age or probes, by reason.
     recycles: BTreeMap<&'static str, u64>,
+    /// Failed probes by slot.
+    probe_failures: BTreeMap<SlotId, u64>,
     reload_seconds: Histogram,
     startup_seconds: Histogram,
 }
@@ -174,6 +176,9 @@ impl Metrics {
             Record::WorkerReady { startup, .. } => self.startup_seconds.observe(*startup),
             Record::ReloadComplete { duration, .. } => self.reload_seconds.observe(*duration),
             Record::ReloadRefused { .. } => *self.reloads.entry("refused").or_default() += 1,
+            Record::ProbeFailed { slot, .. } => {
+                *self.probe_failures.entry(*slot).or_default() += 1;
+            }
             Record::WorkerRecycled { reason, .. } => {
                 *self.recycles.entry(reason.name()).or_default() += 1;
             }
@@ -196,6 +201,9 @@ impl Metrics {
             | Record::WorkerDraining { .. }
             | Record::SpawnFailed { .. }
             | Record::NotReady { .. }
+            | Record::ProbePassing { .. }
+            | Record::ProbeUnattributed { .. }
+            | Record::ProbeReplacingPaused { .. }
             | Record::WatchdogTimeout { .. }
             | Record::StopTimeout { .. }
             | Record::ReloadStarted { .. }
@@ -241,6 +249,7 @@ impl Metrics {
             "restarts": self.restarts.iter().collect::<Vec<_>>(),
             "reloads": pairs(&self.reloads),
             "recycles": pairs(&self.recycles),
+            "probe_failures": self.probe_failures.iter().collect::<Vec<_>>(),
             "reload_seconds": self.reload_seconds,
             "startup_seconds": self.startup_seconds,
         })
@@ -249,7 +258,7 @@ impl Metrics {
     /// The counts another image of the master wrote down; names it does
     /// not count are left out.
     pub fn resume(snapshot: &Value) -> Metrics {
-        const NAMES: [&str; 11] = [
+        const NAMES: [&str; 12] = [
             "stopped",
             "exec_failed",
             "exit_0",
@@ -261,6 +270,7 @@ impl Metrics {
             "interrupted",
             "memory",
             "age",
+            "probe",
         ];
         let name = |v: &Value| NAMES.into_iter().find(|n| v.as_str() == Some(n));
         let pairs = |key: &str| -> BTreeMap<&'static str, u64> {
@@ -273,15 +283,19 @@ impl Metrics {
         let histogram =
             |key: &str| serde_json::from_value(snapshot[key].clone()).unwrap_or_default();
         let list = |key: &str| snapshot[key].as_array().cloned().unwrap_or_default();
+        let per_slot = |key: &str| -> BTreeMap<SlotId, u64> {
+            list(key)
+                .iter()
+                .filter_map(|e| Some((e[0].as_u64()? as SlotId, e[1].as_u64()?)))
+                .collect()
+        };
         Metrics {
             exits: list("exits")
                 .iter()
                 .filter_map(|e| Some(((e[0].as_u64()? as SlotId, name(&e[1])?), e[2].as_u64()?)))
                 .collect(),
-            restarts: list("restarts")
-                .iter()
-                .filter_map(|e| Some((e[0].as_u64()? as SlotId, e[1].as_u64()?)))
-                .collect(),
+            restarts: per_slot("restarts"),
+            probe_failures: per_slot("probe_failures"),
             reloads: pairs("reloads"),
             recycles: pairs("recycles"),
             reload_seconds: histogram("reload_seconds"),
@@ -428,9 +442,22 @@ impl Metrics {
             );
         }
         out.family(
+            "rcluster_worker_probe_failures_total",
+            "counter",
+            "Probes (--probe) its workers failed, by slot.",
+        );
+        for (slot, n) in &self.probe_failures {
+            let slot = slot.to_string();
+            out.sample(
+                "rcluster_worker_probe_failures_total",
+                &[("slot", &slot)],
+                *n as f64,
+            );
+        }
+        out.family(
             "rcluster_worker_recycles_total",
             "counter",
-            "Workers replaced for their memory or age, by reason.",
+            "Workers replaced for their memory, age or probes, by reason.",
         );
         for (reason, n) in &self.recycles {
             out.sample(

@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod holder;
 pub mod metrics;
 pub mod rundir;
 pub mod server;

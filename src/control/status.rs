@@ -107,7 +107,17 @@ pub fn to_json(
     let newest: HashMap<SlotId, Generation> = rows.iter().map(|w| (w.slot, w.generation)).collect();
     let mut workers: Vec<Value> = rows
         .into_iter()
-        .map(|w| worker_json(w, sup.slots().get(w.slot), observed, now))
+        .map(|w| {
+            let mut row = worker_json(w, sup.slots().get(w.slot), observed, now);
+            if let Some(health) = sup.health(w.pid) {
+                row["probe"] = json!({
+                    "failing": health.streak,
+                    "last_failure": health.last_failure,
+                    "passed": health.passed,
+                });
+            }
+            row
+        })
         .collect();
     for (id, slot) in sup.slots().iter().enumerate() {
         // A slot waiting out its restart backoff has no process to show.
@@ -189,6 +199,26 @@ fn restarting_json(id: SlotId, slot: &Slot, observed: &Observed, now: Instant) -
     })
 }
 
+/// `--probe`: what is probed, how many workers fail it, and whether
+/// replacing them is paused (a shared outage).
+fn probes_json(sup: &Supervisor) -> Value {
+    let Some(probe) = sup.probe_policy() else {
+        return Value::Null;
+    };
+    let failing = sup
+        .workers()
+        .filter(|w| w.state.is_attached())
+        .filter(|w| sup.health(w.pid).is_some_and(|h| h.streak > 0))
+        .count();
+    json!({
+        "path": probe.path,
+        "period_ms": probe.period.as_millis() as u64,
+        "failures": probe.failures,
+        "failing": failing,
+        "replacing_paused": sup.replacing_paused(),
+    })
+}
+
 fn master_json(
     sup: &Supervisor,
     info: &MasterInfo,
@@ -254,6 +284,7 @@ fn master_json(
         "stopping": !sup.is_running(),
         "control": info.control,
         "env_file": info.env_file.as_ref().map(env_versions),
+        "probes": probes_json(sup),
         "listeners": listeners,
     })
 }

@@ -181,6 +181,7 @@ fn master_lines(status: &Value) -> String {
             .collect();
         let _ = writeln!(out, "env      {path}: {}", versions.join(", "));
     }
+    out.push_str(&probe_line(master));
     out.push_str(&release_lines(master));
     out.push_str(&reload_line(status));
     out.push_str(&upgrade_line(&master["upgrades"]));
@@ -204,6 +205,24 @@ fn master_lines(status: &Value) -> String {
         let _ = writeln!(out, "STOPPING");
     }
     out
+}
+
+/// `--probe`: what is probed, and who fails it.
+fn probe_line(master: &Value) -> String {
+    let probes = &master["probes"];
+    let Some(path) = probes["path"].as_str() else {
+        return String::new();
+    };
+    let failing = probes["failing"].as_u64().unwrap_or_default();
+    let period = millis(&probes["period_ms"]).map(human).unwrap_or_default();
+    let paused = if probes["replacing_paused"] == true {
+        "; replacing them is paused: a replacement failed its probes too (a cause they \
+         share?), until a probe passes again"
+    } else {
+        ""
+    };
+    let workers = master["workers"].as_u64().unwrap_or_default();
+    format!("probes   GET {path} every {period}: {failing} of {workers} workers failing{paused}\n")
 }
 
 /// "generation 3", or what serves beside what is aimed at.

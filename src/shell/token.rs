@@ -28,9 +28,11 @@ pub enum Source {
     Exited(Pid),
     /// A worker's output pipe, by the id `Output` gave it.
     Output(usize),
+    /// The probe (`--probe`) meant for a worker.
+    Probe(Pid),
 }
 
-const KINDS: usize = 10;
+const KINDS: usize = 11;
 const SHIFT: u32 = 4;
 const _: () = assert!(KINDS <= 1 << SHIFT);
 
@@ -47,6 +49,7 @@ impl Source {
             Source::ExecPipe(pid) => (7, pid.as_raw() as usize),
             Source::Exited(pid) => (8, pid.as_raw() as usize),
             Source::Output(id) => (9, id),
+            Source::Probe(pid) => (10, pid.as_raw() as usize),
         };
         Token(number << SHIFT | kind)
     }
@@ -65,6 +68,7 @@ impl Source {
             7 => Source::ExecPipe(pid()),
             8 => Source::Exited(pid()),
             9 => Source::Output(number),
+            10 => Source::Probe(pid()),
             _ => return None,
         })
     }
@@ -102,6 +106,7 @@ mod tests {
             Source::ExecPipe(pid),
             Source::Exited(pid),
             Source::Output(0),
+            Source::Probe(pid),
         ];
         for source in all {
             assert_eq!(Source::of(source.token()), Some(source));

@@ -168,6 +168,13 @@ impl Balancer {
         Ok(fds)
     }
 
+    /// The index in its group of the socket of `slot` on `lane`, for the
+    /// listener at `position`, if that socket exists.
+    pub fn index(&self, position: usize, slot: SlotId, lane: Lane) -> Option<u32> {
+        let group = self.groups.iter().find(|g| g.position == position)?;
+        group.sockets.get(&(slot, lane)).map(|(_, index)| *index)
+    }
+
     /// Closes the master's copies of every socket (a stop began); the
     /// workers' copies stay open while they drain.
     pub fn close(&mut self) {
@@ -190,7 +197,7 @@ impl Balancer {
             let Some((socket, _)) = group.sockets.get(&(0, 0)) else {
                 continue;
             };
-            attach(socket, &program(&indices))?;
+            attach(socket, &program(&indices, group.addr.is_ipv6()))?;
         }
         self.steered = Some(live.to_vec());
         Ok(true)
@@ -228,35 +235,63 @@ fn reuseport_socket(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// The program for a group whose live members are at `indices`: the
-/// connection's flow hash (or, if the packet has none, a random number),
-/// modulo their count, picks one. With none, it answers an index past the
-/// end, and the kernel falls back to its own hash over the whole group.
-pub fn program(indices: &[u32]) -> Vec<Insn> {
+/// The program for a group whose live members are at `indices`: a probe
+/// of the master's (`probe.rs`: its DSCP mark) goes to the index its TTL
+/// names, live or not; any other connection's flow hash (or, if the packet
+/// has none, a random number), modulo their count, picks a live one. With
+/// none, it answers an index past the end, and the kernel falls back to its
+/// own hash over the whole group.
+pub fn program(indices: &[u32], ipv6: bool) -> Vec<Insn> {
     const LD_ANC: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const LD_B: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+    const LD_H: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
+    const AND: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+    const SUB: u16 = (libc::BPF_ALU | libc::BPF_SUB | libc::BPF_K) as u16;
     const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const MOD: u16 = (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16;
     const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const RET_A: u16 = (libc::BPF_RET | libc::BPF_A) as u16;
     let ancillary = |what: i32| (libc::SKF_AD_OFF + what) as u32;
+    // The packet's IP header (the program runs past the TCP header).
+    let net = |offset: i32| (libc::SKF_NET_OFF + offset) as u32;
     let insn = |code, jt, jf, k| Insn { code, jt, jf, k };
+    let mark = u32::from(super::probe::MARK);
+    let mut p = if ipv6 {
+        // Traffic class: bits 4-11 of the first 16; hop limit: byte 7.
+        vec![
+            insn(LD_H, 0, 0, net(0)),
+            insn(AND, 0, 0, 0x0fc0),
+            insn(JEQ, 0, 3, mark << 4),
+            insn(LD_B, 0, 0, net(7)),
+        ]
+    } else {
+        // TOS: byte 1; TTL: byte 8.
+        vec![
+            insn(LD_B, 0, 0, net(1)),
+            insn(AND, 0, 0, 0xfc),
+            insn(JEQ, 0, 3, mark),
+            insn(LD_B, 0, 0, net(8)),
+        ]
+    };
+    p.extend([insn(SUB, 0, 0, 1), insn(RET_A, 0, 0, 0)]);
     match indices {
-        [] => vec![insn(RET, 0, 0, u32::MAX)],
-        [only] => vec![insn(RET, 0, 0, *only)],
+        [] => p.push(insn(RET, 0, 0, u32::MAX)),
+        [only] => p.push(insn(RET, 0, 0, *only)),
         _ => {
-            let mut p = vec![
+            p.extend([
                 insn(LD_ANC, 0, 0, ancillary(libc::SKF_AD_RXHASH)),
                 insn(JEQ, 0, 1, 0),
                 insn(LD_ANC, 0, 0, ancillary(libc::SKF_AD_RANDOM)),
                 insn(MOD, 0, 0, indices.len() as u32),
-            ];
+            ]);
             for (n, index) in indices.iter().enumerate() {
                 p.push(insn(JEQ, 0, 1, n as u32));
                 p.push(insn(RET, 0, 0, *index));
             }
             p.push(insn(RET, 0, 0, indices[0]));
-            p
         }
     }
+    p
 }
 
 /// Swaps the group's program (atomically: a connection sees the old one or
@@ -289,26 +324,47 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
+    /// A packet as the programs see it: its flow hash, the random number
+    /// the kernel draws, and its IPv4 header's TOS and TTL.
+    #[derive(Clone, Copy, Default)]
+    struct Packet {
+        hash: u32,
+        random: u32,
+        tos: u8,
+        ttl: u8,
+    }
+
     /// Runs `program` the way the kernel would, for the few instructions
-    /// it uses, on a packet whose flow hash is `hash`.
-    fn run(program: &[Insn], hash: u32, random: u32) -> u32 {
+    /// it uses, on an IPv4 packet.
+    fn run(program: &[Insn], packet: Packet) -> u32 {
         let (mut a, mut pc) = (0u32, 0usize);
+        let net = |k: u32| k as i32 - libc::SKF_NET_OFF;
         for _ in 0..program.len() {
             let i = program[pc];
             pc += 1;
             match (u32::from(i.code), i.k) {
                 (c, k) if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
                     a = match k as i32 - libc::SKF_AD_OFF {
-                        libc::SKF_AD_RXHASH => hash,
-                        libc::SKF_AD_RANDOM => random,
+                        libc::SKF_AD_RXHASH => packet.hash,
+                        libc::SKF_AD_RANDOM => packet.random,
                         other => panic!("loads ancillary {other}"),
+                    }
+                }
+                (c, k) if c == libc::BPF_LD | libc::BPF_B | libc::BPF_ABS => {
+                    a = match net(k) {
+                        1 => packet.tos.into(),
+                        8 => packet.ttl.into(),
+                        other => panic!("loads IP byte {other}"),
                     }
                 }
                 (c, k) if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
                     pc += usize::from(if a == k { i.jt } else { i.jf });
                 }
                 (c, k) if c == libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K => a %= k,
+                (c, k) if c == libc::BPF_ALU | libc::BPF_AND | libc::BPF_K => a &= k,
+                (c, k) if c == libc::BPF_ALU | libc::BPF_SUB | libc::BPF_K => a -= k,
                 (c, k) if c == libc::BPF_RET | libc::BPF_K => return k,
+                (c, _) if c == libc::BPF_RET | libc::BPF_A => return a,
                 (c, _) => panic!("instruction {c:#x}"),
             }
         }
@@ -318,11 +374,18 @@ mod tests {
     #[test]
     fn the_program_maps_every_hash_onto_exactly_the_live_slots() {
         for live in [vec![0], vec![1, 3], vec![0, 1, 2, 3], vec![5, 2, 7]] {
-            let p = program(&live);
-            assert!(p.len() <= 4 + 2 * live.len() + 1);
+            let p = program(&live, false);
+            assert!(p.len() <= 6 + 4 + 2 * live.len() + 1);
             let mut hit = BTreeSet::new();
             for hash in (0..4000u32).map(|h| h.wrapping_mul(2_654_435_761)) {
-                let index = run(&p, hash, 0);
+                // A client's packet: any TOS but the mark, any TTL.
+                let packet = Packet {
+                    hash,
+                    tos: (hash % 256) as u8 & !0xfc | 0x10,
+                    ttl: 64,
+                    ..Packet::default()
+                };
+                let index = run(&p, packet);
                 assert!(live.contains(&index), "{hash} -> {index} not in {live:?}");
                 hit.insert(index);
             }
@@ -332,13 +395,31 @@ mod tests {
                 "every live slot gets some"
             );
             // A packet without a hash is placed at random, still on a live one.
-            assert!(live.contains(&run(&p, 0, 12_345)));
+            let random = Packet {
+                random: 12_345,
+                ..Packet::default()
+            };
+            assert!(live.contains(&run(&p, random)));
         }
         assert_eq!(
-            run(&program(&[]), 7, 0),
+            run(&program(&[], false), Packet::default()),
             u32::MAX,
             "none: the kernel's hash"
         );
+    }
+
+    #[test]
+    fn a_probe_goes_to_the_index_its_ttl_names_live_or_not() {
+        let p = program(&[1, 3], false);
+        for ttl in [1u8, 3, 6, 255] {
+            let probe = Packet {
+                hash: 7,
+                tos: super::super::probe::MARK | 0x01,
+                ttl,
+                ..Packet::default()
+            };
+            assert_eq!(run(&p, probe), u32::from(ttl) - 1);
+        }
     }
 
     #[test]
@@ -377,5 +458,24 @@ mod tests {
         assert_eq!(accepted[0] + accepted[2], 0, "{accepted:?}");
         assert_eq!(accepted[1] + accepted[3], 40, "{accepted:?}");
         assert!(accepted[1] > 0 && accepted[3] > 0, "{accepted:?}");
+
+        // A probe reaches slot 2's socket, which no client reaches.
+        let index = balancer.index(0, 2, 0).unwrap();
+        let probe = crate::sockets::probe::Probe::start(addr, "/", Some(index)).unwrap();
+        // SAFETY: borrowed for this test; the balancer owns the socket.
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fds[2]) };
+        let socket = Socket::from(socket.try_clone_to_owned().unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let peer = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the probe never arrived"
+            );
+            if let Ok((_, peer)) = socket.accept() {
+                break peer.as_socket().unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(Some(peer), probe.ends().map(|(local, _)| local));
     }
 }

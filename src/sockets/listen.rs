@@ -142,6 +142,12 @@ impl Listener {
         self.socket.as_raw_fd()
     }
 
+    /// Its address, if it is a TCP socket.
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        let tcp = self.socket.r#type().ok()? == socket2::Type::STREAM;
+        self.socket.local_addr().ok()?.as_socket().filter(|_| tcp)
+    }
+
     /// The socket and, for a Unix socket this process made, the guard that
     /// removes its file when dropped.
     pub fn into_parts(self) -> (Socket, Option<SocketFile>) {

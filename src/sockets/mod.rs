@@ -14,4 +14,5 @@ pub mod inherited;
 pub mod listen;
 pub mod notify;
 pub mod portcheck;
+pub mod probe;
 pub mod stream;

@@ -15,6 +15,7 @@ use crate::launch::shim::Mode as ShimMode;
 use crate::sockets::listen::{ListenSpec, UnixAccess};
 use crate::start::config::{self, Config, Control, LogFormat};
 use crate::supervisor::policy::{ReadyRule, RestartDelay};
+use crate::supervisor::probe::ProbePolicy;
 use crate::vocab::parse_duration;
 
 const AFTER_HELP: &str = "\
@@ -226,6 +227,29 @@ struct Args {
     #[arg(long, env = "RCLUSTER_MAX_AGE", value_name = "DUR", value_parser = parse_duration)]
     max_age: Option<Duration>,
 
+    /// Probe each worker with `GET PATH` (/healthz): a new worker is ready
+    /// only once it answers 2xx or 3xx, a reload whose new worker fails
+    /// --probe-failures probes in a row is aborted, and a serving worker
+    /// that fails them is replaced (docs/reloads.md, "Probes")
+    #[arg(long, env = "RCLUSTER_PROBE", value_name = "PATH", value_parser = parse_probe_path)]
+    probe: Option<String>,
+
+    /// How often a serving worker is probed (a starting one, every 250ms)
+    #[arg(long, env = "RCLUSTER_PROBE_PERIOD", value_name = "DUR",
+          default_value = "10s", value_parser = parse_duration)]
+    probe_period: Duration,
+
+    /// How long a probe's answer may take
+    #[arg(long, env = "RCLUSTER_PROBE_TIMEOUT", value_name = "DUR",
+          default_value = "1s", value_parser = parse_duration)]
+    probe_timeout: Duration,
+
+    /// Probes failed in a row that fail a worker
+    #[arg(long, env = "RCLUSTER_PROBE_FAILURES", value_name = "N",
+          default_value_t = config::DEFAULT_PROBE_FAILURES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    probe_failures: u32,
+
     /// Kill and replace a ready worker that sends no WATCHDOG=1 for this
     /// long (workers get WATCHDOG_USEC and WATCHDOG_PID)
     #[arg(long, env = "RCLUSTER_WATCHDOG", value_name = "DUR", value_parser = parse_duration)]
@@ -427,6 +451,12 @@ fn config_of(args: Args) -> Result<Config, Error> {
         min_ready: args.min_ready,
         reload_batch: args.reload_batch.0,
         watchdog: args.watchdog,
+        probe: args.probe.map(|path| ProbePolicy {
+            path,
+            period: args.probe_period,
+            timeout: args.probe_timeout,
+            failures: args.probe_failures,
+        }),
         control: match args.control {
             Some(path) if path.as_os_str() == "none" => Control::Off,
             Some(path) => Control::At(path),
@@ -485,6 +515,17 @@ fn with_tips(mut e: clap::Error) -> clap::Error {
 }
 
 /// `512M`, `2G`, `800K` (powers of 1024; `B`, `iB` optional) or bytes.
+/// A probe's path: what follows the address in a URL.
+fn parse_probe_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/')
+        || s.bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err("a path is wanted, starting with / and without spaces: /healthz".into());
+    }
+    Ok(s.to_string())
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     const FORMS: &str = "expected a size like 512M, 2G or 800K";
     let upper = s.trim().to_ascii_uppercase();

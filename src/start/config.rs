@@ -8,6 +8,7 @@ use crate::launch::Capture;
 use crate::launch::shim::Mode as ShimMode;
 use crate::sockets::listen::ListenSpec;
 use crate::supervisor::policy::{Balance, Policy, ReadyRule, RestartDelay};
+use crate::supervisor::probe::ProbePolicy;
 use crate::supervisor::recycle::RecyclePolicy;
 
 /// A seed for the `--max-age` jitter, from the kernel.
@@ -31,6 +32,11 @@ pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(1);
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the workers' memory is looked at, with `--max-memory` only.
 pub const MEMORY_CHECK: Duration = Duration::from_secs(5);
+/// `--probe-period`, `--probe-timeout`, `--probe-failures`: Kubernetes'
+/// defaults for a probe.
+pub const DEFAULT_PROBE_PERIOD: Duration = Duration::from_secs(10);
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_PROBE_FAILURES: u32 = 3;
 
 /// `--balance reuseport`: how long a worker steered away from (replaced or
 /// scaled away) goes on accepting, to empty what was queued for it.
@@ -95,6 +101,8 @@ pub struct Config {
     /// Workers' stderr through the master (the default), so that it keeps
     /// their last lines.
     pub capture_stderr: bool,
+    /// `--probe` and its settings.
+    pub probe: Option<ProbePolicy>,
     /// `--adopt-bind` or `--http-drain`: the shim in every worker.
     pub shim: Option<ShimMode>,
     pub user: Option<String>,
@@ -135,6 +143,7 @@ impl Config {
             log_file: None,
             log_prefix: false,
             capture_stderr: true,
+            probe: None,
             shim: None,
             user: None,
             group: None,
@@ -193,6 +202,7 @@ impl Config {
             balance: self.reuseport.then_some(Balance {
                 retire_grace: RETIRE_GRACE,
             }),
+            probe: self.probe.clone(),
         }
     }
 }

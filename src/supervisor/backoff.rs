@@ -85,6 +85,7 @@ mod tests {
             watchdog: None,
             recycle: Default::default(),
             balance: None,
+            probe: None,
         }
     }
 

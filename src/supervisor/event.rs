@@ -98,8 +98,24 @@ pub enum Event {
         of: Option<Vec<Pid>>,
         pids: Vec<Pid>,
     },
+    /// The answer to [`Action::Probe`] for `target`: what the probe found,
+    /// and which worker answered it (none: it could not be told).
+    Probed {
+        target: Pid,
+        by: Option<Pid>,
+        outcome: ProbeOutcome,
+    },
     /// The poll timed out: a deadline from `next_deadline` has passed.
     Timeout,
+}
+
+/// What a probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// Answered 2xx or 3xx (Kubernetes' rule).
+    Passed { status: u16 },
+    /// Anything else, in words: "answered 500 to GET /healthz".
+    Failed { cause: String },
 }
 
 /// How the master ends.
@@ -187,6 +203,14 @@ pub enum Action {
     LookServing {
         pid: Pid,
     },
+    /// Send an HTTP probe (`--probe`) meant for this worker, on the queue
+    /// of its slot and lane under `--balance reuseport`; answer
+    /// [`Event::Probed`] once it is answered or timed out.
+    Probe {
+        pid: Pid,
+        slot: SlotId,
+        lane: Lane,
+    },
     /// A stop began: the master closes its copies of the listeners, so
     /// that once the workers have closed theirs a new connection is
     /// refused at once instead of waiting in a queue nobody accepts from.
@@ -218,6 +242,7 @@ impl Action {
             Action::MeasureMemory { .. } => "MeasureMemory",
             Action::CheckListeners { .. } => "CheckListeners",
             Action::LookServing { .. } => "LookServing",
+            Action::Probe { .. } => "Probe",
             Action::CloseListeners => "CloseListeners",
             Action::Steer { .. } => "Steer",
             Action::Log(_) => "Log",

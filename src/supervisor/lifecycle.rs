@@ -459,6 +459,9 @@ impl Supervisor {
     }
 
     pub(super) fn become_ready(&mut self, pid: Pid, by: ReadyBy, now: Instant) {
+        if self.awaits_probe(pid, by, now) {
+            return;
+        }
         let Some(worker) = self.workers.get(&pid) else {
             return;
         };
@@ -492,6 +495,7 @@ impl Supervisor {
             self.age_limits.insert(pid, (at, limit));
             self.timers.change(Timer::Age(pid), None, Some(at));
         }
+        self.probe_from(pid, now);
         self.check_own_ports(pid, generation);
     }
 

@@ -35,8 +35,10 @@
 //! | **Killed** | — | — | — | — | — | gone: stopped | (none) | — | — | — |
 //!
 //! A reload's new worker that fails stops the reload, before or after its
-//! ready. "—" means ignored. Every stop signal is followed by `SIGCONT`, for a
-//! worker stopped with `SIGSTOP`. When a worker is gone, what is left of
+//! ready. With `--probe`, "Ready" also needs a passing probe: until one it
+//! answered passes, a worker ready by its rule stays Booting (see
+//! [`probe`]). "—" means ignored. Every stop signal is followed by
+//! `SIGCONT`, for a worker stopped with `SIGSTOP`. When a worker is gone, what is left of
 //! its process group gets the stop signal, and `SIGKILL` after
 //! `--stop-timeout` if it lingers (systemd's `KillMode=mixed`); processes
 //! it started that left the group come back to the master (a child
@@ -48,6 +50,7 @@ pub mod backoff;
 pub mod event;
 mod lifecycle;
 pub mod policy;
+pub mod probe;
 pub mod record;
 pub mod recycle;
 pub mod reload;
@@ -66,6 +69,7 @@ use std::time::{Duration, Instant};
 use crate::vocab::{Generation, Pid, SlotId};
 use event::{Action, Event, ManagerState, MasterSignal, Outcome};
 use policy::Policy;
+use probe::Health;
 use record::Record;
 use recycle::{Due, RecycleReason, Rng};
 use reload::{Progress, ReloadOutcome, ReloadPlan};
@@ -177,6 +181,11 @@ pub struct Supervisor {
     /// Not handed over in a live upgrade: what they left is found by the
     /// search at shutdown.
     stray_search: Vec<Pid>,
+    /// Each worker's probes (`--probe`).
+    health: BTreeMap<Pid, Health>,
+    /// A worker replaced for its probes had a successor that failed them
+    /// too: no more are replaced for them until a probe passes.
+    replacing_paused: bool,
     /// The actions of the event being handled.
     actions: Vec<Action>,
 }
@@ -217,6 +226,8 @@ impl Supervisor {
             strays: BTreeMap::new(),
             sweep: Sweep::NotYet,
             stray_search: Vec::new(),
+            health: BTreeMap::new(),
+            replacing_paused: false,
             actions: Vec::new(),
         }
     }
@@ -277,6 +288,11 @@ impl Supervisor {
             }
             Event::GroupLingers { pgid } => self.on_group_lingers(pgid, now),
             Event::Strays { of, pids } => self.on_strays(of, pids, now),
+            Event::Probed {
+                target,
+                by,
+                outcome,
+            } => self.on_probed(target, by, outcome, now),
             Event::Timeout => {}
         }
         self.expire(now);
@@ -414,6 +430,7 @@ impl Supervisor {
                     }
                 }
                 Timer::StraySearch => self.search_strays(),
+                Timer::Probe(pid) => self.probe_due(pid),
                 Timer::Age(pid) => {
                     if let Some((_, limit)) = self.age_limits.remove(&pid) {
                         self.make_due(pid, RecycleReason::Age { limit });

@@ -25,6 +25,8 @@ pub struct Policy {
     pub recycle: RecyclePolicy,
     /// `Some` when each slot has a queue of its own (`--balance reuseport`).
     pub balance: Option<Balance>,
+    /// `--probe`: HTTP probes judge readiness and liveness.
+    pub probe: Option<ProbePolicy>,
 }
 
 /// Slots with queues of their own: the shell is told where to steer new
@@ -96,4 +98,17 @@ pub struct RecyclePolicy {
     pub memory_check: Duration,
     /// Seeds the age jitter (the shell passes a random one; tests a fixed one).
     pub seed: u64,
+}
+
+/// `--probe` and its settings, named as Kubernetes names a probe's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbePolicy {
+    /// The request's path (`/healthz`).
+    pub path: String,
+    /// How often a proven worker is probed (`periodSeconds`).
+    pub period: Duration,
+    /// How long an answer may take (`timeoutSeconds`).
+    pub timeout: Duration,
+    /// Failures in a row that fail a worker (`failureThreshold`).
+    pub failures: u32,
 }

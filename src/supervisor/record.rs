@@ -270,6 +270,34 @@ pub enum Record {
         pid: Pid,
         reason: RecycleReason,
     },
+    /// A worker failed a probe: `streak` in a row of the `failures` that
+    /// fail it.
+    ProbeFailed {
+        slot: SlotId,
+        pid: Pid,
+        cause: String,
+        streak: u32,
+        failures: u32,
+    },
+    /// A worker that failed probes passes again.
+    ProbePassing {
+        slot: SlotId,
+        pid: Pid,
+        after: u32,
+    },
+    /// The successor of worker `pid`, replaced for its probes, failed them
+    /// too: no more workers are replaced for probes until one passes.
+    ProbeReplacingPaused {
+        slot: SlotId,
+        pid: Pid,
+        failing: usize,
+        workers: usize,
+    },
+    /// A probe's answer could not be told from which worker (the shared
+    /// queue): said once.
+    ProbeUnattributed {
+        outcome: String,
+    },
     /// `--env-file` is not a regular file (`kind`): read once at start,
     /// its `count` variables go to every generation.
     EnvFileOnce {
@@ -446,6 +474,10 @@ impl Record {
             ControlMoved { .. } => ("control socket", Warning),
             OwnPorts { .. } => ("worker listens on its own port", Warning),
             WorkerRecycled { .. } => ("worker recycled", Info),
+            ProbeFailed { .. } => ("probe failed", Warning),
+            ProbePassing { .. } => ("probe passing", Info),
+            ProbeUnattributed { .. } => ("probe unattributed", Warning),
+            ProbeReplacingPaused { .. } => ("probe replacing paused", Error),
             EnvFileOnce { .. } => ("env file read once", Info),
             EnvFileRead { emptied, .. } => ("env file read", if *emptied { Warning } else { Info }),
             Release { .. } => ("release", Info),

@@ -106,6 +106,9 @@ impl Supervisor {
         }
         let due: Vec<(Pid, Due)> = self.due.iter().map(|(&p, &d)| (p, d)).collect();
         for (pid, entry) in due {
+            if self.replacing_paused && matches!(entry.reason, RecycleReason::Unhealthy { .. }) {
+                continue;
+            }
             let Some(worker) = self.workers.get(&pid) else {
                 self.due.remove(&pid);
                 continue;
@@ -150,6 +153,9 @@ impl Supervisor {
             return;
         }
         self.recycling = None;
+        if matches!(reason, RecycleReason::Unhealthy { .. }) {
+            self.pause_replacing(failure.slot, old);
+        }
         let failed = self.failed_successors + 1;
         self.due.insert(old, Due { reason, failed });
         let delay = self.policy.restart_delay.after(failed);
@@ -159,6 +165,7 @@ impl Supervisor {
     /// A worker exited: it is no longer due for recycling, nor timed, nor
     /// retiring.
     pub(super) fn forget_pending(&mut self, pid: Pid) {
+        self.forget_health(pid);
         if let Some((at, _)) = self.retiring.remove(&pid) {
             self.timers.change(Timer::Retiring(pid), Some(at), None);
         }

@@ -298,6 +298,9 @@ pub enum StopReason {
     NotServing,
     /// It said `STOPPING=1` on its own.
     WorkerStopping,
+    /// Starting, or a canary holding, it failed `--probe-failures` probes
+    /// in a row.
+    ProbeFailed,
     /// Its successor is ready; it was over `--max-memory` or `--max-age`.
     Recycled(RecycleReason),
 }
@@ -305,8 +308,17 @@ pub enum StopReason {
 /// Why a serving worker is replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecycleReason {
-    Memory { rss: u64, limit: u64 },
-    Age { limit: Duration },
+    Memory {
+        rss: u64,
+        limit: u64,
+    },
+    Age {
+        limit: Duration,
+    },
+    /// It failed this many probes in a row.
+    Unhealthy {
+        failures: u32,
+    },
 }
 
 impl RecycleReason {
@@ -315,6 +327,7 @@ impl RecycleReason {
         match self {
             RecycleReason::Memory { .. } => "memory",
             RecycleReason::Age { .. } => "age",
+            RecycleReason::Unhealthy { .. } => "probe",
         }
     }
 }

@@ -291,6 +291,11 @@ impl Supervisor {
         for slot in 0..s.slots.len() {
             s.refresh(slot);
         }
+        // Every worker was proven (a busy supervisor is not written down).
+        let pids: Vec<Pid> = s.workers.keys().copied().collect();
+        for pid in pids {
+            s.probe_from(pid, now);
+        }
         s
     }
 }

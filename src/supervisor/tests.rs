@@ -33,6 +33,7 @@ fn policy(workers: usize) -> Policy {
         watchdog: None,
         recycle: Default::default(),
         balance: None,
+        probe: None,
     }
 }
 
@@ -61,6 +62,7 @@ impl Supervisor {
             + self.age_limits.len()
             + self.retiring.len()
             + usize::from(self.memory_check_at.is_some())
+            + self.health.values().filter(|h| h.next_at.is_some()).count()
             + usize::from(!self.stray_search.is_empty());
         assert_eq!(self.timers.len(), timers, "one timer per deadline");
         let ready = self
@@ -2074,4 +2076,175 @@ fn status_is_kept_and_logged_at_most_once_a_second_per_worker() {
         [Record::WorkerStatus { unlogged, .. }] => assert_eq!(*unlogged, 999),
         other => panic!("{other:?}"),
     }
+}
+
+// ---- probes ------------------------------------------------------------------
+
+fn probing(workers: usize) -> Policy {
+    let mut p = policy(workers);
+    p.ready = ReadyRule::Notify;
+    p.probe = Some(probe::ProbePolicy {
+        path: "/healthz".into(),
+        period: ms(10_000),
+        timeout: ms(1000),
+        failures: 3,
+    });
+    p
+}
+
+fn probes_sent(actions: &[Action]) -> Vec<Pid> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Probe { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Sim {
+    /// The probe sent for `target` comes back answered by `by`.
+    fn probed(&mut self, target: Pid, by: Pid, status: u16) -> Vec<Action> {
+        let outcome = if (200..400).contains(&status) {
+            ProbeOutcome::Passed { status }
+        } else {
+            ProbeOutcome::Failed {
+                cause: format!("answered {status} to GET /healthz"),
+            }
+        };
+        self.feed(Event::Probed {
+            target,
+            by: Some(by),
+            outcome,
+        })
+    }
+
+    /// Starts every worker and has it pass its first probe.
+    fn probed_ready(policy: Policy) -> (Sim, Vec<Pid>) {
+        let (mut sim, pids) = Sim::started(policy);
+        for &pid in &pids {
+            let acts = sim.notify(pid, NotifyMsg::Ready);
+            assert_eq!(probes_sent(&acts), [pid], "probed at once");
+            sim.probed(pid, pid, 200);
+        }
+        (sim, pids)
+    }
+}
+
+#[test]
+fn with_probes_a_worker_is_ready_only_once_a_probe_it_answered_passed() {
+    let (mut sim, pids) = Sim::started(probing(1));
+    let pid = pids[0];
+    let acts = sim.notify(pid, NotifyMsg::Ready);
+    assert!(records(&acts, "worker ready").is_empty());
+    assert_eq!(probes_sent(&acts), [pid]);
+    // A failure: still starting, probed again 250 ms later.
+    let acts = sim.probed(pid, pid, 500);
+    assert_eq!(records(&acts, "probe failed").len(), 1);
+    assert!(!sim.sup.workers().any(|w| w.state.is_ready()));
+    assert_eq!(sim.deadline_ms(), Some(250));
+    let acts = sim.at(250).timeout();
+    assert_eq!(probes_sent(&acts), [pid]);
+    let acts = sim.probed(pid, pid, 200);
+    assert_eq!(records(&acts, "worker ready").len(), 1);
+    assert_eq!(records(&acts, "probe passing").len(), 1);
+    // Proven, it is probed every period.
+    assert_eq!(sim.deadline_ms(), Some(10_250));
+}
+
+#[test]
+fn a_reload_whose_new_worker_fails_its_probes_is_aborted_and_the_old_one_serves() {
+    let (mut sim, pids) = Sim::probed_ready(probing(2));
+    let acts = sim.at(1000).signal(MasterSignal::Reload);
+    let new = spawned(&acts)[0];
+    sim.exec_ok(new);
+    sim.notify(new, NotifyMsg::Ready);
+    let mut acts = Vec::new();
+    for n in 0..3u64 {
+        sim.at(1000 + 250 * n).timeout();
+        acts = sim.probed(new, new, 500);
+    }
+    let aborted = records(&acts, "reload aborted");
+    let [Record::ReloadAborted { cause, .. }] = aborted.as_slice() else {
+        panic!("{acts:?}");
+    };
+    assert_eq!(cause, "answered 500 to GET /healthz, 3 times in a row");
+    assert_eq!(signalled(&acts), [(new, TERM)]);
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::ReloadFinished(ReloadOutcome::Aborted { .. })))
+    );
+    // The old workers were never asked to stop.
+    for pid in pids {
+        assert!(
+            sim.sup
+                .workers()
+                .any(|w| w.pid == pid && w.state.is_ready())
+        );
+    }
+}
+
+#[test]
+fn a_probe_is_judged_against_the_worker_that_answered_it() {
+    let (mut sim, pids) = Sim::probed_ready(probing(2));
+    let (a, b) = (pids[0], pids[1]);
+    // Meant for a, answered by b: three failures are b's, not a's.
+    let mut acts = Vec::new();
+    for n in 1..=3u64 {
+        sim.at(10_000 * n);
+        sim.timeout();
+        acts.extend(sim.probed(a, b, 503));
+    }
+    let health = |pid| sim.sup.health(pid).unwrap().streak;
+    assert_eq!((health(a), health(b)), (0, 3));
+    assert_eq!(recycled(&acts), [b]);
+}
+
+#[test]
+fn a_serving_worker_failing_its_probes_is_replaced_successor_first_and_a_shared_outage_pauses() {
+    let (mut sim, pids) = Sim::probed_ready(probing(3));
+    // Every worker fails three probes in a row: only one is replaced.
+    let mut acts = Vec::new();
+    for n in 0..3u64 {
+        sim.at(10_000 + 1000 * n);
+        for &pid in &pids {
+            acts.extend(sim.probed(pid, pid, 500));
+        }
+    }
+    assert_eq!(recycled(&acts), [pids[0]]);
+    assert_eq!(spawns(&acts), [(0, 1)]);
+    assert!(
+        signalled(&acts).is_empty(),
+        "nothing stops before its successor"
+    );
+    // Its successor fails its probes too: the cause is shared.
+    let successor = sim.pid_of(0);
+    sim.exec_ok(successor);
+    sim.notify(successor, NotifyMsg::Ready);
+    let mut acts = Vec::new();
+    for n in 0..3u64 {
+        sim.at(13_000 + 250 * n);
+        acts.extend(sim.probed(successor, successor, 500));
+    }
+    assert_eq!(records(&acts, "probe replacing paused").len(), 1);
+    assert_eq!(signalled(&acts), [(successor, TERM)]);
+    assert!(sim.sup.replacing_paused());
+    sim.exit(successor, 0);
+    // More failures, and the backoff passed: nothing more is replaced.
+    let mut acts = Vec::new();
+    for n in 0..5u64 {
+        sim.at(20_000 + 10_000 * n);
+        acts.extend(sim.timeout());
+        for &pid in &pids {
+            acts.extend(sim.probed(pid, pid, 500));
+        }
+    }
+    assert!(spawns(&acts).is_empty(), "{acts:?}");
+    assert!(signalled(&acts).is_empty());
+    // A probe passes again: the pause ends, the worker that passed is no
+    // longer due.
+    sim.at(80_000);
+    sim.probed(pids[1], pids[1], 200);
+    assert!(!sim.sup.replacing_paused());
+    assert!(!sim.sup.due.contains_key(&pids[1]));
 }

@@ -26,6 +26,8 @@ pub enum Timer {
     StraySearch,
     /// A ready worker reaches its `--max-age`.
     Age(Pid),
+    /// The worker's next probe is sent (`--probe`).
+    Probe(Pid),
     /// The workers' memory is looked at (`--max-memory`).
     MemoryCheck,
     /// A worker steered away from (its slot scaled away, or its successor

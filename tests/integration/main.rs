@@ -32,6 +32,7 @@ mod names;
 mod notify;
 mod observe;
 mod output;
+mod probes;
 mod proxy;
 mod recycle;
 mod release;

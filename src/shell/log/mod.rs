@@ -10,6 +10,7 @@
 //! line loses it, the loss is counted, and a record says so as soon as
 //! lines get through again.
 
+mod fields;
 pub mod render;
 pub mod sink;
 mod words;

@@ -6,84 +6,15 @@
 //! and skips the sentence, the human one the other way round.
 
 use std::fmt::{self, Write as _};
-use std::time::Duration;
 
 use crate::supervisor::record::{Next, Record, unclean_drain};
 use crate::supervisor::recycle::RecycleReason;
 use crate::supervisor::slot::ReadyBy;
-use crate::vocab::{Exit, Pid, SlotId, count, errno_name, human, signal_name};
+use crate::vocab::{Exit, count, errno_name, human};
 
+use super::fields::Fields;
+pub use super::fields::{LOGGER_KEYS, Out, Value};
 use super::words::{next_text, ready_by, recycle_reason, stop_reason, worker};
-
-/// One field's value.
-#[derive(Debug, Clone, Copy)]
-pub enum Value<'a> {
-    U64(u64),
-    I64(i64),
-    Bool(bool),
-    Str(&'a str),
-}
-
-/// Where a record is rendered to.
-pub trait Out {
-    fn field(&mut self, key: &'static str, value: Value<'_>);
-    fn sentence(&mut self, text: fmt::Arguments<'_>);
-}
-
-/// The fields, as one record's arm writes them.
-struct Fields<'o>(&'o mut dyn Out);
-
-/// Keys the logger writes on every record; no record's field may reuse one
-/// (a JSON object with a key twice is read differently by each parser).
-pub const LOGGER_KEYS: [&str; 4] = ["msg", "level", "ts", "name"];
-
-impl Fields<'_> {
-    fn put(&mut self, key: &'static str, value: Value<'_>) -> &mut Self {
-        debug_assert!(!LOGGER_KEYS.contains(&key), "{key:?} is the logger's key");
-        self.0.field(key, value);
-        self
-    }
-
-    fn u64(&mut self, key: &'static str, value: u64) -> &mut Self {
-        self.put(key, Value::U64(value))
-    }
-
-    fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
-        self.put(key, Value::Str(value))
-    }
-
-    fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
-        self.put(key, Value::Bool(value))
-    }
-
-    fn slot(&mut self, slot: SlotId) -> &mut Self {
-        self.u64("slot", slot as u64)
-    }
-
-    fn pid(&mut self, pid: Pid) -> &mut Self {
-        self.put("pid", Value::I64(pid.as_raw().into()))
-    }
-
-    fn ms(&mut self, key: &'static str, d: Duration) -> &mut Self {
-        self.u64(key, d.as_millis() as u64)
-    }
-
-    fn exit(&mut self, exit: Exit) -> &mut Self {
-        match exit {
-            Exit::Code(code) => self.put("code", Value::I64(code.into())),
-            Exit::Signaled {
-                signal,
-                core_dumped,
-            } => self
-                .str("signal", &signal_name(signal))
-                .bool("core_dumped", core_dumped),
-        }
-    }
-
-    fn say(&mut self, text: fmt::Arguments<'_>) {
-        self.0.sentence(text);
-    }
-}
 
 /// Writes `record`'s fields and sentence to `out`.
 pub fn render(record: &Record, out: &mut dyn Out) {
@@ -627,6 +558,57 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 recycle_reason(reason)
             ))
         }
+        ProbeFailed {
+            slot,
+            pid,
+            cause,
+            streak,
+            failures,
+        } => {
+            r.slot(*slot)
+                .pid(*pid)
+                .str("cause", cause)
+                .u64("streak", u64::from(*streak))
+                .u64("failures", u64::from(*failures));
+            r.say(format_args!(
+                "{} failed its probe: {cause} ({streak} of {failures} in a row)",
+                worker(*slot, *pid)
+            ))
+        }
+        ProbeUnattributed { outcome } => {
+            r.str("outcome", outcome);
+            r.say(format_args!(
+                "a probe ({outcome}) could not be told from which worker: none held its \
+                 connection when it ended (not accepted in time, or closed right after the \
+                 answer). Under the shared queue a probe is judged by the worker holding it, so \
+                 the server must keep an HTTP/1.1 connection open after answering; \
+                 --balance reuseport steers each probe instead (said once)"
+            ))
+        }
+        ProbePassing { slot, pid, after } => {
+            r.slot(*slot).pid(*pid).u64("after", u64::from(*after));
+            r.say(format_args!(
+                "{} passes its probe again, after {}",
+                worker(*slot, *pid),
+                count(*after as usize, "failure")
+            ))
+        }
+        ProbeReplacingPaused {
+            slot,
+            pid,
+            failing,
+            workers,
+        } => {
+            r.slot(*slot)
+                .pid(*pid)
+                .u64("failing", *failing as u64)
+                .u64("workers", *workers as u64);
+            r.say(format_args!(
+                "the successor of {}, replaced for failing its probes, failed them too                  ({failing} of {} failing): the cause is not one worker's (a service they all                  need?); no more workers are replaced for their probes until a probe passes                  again, and the workers keep serving",
+                worker(*slot, *pid),
+                count(*workers, "worker")
+            ))
+        }
         ReloadRefused { cause, serving } => {
             r.str("cause", cause).u64("generation", *serving);
             r.say(format_args!(
@@ -794,6 +776,8 @@ impl slog::KV for Record {
 mod tests {
     use super::*;
     use crate::supervisor::slot::StopReason;
+    use crate::vocab::Pid;
+    use std::time::Duration;
 
     #[test]
     fn exit_sentences_say_how_it_ended_and_what_comes_next() {

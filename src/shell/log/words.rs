@@ -22,6 +22,7 @@ pub(super) fn stop_reason(why: &StopReason) -> String {
         StopReason::NotReady { timeout } => format!("not ready within {}", human(*timeout)),
         StopReason::NotServing => "idle and not listening".into(),
         StopReason::WorkerStopping => "it said STOPPING=1".into(),
+        StopReason::ProbeFailed => "failed its probes".into(),
         StopReason::Recycled(reason) => format!("recycled: {}", recycle_reason(reason)),
     }
 }
@@ -35,6 +36,9 @@ pub(super) fn recycle_reason(reason: &RecycleReason) -> String {
         ),
         RecycleReason::Age { limit } => {
             format!("its age limit, {} (--max-age with jitter)", human(*limit))
+        }
+        RecycleReason::Unhealthy { failures } => {
+            format!("failed {failures} probes in a row (--probe-failures)")
         }
     }
 }

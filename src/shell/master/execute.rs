@@ -42,6 +42,7 @@ impl<L: Launch> Master<'_, L> {
                 let serving = serving::look(pid, &self.ours, &mut self.look_samples);
                 self.dispatch(Event::Serving { pid, serving }, now);
             }
+            Action::Probe { pid, slot, lane } => self.start_probe(pid, slot, lane, now),
             Action::CloseListeners => self.close_listeners(),
             Action::Steer { queues } => self.steer(&queues),
             Action::Log(record) => {

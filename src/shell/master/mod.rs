@@ -10,6 +10,7 @@
 
 mod execute;
 mod observe;
+mod probes;
 mod requests;
 mod resume;
 mod steps;
@@ -76,12 +77,14 @@ pub fn serve(setup: Setup, launcher: impl Launch, log: &Log) -> Result<(), Error
         ..
     } = setup;
     let stop = (policy.stop_signal, policy.stop_timeout);
+    let probes = probes::Probes::of(&policy, &listeners)?;
     let supervisor = match &handover {
         Some(h) => Supervisor::restore(policy, h.supervisor.clone(), Instant::now()),
         None => Supervisor::new(policy),
     };
     let mut master = Master::new(supervisor, launcher, signals, notify, control, info, log)?;
     master.binary = binary;
+    master.probes = probes;
     master.trimmer = own_memory.then(trim::Trimmer::default);
     if own_memory && let Err(e) = trim::keep_code() {
         log.emit(&Record::OsError {
@@ -227,6 +230,8 @@ struct Master<'a, L: Launch> {
     pid_file: Option<crate::shell::pidfile::PidFile>,
     /// Stops the workers if the master dies (`shell/undertaker.rs`).
     undertaker: Option<crate::shell::undertaker::Undertaker>,
+    /// `--probe`: where probes go, and those out.
+    probes: Option<probes::Probes>,
 }
 
 impl<'a, L: Launch> Master<'a, L> {
@@ -301,6 +306,7 @@ impl<'a, L: Launch> Master<'a, L> {
             rewritten_said: BTreeSet::new(),
             pid_file: None,
             undertaker: None,
+            probes: None,
         })
     }
 
@@ -421,6 +427,7 @@ impl<'a, L: Launch> Master<'a, L> {
                 .as_mut()
                 .and_then(|m| m.endpoint().next_deadline()),
             self.upgrade_deadline(),
+            self.probes.as_ref().and_then(probes::Probes::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -450,6 +457,7 @@ impl<'a, L: Launch> Master<'a, L> {
                 Source::ControlClient(id) => self.on_control_client(id, now),
                 Source::MetricsClient(id) => self.on_scraper(id, now),
                 Source::Output(id) => self.on_output(id),
+                Source::Probe(pid) => self.on_probe(pid, now),
                 Source::Log(_) => self.log.flush(),
                 Source::Exited(pid) => {
                     let reaped = reap::pid(pid);
@@ -487,6 +495,7 @@ impl<'a, L: Launch> Master<'a, L> {
         if let Some(metrics) = &mut self.metrics_server {
             metrics.endpoint().expire(now, self.poll.registry());
         }
+        self.expire_probes(now);
         if self.supervisor.next_deadline().is_some_and(|d| d <= now) {
             self.dispatch(Event::Timeout, now);
         }

@@ -1,5 +1,6 @@
-//! Which worker holds a connection the check opened: the server's end of
-//! it found among the socket fds of each worker's process tree.
+//! Which worker holds a connection `rcluster check` or a probe opened: the
+//! server's end of it found among the socket fds of each worker's process
+//! tree.
 
 use std::net::SocketAddr;
 
