@@ -63,7 +63,16 @@ pub enum NotifyMsg {
     /// about to hand the stop signal to the server, which may die of it
     /// with nothing in flight.
     Drained,
+    /// `X_RCLUSTER_RESPONSES=…`: the shim's counts of the responses the
+    /// worker wrote, by status class.
+    Responses(Responses),
 }
+
+/// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+pub type Responses = [u64; 5];
+
+/// The classes' names, in [`Responses`]' order.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// What the service manager above rcluster (systemd) should be told.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -416,6 +416,25 @@ impl Metrics {
         );
 
         out.family(
+            "rcluster_worker_responses_total",
+            "counter",
+            "Responses of each slot's newest worker by status class, as the shim counts them \
+             (--http-drain, --adopt-bind).",
+        );
+        for (slot, worker) in &newest {
+            let Some(counts) = sup.responses(worker.pid) else {
+                continue;
+            };
+            let slot = slot.to_string();
+            for (class, n) in crate::vocab::CLASSES.iter().zip(counts) {
+                out.sample(
+                    "rcluster_worker_responses_total",
+                    &[("slot", &slot), ("class", class)],
+                    *n as f64,
+                );
+            }
+        }
+        out.family(
             "rcluster_worker_exits_total",
             "counter",
             "Worker exits by slot and cause (stopped: rcluster asked).",

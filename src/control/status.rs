@@ -116,6 +116,9 @@ pub fn to_json(
                     "passed": health.passed,
                 });
             }
+            if let Some(counts) = sup.responses(w.pid) {
+                row["responses"] = responses_json(counts);
+            }
             row
         })
         .collect();
@@ -197,6 +200,16 @@ fn restarting_json(id: SlotId, slot: &Slot, observed: &Observed, now: Instant) -
         "last_exit": slot.last_exit.as_ref().map(Exit::short),
         "last_exit_line": observed.last_lines.get(&id),
     })
+}
+
+/// A worker's responses by status class, as its shim counted them.
+fn responses_json(counts: &crate::vocab::Responses) -> Value {
+    crate::vocab::CLASSES
+        .iter()
+        .zip(counts)
+        .map(|(class, n)| (class.to_string(), json!(n)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// `--probe`: what is probed, how many workers fail it, and whether

@@ -53,6 +53,12 @@ pub fn parse(text: &str) -> (Vec<NotifyMsg>, Option<Pid>) {
             Some(("WATCHDOG", "1")) => messages.push(NotifyMsg::Watchdog),
             Some(("STATUS", status)) => messages.push(NotifyMsg::Status(status.to_string())),
             Some(("X_RCLUSTER_DRAINED", "1")) => messages.push(NotifyMsg::Drained),
+            Some(("X_RCLUSTER_RESPONSES", counts)) => {
+                let counts: Vec<u64> = counts.split(',').filter_map(|n| n.parse().ok()).collect();
+                if let Ok(counts) = <[u64; 5]>::try_from(counts) {
+                    messages.push(NotifyMsg::Responses(counts));
+                }
+            }
             Some(("MAINPID", pid)) => main_pid = pid.parse().ok().map(Pid::from_raw),
             _ => {}
         }

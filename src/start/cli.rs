@@ -300,7 +300,9 @@ struct Args {
     /// Drain for a server that cannot: on its stop signal, take it off the
     /// listeners, mark each connection's responses `Connection: close`
     /// (spread over 250ms), close idle connections after 500ms, and pass
-    /// the signal on once none is left
+    /// the signal on once none is left. Also counts each worker's responses
+    /// by status class: a reload's canary answering clearly more 5xx than
+    /// the serving workers fails
     #[arg(long, env = "RCLUSTER_HTTP_DRAIN")]
     http_drain: bool,
 

@@ -214,6 +214,7 @@ impl Supervisor {
                 | WorkerState::Killed { .. },
             ) => {}
             (NotifyMsg::Status(status), _) => self.on_status(pid, status, now),
+            (NotifyMsg::Responses(counts), _) => self.on_responses(pid, counts, now),
             (NotifyMsg::Drained, WorkerState::Draining { .. }) => {
                 if let Some(worker) = self.workers.get_mut(&pid) {
                     worker.drained = true;

@@ -46,6 +46,7 @@
 //! none is left. A reaped pid that is no worker is such a process, or an
 //! orphan the master inherited as PID 1. Every cell has a unit test.
 
+mod answers;
 pub mod backoff;
 pub mod event;
 mod lifecycle;
@@ -186,6 +187,10 @@ pub struct Supervisor {
     /// A worker replaced for its probes had a successor that failed them
     /// too: no more are replaced for them until a probe passes.
     replacing_paused: bool,
+    /// Each worker's responses, as its shim counted them.
+    answers: BTreeMap<Pid, crate::vocab::Responses>,
+    /// A reload's canary whose answers are being compared.
+    baseline: Option<answers::Baseline>,
     /// The actions of the event being handled.
     actions: Vec<Action>,
 }
@@ -228,6 +233,8 @@ impl Supervisor {
             stray_search: Vec::new(),
             health: BTreeMap::new(),
             replacing_paused: false,
+            answers: BTreeMap::new(),
+            baseline: None,
             actions: Vec::new(),
         }
     }

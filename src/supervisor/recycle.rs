@@ -166,6 +166,7 @@ impl Supervisor {
     /// retiring.
     pub(super) fn forget_pending(&mut self, pid: Pid) {
         self.forget_health(pid);
+        self.answers.remove(&pid);
         if let Some((at, _)) = self.retiring.remove(&pid) {
             self.timers.change(Timer::Retiring(pid), Some(at), None);
         }

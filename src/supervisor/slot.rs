@@ -301,6 +301,9 @@ pub enum StopReason {
     /// Starting, or a canary holding, it failed `--probe-failures` probes
     /// in a row.
     ProbeFailed,
+    /// A canary holding, it answered clearly more errors than the serving
+    /// workers (`answers.rs`).
+    ErrorRate,
     /// Its successor is ready; it was over `--max-memory` or `--max-age`.
     Recycled(RecycleReason),
 }

@@ -2248,3 +2248,67 @@ fn a_serving_worker_failing_its_probes_is_replaced_successor_first_and_a_shared_
     assert!(!sim.sup.replacing_paused());
     assert!(!sim.sup.due.contains_key(&pids[1]));
 }
+
+// ---- the canary's error rate (the shim's counts) ------------------------------
+
+#[test]
+fn a_canary_answering_clearly_more_errors_than_the_serving_workers_fails_its_hold() {
+    let mut p = policy(2);
+    p.ready = ReadyRule::Notify;
+    p.min_ready = ms(2000);
+    let (mut sim, pids) = Sim::started(p);
+    for &pid in &pids {
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    let counts = |sim: &mut Sim, pid, ok: u64, errors: u64| {
+        sim.notify(pid, NotifyMsg::Responses([0, ok, 0, 0, errors]))
+    };
+    counts(&mut sim, pids[0], 5000, 10);
+    counts(&mut sim, pids[1], 5000, 10);
+    let acts = sim.at(1000).signal(MasterSignal::Reload);
+    let canary = spawned(&acts)[0];
+    sim.exec_ok(canary);
+    sim.notify(canary, NotifyMsg::Ready);
+    // Its first report starts the comparison; the serving workers go on
+    // at 0.2% errors; the canary, four errors in: not yet enough to tell.
+    counts(&mut sim, canary, 0, 1);
+    counts(&mut sim, pids[0], 5400, 11);
+    counts(&mut sim, pids[1], 5400, 11);
+    let acts = counts(&mut sim, canary, 0, 4);
+    assert!(records(&acts, "reload aborted").is_empty());
+    let acts = sim
+        .at(1200)
+        .notify(canary, NotifyMsg::Responses([0, 3, 0, 0, 40]));
+    let aborted = records(&acts, "reload aborted");
+    let [Record::ReloadAborted { cause, .. }] = aborted.as_slice() else {
+        panic!("{acts:?}");
+    };
+    assert_eq!(
+        cause,
+        "answered 5xx to 40 of 43 (93%) of its requests, against 2 of 802 (0%) for the \
+         serving workers"
+    );
+    assert_eq!(signalled(&acts), [(canary, TERM)]);
+}
+
+#[test]
+fn a_canary_no_worse_than_the_serving_workers_is_proven() {
+    let mut p = policy(2);
+    p.ready = ReadyRule::Notify;
+    p.min_ready = ms(2000);
+    let (mut sim, pids) = Sim::started(p);
+    for &pid in &pids {
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    let acts = sim.at(1000).signal(MasterSignal::Reload);
+    let canary = spawned(&acts)[0];
+    sim.exec_ok(canary);
+    sim.notify(canary, NotifyMsg::Ready);
+    // An endpoint that fails in every release: 30% everywhere.
+    sim.notify(canary, NotifyMsg::Responses([0, 0, 0, 0, 0]));
+    sim.notify(pids[0], NotifyMsg::Responses([0, 700, 0, 0, 300]));
+    let acts = sim.notify(canary, NotifyMsg::Responses([0, 70, 0, 0, 30]));
+    assert!(records(&acts, "reload aborted").is_empty());
+    let acts = sim.at(3000).timeout();
+    assert_eq!(records(&acts, "canary proven").len(), 1);
+}

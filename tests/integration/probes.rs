@@ -3,7 +3,9 @@
 //! switch, with wrk as the client. A release that answers errors never
 //! replaces a good worker; a worker stopped or hung is replaced and the
 //! others lose nothing; a cause every worker shares restarts nothing in a
-//! loop; and a probe counts for the worker that answered it.
+//! loop; and a probe counts for the worker that answered it. Without
+//! probes, under `--http-drain`, uvicorn (from PyPI) serving a release that
+//! answers 500 fails its canary by the error-rate rule.
 
 use std::path::Path;
 
@@ -11,7 +13,7 @@ use serde_json::Value;
 
 use crate::support::installs::path_with_python;
 use crate::support::wrk::{Wrk, WrkStats};
-use crate::support::{Master, TempDir, WAIT, path_str, rcluster};
+use crate::support::{Master, SHORT_LOOK, TempDir, WAIT, path_str, rcluster};
 
 /// A master of `workers` gunicorns, probed on `/healthz` every 300 ms
 /// (failing after 2 in a row), its control socket, env file and fault
@@ -277,5 +279,72 @@ fn a_probe_counts_for_the_worker_that_answered_it() {
             assert!(now.contains(&(*slot, *pid)), "{now:?}");
         }
     }
+    master.stop_cleanly();
+}
+
+/// No probe: the shim of `--http-drain` counts what each worker answers,
+/// and a canary answering clearly more 5xx than the serving workers fails
+/// its hold; a good release under the same traffic does not.
+#[test]
+fn without_probes_a_canary_answering_errors_fails_by_its_error_rate() {
+    let dir = TempDir::new("error-rate");
+    let control = path_str(&dir.path("control.sock")).to_string();
+    let env = dir.path("env");
+    std::fs::write(&env, "APP_STATUS=200\n").unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let args = [
+        "-w",
+        "2",
+        "-l",
+        "127.0.0.1:0",
+        "--http-drain",
+        SHORT_LOOK,
+        "--control",
+        &control,
+        "--env-file",
+        path_str(&env),
+        "--",
+        "uvicorn",
+        "--fd",
+        "3",
+        "status_asgi:app",
+    ];
+    let python = path_with_python();
+    let mut master = Master::start_with(&args, |cmd| {
+        cmd.env("PATH", &python).current_dir(&fixtures);
+    });
+    let addr = master.listening();
+    master.ready_workers();
+    let serving = ready_pids(&control);
+    // A new connection per request: a canary in the shared queue gets its
+    // share from its start.
+    let wrk = Wrk::start(addr, 16, false);
+    wrk.wait_for_more(500);
+
+    std::fs::write(&env, "APP_STATUS=500\n").unwrap();
+    let err = reload_fails(&control, "a release answering 500");
+    assert!(err.contains("answered 5xx to"), "{err}");
+    assert_eq!(ready_pids(&control), serving, "the old workers serve");
+    let now = status(&control);
+    let workers = now["workers"].as_array().unwrap();
+    for worker in workers.iter().filter(|w| w["state"] == "ready") {
+        assert!(worker["responses"]["2xx"].as_u64() > Some(0), "{worker}");
+        assert_eq!(worker["responses"]["5xx"], 0, "{worker}");
+    }
+
+    // A good release under the same traffic is proven.
+    std::fs::write(&env, "APP_STATUS=200\n").unwrap();
+    let (code, out, err) = rcluster(&["reload", "--wait", "--control", &control]);
+    assert_eq!(code, 0, "a good release: {out}{err}");
+    wrk.wait_for_more(500);
+    let stats = wrk.finish();
+    assert_eq!(socket_errors(&stats), 0, "{stats:?}");
+    eprintln!(
+        "error rate: a release answering 500 refused, a good one proven; wrk {} served, {} \
+         answered 5xx by the bad canary, {} socket errors",
+        stats.requests,
+        stats.status,
+        socket_errors(&stats)
+    );
     master.stop_cleanly();
 }

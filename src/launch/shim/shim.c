@@ -25,6 +25,13 @@
  * disposition the server asked for. Every connection it tracks gets
  * TCP_NODELAY, as HTTP servers set it.
  *
+ * Count (both). Each response head it sees written on a connection it
+ * accepted is counted by status class, and the totals go to the master on
+ * NOTIFY_SOCKET (X_RCLUSTER_RESPONSES=1xx,2xx,3xx,4xx,5xx) at most every
+ * REPORT_MS while they change; an idle worker's shim sleeps, and so does
+ * the master. The master compares a reload's canary's errors with the
+ * serving workers'.
+ *
  * Everything here runs only in the process rcluster started (LISTEN_PID);
  * in any other process that loads it (the server's children inherit
  * LD_PRELOAD, so that `#!/usr/bin/env node` still gets it) every call
@@ -73,6 +80,8 @@
  * socket: it must go out whole. */
 #define HEAD_WAIT_MS 1000
 #define MAX_IOV 64
+/* How often changed response counts go to the master. */
+#define REPORT_MS 100
 
 static const char CLOSE_HEADER[] = "Connection: close\r\n";
 
@@ -105,6 +114,12 @@ static atomic_int max_conn_fd = -1;
 
 enum { NOT_ADOPTED, ADOPTED_NONBLOCKING, ADOPTED_BLOCKING };
 static _Atomic(unsigned char) adopted[MAX_FDS];
+
+/* Responses seen, by status class (index 1-5; 0: anything else), and
+ * whether the drainer thread was woken to report them. */
+static _Atomic(uint64_t) responses[6];
+static atomic_int report_due;
+enum { WAKE_STOP = 1, WAKE_REPORT = 2 };
 
 static atomic_int draining;
 static _Atomic(int64_t) drain_started_ms;
@@ -453,6 +468,11 @@ static ssize_t drain_write(int fd, const struct iovec *iov, int count, int flags
     if (!c || count < 1 || iov[0].iov_len < 12) return 0;
     const char *head = iov[0].iov_base;
     if (memcmp(head, "HTTP/1.", 7) != 0) return 0;
+    atomic_fetch_add(&responses[head[9] >= '1' && head[9] <= '5' ? head[9] - '0' : 0], 1);
+    if (!atomic_exchange(&report_due, 1)) {
+        char byte = WAKE_REPORT;
+        real_write(wake_fds[1], &byte, 1);
+    }
     atomic_store(&c->answered, 1);
     atomic_store(&c->pending, 0);
     atomic_store(&c->active_ms, now_ms());
@@ -553,7 +573,7 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
 static void on_stop(int sig) {
     (void)sig;
     int saved = errno;
-    char byte = 1;
+    char byte = WAKE_STOP;
     /* clock_gettime is async-signal-safe. */
     if (!atomic_load(&draining)) atomic_store(&drain_started_ms, now_ms());
     if (!atomic_exchange(&draining, 1)) real_write(wake_fds[1], &byte, 1);
@@ -729,10 +749,51 @@ static void say_drained(void) {
     close(fd);
 }
 
+/* The response counts, if they changed since the last report. */
+static void report_responses(void) {
+    static uint64_t last[6];
+    uint64_t now[6];
+    int changed = 0;
+    for (int i = 1; i <= 5; i++) {
+        now[i] = atomic_load(&responses[i]);
+        changed |= now[i] != last[i];
+    }
+    if (!changed || notify_len == 0) return;
+    char msg[160];
+    int n = snprintf(msg, sizeof msg, "X_RCLUSTER_RESPONSES=%llu,%llu,%llu,%llu,%llu",
+                     (unsigned long long)now[1], (unsigned long long)now[2],
+                     (unsigned long long)now[3], (unsigned long long)now[4],
+                     (unsigned long long)now[5]);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return;
+    if (real_sendto(fd, msg, (size_t)n, MSG_NOSIGNAL, (struct sockaddr *)&notify_addr,
+                    notify_len) == n)
+        memcpy(last, now, sizeof last);
+    close(fd);
+}
+
 static void *drainer(void *unused) {
     (void)unused;
     char byte;
-    while (real_read(wake_fds[0], &byte, 1) < 0 && errno == EINTR) {
+    /* Until the stop signal: a response counted since the last report
+     * wakes this thread, which reports after REPORT_MS (the responses of
+     * that time in one message). */
+    for (int stop = 0; !stop;) {
+        if (real_read(wake_fds[0], &byte, 1) != 1) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        stop = byte == WAKE_STOP;
+        /* The wait before a report ends early for the stop signal: a
+         * failed canary must stop accepting at once. */
+        int64_t until = now_ms() + REPORT_MS, left;
+        while (!stop && (left = until - now_ms()) > 0) {
+            struct pollfd wake = {.fd = wake_fds[0], .events = POLLIN};
+            if (poll(&wake, 1, (int)left) > 0 && real_read(wake_fds[0], &byte, 1) == 1)
+                stop = byte == WAKE_STOP;
+        }
+        atomic_store(&report_due, 0);
+        report_responses();
     }
     int64_t started = now_ms();
     vanish();
@@ -740,6 +801,7 @@ static void *drainer(void *unused) {
         struct timespec pause = {0, CHECK_MS * 1000000L};
         nanosleep(&pause, NULL);
     }
+    report_responses();
     say_drained();
     /* Hand over: the server's own disposition, then the signal. */
     pthread_mutex_lock(&app_action_lock);

@@ -23,6 +23,7 @@ pub(super) fn stop_reason(why: &StopReason) -> String {
         StopReason::NotServing => "idle and not listening".into(),
         StopReason::WorkerStopping => "it said STOPPING=1".into(),
         StopReason::ProbeFailed => "failed its probes".into(),
+        StopReason::ErrorRate => "answered more errors than the serving workers".into(),
         StopReason::Recycled(reason) => format!("recycled: {}", recycle_reason(reason)),
     }
 }
