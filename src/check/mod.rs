@@ -7,7 +7,8 @@
 //! whether reloads under keep-alive and `Connection: close` load lose
 //! requests, whether a request in flight survives its worker's stop (in a
 //! reload and in a stop), what a new connection gets during a stop, and
-//! whether the server binds a port of its own. Where an answer is bad and
+//! whether the server binds a port of its own, and whether it passes its
+//! `--probe` (or has a health path to probe). Where an answer is bad and
 //! rcluster has a cure (`--http-drain`, `--adopt-bind`), it asks again
 //! with the cure and shows both.
 //!
@@ -17,6 +18,7 @@
 mod child;
 pub mod http;
 pub mod load;
+mod probe;
 mod questions;
 mod reloads;
 mod report;
@@ -154,6 +156,12 @@ fn check(plan: &Plan, say: &dyn Fn(&str)) -> Report {
         }
     };
     report.answers.push(ready);
+    if plan.protocol == Protocol::Http {
+        let path = probe::probe_path(&plan.args);
+        report
+            .answers
+            .extend(probe::probe(&checked, path.as_deref()));
+    }
     say("killing a worker");
     report
         .answers

@@ -123,8 +123,8 @@ pub fn start(checked: &mut Checked, deadline: Instant) -> Result<Answer, String>
 }
 
 /// Why no worker was ready: rcluster refused to start (its own line),
-/// the workers listen elsewhere, or they keep exiting (the last one's
-/// cause), or they say and do nothing.
+/// the workers listen elsewhere, fail their `--probe`, or keep exiting
+/// (the last one's cause), or they say and do nothing.
 fn why_not_ready(checked: &mut Checked) -> String {
     let exits = checked.seen(|r| r["msg"] == "worker exited");
     if checked.log_ended() {
@@ -132,10 +132,16 @@ fn why_not_ready(checked: &mut Checked) -> String {
         checked.wait_exit(Instant::now() + Duration::from_secs(5));
     }
     let own = checked.seen(|r| r["msg"] == "worker listens on its own port");
+    let probes = checked.seen(|r| r["msg"] == "probe failed");
     match (checked.exited(), exits.last()) {
         (None, _) if !own.is_empty() => {
             "its workers listen on a port of their own, not on rcluster's socket".to_string()
         }
+        (None, _) if !probes.is_empty() => format!(
+            "its workers fail their probe, so none is ever ready ({} failures; the last: {})",
+            probes.len(),
+            probes[probes.len() - 1]["cause"].as_str().unwrap_or("?")
+        ),
         (Some(code), _) => format!(
             "rcluster exited with code {code}: {}",
             checked.last_said().unwrap_or_default()

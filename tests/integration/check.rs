@@ -479,3 +479,46 @@ fn a_killed_check_leaves_no_process() {
         assert!(gone, "worker {pid} outlived the killed check");
     }
 }
+
+/// `--probe` (#37): the check asks it, and says why no worker is ever
+/// ready when it fails; without it, a server with a health path is told
+/// to probe it. gunicorn (from PyPI) serving `tests/fixtures/health_app.py`
+/// (`/` and `/healthz`; any other path 404).
+#[test]
+fn the_check_asks_the_probe_and_suggests_one() {
+    let server = format!(
+        "gunicorn --workers 1 --threads 4 --preload --no-control-socket --chdir {}/tests/fixtures \
+         health_app:app",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let python = crate::support::installs::path_with_python();
+    let path = python.to_str().unwrap();
+    // --http-drain given: no question is asked again with it (not what
+    // this test is about), which halves its time.
+    let flags = ["--ready", "notify", SHORT_HOLD, "--http-drain"];
+
+    let checked = check(&flags, &server, &[("PATH", path)]);
+    let probe = checked.answer("probe");
+    assert_eq!(probe["verdict"], "notice", "{probe:#}");
+    assert!(
+        probe["fix"].as_str().unwrap().contains("--probe /healthz"),
+        "{probe:#}"
+    );
+
+    let probed = [&flags[..], &["--probe", "/healthz"]].concat();
+    let checked = check(&probed, &server, &[("PATH", path)]);
+    assert_eq!(checked.verdict("probe"), "good", "{:#}", checked.report);
+
+    let failing = [&probed[..], &["--ready-timeout", "3s"]].concat();
+    let checked = check(
+        &failing,
+        &server,
+        &[("PATH", path), ("HEALTH_STATUS", "503")],
+    );
+    assert_eq!(checked.code, 2, "{:#}", checked.report);
+    let why = checked.report["cannot_run"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("fail their probe") && why.contains("answered 503 to GET /healthz"),
+        "{why}"
+    );
+}
