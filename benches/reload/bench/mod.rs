@@ -27,7 +27,10 @@
 //! - `balance` (not in the default run): `--balance shared` against
 //!   `reuseport` with hello, Node and Python workers burning 2 ms of CPU a
 //!   request: each worker's share and latency at 30/60/90% of capacity.
-//!   `--balance reuseport` runs the other scenarios in that mode.
+//!   `--balance reuseport` runs the other scenarios in that mode;
+//! - `probes` (not in the default run): the master's CPU time with
+//!   `--probe` every 100 ms against without, 4 and 16 workers, shared and
+//!   reuseport, under keep-alive load.
 //!
 //! Each runs in keep-alive and `Connection: close` modes where it applies.
 //! `--start-cmd`, `--reload-cmd` and `--addr` drive another process manager
@@ -39,6 +42,7 @@
 
 pub mod goals;
 pub mod memory;
+pub mod probes;
 pub mod procfs;
 pub mod report;
 pub mod scenarios;
@@ -73,6 +77,7 @@ pub enum Scenario {
     Upgrade,
     Memory,
     Balance,
+    Probes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -282,6 +287,7 @@ pub fn run(opts: &Opts, server: &Server) -> Report {
             (Scenario::Idle, Some(bins)) => report.idle = Some(scenarios::idle(bins, opts.idle)),
             (Scenario::Stderr, Some(bins)) => report.stderr = scenarios::stderr(bins, opts.steady),
             (Scenario::Balance, Some(bins)) => report.balance = scenarios::balance(opts, bins),
+            (Scenario::Probes, Some(bins)) => report.probes = probes::probes(opts, bins),
             (Scenario::Memory, Some(bins)) => report.memory = memory::memory(bins),
             (Scenario::Upgrade, Some(bins)) => {
                 for &workers in &opts.workers {
@@ -299,7 +305,8 @@ pub fn run(opts: &Opts, server: &Server) -> Report {
                 | Scenario::Stderr
                 | Scenario::Upgrade
                 | Scenario::Memory
-                | Scenario::Balance,
+                | Scenario::Balance
+                | Scenario::Probes,
                 None,
             ) => {
                 eprintln!("skipping {scenario:?}: it needs rcluster's own log");

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::load::{Outcome, Sample};
 use super::memory::MemoryRow;
+use super::probes::ProbeRow;
 use super::scenarios::{BalanceRow, Crash, DefaultsRow, Idle, Reload, ScaleRow, StderrRow, Steady};
 use super::stats::{self, Latency, median, ms};
 use super::upgrade::UpgradeRow;
@@ -28,6 +29,7 @@ pub struct Report {
     pub balance: Vec<BalanceRow>,
     pub upgrade: Vec<UpgradeRow>,
     pub memory: Option<MemoryRow>,
+    pub probes: Vec<ProbeRow>,
 }
 
 fn lat(l: &Latency) -> String {
@@ -307,6 +309,9 @@ impl Report {
                 );
             }
         }
+        if !self.probes.is_empty() {
+            self.probes_table(&mut t);
+        }
         if !self.stderr.is_empty() {
             let _ = writeln!(
                 t,
@@ -329,6 +334,35 @@ impl Report {
         t
     }
 
+    /// `probes`: each probed row beside the same cluster without probes.
+    fn probes_table(&self, t: &mut String) {
+        let _ = writeln!(
+            t,
+            "\nprobes (hello, keep-alive load)  workers  probes/s  master CPU ms/s (without)  per probe us     req/s  failed"
+        );
+        for row in self.probes.iter().filter(|r| r.probed) {
+            let without = self
+                .probes
+                .iter()
+                .find(|r| !r.probed && r.balance == row.balance && r.workers == row.workers);
+            let per_s = |r: &ProbeRow| r.master_cpu.as_secs_f64() * 1e3 / r.seconds;
+            let base = without.map_or(0.0, per_s);
+            let per_probe = (per_s(row) - base) * 1e3 / row.probes_per_s();
+            let _ = writeln!(
+                t,
+                "  {:<31} {:>7} {:>9.0} {:>12.1} ({:>5.1}) {:>19.0} {:>9.0} {:>7}",
+                row.balance,
+                row.workers,
+                row.probes_per_s(),
+                per_s(row),
+                base,
+                per_probe,
+                row.served as f64 / row.seconds,
+                row.failed
+            );
+        }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::json!({
             "machine": self.machine,
@@ -342,6 +376,7 @@ impl Report {
             "balance": self.balance.iter().map(BalanceRow::json).collect::<Vec<_>>(),
             "upgrade": self.upgrade.iter().map(UpgradeRow::json).collect::<Vec<_>>(),
             "memory": self.memory.as_ref().map(MemoryRow::json),
+            "probes": self.probes.iter().map(ProbeRow::json).collect::<Vec<_>>(),
         })
     }
 
