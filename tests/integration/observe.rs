@@ -125,7 +125,7 @@ fn the_tail_stays_small_under_a_flood_and_the_figures_are_live() {
 }
 
 /// `GET /metrics`, as Prometheus scrapes it.
-fn scrape(addr: &str) -> String {
+pub fn scrape(addr: &str) -> String {
     let mut conn = std::net::TcpStream::connect(addr).expect("connecting to /metrics");
     conn.set_read_timeout(Some(WAIT)).unwrap();
     std::io::Write::write_all(

@@ -214,7 +214,11 @@ fn a_stopped_or_hung_worker_is_replaced_and_the_others_lose_nothing() {
 #[test]
 fn a_cause_every_worker_shares_restarts_nothing_in_a_loop() {
     let dir = TempDir::new("probe-outage");
-    let (mut master, control) = start(&dir, 3, &[]);
+    let (mut master, control) = start(&dir, 3, &["--metrics", "127.0.0.1:0"]);
+    let metrics = master.expect_msg("metrics endpoint")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
     master.ready_workers();
     let pids = ready_pids(&control);
     // The database every worker needs is down.
@@ -244,6 +248,12 @@ fn a_cause_every_worker_shares_restarts_nothing_in_a_loop() {
         "{table}"
     );
     assert_eq!(ready_pids(&control), pids, "every worker still serves");
+    let scraped = crate::observe::scrape(&metrics);
+    assert!(
+        scraped.contains("rcluster_worker_recycles_total{reason=\"probe\"} 1\n")
+            && scraped.contains("rcluster_worker_probe_failures_total{slot=\"2\"}"),
+        "{scraped}"
+    );
 
     // The database is back.
     std::fs::remove_file(dir.path("faults").join("all")).unwrap();
@@ -299,6 +309,8 @@ fn without_probes_a_canary_answering_errors_fails_by_its_error_rate() {
         "127.0.0.1:0",
         "--http-drain",
         SHORT_LOOK,
+        "--metrics",
+        "127.0.0.1:0",
         "--control",
         &control,
         "--env-file",
@@ -314,6 +326,10 @@ fn without_probes_a_canary_answering_errors_fails_by_its_error_rate() {
         cmd.env("PATH", &python).current_dir(&fixtures);
     });
     let addr = master.listening();
+    let metrics = master.expect_msg("metrics endpoint")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
     master.ready_workers();
     let serving = ready_pids(&control);
     // A new connection per request: a canary in the shared queue gets its
@@ -331,6 +347,13 @@ fn without_probes_a_canary_answering_errors_fails_by_its_error_rate() {
         assert!(worker["responses"]["2xx"].as_u64() > Some(0), "{worker}");
         assert_eq!(worker["responses"]["5xx"], 0, "{worker}");
     }
+    // Slot 1, which no canary touched: slot 0's newest may still be it.
+    let scraped = crate::observe::scrape(&metrics);
+    let ok = scraped
+        .lines()
+        .find(|l| l.starts_with("rcluster_worker_responses_total{slot=\"1\",class=\"2xx\"}"))
+        .unwrap_or_else(|| panic!("{scraped}"));
+    assert!(!ok.ends_with(" 0"), "{ok}");
 
     // A good release under the same traffic is proven.
     std::fs::write(&env, "APP_STATUS=200\n").unwrap();
