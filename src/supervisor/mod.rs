@@ -38,8 +38,8 @@
 //! ready. With `--probe`, "Ready" also needs a passing probe: until one it
 //! answered passes, a worker ready by its rule stays Booting (see
 //! [`probe`]). "—" means ignored. Every stop signal is followed by
-//! `SIGCONT`, for a worker stopped with `SIGSTOP`. When a worker is gone, what is left of
-//! its process group gets the stop signal, and `SIGKILL` after
+//! `SIGCONT`, for a worker stopped with `SIGSTOP`. When a worker is gone,
+//! what is left of its process group gets the stop signal, and `SIGKILL` after
 //! `--stop-timeout` if it lingers (systemd's `KillMode=mixed`); processes
 //! it started that left the group come back to the master (a child
 //! subreaper) and are stopped the same way, and the master exits only once

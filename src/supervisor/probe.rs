@@ -232,6 +232,9 @@ impl Supervisor {
             return;
         }
         self.replacing_paused = true;
+        // Those queued wait for a probe to pass, and fail again after it.
+        self.due
+            .retain(|_, due| !matches!(due.reason, RecycleReason::Unhealthy { .. }));
         let failing = self.health.values().filter(|h| h.streak > 0).count();
         self.log(Record::ProbeReplacingPaused {
             slot,

@@ -153,11 +153,13 @@ impl Supervisor {
             return;
         }
         self.recycling = None;
-        if matches!(reason, RecycleReason::Unhealthy { .. }) {
-            self.pause_replacing(failure.slot, old);
-        }
         let failed = self.failed_successors + 1;
-        self.due.insert(old, Due { reason, failed });
+        if matches!(reason, RecycleReason::Unhealthy { .. }) {
+            // Another successor would fail the same way (`probe.rs`).
+            self.pause_replacing(failure.slot, old);
+        } else {
+            self.due.insert(old, Due { reason, failed });
+        }
         let delay = self.policy.restart_delay.after(failed);
         self.set_restart(failure.slot, Some(now + delay));
     }

@@ -2229,7 +2229,13 @@ fn a_serving_worker_failing_its_probes_is_replaced_successor_first_and_a_shared_
     assert_eq!(records(&acts, "probe replacing paused").len(), 1);
     assert_eq!(signalled(&acts), [(successor, TERM)]);
     assert!(sim.sup.replacing_paused());
+    assert!(sim.sup.due.is_empty(), "nothing waits to be replaced");
     sim.exit(successor, 0);
+    assert_eq!(
+        sim.sup.busy(),
+        None,
+        "an upgrade need not wait for the outage"
+    );
     // More failures, and the backoff passed: nothing more is replaced.
     let mut acts = Vec::new();
     for n in 0..5u64 {
