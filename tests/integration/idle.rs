@@ -118,7 +118,7 @@ fn an_idle_master_never_waits_on_the_disk_for_its_own_code() {
     let dir = TempDir::new("idle-code");
     let control = path_str(&dir.path("control.sock")).to_string();
     let worker = example("test_worker");
-    let mut master = Master::start(&[
+    let args = [
         "-w",
         "2",
         "--control",
@@ -127,7 +127,9 @@ fn an_idle_master_never_waits_on_the_disk_for_its_own_code() {
         &worker,
         "--ready-after",
         "0",
-    ]);
+    ];
+    let (_own, binary) = crate::support::private_binary("idle-code");
+    let mut master = Master::start_via(&binary, &[], &args, |_| {});
     master.expect_msg("workers ready");
     let (code, _, err) = rcluster(&["reload", "--wait", "--control", &control]);
     assert_eq!(code, 0, "{err}");

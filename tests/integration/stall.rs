@@ -516,7 +516,7 @@ fn a_master_whose_disk_is_slow_answers_status_from_memory() {
     let dir = TempDir::new("slow-disk");
     let control = path_str(&dir.path("control.sock")).to_string();
     let worker = example("test_worker");
-    let mut master = Master::start(&[
+    let args = [
         "-w",
         "1",
         "--control",
@@ -525,7 +525,9 @@ fn a_master_whose_disk_is_slow_answers_status_from_memory() {
         &worker,
         "--ready-after",
         "0",
-    ]);
+    ];
+    let (_own, binary) = crate::support::private_binary("slow-disk");
+    let mut master = Master::start_via(&binary, &[], &args, |_| {});
     master.expect_msg("workers ready");
     raw_status(&control, WAIT).expect("status");
     assert!(

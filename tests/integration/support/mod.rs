@@ -84,9 +84,14 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
+        TempDir::under(&std::env::temp_dir(), tag)
+    }
+
+    /// One in `base`.
+    pub fn under(base: &Path, tag: &str) -> TempDir {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("rcluster-{tag}-{}-{n}", std::process::id()));
+        let dir = base.join(format!("rcluster-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating a temp dir");
         TempDir(dir)
@@ -594,6 +599,10 @@ pub fn is_gone(pid: i32) -> bool {
 /// Drops the page cache of `path` where it can (written back first;
 /// pages a process maps stay), as a host reclaiming cold pages does.
 pub fn evict_cache(path: &str) {
+    assert!(
+        Path::new(path) != rcluster_bin(),
+        "evicting the binary every test's master runs from stalls them all (run a private_binary)"
+    );
     let file = std::fs::File::open(path).unwrap();
     file.sync_all().unwrap();
     // SAFETY: advice on a file this function opened.
@@ -606,6 +615,20 @@ pub fn evict_cache(path: &str) {
         )
     };
     assert_eq!(done, 0, "posix_fadvise");
+}
+
+/// A copy of rcluster, for a test that evicts its master's binary from the
+/// page cache or slows its reads: its pages are its own. Evicting or
+/// throttling the binary every test runs made the other tests' masters
+/// wait on the disk for code they had not run yet (a reload's master
+/// stalled 16.6 s beside the slow-disk test). Beside the real one, on its
+/// filesystem: in a tmpfs `/tmp` no page would ever leave memory. The
+/// directory goes when the first value is dropped.
+pub fn private_binary(tag: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::under(Path::new(env!("CARGO_TARGET_TMPDIR")), tag);
+    let copy = dir.path("rcluster");
+    std::fs::copy(rcluster_bin(), &copy).expect("copying rcluster");
+    (dir, copy)
 }
 
 /// Spawns `cmd`, whose program may have just been written by this test:
