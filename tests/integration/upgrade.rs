@@ -61,12 +61,20 @@ impl Bin {
         self.dir.path("rcluster")
     }
 
-    /// Puts `bytes` at `bin/rcluster` at once (written beside, renamed
-    /// over), with `mode`.
+    /// Puts `bytes` at `bin/rcluster` at once (written beside, synced,
+    /// renamed over), with `mode`. Synced as a careful deploy does: the
+    /// master closes the file it replaced, and the kernel's eviction of an
+    /// unlinked file waits for its pages still being written back (an
+    /// upgraded master was caught in `close` for seconds, in
+    /// `folio_wait_writeback`, under the suite's disk load).
     fn install(&self, bytes: &[u8], mode: u32) {
+        use std::io::Write;
         use std::os::unix::fs::PermissionsExt;
         let next = self.dir.path("rcluster.next");
-        std::fs::write(&next, bytes).unwrap();
+        let mut file = std::fs::File::create(&next).unwrap();
+        file.write_all(bytes).unwrap();
+        file.sync_all().unwrap();
+        drop(file);
         std::fs::set_permissions(&next, std::fs::Permissions::from_mode(mode)).unwrap();
         std::fs::rename(&next, self.path()).unwrap();
     }
