@@ -2257,24 +2257,32 @@ fn a_serving_worker_failing_its_probes_is_replaced_successor_first_and_a_shared_
 
 // ---- the canary's error rate (the shim's counts) ------------------------------
 
-#[test]
-fn a_canary_answering_clearly_more_errors_than_the_serving_workers_fails_its_hold() {
+/// Two ready workers that report `counts` each, then a reload at 1 s
+/// whose canary (held 2 s) is ready: the serving pids and the canary's.
+fn canary_holding(counts: Option<[u64; 5]>) -> (Sim, Vec<Pid>, Pid) {
     let mut p = policy(2);
     p.ready = ReadyRule::Notify;
     p.min_ready = ms(2000);
     let (mut sim, pids) = Sim::started(p);
     for &pid in &pids {
         sim.notify(pid, NotifyMsg::Ready);
+        if let Some(counts) = counts {
+            sim.notify(pid, NotifyMsg::Responses(counts));
+        }
     }
-    let counts = |sim: &mut Sim, pid, ok: u64, errors: u64| {
-        sim.notify(pid, NotifyMsg::Responses([0, ok, 0, 0, errors]))
-    };
-    counts(&mut sim, pids[0], 5000, 10);
-    counts(&mut sim, pids[1], 5000, 10);
     let acts = sim.at(1000).signal(MasterSignal::Reload);
     let canary = spawned(&acts)[0];
     sim.exec_ok(canary);
     sim.notify(canary, NotifyMsg::Ready);
+    (sim, pids, canary)
+}
+
+#[test]
+fn a_canary_answering_clearly_more_errors_than_the_serving_workers_fails_its_hold() {
+    let (mut sim, pids, canary) = canary_holding(Some([0, 5000, 0, 0, 10]));
+    let counts = |sim: &mut Sim, pid, ok: u64, errors: u64| {
+        sim.notify(pid, NotifyMsg::Responses([0, ok, 0, 0, errors]))
+    };
     // Its first report starts the comparison; the serving workers go on
     // at 0.2% errors; the canary, four errors in: not yet enough to tell.
     counts(&mut sim, canary, 0, 1);
@@ -2299,17 +2307,7 @@ fn a_canary_answering_clearly_more_errors_than_the_serving_workers_fails_its_hol
 
 #[test]
 fn a_canary_no_worse_than_the_serving_workers_is_proven() {
-    let mut p = policy(2);
-    p.ready = ReadyRule::Notify;
-    p.min_ready = ms(2000);
-    let (mut sim, pids) = Sim::started(p);
-    for &pid in &pids {
-        sim.notify(pid, NotifyMsg::Ready);
-    }
-    let acts = sim.at(1000).signal(MasterSignal::Reload);
-    let canary = spawned(&acts)[0];
-    sim.exec_ok(canary);
-    sim.notify(canary, NotifyMsg::Ready);
+    let (mut sim, pids, canary) = canary_holding(None);
     // An endpoint that fails in every release: 30% everywhere.
     sim.notify(canary, NotifyMsg::Responses([0, 0, 0, 0, 0]));
     sim.notify(pids[0], NotifyMsg::Responses([0, 700, 0, 0, 300]));

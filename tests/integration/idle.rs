@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::bench::procfs;
-use crate::support::{Master, TempDir, example, path_str, rcluster, wait_until};
+use crate::support::{Master, example, path_str, rcluster, wait_until};
 
 /// Whether the master sleeps in its poll now with nothing to wait for: not
 /// between writing its last record and going back to sleep, nor before
@@ -115,22 +115,7 @@ fn major_faults(pid: i32) -> u64 {
 /// disk load.
 #[test]
 fn an_idle_master_never_waits_on_the_disk_for_its_own_code() {
-    let dir = TempDir::new("idle-code");
-    let control = path_str(&dir.path("control.sock")).to_string();
-    let worker = example("test_worker");
-    let args = [
-        "-w",
-        "2",
-        "--control",
-        &control,
-        "--",
-        &worker,
-        "--ready-after",
-        "0",
-    ];
-    let (_own, binary) = crate::support::private_binary("idle-code");
-    let mut master = Master::start_via(&binary, &[], &args, |_| {});
-    master.expect_msg("workers ready");
+    let (master, control, _dirs) = crate::support::master_of_its_own("idle-code", "2");
     let (code, _, err) = rcluster(&["reload", "--wait", "--control", &control]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = rcluster(&["status", "--control", &control]);

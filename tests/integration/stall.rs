@@ -513,22 +513,7 @@ fn raw_status(control: &str, within: Duration) -> std::io::Result<String> {
 #[test]
 fn a_master_whose_disk_is_slow_answers_status_from_memory() {
     use std::os::unix::fs::MetadataExt;
-    let dir = TempDir::new("slow-disk");
-    let control = path_str(&dir.path("control.sock")).to_string();
-    let worker = example("test_worker");
-    let args = [
-        "-w",
-        "1",
-        "--control",
-        &control,
-        "--",
-        &worker,
-        "--ready-after",
-        "0",
-    ];
-    let (_own, binary) = crate::support::private_binary("slow-disk");
-    let mut master = Master::start_via(&binary, &[], &args, |_| {});
-    master.expect_msg("workers ready");
+    let (master, control, _dirs) = crate::support::master_of_its_own("slow-disk", "1");
     raw_status(&control, WAIT).expect("status");
     assert!(
         crate::bench::procfs::wait_asleep(master.pid, Instant::now() + WAIT),

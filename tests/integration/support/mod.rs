@@ -631,6 +631,29 @@ pub fn private_binary(tag: &str) -> (TempDir, PathBuf) {
     (dir, copy)
 }
 
+/// A master of `workers` test workers, ready, run from a
+/// [`private_binary`] with a control socket: the master, the socket's
+/// path, and the directories to keep until the test ends.
+pub fn master_of_its_own(tag: &str, workers: &str) -> (Master, String, [TempDir; 2]) {
+    let dir = TempDir::new(tag);
+    let control = path_str(&dir.path("control.sock")).to_string();
+    let worker = example("test_worker");
+    let args = [
+        "-w",
+        workers,
+        "--control",
+        &control,
+        "--",
+        &worker,
+        "--ready-after",
+        "0",
+    ];
+    let (own, binary) = private_binary(tag);
+    let mut master = Master::start_via(&binary, &[], &args, |_| {});
+    master.expect_msg("workers ready");
+    (master, control, [dir, own])
+}
+
 /// Spawns `cmd`, whose program may have just been written by this test:
 /// while another test thread forks, its child holds a copy of the
 /// writer's fd until it execs, and the kernel refuses to exec a file open
