@@ -71,7 +71,7 @@ impl Supervisor {
     pub(super) fn on_responses(&mut self, pid: Pid, counts: Responses, now: Instant) {
         if self.workers.contains_key(&pid) {
             self.answers.insert(pid, counts);
-            self.judge_canary(now);
+            self.judge_canary(pid, now);
         }
     }
 
@@ -87,8 +87,10 @@ impl Supervisor {
 
     /// Compares the canary's answers with the serving workers' since the
     /// first report of the reload (theirs over their lives until they have
-    /// answered any since).
-    fn judge_canary(&mut self, now: Instant) {
+    /// answered any since), when the canary reports: a report of another
+    /// worker only counts, so a reload under load costs no more than the
+    /// canary's reports.
+    fn judge_canary(&mut self, reporter: Pid, now: Instant) {
         let Some(worker) = self.canary().cloned() else {
             self.baseline = None;
             return;
@@ -103,7 +105,7 @@ impl Supervisor {
                 .collect();
             self.baseline = Some(Baseline { canary, serving });
         }
-        let Some(baseline) = &self.baseline else {
+        let Some(baseline) = self.baseline.as_ref().filter(|_| reporter == canary) else {
             return;
         };
         let (mut meanwhile, mut lifetime) = ((0, 0), (0, 0));
