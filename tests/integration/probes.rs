@@ -221,10 +221,7 @@ fn a_stopped_or_hung_worker_is_replaced_and_the_others_lose_nothing() {
 fn a_cause_every_worker_shares_restarts_nothing_in_a_loop() {
     let dir = TempDir::new("probe-outage");
     let (mut master, control) = start(&dir, 3, &["--metrics", "127.0.0.1:0"]);
-    let metrics = master.expect_msg("metrics endpoint")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let metrics = master.metrics_addr();
     master.ready_workers();
     let pids = ready_pids(&control);
     // The database every worker needs is down.
@@ -332,10 +329,7 @@ fn without_probes_a_canary_answering_errors_fails_by_its_error_rate() {
         cmd.env("PATH", &python).current_dir(&fixtures);
     });
     let addr = master.listening();
-    let metrics = master.expect_msg("metrics endpoint")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let metrics = master.metrics_addr();
     master.ready_workers();
     let serving = ready_pids(&control);
     // A new connection per request: a canary in the shared queue gets its

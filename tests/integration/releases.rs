@@ -102,11 +102,7 @@ fn with_chdir_a_reload_runs_the_release_current_points_to_and_rollback_goes_back
     let control = tree.control();
     let mut master = tree.rcluster(&["-w", "2", "--metrics", "127.0.0.1:0"]);
     let addr = master.listening();
-    let metrics: SocketAddr = master.expect_msg("metrics endpoint")["addr"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let metrics: SocketAddr = master.metrics_addr().parse().unwrap();
     master.ready_workers();
     let (one, two) = (tree.releases("1"), tree.releases("2"));
     assert_eq!(cwd(addr), path_str(&one));

@@ -298,6 +298,15 @@ impl Master {
             .unwrap_or_else(|| panic!("listening record without a TCP addr: {record}"))
     }
 
+    /// Where `--metrics` serves, from its `metrics endpoint` record.
+    pub fn metrics_addr(&mut self) -> String {
+        let record = self.expect_msg("metrics endpoint");
+        record["addr"]
+            .as_str()
+            .unwrap_or_else(|| panic!("metrics endpoint record without an addr: {record}"))
+            .to_string()
+    }
+
     /// Waits until the initial workers are ready; returns (slot, pid) of each.
     pub fn ready_workers(&mut self) -> Vec<(u64, i32)> {
         let records = self.collect_until("workers ready", |r| r["msg"] == "workers ready");
