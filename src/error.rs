@@ -56,6 +56,10 @@ pub enum Error {
     /// `--env-file` cannot be read (66) or parsed (65) at start.
     #[error("{message}")]
     EnvFile { message: String, unreadable: bool },
+    /// `--config` cannot be read (66), or holds a mistake (65): the
+    /// message names the file, the line and the key.
+    #[error("{message}")]
+    Config { message: String, unreadable: bool },
     #[error("no such {kind}: {name} (check --user and --group)")]
     NoSuchUser { kind: &'static str, name: String },
     /// `--chdir` does not lead to a directory (66, as a missing input).
@@ -73,8 +77,14 @@ impl Error {
             Error::EnvFile {
                 unreadable: true, ..
             }
+            | Error::Config {
+                unreadable: true, ..
+            }
             | Error::NoDirectory { .. } => 66,
             Error::EnvFile {
+                unreadable: false, ..
+            }
+            | Error::Config {
                 unreadable: false, ..
             } => 65,
             Error::Usage(_) | Error::Cli(_) => 64,

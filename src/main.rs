@@ -52,6 +52,14 @@ fn main() -> ExitCode {
             let _ = std::io::stdout().write_all(text.as_bytes());
             return ExitCode::SUCCESS;
         }
+        Ok(Parsed::Verdict { text, ok: true }) => {
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Verdict { text, ok: false }) => {
+            let _ = std::io::stderr().write_all(text.as_bytes());
+            return ExitCode::FAILURE;
+        }
         Err(e) => return or_fail(&e),
     };
     let handover = match upgrade {
@@ -220,7 +228,8 @@ fn run(
             unreadable: e.unreadable,
         })?;
     // Generation 1's release: --chdir and the command, resolved now.
-    let releases = Releases::start(config.chdir.as_deref(), &config.command, env_file)?;
+    let releases =
+        Releases::start(config.chdir.as_deref(), &config.command, env_file)?.configured(config);
     let first = releases.get(1).expect("generation 1 is kept").clone();
     let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
     let shim = shim(config)?;
@@ -252,6 +261,16 @@ fn resume(
         let why = "failing as RCLUSTER_TEST_FAIL_RESUME asks (a test)";
         return Err(rcluster::Error::Usage(why.into()));
     }
+    // With --config: the file as the newest generation read it, not as it
+    // is now (an edit takes effect by a reload, never by an upgrade).
+    let in_force = handover
+        .releases
+        .as_ref()
+        .and_then(|r| r.config_in_force())
+        .filter(|_| config.file.is_some())
+        .map(|file| cli::configure(&config.given, Some(file.clone()), true))
+        .transpose()?;
+    let config = in_force.as_ref().unwrap_or(config);
     let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
     let shim = shim(config)?;
     let binary = Binary {

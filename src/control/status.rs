@@ -46,6 +46,9 @@ pub struct ReleaseView {
     /// The env file's version it got.
     pub env_version: Option<String>,
     pub rollback_of: Option<Generation>,
+    /// `--config`: the file's path and version.
+    pub config: Option<(String, String)>,
+    pub changed: Vec<String>,
 }
 
 impl ReleaseView {
@@ -61,6 +64,8 @@ impl ReleaseView {
             "script": self.script,
             "env_version": self.env_version,
             "rollback_of": self.rollback_of,
+            "config": self.config.as_ref().map(|(path, version)| json!({"path": path, "version": version})),
+            "changed": self.changed,
         })
     }
 }

@@ -275,6 +275,21 @@ fn release_lines(master: &Value) -> String {
             release["dir"].as_str().unwrap_or_default(),
             release["command"].as_str().unwrap_or_default(),
         );
+        if let Some(path) = release["config"]["path"].as_str() {
+            let version = release["config"]["version"].as_str().unwrap_or_default();
+            let changed: Vec<&str> = release["changed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let changed = if changed.is_empty() {
+                String::new()
+            } else {
+                format!("; changed: {}", changed.join(", "))
+            };
+            let _ = writeln!(out, "         config {path} (version {version}){changed}");
+        }
     }
     out
 }

@@ -22,6 +22,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::start::file::ConfigFile;
 use crate::vocab::Generation;
 
 use super::spawn::command::{self, Command};
@@ -71,6 +72,14 @@ pub struct Release {
     pub env_version: Option<String>,
     /// The generation whose release this one repeats (`rcluster rollback`).
     pub rollback_of: Option<Generation>,
+    /// `--config`: the file as it was read for this generation (what a
+    /// rollback to it restores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigFile>,
+    /// What its configuration changed from the generation before it:
+    /// `workers 4 → 8`, `command arguments changed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
 }
 
 impl Release {
@@ -117,6 +126,8 @@ impl Release {
             env: Vec::new(),
             env_version: None,
             rollback_of: None,
+            config: None,
+            changed: Vec::new(),
         })
     }
 
@@ -126,6 +137,13 @@ impl Release {
         self.dir == other.dir
             && self.executable == other.executable
             && self.script.as_ref().map(|(_, id)| id) == other.script.as_ref().map(|(_, id)| id)
+    }
+
+    /// Whether `other` runs the same files with the same configuration
+    /// file: a rollback goes to one that does not.
+    pub fn same_as(&self, other: &Release) -> bool {
+        self.same_files(other)
+            && self.config.as_ref().map(|c| &c.digest) == other.config.as_ref().map(|c| &c.digest)
     }
 
     /// Whether its files are still there, for a rollback: `Err` says which

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 use crate::launch::release::Release;
 use crate::shell::log::Log;
+use crate::start::changes;
+use crate::start::cli::configure;
+use crate::start::config::Config;
 use crate::start::envfile::{Changes, EnvFile, EnvSource};
 use crate::supervisor::record::Record;
 use crate::vocab::Generation;
@@ -37,9 +40,26 @@ pub struct Releases {
     /// reached by (`$PWD`), when that is not the directory's own path.
     reached_as: Option<PathBuf>,
     kept: BTreeMap<Generation, Kept>,
+    /// With `--config`: the run's arguments as typed, merged with the file
+    /// again at each reload.
+    given: Option<Vec<OsString>>,
 }
 
 impl Releases {
+    /// With `--config`: generation 1 runs `config`, and each reload reads
+    /// the file again.
+    pub fn configured(mut self, config: &Config) -> Releases {
+        if config.file.is_none() {
+            return self;
+        }
+        self.given = Some(config.given.clone());
+        if let Some(kept) = self.kept.get_mut(&1) {
+            kept.release.env = worker_env(&config.file_env, &kept.release.env);
+            kept.release.config.clone_from(&config.file);
+        }
+        self
+    }
+
     /// Generation 1's release, resolved at start: a `--chdir` that leads
     /// nowhere, or a command that cannot run there, stops rcluster now.
     pub fn start(
@@ -78,6 +98,7 @@ impl Releases {
             env,
             reached_as,
             kept,
+            given: None,
         })
     }
 
@@ -90,10 +111,34 @@ impl Releases {
         self.kept.iter().map(|(&g, k)| (g, k))
     }
 
-    /// A reload's release: the env file read again (its changes logged),
+    /// A reload's release: with `--config`, the file read again and
+    /// merged with the flags once more (a setting only a restart applies
+    /// refuses the reload); the env file read again (its changes logged),
     /// `--chdir` and the command resolved now. `Err`: why the reload
     /// cannot start (nothing has changed).
-    pub fn next(&mut self, log: &Log) -> Result<Release, String> {
+    pub fn next(&mut self, log: &Log) -> Result<Next, String> {
+        let reconfigured = match &self.given {
+            Some(given) => {
+                let (old, new) = (self.newest_config()?, configure(given, None, true));
+                let new = new.map_err(|e| one_line(&e))?;
+                if let Some(line) = changes::refused(&old, &new) {
+                    return Err(line);
+                }
+                let cwd = std::env::current_dir()
+                    .map_err(|e| format!("reading the working directory: {e}"))?;
+                self.chdir = new.chdir.as_ref().map(|dir| cwd.join(dir));
+                self.command.clone_from(&new.command);
+                if new.env_file != old.env_file {
+                    self.env = new.env_file.clone().map(|path| {
+                        let source = EnvSource { path, once: None };
+                        (source, Vec::new())
+                    });
+                }
+                let workers = (new.workers != old.workers).then_some(new.workers);
+                Some((changes::describe(&old, &new), workers, new))
+            }
+            None => None,
+        };
         let mut env = None;
         if let Some((source, vars)) = &mut self.env {
             let file = source.reread().map_err(|e| e.message)?;
@@ -125,13 +170,38 @@ impl Releases {
             release.env = vars;
             release.env_version = Some(version);
         }
-        Ok(release)
+        let Some((changed, workers, config)) = reconfigured else {
+            return Ok(Next {
+                release,
+                config: None,
+                workers: None,
+            });
+        };
+        release.env = worker_env(&config.file_env, &release.env);
+        release.config.clone_from(&config.file);
+        release.changed = changed;
+        Ok(Next {
+            release,
+            config: Some(Box::new(config)),
+            workers,
+        })
+    }
+
+    /// The configuration the newest generation runs (`--config` only).
+    fn newest_config(&self) -> Result<Config, String> {
+        let given = self.given.as_deref().unwrap_or_default();
+        let file = self
+            .kept
+            .values()
+            .next_back()
+            .and_then(|k| k.release.config.clone());
+        configure(given, file, true).map_err(|e| one_line(&e))
     }
 
     /// A rollback's release: generation `to`'s, or else the one that
     /// served before the serving one (before the one it repeats, if it is
     /// itself a rollback), as it was, environment included.
-    pub fn rollback(&self, serving: Generation, to: Option<Generation>) -> Result<Release, String> {
+    pub fn rollback(&self, serving: Generation, to: Option<Generation>) -> Result<Next, String> {
         let source = match to {
             Some(to) => to,
             None => {
@@ -143,7 +213,7 @@ impl Releases {
                 self.kept
                     .range(..from)
                     .rev()
-                    .find(|(_, k)| k.served && current.is_none_or(|c| !k.release.same_files(c)))
+                    .find(|(_, k)| k.served && current.is_none_or(|c| !k.release.same_as(c)))
                     .map(|(&g, _)| g)
                     .ok_or_else(|| {
                         format!(
@@ -163,7 +233,28 @@ impl Releases {
             .map_err(|gone| format!("generation {source}'s release cannot run: {gone}"))?;
         let mut release = kept.clone();
         release.rollback_of = Some(kept.rollback_of.unwrap_or(source));
-        Ok(release)
+        // Its whole configuration: the file as it was then.
+        let mut workers = None;
+        let config = match (&self.given, &release.config) {
+            (Some(given), Some(file)) => {
+                let old = self.newest_config()?;
+                let config = configure(given, Some(file.clone()), true).map_err(|e| {
+                    format!("generation {source}'s configuration: {}", one_line(&e))
+                })?;
+                if let Some(line) = changes::refused(&old, &config) {
+                    return Err(line);
+                }
+                release.changed = changes::describe(&old, &config);
+                workers = (config.workers != old.workers).then_some(config.workers);
+                Some(Box::new(config))
+            }
+            _ => None,
+        };
+        Ok(Next {
+            release,
+            config,
+            workers,
+        })
     }
 
     /// Keeps `release` as `generation`'s, and logs what it runs.
@@ -181,6 +272,11 @@ impl Releases {
             executable: release.command.path().display().to_string(),
             same_as: same_as.filter(|_| release.rollback_of.is_none()),
             rollback_of: release.rollback_of,
+            config: release
+                .config
+                .as_ref()
+                .map(|c| (c.path.display().to_string(), c.digest.clone())),
+            changed: release.changed.clone(),
         });
         self.kept.insert(
             generation,
@@ -216,6 +312,33 @@ impl Releases {
     }
 }
 
+/// A new generation: its release, and with `--config` its configuration.
+pub struct Next {
+    pub release: Release,
+    pub config: Option<Box<Config>>,
+    /// The worker count, if the configuration changes it.
+    pub workers: Option<usize>,
+}
+
+/// The workers' variables: the file's `[env]`, then the env file's, which
+/// win (the env file is the one kept out of the repository: secrets).
+fn worker_env(table: &[(String, String)], env_file: &[(String, String)]) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = table
+        .iter()
+        .filter(|(name, _)| !env_file.iter().any(|(n, _)| n == name))
+        .cloned()
+        .collect();
+    vars.extend(env_file.iter().cloned());
+    vars
+}
+
+/// An error's first line: a reload's refusal is one line.
+fn one_line(e: &Error) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
 /// `--env-file` written down: its path; what it held at start, if it is
 /// read once (and what kind of file it is); its variables as last read.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -229,6 +352,16 @@ pub struct ReleasesSnapshot {
     env: Option<EnvSnapshot>,
     reached_as: Option<PathBuf>,
     kept: BTreeMap<Generation, Kept>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    given: Option<Vec<OsString>>,
+}
+
+impl ReleasesSnapshot {
+    /// The configuration file the newest generation runs: what the new
+    /// image of a live upgrade runs too, not the file as it is now.
+    pub fn config_in_force(&self) -> Option<&crate::start::file::ConfigFile> {
+        self.kept.values().next_back()?.release.config.as_ref()
+    }
 }
 
 impl Releases {
@@ -244,6 +377,7 @@ impl Releases {
                 EnvSnapshot(source.path.clone(), once, vars.clone())
             }),
             reached_as: self.reached_as.clone(),
+            given: self.given.clone(),
             kept: self
                 .kept
                 .iter()
@@ -269,6 +403,7 @@ impl Releases {
             env,
             reached_as: snapshot.reached_as,
             kept: snapshot.kept,
+            given: snapshot.given,
         }
     }
 }

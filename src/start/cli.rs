@@ -7,13 +7,15 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum, error::ErrorKind};
+use clap::{Args as _, FromArgMatches, Parser, ValueEnum, error::ErrorKind};
 
 use crate::control::client;
 use crate::error::Error;
 use crate::launch::shim::Mode as ShimMode;
 use crate::sockets::listen::{ListenSpec, UnixAccess};
 use crate::start::config::{self, Config, Control, LogFormat};
+use crate::start::file::ConfigFile;
+use crate::start::layers::{self, Failure};
 use crate::supervisor::policy::{ReadyRule, RestartDelay};
 use crate::supervisor::probe::ProbePolicy;
 use crate::vocab::parse_duration;
@@ -77,6 +79,30 @@ enum Sub {
     /// cannot run it)
     #[command(override_usage = "rcluster check [CHECK OPTIONS] [OPTIONS] -- COMMAND [ARGS...]")]
     Check(Box<CheckArgs>),
+    /// The configuration file (--config): check one, or show the settings
+    /// a master would run and where each comes from
+    #[command(subcommand)]
+    Config(ConfigSub),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ConfigSub {
+    /// Check FILE as a reload reads it (nginx -t): exit 0 if it would
+    /// apply, 1 with the line and key at fault. Addresses are not bound
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// The settings a master started with these options would run (the
+    /// file of --config, RCLUSTER_* variables, flags), and where each
+    /// value comes from: flag, variable, file (its line) or default
+    #[command(
+        override_usage = "rcluster config show [--config FILE] [OPTIONS] [-- COMMAND [ARGS...]]"
+    )]
+    Show {
+        #[command(flatten)]
+        run: Box<Args>,
+    },
 }
 
 /// `rcluster check`: its own options, then the master's as for a run.
@@ -111,6 +137,13 @@ enum ProtocolArg {
 /// The master's options.
 #[derive(Debug, clap::Args)]
 struct Args {
+    /// Read the options from this TOML file, one key per long option
+    /// (`workers = 4`, `stop-timeout = "30s"`, `command = ["./server"]`,
+    /// variables under `[env]`); flags and RCLUSTER_* variables override
+    /// it. Read again at every reload, which applies it
+    #[arg(long, env = "RCLUSTER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// What this master is called (in `rcluster ls`, status and every log
     /// record; its control socket is NAME.sock); default: the command's
     /// name, or its script's (`node app.js` is `app`)
@@ -372,6 +405,11 @@ pub enum Parsed {
     Check(crate::check::Plan),
     /// `--help`, `help [COMMAND]` or `--version`: print this and exit 0.
     Print(String),
+    /// `rcluster config check`: said on stdout (exit 0) or stderr (exit 1).
+    Verdict {
+        text: String,
+        ok: bool,
+    },
 }
 
 pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error> {
@@ -392,12 +430,15 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
     };
     match cli.command {
         Some(Sub::Client(command)) => Ok(Parsed::Client(command)),
-        Some(Sub::Check(check)) => {
-            let config = config_of(check.run)?;
+        Some(Sub::Check(_)) => {
             // The subcommand is the first argument: the rest is the run's,
             // as the user wrote it, for the checked master to parse again.
             let args =
                 crate::check::strip(raw.get(2..).unwrap_or_default(), CHECK_VALUED, CHECK_BARE);
+            let config = configure(&args, None, true)?;
+            let Some(Sub::Check(check)) = cli.command else {
+                unreachable!("matched above");
+            };
             Ok(Parsed::Check(crate::check::Plan {
                 args,
                 listen_given: !config.listen.is_empty(),
@@ -411,20 +452,150 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
                 },
             }))
         }
-        None => Ok(Parsed::Run(Box::new(config_of(cli.run)?))),
+        Some(Sub::Config(ConfigSub::Check { file })) => Ok(check_file(&file)),
+        Some(Sub::Config(ConfigSub::Show { .. })) => {
+            let given = raw.get(3..).unwrap_or_default();
+            Ok(Parsed::Print(show(&configure(given, None, false)?)))
+        }
+        None => Ok(Parsed::Run(Box::new(configure(
+            raw.get(1..).unwrap_or_default(),
+            None,
+            true,
+        )?))),
     }
 }
 
-/// The master's options as a `Config`.
-fn config_of(args: Args) -> Result<Config, Error> {
-    if args.command.is_empty() {
+/// The master's options as a `Config`, from `given` (the run's arguments,
+/// as typed), the `RCLUSTER_*` variables and the file `--config` names
+/// (or `file`, as it was read before: a rollback's, an upgrade's).
+pub fn configure(
+    given: &[OsString],
+    file: Option<ConfigFile>,
+    need_command: bool,
+) -> Result<Config, Error> {
+    let command = Args::augment_args(clap::Command::new("rcluster").no_binary_name(true));
+    let cli = |e: clap::Error| Error::Cli(with_tips(e).render().to_string());
+    let first = command.clone().try_get_matches_from(given).map_err(cli)?;
+    let file = match (file, first.get_one::<PathBuf>("config")) {
+        (Some(file), _) => Some(file),
+        (None, Some(path)) => Some(ConfigFile::read(path).map_err(|message| Error::Config {
+            message,
+            unreadable: true,
+        })?),
+        (None, None) => None,
+    };
+    let contents = file
+        .as_ref()
+        .map(|f| f.contents(|key| layers::kind_of(&command, key)))
+        .transpose()
+        .map_err(|message| Error::Config {
+            message,
+            unreadable: false,
+        })?
+        .unwrap_or_default();
+    let (argv, origins) = layers::merge(&command, given, file.as_ref().map(|f| (f, &contents)))
+        .map_err(|failure| match failure {
+            Failure::Cli(e) => cli(e),
+            Failure::File(message) => Error::Config {
+                message,
+                unreadable: false,
+            },
+        })?;
+    let matches = command.clone().try_get_matches_from(&argv).map_err(cli)?;
+    let args = Args::from_arg_matches(&matches).map_err(cli)?;
+    if need_command && args.command.is_empty() {
         return Err(Error::Usage(
             "no command given: put the server after --, e.g. \
-             rcluster --listen 127.0.0.1:8080 -- ./server"
+             rcluster --listen 127.0.0.1:8080 -- ./server (or command = [...] in --config)"
                 .into(),
         ));
     }
-    Ok(Config {
+    let mut config = config_of(args);
+    config.settings = layers::settings(&command, &matches, origins);
+    config.given = given.to_vec();
+    config.file_env = contents.env;
+    config.file = file;
+    Ok(config)
+}
+
+/// `rcluster config check FILE`.
+fn check_file(path: &std::path::Path) -> Parsed {
+    let given = [OsString::from("--config"), path.as_os_str().to_owned()];
+    match configure(&given, None, false) {
+        Ok(config) => {
+            let file = config.file.as_ref().expect("read");
+            let keys = config
+                .settings
+                .iter()
+                .filter(|s| matches!(s.origin, layers::Origin::File(_)))
+                .count();
+            let command = if config.command.is_empty() {
+                "no command (give it after --)".to_string()
+            } else {
+                "a command".to_string()
+            };
+            Parsed::Verdict {
+                text: format!(
+                    "{}: ok: {keys} settings, {} variables, {command}; version {}\n",
+                    file.path.display(),
+                    config.file_env.len(),
+                    file.digest
+                ),
+                ok: true,
+            }
+        }
+        Err(e) => Parsed::Verdict {
+            text: match e {
+                Error::Cli(text) => text,
+                e => format!("rcluster: {e}\n"),
+            },
+            ok: false,
+        },
+    }
+}
+
+/// `rcluster config show`: every setting, its value and where it came
+/// from, one per line.
+fn show(config: &Config) -> String {
+    let mut rows: Vec<(String, String, String)> = config
+        .settings
+        .iter()
+        .map(|s| {
+            let value = if s.values.is_empty() {
+                "-".to_string()
+            } else {
+                s.values.join(" ")
+            };
+            (s.key.clone(), value, s.origin.to_string())
+        })
+        .collect();
+    rows.extend(
+        config
+            .file_env
+            .iter()
+            .map(|(name, value)| (format!("env.{name}"), value.clone(), "file".to_string())),
+    );
+    let key_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let value_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).min(40);
+    let mut text = String::new();
+    if let Some(file) = &config.file {
+        text.push_str(&format!(
+            "# {} (version {})\n",
+            file.path.display(),
+            file.digest
+        ));
+    }
+    for (key, value, origin) in rows {
+        text.push_str(&format!(
+            "{key:key_width$}  {value:value_width$}  {origin}\n"
+        ));
+    }
+    text
+}
+
+/// The master's options as a `Config`.
+fn config_of(args: Args) -> Config {
+    Config {
         name: args
             .name
             .unwrap_or_else(|| crate::control::rundir::default_name(&args.command)),
@@ -493,7 +664,11 @@ fn config_of(args: Args) -> Result<Config, Error> {
             Level::Trace => slog::Level::Trace,
         },
         command: args.command,
-    })
+        given: Vec::new(),
+        file: None,
+        file_env: Vec::new(),
+        settings: Vec::new(),
+    }
 }
 
 /// clap's error, plus the tip for the most common slip: the server's
@@ -675,6 +850,7 @@ mod tests {
             Ok(Parsed::Print(text)) => panic!("printed {text}"),
             Ok(Parsed::Client(command)) => panic!("a client command: {command:?}"),
             Ok(Parsed::Check(plan)) => panic!("a check: {plan:?}"),
+            Ok(Parsed::Verdict { text, .. }) => panic!("a verdict: {text}"),
             Err(e) => panic!("{e}"),
         }
     }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use crate::launch::Capture;
 use crate::launch::shim::Mode as ShimMode;
 use crate::sockets::listen::ListenSpec;
+use crate::start::file::ConfigFile;
+use crate::start::layers::Setting;
 use crate::supervisor::policy::{Balance, Policy, ReadyRule, RestartDelay};
 use crate::supervisor::probe::ProbePolicy;
 use crate::supervisor::recycle::RecyclePolicy;
@@ -108,6 +110,15 @@ pub struct Config {
     pub user: Option<String>,
     pub group: Option<String>,
     pub command: Vec<OsString>,
+    /// The run's arguments as typed (without the program's name): a
+    /// reload merges them with the file again (`layers.rs`).
+    pub given: Vec<OsString>,
+    /// `--config`: the file as read for this configuration.
+    pub file: Option<ConfigFile>,
+    /// The file's `[env]`: variables for the workers (the env file's win).
+    pub file_env: Vec<(String, String)>,
+    /// Every setting in force, and where it came from.
+    pub settings: Vec<Setting>,
 }
 
 impl Config {
@@ -148,6 +159,10 @@ impl Config {
             user: None,
             group: None,
             command: Vec::new(),
+            given: Vec::new(),
+            file: None,
+            file_env: Vec::new(),
+            settings: Vec::new(),
         }
     }
 

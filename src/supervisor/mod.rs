@@ -52,6 +52,7 @@ pub mod event;
 mod lifecycle;
 pub mod policy;
 pub mod probe;
+mod reconfigure;
 pub mod record;
 pub mod recycle;
 pub mod reload;
@@ -191,6 +192,11 @@ pub struct Supervisor {
     answers: BTreeMap<Pid, crate::vocab::Responses>,
     /// A reload's canary whose answers are being compared.
     baseline: Option<answers::Baseline>,
+    /// A policy for the next reload (`--config`), and the worker count
+    /// it ends with.
+    staged: Option<(Policy, Option<usize>)>,
+    /// A reload that changes the policy is under way.
+    reconfiguring: Option<reconfigure::Reconfiguring>,
     /// The actions of the event being handled.
     actions: Vec<Action>,
 }
@@ -235,6 +241,8 @@ impl Supervisor {
             replacing_paused: false,
             answers: BTreeMap::new(),
             baseline: None,
+            staged: None,
+            reconfiguring: None,
             actions: Vec::new(),
         }
     }
@@ -495,6 +503,10 @@ impl Supervisor {
         match &self.phase {
             Phase::Running => {
                 self.advance_reload(now);
+                if self.reload.is_none() && self.reconfigured(now) {
+                    // Slots added by the new count start now.
+                    return self.reconcile(now);
+                }
                 self.announce_ready(now);
                 self.start_recycle();
             }

@@ -333,6 +333,10 @@ pub enum Record {
         same_as: Option<Generation>,
         /// `rcluster rollback`: the generation whose release this repeats.
         rollback_of: Option<Generation>,
+        /// `--config`: the file and its version.
+        config: Option<(String, String)>,
+        /// What its configuration changed: `workers 4 → 8`.
+        changed: Vec<String>,
     },
     /// A file a generation runs was rewritten in place since the
     /// generation was made (the same inode, a new modification time): it

@@ -121,6 +121,7 @@ impl Progress {
 
 impl Supervisor {
     pub(super) fn start_reload(&mut self, now: Instant) {
+        self.apply_staged(now);
         self.target += 1;
         let generation = self.target;
         // An operator's reload does not wait out a crash loop's backoff: the
@@ -308,6 +309,7 @@ impl Supervisor {
             generation: plan.target,
             cause: failure.cause.clone(),
         });
+        self.not_reconfigured();
     }
 
     pub(super) fn finish_reload(&mut self, outcome: ReloadOutcome) {

@@ -86,6 +86,8 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             executable,
             same_as,
             rollback_of,
+            config,
+            changed,
         } => {
             r.u64("generation", *generation)
                 .str("dir", dir)
@@ -97,6 +99,12 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             if let Some(of) = rollback_of {
                 r.u64("rollback_of", *of);
             }
+            if let Some((path, version)) = config {
+                r.str("config", path).str("config_version", version);
+            }
+            if !changed.is_empty() {
+                r.str("changed", &changed.join(", "));
+            }
             let how = match (rollback_of, same_as) {
                 (Some(of), _) => format!(" (a rollback to generation {of}'s release)"),
                 (None, Some(same)) => format!(
@@ -104,8 +112,13 @@ pub fn render(record: &Record, out: &mut dyn Out) {
                 ),
                 (None, None) => String::new(),
             };
+            let changed = if changed.is_empty() {
+                String::new()
+            } else {
+                format!("; changed: {}", changed.join(", "))
+            };
             r.say(format_args!(
-                "generation {generation}: {dir}, {command}{how}"
+                "generation {generation}: {dir}, {command}{how}{changed}"
             ))
         }
         ReleaseRewritten {
@@ -853,6 +866,8 @@ mod tests {
             executable: "/usr/bin/python3".into(),
             same_as,
             rollback_of,
+            config: None,
+            changed: Vec::new(),
         };
         assert_eq!(
             sentence(&release(None, None)),

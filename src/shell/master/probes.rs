@@ -21,50 +21,58 @@ use crate::vocab::{Lane, Pid, SlotId};
 
 use super::Master;
 
-/// Where and how the master probes.
+/// Where the master probes. Whether and how is the supervisor's policy
+/// (`--probe`, which a reload may change), read as each probe starts.
 #[derive(Debug)]
 pub(super) struct Probes {
     /// The first TCP listener: its address, and its position (fd 3 + it).
     listener: SocketAddr,
     position: usize,
-    path: String,
-    timeout: Duration,
-    /// The probes out, by the worker each is for: whether it was steered
-    /// to that worker's own socket, and its deadline.
-    out: HashMap<Pid, (Probe, bool, Instant)>,
+    /// The probes out, by the worker each is for.
+    out: HashMap<Pid, Out>,
     /// Said once: a probe's answer could not be attributed.
     unattributed_said: bool,
 }
 
+/// One probe out.
+#[derive(Debug)]
+struct Out {
+    probe: Probe,
+    /// Sent to the worker's own socket (`--balance reuseport`).
+    steered: bool,
+    deadline: Instant,
+    path: String,
+    timeout: Duration,
+}
+
+/// What `--probe` needs and a master without a TCP listener lacks.
+pub(super) const NEEDS_TCP: &str = "--probe needs a TCP listener to send its requests to: add \
+                                    --listen 127.0.0.1:PORT (or drop --probe)";
+
 impl Probes {
-    /// With `--probe`: probes go to the first TCP listener.
+    /// Probes go to the first TCP listener; without one, `--probe` is
+    /// refused.
     pub(super) fn of(policy: &Policy, listeners: &[Listener]) -> Result<Option<Probes>, Error> {
-        let Some(probe) = &policy.probe else {
-            return Ok(None);
-        };
-        let (position, listener) = listeners
+        let Some((position, listener)) = listeners
             .iter()
             .enumerate()
             .find_map(|(position, l)| Some((position, l.tcp_addr()?)))
-            .ok_or_else(|| {
-                Error::Usage(
-                    "--probe needs a TCP listener to send its requests to: add --listen \
-                     127.0.0.1:PORT (or drop --probe)"
-                        .into(),
-                )
-            })?;
+        else {
+            return match policy.probe {
+                Some(_) => Err(Error::Usage(NEEDS_TCP.into())),
+                None => Ok(None),
+            };
+        };
         Ok(Some(Probes {
             listener,
             position,
-            path: probe.path.clone(),
-            timeout: probe.timeout,
             out: HashMap::new(),
             unattributed_said: false,
         }))
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.out.values().map(|(_, _, deadline)| *deadline).min()
+        self.out.values().map(|out| out.deadline).min()
     }
 }
 
@@ -72,12 +80,14 @@ impl<L: Launch> Master<'_, L> {
     /// Sends the probe meant for worker `pid`: steered to its own socket
     /// under `--balance reuseport`, else into the shared queue.
     pub(super) fn start_probe(&mut self, pid: Pid, slot: SlotId, lane: Lane, now: Instant) {
-        let Some(probes) = &mut self.probes else {
+        let (Some(probes), Some(policy)) = (&mut self.probes, self.supervisor.probe_policy())
+        else {
             return;
         };
         if probes.out.contains_key(&pid) {
             return;
         }
+        let (path, timeout) = (policy.path.clone(), policy.timeout);
         if is_stopped(pid) {
             let cause = "is stopped (SIGSTOP): it answers nothing".to_string();
             let outcome = ProbeOutcome::Failed { cause };
@@ -88,7 +98,7 @@ impl<L: Launch> Master<'_, L> {
             .as_ref()
             .and_then(|b| b.index(probes.position, slot, lane))
             .filter(|&index| index <= probe::MAX_STEERED_INDEX);
-        let started = Probe::start(probes.listener, &probes.path, steer).and_then(|mut p| {
+        let started = Probe::start(probes.listener, &path, steer).and_then(|mut p| {
             self.poll
                 .registry()
                 .register(
@@ -99,9 +109,15 @@ impl<L: Launch> Master<'_, L> {
                 .map(|()| p)
         });
         match started {
-            Ok(p) => {
-                let deadline = now + probes.timeout;
-                probes.out.insert(pid, (p, steer.is_some(), deadline));
+            Ok(probe) => {
+                let out = Out {
+                    probe,
+                    steered: steer.is_some(),
+                    deadline: now + timeout,
+                    path,
+                    timeout,
+                };
+                probes.out.insert(pid, out);
             }
             Err(e) => {
                 self.log.emit(&Record::OsError {
@@ -119,7 +135,7 @@ impl<L: Launch> Master<'_, L> {
     /// The probe for `pid` can go on.
     pub(super) fn on_probe(&mut self, pid: Pid, now: Instant) {
         let progress = match self.probes.as_mut().and_then(|p| p.out.get_mut(&pid)) {
-            Some((probe, _, _)) => probe.advance(),
+            Some(out) => out.probe.advance(),
             None => return,
         };
         if progress != Progress::Waiting {
@@ -132,15 +148,14 @@ impl<L: Launch> Master<'_, L> {
         let Some(probes) = &self.probes else {
             return;
         };
-        let late: Vec<Pid> = probes
+        let late: Vec<(Pid, String)> = probes
             .out
             .iter()
-            .filter(|(_, (_, _, deadline))| *deadline <= now)
-            .map(|(pid, _)| *pid)
+            .filter(|(_, out)| out.deadline <= now)
+            .map(|(pid, out)| (*pid, probe::timed_out(out.timeout)))
             .collect();
-        let cause = probe::timed_out(probes.timeout);
-        for pid in late {
-            self.finish_probe(pid, Progress::Failed(cause.clone()), now);
+        for (pid, cause) in late {
+            self.finish_probe(pid, Progress::Failed(cause), now);
         }
     }
 
@@ -151,7 +166,13 @@ impl<L: Launch> Master<'_, L> {
         let Some(probes) = &mut self.probes else {
             return;
         };
-        let Some((mut probe, steered, _)) = probes.out.remove(&pid) else {
+        let Some(Out {
+            mut probe,
+            steered,
+            path,
+            ..
+        }) = probes.out.remove(&pid)
+        else {
             return;
         };
         let _ = self.poll.registry().deregister(probe.source());
@@ -173,7 +194,6 @@ impl<L: Launch> Master<'_, L> {
             holder
         };
         drop(probe);
-        let path = &probes.path;
         let outcome = match progress {
             Progress::Answered(status) if probe::passes(status) => ProbeOutcome::Passed { status },
             Progress::Answered(status) => ProbeOutcome::Failed {

@@ -14,7 +14,7 @@ use crate::shell::releases::Kept;
 use crate::supervisor::event::{Event, MasterSignal};
 use crate::supervisor::reload::ReloadOutcome;
 
-use super::Master;
+use super::{Master, probes};
 
 impl<L: Launch> Master<'_, L> {
     pub(super) fn on_control_listener(&mut self, now: Instant) {
@@ -160,8 +160,14 @@ impl<L: Launch> Master<'_, L> {
                 None => releases.next(self.log),
                 Some(to) => releases.rollback(self.supervisor.serving_generation(), to),
             };
-            let release = match release {
-                Ok(release) => release,
+            let checked = release.and_then(|next| match &next.config {
+                Some(config) if config.probe.is_some() && self.probes.is_none() => {
+                    Err(probes::NEEDS_TCP.to_string())
+                }
+                _ => Ok(next),
+            });
+            let next = match checked {
+                Ok(next) => next,
                 Err(cause) => {
                     self.dispatch(
                         Event::ReloadRefused {
@@ -172,8 +178,11 @@ impl<L: Launch> Master<'_, L> {
                     return Err(cause);
                 }
             };
-            self.launcher.prepare(generation, &release);
-            releases.add(generation, release, self.log);
+            if let Some(config) = &next.config {
+                self.supervisor.stage_policy(config.policy(), next.workers);
+            }
+            self.launcher.prepare(generation, &next.release);
+            releases.add(generation, next.release, self.log);
         } else if rollback.is_some() {
             return Err(
                 "this master runs a closure (rcluster::Cluster): it has no releases".into(),
@@ -241,6 +250,11 @@ fn release_view(generation: u64, kept: &Kept) -> status::ReleaseView {
             .map(|(path, _)| path.display().to_string()),
         env_version: r.env_version.clone(),
         rollback_of: r.rollback_of,
+        config: r
+            .config
+            .as_ref()
+            .map(|c| (c.path.display().to_string(), c.digest.clone())),
+        changed: r.changed.clone(),
     }
 }
 
