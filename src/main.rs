@@ -228,8 +228,7 @@ fn run(
             unreadable: e.unreadable,
         })?;
     // Generation 1's release: --chdir and the command, resolved now.
-    let releases =
-        Releases::start(config.chdir.as_deref(), &config.command, env_file)?.configured(config);
+    let mut releases = Releases::start(config.chdir.as_deref(), &config.command, env_file)?;
     let first = releases.get(1).expect("generation 1 is kept").clone();
     let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
     let shim = shim(config)?;
@@ -240,6 +239,7 @@ fn run(
         .as_ref()
         .map(|i| (i.credentials.uid, i.credentials.gid));
     let mut setup = Setup::new(config, log, owner)?;
+    releases.configured(config, setup.listener_names());
     setup.releases = Some(releases);
     setup.binary = Some(binary);
     serve(config, setup, identity, shim, log)
@@ -305,7 +305,7 @@ fn serve(
     shim: Option<Shim>,
     log: &Log,
 ) -> Result<(), rcluster::Error> {
-    let mut vars = setup.worker_vars(true);
+    let mut vars = setup.worker_vars(false);
     // `rcluster notify --ready` for workers whose PATH lacks rcluster (a
     // Node app's `execFile` then fails without a word).
     if let Some(binary) = &setup.binary {
@@ -318,7 +318,7 @@ fn serve(
         "RCLUSTER_BACKLOG".into(),
         Value::Text(config.backlog.to_string()),
     ));
-    let mut launcher = ExecLauncher::new(&setup.listener_fds(), vars, identity, config.capture())
+    let mut launcher = ExecLauncher::new(setup.listener_names(), vars, identity, config.capture())
         .dying_with(config.stop_signal);
     if let Some(shim) = shim {
         launcher = launcher.with_shim(shim, config.stop_signal);

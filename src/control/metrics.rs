@@ -186,6 +186,7 @@ impl Metrics {
             // rest are not counted.
             Record::Started { .. }
             | Record::Listening { .. }
+            | Record::ListenerClosed { .. }
             | Record::MetricsEndpoint { .. }
             | Record::WorkerSpawned { .. }
             | Record::WorkerStarted { .. }

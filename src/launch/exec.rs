@@ -18,8 +18,9 @@ use crate::launch::shim::Shim;
 use crate::launch::spawn::CallFailed;
 use crate::launch::spawn::child::{self, ChildPlan, PID_DIGITS};
 use crate::launch::spawn::command::{Command, Identity};
-use crate::launch::spawn::env::{Value, WorkerEnv, slot_vars};
+use crate::launch::spawn::env::{Value, WorkerEnv, is_listen_var, listen_vars, slot_vars};
 use crate::launch::spawn::fds;
+use crate::sockets::listen::Named;
 use crate::vocab::{Generation, SlotId};
 
 use super::{Capture, Launch, Launched, OutputPipe, Reaping};
@@ -31,15 +32,16 @@ use crate::vocab::Stream;
 pub struct ExecLauncher {
     /// What each generation that may still start runs.
     releases: BTreeMap<Generation, Prepared>,
-    /// The variables rcluster sets for every worker.
+    /// The variables rcluster sets for every worker, but for those that
+    /// say where its listeners are (they may differ by generation).
     vars: Vec<(String, Value)>,
-    /// How many listeners every worker gets at fd 3, 4, …
-    listeners: usize,
-    /// What follows them: the shim's fd, if any.
-    after: Vec<RawFd>,
-    /// Loaded by every worker (`--adopt-bind`, `--http-drain`); owned here
-    /// so its fd lives as long as the launcher.
-    shim: Option<Shim>,
+    /// The listeners the master started with: what a worker of a release
+    /// that names none gets at fd 3, 4, …
+    listeners: Vec<Named>,
+    /// Loaded by every worker (`--adopt-bind`, `--http-drain`), its fd
+    /// after the listeners; owned here so its fd lives as long as the
+    /// launcher. With the stop signal it passes on.
+    shim: Option<(Shim, i32)>,
     identity: Option<Identity>,
     /// Which of each worker's output streams go through the master.
     capture: Capture,
@@ -52,6 +54,8 @@ pub struct ExecLauncher {
 /// One generation's release, made ready to exec.
 #[derive(Debug)]
 struct Prepared {
+    /// How many listeners its workers get.
+    listeners: usize,
     command: Command,
     /// The master's environment without ours, the release's env file, ours.
     env: WorkerEnv,
@@ -62,7 +66,18 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(release: &Release, vars: &[(String, Value)]) -> Prepared {
+    /// `release` with the variables of `launcher`, the listeners' own and
+    /// the shim's (which follows the listeners).
+    fn new(release: &Release, launcher: &ExecLauncher) -> Prepared {
+        let listeners = release.listeners.as_ref().unwrap_or(&launcher.listeners);
+        let mut vars = launcher.vars.clone();
+        vars.extend(listen_vars(listeners));
+        if let Some((shim, stop_signal)) = &launcher.shim {
+            let fd = (3 + listeners.len()) as RawFd;
+            let shim_vars = shim.vars(fd, *stop_signal);
+            vars.retain(|(key, _)| !shim_vars.iter().any(|(k, _)| k == key));
+            vars.extend(shim_vars);
+        }
         let dir = release.chdir.then(|| {
             let path = release.dir.clone();
             // A path from the file system holds no NUL.
@@ -70,8 +85,9 @@ impl Prepared {
             (path, c)
         });
         Prepared {
+            listeners: listeners.len(),
             command: release.command.clone(),
-            env: WorkerEnv::with_file(vars.to_vec(), &release.env),
+            env: WorkerEnv::with_file(vars, &release.env),
             dir,
             release: release.clone(),
         }
@@ -82,7 +98,7 @@ impl ExecLauncher {
     /// A launcher with nothing to run yet: [`Launch::prepare`] tells it
     /// each generation's release.
     pub fn new(
-        listeners: &[RawFd],
+        listeners: Vec<Named>,
         mut vars: Vec<(String, Value)>,
         identity: Option<Identity>,
         capture: Capture,
@@ -90,11 +106,11 @@ impl ExecLauncher {
         if let Some(identity) = &identity {
             vars.extend(identity.vars().iter().cloned());
         }
+        vars.retain(|(key, _)| !is_listen_var(key));
         ExecLauncher {
             releases: BTreeMap::new(),
             vars,
-            listeners: listeners.len(),
-            after: Vec::new(),
+            listeners,
             shim: None,
             identity,
             capture,
@@ -114,15 +130,14 @@ impl ExecLauncher {
     /// Every worker loads `shim`, inherited after the listeners. Its
     /// variables replace any of the master's of the same name.
     pub fn with_shim(mut self, shim: Shim, stop_signal: i32) -> ExecLauncher {
-        let vars = shim.vars(
-            (3 + self.listeners + self.after.len()) as RawFd,
-            stop_signal,
-        );
-        self.after.push(shim.fd());
-        self.shim = Some(shim);
-        self.vars.extend(vars);
-        for prepared in self.releases.values_mut() {
-            *prepared = Prepared::new(&prepared.release, &self.vars);
+        self.shim = Some((shim, stop_signal));
+        let releases: Vec<(Generation, Release)> = self
+            .releases
+            .iter()
+            .map(|(&g, p)| (g, p.release.clone()))
+            .collect();
+        for (generation, release) in releases {
+            self.prepare(generation, &release);
         }
         self
     }
@@ -134,8 +149,9 @@ impl ExecLauncher {
         generation: Generation,
         listeners: &[RawFd],
     ) -> ChildPlan {
-        debug_assert_eq!(listeners.len(), self.listeners, "one fd per listener");
-        let fds: Vec<RawFd> = listeners.iter().chain(&self.after).copied().collect();
+        debug_assert_eq!(listeners.len(), release.listeners, "one fd per listener");
+        let shim_fd = self.shim.as_ref().map(|(shim, _)| shim.fd());
+        let fds: Vec<RawFd> = listeners.iter().copied().chain(shim_fd).collect();
         let mut env: Vec<Vec<u8>> = release
             .env
             .inherited
@@ -279,8 +295,8 @@ impl Launch for ExecLauncher {
     }
 
     fn prepare(&mut self, generation: Generation, release: &Release) {
-        self.releases
-            .insert(generation, Prepared::new(release, &self.vars));
+        let prepared = Prepared::new(release, self);
+        self.releases.insert(generation, prepared);
     }
 
     fn forget(&mut self, generation: Generation) {

@@ -22,6 +22,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::sockets::listen::Named;
 use crate::start::file::ConfigFile;
 use crate::vocab::Generation;
 
@@ -80,6 +81,10 @@ pub struct Release {
     /// `workers 4 → 8`, `command arguments changed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<String>,
+    /// The listeners its workers get at fd 3, 4, …, when its configuration
+    /// says (`--config`); otherwise every listener the master started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<Vec<Named>>,
 }
 
 impl Release {
@@ -128,6 +133,7 @@ impl Release {
             rollback_of: None,
             config: None,
             changed: Vec::new(),
+            listeners: None,
         })
     }
 

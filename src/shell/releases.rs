@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 use crate::launch::release::Release;
 use crate::shell::log::Log;
+use crate::sockets::listen::{ListenSpec, Named};
 use crate::start::changes;
 use crate::start::cli::configure;
 use crate::start::config::Config;
@@ -48,16 +49,17 @@ pub struct Releases {
 impl Releases {
     /// With `--config`: generation 1 runs `config`, and each reload reads
     /// the file again.
-    pub fn configured(mut self, config: &Config) -> Releases {
+    /// `listeners`: every listener the master has (its workers' fd 3, 4, …).
+    pub fn configured(&mut self, config: &Config, listeners: Vec<Named>) {
         if config.file.is_none() {
-            return self;
+            return;
         }
         self.given = Some(config.given.clone());
         if let Some(kept) = self.kept.get_mut(&1) {
             kept.release.env = worker_env(&config.file_env, &kept.release.env);
             kept.release.config.clone_from(&config.file);
+            kept.release.listeners = Some(listeners);
         }
-        self
     }
 
     /// Generation 1's release, resolved at start: a `--chdir` that leads
@@ -135,7 +137,8 @@ impl Releases {
                     });
                 }
                 let workers = (new.workers != old.workers).then_some(new.workers);
-                Some((changes::describe(&old, &new), workers, new))
+                let listen = self.listen_change(&old, &new)?;
+                Some((changes::describe(&old, &new), workers, listen, new))
             }
             None => None,
         };
@@ -170,21 +173,52 @@ impl Releases {
             release.env = vars;
             release.env_version = Some(version);
         }
-        let Some((changed, workers, config)) = reconfigured else {
+        let Some((changed, workers, listen, config)) = reconfigured else {
             return Ok(Next {
                 release,
                 config: None,
                 workers: None,
+                listen: None,
             });
         };
         release.env = worker_env(&config.file_env, &release.env);
         release.config.clone_from(&config.file);
         release.changed = changed;
+        release.listeners = self.newest_listeners();
         Ok(Next {
             release,
             config: Some(Box::new(config)),
             workers,
+            listen,
         })
+    }
+
+    /// The listeners of the newest generation.
+    fn newest_listeners(&self) -> Option<Vec<Named>> {
+        self.kept.values().next_back()?.release.listeners.clone()
+    }
+
+    /// What a new configuration does to the listeners, if anything: `Err`
+    /// when it cannot be done by a reload.
+    fn listen_change(&self, old: &Config, new: &Config) -> Result<Option<ListenChange>, String> {
+        if old.listen == new.listen {
+            return Ok(None);
+        }
+        if new.reuseport {
+            return Err("listen changed, which a reload cannot apply with --balance reuseport \
+                        (each slot's sockets are made at start): restart rcluster to apply it, \
+                        or put it back"
+                .into());
+        }
+        let before = self.newest_listeners().unwrap_or_default();
+        let given = before.len().saturating_sub(old.listen.len());
+        Ok(Some(ListenChange {
+            before,
+            given,
+            old: old.listen.clone(),
+            new: new.listen.clone(),
+            backlog: new.backlog,
+        }))
     }
 
     /// The configuration the newest generation runs (`--config` only).
@@ -234,7 +268,7 @@ impl Releases {
         let mut release = kept.clone();
         release.rollback_of = Some(kept.rollback_of.unwrap_or(source));
         // Its whole configuration: the file as it was then.
-        let mut workers = None;
+        let (mut workers, mut listen) = (None, None);
         let config = match (&self.given, &release.config) {
             (Some(given), Some(file)) => {
                 let old = self.newest_config()?;
@@ -246,6 +280,10 @@ impl Releases {
                 }
                 release.changed = changes::describe(&old, &config);
                 workers = (config.workers != old.workers).then_some(config.workers);
+                listen = self.listen_change(&old, &config)?;
+                if listen.is_none() {
+                    release.listeners = self.newest_listeners();
+                }
                 Some(Box::new(config))
             }
             _ => None,
@@ -254,6 +292,7 @@ impl Releases {
             release,
             config,
             workers,
+            listen,
         })
     }
 
@@ -318,6 +357,21 @@ pub struct Next {
     pub config: Option<Box<Config>>,
     /// The worker count, if the configuration changes it.
     pub workers: Option<usize>,
+    /// The listeners, if the configuration changes them.
+    pub listen: Option<ListenChange>,
+}
+
+/// A reload's new addresses: the generation before's listeners and the
+/// specs they were bound from, the specs now.
+#[derive(Debug)]
+pub struct ListenChange {
+    pub before: Vec<Named>,
+    /// How many of `before` the master was given (systemd's sockets),
+    /// ahead of the configured ones: every generation keeps them.
+    pub given: usize,
+    pub old: Vec<ListenSpec>,
+    pub new: Vec<ListenSpec>,
+    pub backlog: u32,
 }
 
 /// The workers' variables: the file's `[env]`, then the env file's, which

@@ -227,6 +227,10 @@ impl Setup {
         }
     }
 
+    pub fn listener_names(&self) -> Vec<crate::sockets::listen::Named> {
+        self.listeners.iter().map(Listener::named).collect()
+    }
+
     pub fn listener_fds(&self) -> Vec<RawFd> {
         self.listeners.iter().map(Listener::fd).collect()
     }
@@ -235,7 +239,7 @@ impl Setup {
     /// and, with `sockets`, its listeners at fd 3.. in every protocol.
     pub fn worker_vars(&self, sockets: bool) -> Vec<(String, Value)> {
         let mut vars = if sockets {
-            env::listen_vars(&self.listeners)
+            env::listen_vars(&self.listener_names())
         } else {
             Vec::new()
         };

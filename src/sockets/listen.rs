@@ -123,6 +123,13 @@ impl FromStr for ListenSpec {
     }
 }
 
+/// A listener as a worker is told of it: its name and address.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Named {
+    pub name: String,
+    pub local: String,
+}
+
 /// A bound, listening socket owned by the master.
 #[derive(Debug)]
 pub struct Listener {
@@ -140,6 +147,13 @@ pub struct Listener {
 impl Listener {
     pub fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
+    }
+
+    pub fn named(&self) -> Named {
+        Named {
+            name: self.name.clone(),
+            local: self.local.clone(),
+        }
     }
 
     /// Its address, if it is a TCP socket.
@@ -230,7 +244,7 @@ pub fn bind_all(
     mut listeners: Vec<Listener>,
     reuseport: bool,
 ) -> Result<Vec<Listener>, Error> {
-    let backlog = backlog.min(somaxconn()).min(i32::MAX as u32) as i32;
+    let backlog = self::backlog(backlog);
     // Port 0 twice is two ports; anything else twice is a typo.
     for (i, spec) in specs.iter().enumerate() {
         let twice = specs[..i].iter().any(|earlier| earlier.addr == spec.addr);
@@ -244,45 +258,66 @@ pub fn bind_all(
     }
     let first = listeners.len();
     for (i, spec) in (first..).zip(specs) {
-        let name = spec.name.clone().unwrap_or_else(|| match spec.addr {
-            ListenAddr::Tcp(_) => format!("tcp-{i}"),
-            ListenAddr::Unix(_) => format!("unix-{i}"),
-        });
+        let name = spec.name.clone().unwrap_or_else(|| default_name(spec, i));
         if listeners.iter().any(|l| l.name == name) {
             return Err(Error::Usage(format!(
                 "two listeners are named '{name}'; give each --listen a different NAME="
             )));
         }
-        let bind_error = |cause: String| Error::Bind {
-            addr: spec.addr.to_string(),
-            cause,
-        };
-        let (socket, unix_file) = match &spec.addr {
-            ListenAddr::Tcp(addr) => (
-                bind_tcp(*addr, backlog, reuseport)
-                    .map_err(|e| bind_error(tcp_cause(&e, addr.port())))?,
-                None,
-            ),
-            ListenAddr::Unix(path) => {
-                let (socket, file) = bind_unix(path, backlog, &spec.access)?;
-                (socket, Some(file))
-            }
-        };
-        let bound = socket.local_addr().map_err(|e| bind_error(e.to_string()))?;
-        let local = describe(&bound);
-        let reuseport = match (reuseport, bound.as_socket()) {
-            (true, Some(addr)) => Some((addr, backlog)),
-            _ => None,
-        };
-        listeners.push(Listener {
-            name,
-            socket,
-            local,
-            _socket_file: unix_file,
-            reuseport,
-        });
+        listeners.push(bind_one(spec, name, backlog, reuseport)?);
     }
     Ok(listeners)
+}
+
+/// `tcp-<i>` or `unix-<i>`: the name of a listener at position `i` given
+/// none.
+pub fn default_name(spec: &ListenSpec, i: usize) -> String {
+    match spec.addr {
+        ListenAddr::Tcp(_) => format!("tcp-{i}"),
+        ListenAddr::Unix(_) => format!("unix-{i}"),
+    }
+}
+
+/// Binds one spec (`backlog` within the kernel's limit).
+pub fn bind_one(
+    spec: &ListenSpec,
+    name: String,
+    backlog: i32,
+    reuseport: bool,
+) -> Result<Listener, Error> {
+    let bind_error = |cause: String| Error::Bind {
+        addr: spec.addr.to_string(),
+        cause,
+    };
+    let (socket, unix_file) = match &spec.addr {
+        ListenAddr::Tcp(addr) => (
+            bind_tcp(*addr, backlog, reuseport)
+                .map_err(|e| bind_error(tcp_cause(&e, addr.port())))?,
+            None,
+        ),
+        ListenAddr::Unix(path) => {
+            let (socket, file) = bind_unix(path, backlog, &spec.access)?;
+            (socket, Some(file))
+        }
+    };
+    let bound = socket.local_addr().map_err(|e| bind_error(e.to_string()))?;
+    let local = describe(&bound);
+    let reuseport = match (reuseport, bound.as_socket()) {
+        (true, Some(addr)) => Some((addr, backlog)),
+        _ => None,
+    };
+    Ok(Listener {
+        name,
+        socket,
+        local,
+        _socket_file: unix_file,
+        reuseport,
+    })
+}
+
+/// The backlog a listen() gets: as asked, within the kernel's limit.
+pub fn backlog(asked: u32) -> i32 {
+    asked.min(somaxconn()).min(i32::MAX as u32) as i32
 }
 
 fn bind_tcp(addr: SocketAddr, backlog: i32, reuseport: bool) -> io::Result<Socket> {

@@ -41,6 +41,12 @@ pub enum Record {
         name: String,
         addr: String,
     },
+    /// An address the configuration no longer has, closed once no worker
+    /// that had it is left.
+    ListenerClosed {
+        name: String,
+        addr: String,
+    },
     /// `--metrics`: where `/metrics` is served.
     MetricsEndpoint {
         addr: String,
@@ -420,6 +426,7 @@ impl Record {
         match self {
             Started { .. } => ("started", Info),
             Listening { .. } => ("listening", Info),
+            ListenerClosed { .. } => ("listener closed", Info),
             MetricsEndpoint { .. } => ("metrics endpoint", Info),
             WorkerSpawned { .. } => ("worker spawned", Info),
             WorkerStarted { .. } => ("worker started", Debug),

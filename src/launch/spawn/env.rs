@@ -8,7 +8,7 @@ use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::time::Duration;
 
-use crate::sockets::listen::Listener;
+use crate::sockets::listen::Named;
 use crate::vocab::{Generation, SlotId};
 
 /// Variables rcluster sets for workers; inherited values are dropped so a
@@ -36,7 +36,7 @@ fn is_worker_var(key: &OsStr) -> bool {
 /// The sockets, in every protocol servers already read: systemd's
 /// `LISTEN_FDS` (the worker's own pid goes in `LISTEN_PID`), server_starter's
 /// `SERVER_STARTER_PORT` (`addr=fd;path=fd`) and einhorn's `EINHORN_FD_*`.
-pub fn listen_vars(listeners: &[Listener]) -> Vec<(String, Value)> {
+pub fn listen_vars(listeners: &[Named]) -> Vec<(String, Value)> {
     let text = |k: &str, v: String| (k.to_string(), Value::Text(v));
     let fd = |i: usize| (3 + i).to_string();
     let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
@@ -60,6 +60,14 @@ pub fn listen_vars(listeners: &[Listener]) -> Vec<(String, Value)> {
     ];
     vars.extend((0..listeners.len()).map(|i| text(&format!("EINHORN_FD_{i}"), fd(i))));
     vars
+}
+
+/// Whether `key` is one of the variables that say where the listeners are:
+/// they differ between generations whose listeners differ.
+pub fn is_listen_var(key: &str) -> bool {
+    ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "SERVER_STARTER_PORT", "EINHORN_FD_COUNT"]
+        .contains(&key)
+        || key.starts_with("EINHORN_FD_")
 }
 
 /// Where to say `READY=1`, and the watchdog if one is set.

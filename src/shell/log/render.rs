@@ -107,6 +107,9 @@ pub fn render(record: &Record, out: &mut dyn Out) {
             }
             let how = match (rollback_of, same_as) {
                 (Some(of), _) => format!(" (a rollback to generation {of}'s release)"),
+                (None, Some(same)) if !changed.is_empty() => {
+                    format!(" (the very files generation {same} ran)")
+                }
                 (None, Some(same)) => format!(
                     " (the very files generation {same} ran: only the environment may differ)"
                 ),
@@ -156,6 +159,12 @@ pub fn render(record: &Record, out: &mut dyn Out) {
         Listening { name, addr } => {
             r.str("listener", name).str("addr", addr);
             r.say(format_args!("listening on {addr} ({name})"))
+        }
+        ListenerClosed { name, addr } => {
+            r.str("listener", name).str("addr", addr);
+            r.say(format_args!(
+                "stopped listening on {addr} ({name}): no worker has it any more"
+            ))
         }
         WorkerSpawned {
             slot,

@@ -9,6 +9,7 @@
 //! business; what was set up before the loop is `setup.rs`'s.
 
 mod execute;
+mod listeners;
 mod observe;
 mod probes;
 mod requests;

@@ -88,6 +88,15 @@ impl<L: Launch> Master<'_, L> {
             return;
         }
         let (path, timeout) = (policy.path.clone(), policy.timeout);
+        let start_addr = probes.listener;
+        let generation = self.supervisor.workers().find(|w| w.pid == pid).map(|w| w.generation);
+        // A generation whose listeners a reload changed is probed on its own.
+        let addr = generation
+            .and_then(|g| self.probe_addr(g))
+            .unwrap_or(start_addr);
+        let Some(probes) = &mut self.probes else {
+            return;
+        };
         if is_stopped(pid) {
             let cause = "is stopped (SIGSTOP): it answers nothing".to_string();
             let outcome = ProbeOutcome::Failed { cause };
@@ -98,7 +107,7 @@ impl<L: Launch> Master<'_, L> {
             .as_ref()
             .and_then(|b| b.index(probes.position, slot, lane))
             .filter(|&index| index <= probe::MAX_STEERED_INDEX);
-        let started = Probe::start(probes.listener, &path, steer).and_then(|mut p| {
+        let started = Probe::start(addr, &path, steer).and_then(|mut p| {
             self.poll
                 .registry()
                 .register(

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::control::server::{self as control, Request};
 use crate::control::status;
 use crate::launch::Launch;
-use crate::shell::releases::Kept;
+use crate::shell::releases::{Kept, Next};
 use crate::supervisor::event::{Event, MasterSignal};
 use crate::supervisor::reload::ReloadOutcome;
 
@@ -155,18 +155,8 @@ impl<L: Launch> Master<'_, L> {
         now: Instant,
     ) -> Result<(), String> {
         let generation = self.supervisor.target_generation() + 1;
-        if let Some(releases) = &mut self.releases {
-            let release = match rollback {
-                None => releases.next(self.log),
-                Some(to) => releases.rollback(self.supervisor.serving_generation(), to),
-            };
-            let checked = release.and_then(|next| match &next.config {
-                Some(config) if config.probe.is_some() && self.probes.is_none() => {
-                    Err(probes::NEEDS_TCP.to_string())
-                }
-                _ => Ok(next),
-            });
-            let next = match checked {
+        if let Some(next) = self.next_release(rollback, generation) {
+            let next = match next {
                 Ok(next) => next,
                 Err(cause) => {
                     self.dispatch(
@@ -182,7 +172,9 @@ impl<L: Launch> Master<'_, L> {
                 self.supervisor.stage_policy(config.policy(), next.workers);
             }
             self.launcher.prepare(generation, &next.release);
-            releases.add(generation, next.release, self.log);
+            if let Some(releases) = &mut self.releases {
+                releases.add(generation, next.release, self.log);
+            }
         } else if rollback.is_some() {
             return Err(
                 "this master runs a closure (rcluster::Cluster): it has no releases".into(),
@@ -193,8 +185,36 @@ impl<L: Launch> Master<'_, L> {
         Ok(())
     }
 
-    /// Forgets the releases no worker can run again, and tells `status`.
+    /// The next generation's release (none for a closure's master), its
+    /// new listeners bound; `Err`: why the reload cannot start.
+    fn next_release(
+        &mut self,
+        rollback: Option<Option<u64>>,
+        generation: u64,
+    ) -> Option<Result<Next, String>> {
+        let releases = self.releases.as_mut()?;
+        let next = match rollback {
+            None => releases.next(self.log),
+            Some(to) => releases.rollback(self.supervisor.serving_generation(), to),
+        };
+        Some(next.and_then(|mut next| {
+            let Some(config) = &next.config else {
+                return Ok(next);
+            };
+            if config.probe.is_some() && self.probes.is_none() {
+                return Err(probes::NEEDS_TCP.to_string());
+            }
+            if let Some(change) = &next.listen {
+                next.release.listeners = Some(self.relisten(change, generation)?);
+            }
+            Ok(next)
+        }))
+    }
+
+    /// Forgets the releases no worker can run again, and tells `status`;
+    /// closes the listeners no generation has any more.
     pub(super) fn keep_releases(&mut self) {
+        self.close_unused_listeners();
         let Some(releases) = &mut self.releases else {
             return;
         };

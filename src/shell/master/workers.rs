@@ -184,6 +184,8 @@ impl<L: Launch> Master<'_, L> {
             },
             now,
         );
+        // The last worker that had a dropped address may be this one.
+        self.close_unused_listeners();
     }
 
     pub(super) fn on_exec_pipe(&mut self, pid: Pid, now: Instant) {
@@ -211,12 +213,20 @@ impl<L: Launch> Master<'_, L> {
         self.dispatch(Event::Exec { pid, result }, now);
     }
 
-    /// The listeners a worker of `slot` on `lane` gets.
-    pub(super) fn listeners_for(&mut self, slot: SlotId, lane: Lane) -> io::Result<Vec<RawFd>> {
+    /// The listeners a worker of `slot` and `generation` on `lane` gets.
+    /// `Err`: why it cannot start.
+    pub(super) fn listeners_for(
+        &mut self,
+        slot: SlotId,
+        generation: Generation,
+        lane: Lane,
+    ) -> Result<Vec<RawFd>, String> {
         let Some(balancer) = &mut self.balancer else {
-            return Ok(self.listener_fds.clone());
+            return self.fds_of(generation);
         };
-        let fds = balancer.fds(slot, lane)?;
+        let fds = balancer.fds(slot, lane).map_err(|e| {
+            format!("binding slot {slot}'s sockets failed: {}", io_errno(&e))
+        })?;
         // The slot's sockets are the worker's own, not ports of its own.
         for &fd in &fds {
             if !self.ours.knows(fd) {
@@ -249,10 +259,9 @@ impl<L: Launch> Master<'_, L> {
     }
 
     pub(super) fn spawn(&mut self, slot: SlotId, generation: Generation, lane: Lane, now: Instant) {
-        let listeners = match self.listeners_for(slot, lane) {
+        let listeners = match self.listeners_for(slot, generation, lane) {
             Ok(fds) => fds,
-            Err(e) => {
-                let error = format!("binding slot {slot}'s sockets failed: {}", io_errno(&e));
+            Err(error) => {
                 let failed = Event::SpawnFailed {
                     slot,
                     generation,
