@@ -44,7 +44,37 @@ fn main() -> ExitCode {
             ..
         })
     );
-    let config = match cli::parse(argv.clone()) {
+    // The hand-over first: with --config, the new image runs the file as
+    // the newest generation read it, not as it is now. An edit takes
+    // effect by a reload, never by an upgrade, and a file half-edited
+    // cannot fail one.
+    let handover = match &upgrade {
+        None => None,
+        // SAFETY: stdin is ours, and nothing else reads it.
+        Some(Upgrade::Check) => match unsafe { Handover::read(0) } {
+            Ok(handover) => Some(handover),
+            Err(e) => return fail(&rcluster::Error::Usage(e)),
+        },
+        // SAFETY: the old image handed this descriptor over to us.
+        Some(Upgrade::Resume { fd, failed, .. }) => match unsafe { Handover::read(*fd) } {
+            Ok(mut handover) => {
+                fallback::keep(&handover.fds());
+                handover.failed.clone_from(failed);
+                Some(handover)
+            }
+            Err(e) => return or_fail(&rcluster::Error::Usage(format!("upgrade: {e}"))),
+        },
+    };
+    let in_force = handover
+        .as_ref()
+        .and_then(|h| h.releases.as_ref()?.config_in_force())
+        .cloned();
+    let parsed = match in_force {
+        Some(file) => cli::configure(argv.get(1..).unwrap_or_default(), Some(file), true)
+            .map(|config| Parsed::Run(Box::new(config))),
+        None => cli::parse(argv.clone()),
+    };
+    let config = match parsed {
         Ok(Parsed::Run(config)) => config,
         Ok(Parsed::Client(command)) => return client::run(command),
         Ok(Parsed::Check(plan)) => return rcluster::check::run(plan),
@@ -62,19 +92,10 @@ fn main() -> ExitCode {
         }
         Err(e) => return or_fail(&e),
     };
-    let handover = match upgrade {
-        None => None,
-        Some(Upgrade::Check) => return check_handover(),
-        // SAFETY: the old image handed this descriptor over to us.
-        Some(Upgrade::Resume { fd, failed, .. }) => match unsafe { Handover::read(fd) } {
-            Ok(mut handover) => {
-                fallback::keep(&handover.fds());
-                handover.failed = failed;
-                Some(handover)
-            }
-            Err(e) => return or_fail(&rcluster::Error::Usage(format!("upgrade: {e}"))),
-        },
-    };
+    if let Some(Upgrade::Check) = upgrade {
+        let _ = std::io::stdout().write_all(handover::check_answer().as_bytes());
+        return ExitCode::SUCCESS;
+    }
     let log = match Log::new(
         config.log_format,
         config.log_level,
@@ -184,19 +205,6 @@ fn or_fail(e: &rcluster::Error, argv: &[OsString]) -> ExitCode {
     fail(e)
 }
 
-/// `--upgrade-check`: the command line parsed (done by the caller), the
-/// hand-over on stdin read whole; the answer on stdout, and the exit code.
-fn check_handover() -> ExitCode {
-    // SAFETY: stdin is ours, and nothing else reads it.
-    match unsafe { Handover::read(0) } {
-        Ok(_) => {
-            let _ = std::io::stdout().write_all(handover::check_answer().as_bytes());
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&rcluster::Error::Usage(e)),
-    }
-}
-
 /// One line on stderr (clap's own message as it is), and the error's code.
 /// A closed stderr changes only the line, never the code.
 fn fail(e: &rcluster::Error) -> ExitCode {
@@ -261,16 +269,6 @@ fn resume(
         let why = "failing as RCLUSTER_TEST_FAIL_RESUME asks (a test)";
         return Err(rcluster::Error::Usage(why.into()));
     }
-    // With --config: the file as the newest generation read it, not as it
-    // is now (an edit takes effect by a reload, never by an upgrade).
-    let in_force = handover
-        .releases
-        .as_ref()
-        .and_then(|r| r.config_in_force())
-        .filter(|_| config.file.is_some())
-        .map(|file| cli::configure(&config.given, Some(file.clone()), true))
-        .transpose()?;
-    let config = in_force.as_ref().unwrap_or(config);
     let identity = Identity::resolve(config.user.as_deref(), config.group.as_deref())?;
     let shim = shim(config)?;
     let binary = Binary {

@@ -205,10 +205,12 @@ impl Releases {
             return Ok(None);
         }
         if new.reuseport {
-            return Err("listen changed, which a reload cannot apply with --balance reuseport \
+            return Err(
+                "listen changed, which a reload cannot apply with --balance reuseport \
                         (each slot's sockets are made at start): restart rcluster to apply it, \
                         or put it back"
-                .into());
+                    .into(),
+            );
         }
         let before = self.newest_listeners().unwrap_or_default();
         let given = before.len().saturating_sub(old.listen.len());

@@ -2316,3 +2316,50 @@ fn a_canary_no_worse_than_the_serving_workers_is_proven() {
     let acts = sim.at(3000).timeout();
     assert_eq!(records(&acts, "canary proven").len(), 1);
 }
+
+#[test]
+fn a_staged_policy_governs_the_reload_and_its_count_applies_once_complete() {
+    let (mut sim, pids) = Sim::started(policy(2));
+    let mut next = policy(2);
+    next.stop_timeout = ms(5_000);
+    sim.sup.stage_policy(next, Some(3));
+    let acts = sim.at(1000).signal(MasterSignal::Reload);
+    assert_eq!(spawns(&acts), [(0, 2)], "one canary, no third slot yet");
+    assert_eq!(sim.sup.slot_count(), 2);
+    let acts = sim.exec_ok(spawned(&acts)[0]);
+    assert_eq!(signalled(&acts), [(pids[0], TERM)]);
+    assert_eq!(
+        sim.sup.policy.stop_timeout,
+        ms(5_000),
+        "from the reload's start"
+    );
+    let acts = sim.exec_ok(spawned(&acts)[0]);
+    assert_eq!(records(&acts, "reload complete").len(), 1);
+    assert_eq!(
+        spawns(&acts),
+        [(2, 2)],
+        "the new count, at the new generation, once the reload is complete"
+    );
+    assert_eq!(sim.sup.slot_count(), 3);
+    sim.sup.check_index();
+}
+
+#[test]
+fn an_aborted_reload_puts_the_policy_back_and_keeps_the_count() {
+    let mut p = policy(2);
+    p.ready = ReadyRule::Notify;
+    let (mut sim, pids) = Sim::started(p.clone());
+    for &pid in &pids {
+        sim.notify(pid, NotifyMsg::Ready);
+    }
+    let mut next = p;
+    next.stop_timeout = ms(5_000);
+    sim.sup.stage_policy(next, Some(4));
+    let acts = sim.at(1000).signal(MasterSignal::Reload);
+    let canary = spawned(&acts)[0];
+    sim.exec_ok(canary);
+    let acts = sim.exit(canary, 1);
+    assert_eq!(records(&acts, "reload aborted").len(), 1, "{acts:?}");
+    assert_eq!(sim.sup.policy.stop_timeout, ms(30_000), "the policy before");
+    assert_eq!(sim.sup.slot_count(), 2, "the count before");
+}

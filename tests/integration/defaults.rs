@@ -15,16 +15,10 @@ use serde_json::Value;
 use crate::support::load::Load;
 use crate::support::{
     Master, TempDir, WAIT, environ, example, http, path_str, rcluster, release_switch,
-    reload_under_both, wait_until,
+    reload_under_both, status, wait_until,
 };
 
 /// `rcluster status --json` against `control`.
-fn status(control: &str) -> Value {
-    let (code, out, err) = rcluster(&["status", "--json", "--control", control]);
-    assert!(code == 0 || code == 3, "status: {code} {err}");
-    serde_json::from_str(&out).expect("status JSON")
-}
-
 #[test]
 fn a_release_that_dies_200ms_after_start_never_replaces_the_good_one() {
     // The seed story: new code that crashes 200 ms after start (a missing

@@ -16,6 +16,7 @@ mod check;
 mod cli_errors;
 mod cluster;
 mod compat;
+mod config;
 mod control;
 mod defaults;
 mod deploy;

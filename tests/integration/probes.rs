@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::support::installs::path_with_python;
 use crate::support::wrk::{Wrk, WrkStats};
-use crate::support::{Master, SHORT_LOOK, TempDir, WAIT, path_str, rcluster};
+use crate::support::{Master, SHORT_LOOK, TempDir, WAIT, path_str, rcluster, ready_pids, status};
 
 /// A master of `workers` gunicorns, probed on `/healthz` every 300 ms
 /// (failing after 2 in a row), its control socket, env file and fault
@@ -69,26 +69,6 @@ fn start(dir: &TempDir, workers: usize, flags: &[&str]) -> (Master, String) {
         cmd.env("PATH", &python).env("APP_FAULTS", &faults);
     });
     (master, control)
-}
-
-/// The pid of each slot's ready worker, from `status --json`.
-fn ready_pids(control: &str) -> Vec<(u64, i64)> {
-    let status = status(control);
-    let mut pids: Vec<(u64, i64)> = status["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["state"] == "ready")
-        .map(|w| (w["slot"].as_u64().unwrap(), w["pid"].as_i64().unwrap()))
-        .collect();
-    pids.sort();
-    pids
-}
-
-fn status(control: &str) -> Value {
-    let (code, json, err) = rcluster(&["status", "--json", "--control", control]);
-    assert!(code == 0 || code == 3, "status: {err}");
-    serde_json::from_str(&json).unwrap()
 }
 
 fn reload_fails(control: &str, what: &str) -> String {

@@ -8,10 +8,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use crate::support::wrk::Wrk;
-use crate::support::{Master, TempDir, example, http, path_str, rcluster, wait_until};
+use crate::support::{Master, TempDir, example, http, path_str, rcluster, status, wait_until};
 
 /// `releases/1` and `releases/2`, each with a `./server` that runs hello,
 /// and `current` pointing to `releases/1`.
@@ -88,12 +86,6 @@ fn cwd(addr: SocketAddr) -> String {
         "workers of two releases answer: {answers:?}"
     );
     answers[0].clone()
-}
-
-fn status(control: &str) -> Value {
-    let (code, out, err) = rcluster(&["status", "--json", "--control", control]);
-    assert!(code == 0 || code == 3, "status: {code} {err}");
-    serde_json::from_str(&out).expect("status JSON")
 }
 
 #[test]

@@ -2,17 +2,9 @@
 //! a process no worker started) cannot steer the master through the notify
 //! socket.
 
-use serde_json::Value;
-
 use crate::support::{
-    Master, TempDir, WAIT, environ, example, path_str, rcluster, run, wait_until,
+    Master, TempDir, WAIT, environ, example, path_str, rcluster, run, status, wait_until,
 };
-
-fn status(control: &str) -> Value {
-    let (code, out, err) = rcluster(&["status", "--json", "--control", control]);
-    assert!(code == 0 || code == 3, "status: {code} {err}");
-    serde_json::from_str(&out).expect("status JSON")
-}
 
 fn dropped(control: &str) -> u64 {
     status(control)["master"]["notify_dropped"]

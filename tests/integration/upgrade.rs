@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use crate::support::wrk::Wrk;
 use crate::support::{
-    Master, TempDir, WAIT, example, is_gone, open_fds, path_str, rcluster, rcluster_bin, wait_until,
+    Master, TempDir, WAIT, example, is_gone, open_fds, path_str, rcluster, rcluster_bin, status,
+    wait_until,
 };
 
 /// The same source built with `RCLUSTER_BUILD_TAG=upgrade-test`: a binary
@@ -105,12 +106,6 @@ impl Bin {
         all.extend(["--", &hello]);
         Master::start_program_with(path_str(&self.path()), &all, setup)
     }
-}
-
-fn status(control: &str) -> Value {
-    let (code, out, err) = rcluster(&["status", "--json", "--control", control]);
-    assert!(code == 0 || code == 3, "status: {code} {err}");
-    serde_json::from_str(&out).expect("status JSON")
 }
 
 /// Each worker's (slot, pid, generation), sorted.

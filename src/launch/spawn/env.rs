@@ -65,8 +65,14 @@ pub fn listen_vars(listeners: &[Named]) -> Vec<(String, Value)> {
 /// Whether `key` is one of the variables that say where the listeners are:
 /// they differ between generations whose listeners differ.
 pub fn is_listen_var(key: &str) -> bool {
-    ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "SERVER_STARTER_PORT", "EINHORN_FD_COUNT"]
-        .contains(&key)
+    [
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "SERVER_STARTER_PORT",
+        "EINHORN_FD_COUNT",
+    ]
+    .contains(&key)
         || key.starts_with("EINHORN_FD_")
 }
 

@@ -69,7 +69,10 @@ impl<L: Launch> Master<'_, L> {
         for (i, spec) in change.new.iter().enumerate() {
             let any_port = matches!(spec.addr, ListenAddr::Tcp(a) if a.port() == 0);
             if !any_port && change.new[..i].iter().any(|s| s.addr == spec.addr) {
-                return Err(format!("listen {} is given twice; give each address once", spec.addr));
+                return Err(format!(
+                    "listen {} is given twice; give each address once",
+                    spec.addr
+                ));
             }
             let same = (0..change.old.len())
                 .find(|j| !kept.contains(j) && change.old[*j].addr == spec.addr)

@@ -224,9 +224,9 @@ impl<L: Launch> Master<'_, L> {
         let Some(balancer) = &mut self.balancer else {
             return self.fds_of(generation);
         };
-        let fds = balancer.fds(slot, lane).map_err(|e| {
-            format!("binding slot {slot}'s sockets failed: {}", io_errno(&e))
-        })?;
+        let fds = balancer
+            .fds(slot, lane)
+            .map_err(|e| format!("binding slot {slot}'s sockets failed: {}", io_errno(&e)))?;
         // The slot's sockets are the worker's own, not ports of its own.
         for &fd in &fds {
             if !self.ours.knows(fd) {

@@ -848,6 +848,28 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// `rcluster status --json` of the master at `control` (exit 0, or 3: a
+/// slot has no ready worker).
+pub fn status(control: &str) -> Value {
+    let (code, out, err) = rcluster(&["status", "--json", "--control", control]);
+    assert!(code == 0 || code == 3, "status: {code} {err}");
+    serde_json::from_str(&out).expect("status JSON")
+}
+
+/// The pid of each slot's ready worker, from `status --json`, by slot.
+pub fn ready_pids(control: &str) -> Vec<(u64, i64)> {
+    let status = status(control);
+    let mut pids: Vec<(u64, i64)> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "ready")
+        .map(|w| (w["slot"].as_u64().unwrap(), w["pid"].as_i64().unwrap()))
+        .collect();
+    pids.sort();
+    pids
+}
+
 /// One `GET /` on a new connection, `Connection: close`: the whole answer,
 /// or why none came within `deadline`.
 pub fn get_once(addr: SocketAddr, deadline: Duration) -> Result<String, String> {
