@@ -36,7 +36,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const WAIT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Which master.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct Target {
     /// The master called NAME (see `rcluster ls`)
     #[arg(long, env = "RCLUSTER_NAME", value_name = "NAME")]
@@ -51,6 +51,19 @@ pub struct Target {
     /// that waits)
     #[arg(long, value_name = "DUR", value_parser = crate::vocab::parse_duration)]
     timeout: Option<Duration>,
+}
+
+impl Target {
+    /// The master a run's options name: by its control socket, its name
+    /// or its pid file.
+    pub fn of(name: Option<String>, control: Option<PathBuf>, pid_file: Option<PathBuf>) -> Target {
+        Target {
+            name,
+            control,
+            pid_file,
+            timeout: None,
+        }
+    }
 }
 
 /// The commands that talk to running masters.
@@ -146,6 +159,10 @@ pub enum Command {
         #[arg(long, value_name = "DUR", default_value = "5s", value_parser = crate::vocab::parse_duration)]
         timeout: Duration,
     },
+    /// `rcluster config show` with no file and no command: the running
+    /// master's configuration in force.
+    #[command(skip)]
+    ConfigShow { target: Target },
 }
 
 /// A line on stdout; a reader that went away (`| head -1`) is no error.
@@ -178,7 +195,9 @@ pub fn run(command: Command) -> ExitCode {
             slot: Some(slot),
             ..
         } => (target, json!({"cmd": "status", "slot": slot}), false),
-        Command::Status { target, .. } => (target, json!({"cmd": "status"}), false),
+        Command::Status { target, .. } | Command::ConfigShow { target } => {
+            (target, json!({"cmd": "status"}), false)
+        }
         Command::Reload { wait, target } => (target, json!({"cmd": "reload", "wait": wait}), *wait),
         Command::Rollback { wait, to, target } => (
             target,
@@ -257,6 +276,10 @@ fn say_answer(command: &Command, response: &Value) {
             ..
         } => {
             let _ = std::io::stdout().write_all(view::slot_view(response).as_bytes());
+        }
+        Command::ConfigShow { .. } => {
+            let table = view::config_table(&response["master"]["config"]);
+            let _ = std::io::stdout().write_all(table.as_bytes());
         }
         Command::Reload { wait: true, .. } | Command::Rollback { wait: true, .. } => say!(
             "{} complete: generation {} in {} ms{}",

@@ -27,6 +27,8 @@ pub struct MasterInfo {
     pub releases: Vec<ReleaseView>,
     /// Live upgrades of the master: done, attempted, the last failure.
     pub upgrades: Value,
+    /// The configuration the serving generation runs (`Config::settings_json`).
+    pub config: Value,
 }
 
 /// One generation's release, as the shell kept it.
@@ -304,6 +306,7 @@ fn master_json(
         "env_file": info.env_file.as_ref().map(env_versions),
         "probes": probes_json(sup),
         "listeners": listeners,
+        "config": info.config,
     })
 }
 

@@ -294,6 +294,50 @@ fn release_lines(master: &Value) -> String {
     out
 }
 
+/// A configuration (`Config::settings_json`): each setting, its value and
+/// where it came from, one per line; the file's variables by name.
+pub fn config_table(config: &Value) -> String {
+    let mut rows: Vec<(String, String, String)> = config["settings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let values: Vec<&str> = s["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let value = if values.is_empty() {
+                "-".to_string()
+            } else {
+                values.join(" ")
+            };
+            let key = s["key"].as_str().unwrap_or_default().to_string();
+            (
+                key,
+                value,
+                s["origin"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    rows.extend(config["env"].as_array().into_iter().flatten().map(|name| {
+        let name = name.as_str().unwrap_or_default();
+        (format!("env.{name}"), "set".to_string(), "file".to_string())
+    }));
+    let key_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let value_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).min(40);
+    let mut out = String::new();
+    if let Some(path) = config["file"]["path"].as_str() {
+        let version = config["file"]["version"].as_str().unwrap_or_default();
+        let _ = writeln!(out, "# {path} (version {version})");
+    }
+    for (key, value, origin) in rows {
+        let _ = writeln!(out, "{key:key_width$}  {value:value_width$}  {origin}");
+    }
+    out
+}
+
 /// The reload in progress, or how the last one ended.
 fn reload_line(status: &Value) -> String {
     let (reload, last) = (&status["reload"], &status["last_reload"]);

@@ -223,6 +223,13 @@ impl Releases {
         }))
     }
 
+    /// The configuration `generation` runs, with `--config`.
+    pub fn config_of(&self, generation: Generation) -> Option<Config> {
+        let given = self.given.as_deref()?;
+        let file = self.get(generation)?.config.clone()?;
+        configure(given, Some(file), true).ok()
+    }
+
     /// The configuration the newest generation runs (`--config` only).
     fn newest_config(&self) -> Result<Config, String> {
         let given = self.given.as_deref().unwrap_or_default();

@@ -209,6 +209,7 @@ impl Setup {
             env_file: config.env_file.as_ref().map(|p| p.display().to_string()),
             releases: Vec::new(),
             upgrades: serde_json::Value::Null,
+            config: config.settings_json(),
         };
         Setup {
             signals,

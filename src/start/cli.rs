@@ -95,7 +95,9 @@ enum ConfigSub {
     },
     /// The settings a master started with these options would run (the
     /// file of --config, RCLUSTER_* variables, flags), and where each
-    /// value comes from: flag, variable, file (its line) or default
+    /// value comes from: flag, variable, file (its line) or default.
+    /// With neither --config nor a command: the running master's (found
+    /// by --control, --name or --pid-file, as `status` finds it)
     #[command(
         override_usage = "rcluster config show [--config FILE] [OPTIONS] [-- COMMAND [ARGS...]]"
     )]
@@ -453,9 +455,18 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Error>
             }))
         }
         Some(Sub::Config(ConfigSub::Check { file })) => Ok(check_file(&file)),
+        // Neither a file nor a command: the running master's.
+        Some(Sub::Config(ConfigSub::Show { run }))
+            if run.config.is_none() && run.command.is_empty() =>
+        {
+            let target = client::Target::of(run.name, run.control, run.pid_file);
+            Ok(Parsed::Client(client::Command::ConfigShow { target }))
+        }
         Some(Sub::Config(ConfigSub::Show { .. })) => {
             let given = raw.get(3..).unwrap_or_default();
-            Ok(Parsed::Print(show(&configure(given, None, false)?)))
+            let config = configure(given, None, false)?;
+            let table = crate::control::view::config_table(&config.settings_json());
+            Ok(Parsed::Print(table))
         }
         None => Ok(Parsed::Run(Box::new(configure(
             raw.get(1..).unwrap_or_default(),
@@ -552,45 +563,6 @@ fn check_file(path: &std::path::Path) -> Parsed {
             ok: false,
         },
     }
-}
-
-/// `rcluster config show`: every setting, its value and where it came
-/// from, one per line.
-fn show(config: &Config) -> String {
-    let mut rows: Vec<(String, String, String)> = config
-        .settings
-        .iter()
-        .map(|s| {
-            let value = if s.values.is_empty() {
-                "-".to_string()
-            } else {
-                s.values.join(" ")
-            };
-            (s.key.clone(), value, s.origin.to_string())
-        })
-        .collect();
-    rows.extend(
-        config
-            .file_env
-            .iter()
-            .map(|(name, value)| (format!("env.{name}"), value.clone(), "file".to_string())),
-    );
-    let key_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let value_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).min(40);
-    let mut text = String::new();
-    if let Some(file) = &config.file {
-        text.push_str(&format!(
-            "# {} (version {})\n",
-            file.path.display(),
-            file.digest
-        ));
-    }
-    for (key, value, origin) in rows {
-        text.push_str(&format!(
-            "{key:key_width$}  {value:value_width$}  {origin}\n"
-        ));
-    }
-    text
 }
 
 /// The master's options as a `Config`.

@@ -166,6 +166,33 @@ impl Config {
         }
     }
 
+    /// Every setting in force and where it came from, and the file's
+    /// variables by name (their values may be secrets): for `status` and
+    /// `rcluster config show`.
+    pub fn settings_json(&self) -> serde_json::Value {
+        let settings: Vec<serde_json::Value> = self
+            .settings
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "key": s.key, "values": s.values, "origin": s.origin.to_string(),
+                })
+            })
+            .collect();
+        let env: Vec<&str> = self
+            .file_env
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        serde_json::json!({
+            "file": self.file.as_ref().map(|f| serde_json::json!({
+                "path": f.path.display().to_string(), "version": f.digest,
+            })),
+            "settings": settings,
+            "env": env,
+        })
+    }
+
     /// Which of each worker's streams go through the master.
     pub fn capture(&self) -> Capture {
         Capture {

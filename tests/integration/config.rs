@@ -343,7 +343,7 @@ fn flags_and_variables_override_the_file() {
     );
     assert_eq!(row("max-age"), "max-age 1h file, line 2");
     assert_eq!(row("min-uptime"), "min-uptime 1s default");
-    assert_eq!(row("env.MARK"), "env.MARK a file");
+    assert_eq!(row("env.MARK"), "env.MARK set file");
 
     // A running master: the flag's count, whatever the file says, at
     // start and after a reload that changes the file's.
@@ -352,6 +352,23 @@ fn flags_and_variables_override_the_file() {
     let edited = hello_file(4, &["127.0.0.1:0"], "two", "a");
     let release = reload_to(&control, &path, &edited, 2);
     assert_eq!(changed(&release), ["command arguments changed"]);
+    // What it runs now, and where each value came from.
+    let (code, shown, err) = rcluster(&["config", "show", "--control", &control]);
+    assert_eq!(code, 0, "{err}");
+    let version = release["config"]["version"].as_str().unwrap();
+    assert!(
+        shown.starts_with(&format!("# {} (version {version})", path.display())),
+        "{shown}"
+    );
+    let row = |key: &str| {
+        let line = shown
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key));
+        line.map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    assert_eq!(row("workers").as_deref(), Some("workers 2 flag"));
+    let command = row("command").expect("the command");
+    assert!(command.ends_with(" two file, line 4"), "{command}");
     master.stop_cleanly();
 }
 

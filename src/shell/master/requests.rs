@@ -226,6 +226,9 @@ impl<L: Launch> Master<'_, L> {
             .kept()
             .map(|(generation, kept)| release_view(generation, kept))
             .collect();
+        if let Some(config) = releases.config_of(self.supervisor.serving_generation()) {
+            self.info.config = config.settings_json();
+        }
     }
 
     /// What a generation runs, for the answer to `reload`.
