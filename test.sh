@@ -28,6 +28,8 @@ QUICK=(
     # control: status, scale
     control::status_shows_every_worker_as_a_table_and_as_json
     control::scale_sets_the_worker_count
+    # start: the configuration file, its layers, a reload that applies it
+    config::flags_and_variables_override_the_file
     # check
     check::a_server_that_cannot_run_is_said_so
     # library: a worker's listeners, a cluster of one's own

@@ -44,36 +44,12 @@ fn main() -> ExitCode {
             ..
         })
     );
-    // The hand-over first: with --config, the new image runs the file as
-    // the newest generation read it, not as it is now. An edit takes
-    // effect by a reload, never by an upgrade, and a file half-edited
-    // cannot fail one.
-    let handover = match &upgrade {
-        None => None,
-        // SAFETY: stdin is ours, and nothing else reads it.
-        Some(Upgrade::Check) => match unsafe { Handover::read(0) } {
-            Ok(handover) => Some(handover),
-            Err(e) => return fail(&rcluster::Error::Usage(e)),
-        },
-        // SAFETY: the old image handed this descriptor over to us.
-        Some(Upgrade::Resume { fd, failed, .. }) => match unsafe { Handover::read(*fd) } {
-            Ok(mut handover) => {
-                fallback::keep(&handover.fds());
-                handover.failed.clone_from(failed);
-                Some(handover)
-            }
-            Err(e) => return or_fail(&rcluster::Error::Usage(format!("upgrade: {e}"))),
-        },
+    let handover = match read_handover(&upgrade) {
+        Ok(handover) => handover,
+        Err(e) if matches!(upgrade, Some(Upgrade::Check)) => return fail(&e),
+        Err(e) => return or_fail(&e),
     };
-    let in_force = handover
-        .as_ref()
-        .and_then(|h| h.releases.as_ref()?.config_in_force())
-        .cloned();
-    let parsed = match in_force {
-        Some(file) => cli::configure(argv.get(1..).unwrap_or_default(), Some(file), true)
-            .map(|config| Parsed::Run(Box::new(config))),
-        None => cli::parse(argv.clone()),
-    };
+    let parsed = parse(&argv, handover.as_ref());
     let config = match parsed {
         Ok(Parsed::Run(config)) => config,
         Ok(Parsed::Client(command)) => return client::run(command),
@@ -136,6 +112,39 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// The hand-over first: with --config, the new image runs the file as the
+/// newest generation read it, not as it is now. An edit takes effect by a
+/// reload, never by an upgrade, and a file half-edited cannot fail one.
+fn read_handover(upgrade: &Option<Upgrade>) -> Result<Option<Handover>, rcluster::Error> {
+    match upgrade {
+        None => Ok(None),
+        // SAFETY: stdin is ours, and nothing else reads it.
+        Some(Upgrade::Check) => unsafe { Handover::read(0) }
+            .map(Some)
+            .map_err(rcluster::Error::Usage),
+        // SAFETY: the old image handed this descriptor over to us.
+        Some(Upgrade::Resume { fd, failed, .. }) => match unsafe { Handover::read(*fd) } {
+            Ok(mut handover) => {
+                fallback::keep(&handover.fds());
+                handover.failed.clone_from(failed);
+                Ok(Some(handover))
+            }
+            Err(e) => Err(rcluster::Error::Usage(format!("upgrade: {e}"))),
+        },
+    }
+}
+
+/// The command line; with a hand-over of a master run with --config, the
+/// file as it was in force.
+fn parse(argv: &[OsString], handover: Option<&Handover>) -> Result<Parsed, rcluster::Error> {
+    let in_force = handover.and_then(|h| h.releases.as_ref()?.config_in_force());
+    match in_force {
+        Some(file) => cli::configure(argv.get(1..).unwrap_or_default(), Some(file.clone()), true)
+            .map(|config| Parsed::Run(Box::new(config))),
+        None => cli::parse(argv.to_vec()),
     }
 }
 

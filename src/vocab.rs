@@ -211,3 +211,33 @@ mod tests {
         assert_eq!(count(2, "worker"), "2 workers");
     }
 }
+
+/// `--config`: a configuration file as read for a generation (what a
+/// rollback to it restores, and what `status` names). What it means is
+/// the start-up's business (`start/file.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConfigFile {
+    /// As given, made absolute against where rcluster started.
+    pub path: std::path::PathBuf,
+    pub text: String,
+    /// A hash of the text, as 16 hex digits: which version of the file.
+    pub digest: String,
+}
+
+impl ConfigFile {
+    pub fn of(path: std::path::PathBuf, text: String) -> ConfigFile {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut hasher);
+        ConfigFile {
+            path,
+            text,
+            digest: format!("{:016x}", hasher.finish()),
+        }
+    }
+
+    /// `FILE:LINE`, for a message about what is on `line`.
+    pub fn at(&self, line: usize) -> String {
+        format!("{}:{line}", self.path.display())
+    }
+}

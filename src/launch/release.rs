@@ -23,8 +23,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 use crate::sockets::listen::Named;
-use crate::start::file::ConfigFile;
-use crate::vocab::Generation;
+use crate::vocab::{ConfigFile, Generation};
 
 use super::spawn::command::{self, Command};
 

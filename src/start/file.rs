@@ -8,10 +8,8 @@
 //! business (`cli.rs` gives each key's arguments to the same parser as the
 //! flags), so a file and a flag can never disagree about what a value means.
 
-use std::collections::hash_map::DefaultHasher;
 use std::ffi::OsString;
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use toml::de::{DeTable, DeValue};
 
@@ -26,15 +24,7 @@ pub enum Kind {
     Values,
 }
 
-/// The file as read: what it is, for `status` and a rollback.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ConfigFile {
-    /// As given, made absolute against where rcluster started.
-    pub path: PathBuf,
-    pub text: String,
-    /// A hash of the text, as 16 hex digits: which version of the file.
-    pub digest: String,
-}
+pub use crate::vocab::ConfigFile;
 
 impl ConfigFile {
     /// Reads `path`; `Err` is one line naming the file.
@@ -45,21 +35,6 @@ impl ConfigFile {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read the configuration file {}: {e}", path.display()))?;
         Ok(ConfigFile::of(path, text))
-    }
-
-    pub fn of(path: PathBuf, text: String) -> ConfigFile {
-        let mut hasher = DefaultHasher::new();
-        text.hash(&mut hasher);
-        ConfigFile {
-            path,
-            text,
-            digest: format!("{:016x}", hasher.finish()),
-        }
-    }
-
-    /// `FILE:LINE`, for a message about what is on `line`.
-    pub fn at(&self, line: usize) -> String {
-        format!("{}:{line}", self.path.display())
     }
 }
 
