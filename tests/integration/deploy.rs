@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 
-use crate::support::{Master, TempDir, WAIT, example, http, pass_as_fd_3, path_str};
+use crate::support::{Master, TempDir, WAIT, example, http, pass_as_fd_3, path_str, rcluster};
 
 fn has(program: &str) -> bool {
     std::process::Command::new("sh")
@@ -36,10 +36,21 @@ fn systemd_socket_activation_hands_rcluster_its_socket_and_hears_it_is_ready() {
         "LISTEN_PID=$$ LISTEN_FDS=1 exec systemd-socket-activate --fdname=web -E NOTIFY_SOCKET={} \"$@\"",
         path_str(&notify)
     );
+    // The example unit's file, with the test's paths: flags override it.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd/rcluster-hello.toml");
     let mut master = Master::start_via(
         "sh",
         &["-c", &wrapper, "sh"],
-        &["-w", "2", "--", &hello],
+        &[
+            "--config",
+            path_str(&config),
+            "--control",
+            "none",
+            "-w",
+            "2",
+            "--",
+            &hello,
+        ],
         |cmd| pass_as_fd_3(cmd, fd),
     );
     let response = http::get(addr, "/").expect("served on the socket systemd passed");
@@ -144,6 +155,21 @@ fn workers_run_as_the_user_given_with_user() {
     assert_eq!(master.wait_exit().code(), Some(0));
 }
 
+/// What `rcluster config show --config FILE` says of `key`: its value and
+/// where it came from, as one line.
+fn shown(file: &Path, key: &str) -> String {
+    let (code, out, err) = rcluster(&["config", "show", "--config", path_str(file)]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(key));
+    let line = line.unwrap_or_else(|| panic!("{key} in {out}"));
+    line.split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[test]
 fn the_kubernetes_grace_period_outlasts_the_stop_timeout() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kubernetes");
@@ -154,26 +180,49 @@ fn the_kubernetes_grace_period_outlasts_the_stop_timeout() {
         .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("terminationGracePeriodSeconds in deployment.yaml");
-    let stop_timeout: u64 = dockerfile
-        .split("\"--stop-timeout\", \"")
+    // The ConfigMap's file, as the pod reads it, and the image's own.
+    let dir = TempDir::new("k8s-config");
+    let mounted = dir.path("rcluster.toml");
+    let embedded: Vec<&str> = manifest
+        .split("rcluster.toml: |\n")
         .nth(1)
-        .and_then(|rest| rest.split("s\"").next())
-        .and_then(|v| v.parse().ok())
-        .expect("--stop-timeout in the Dockerfile");
-    let pre_stop: u64 = manifest
-        .split("command: [\"sleep\", \"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    assert!(
-        pre_stop + stop_timeout < grace,
-        "{pre_stop}s + {stop_timeout}s must fit in {grace}s"
-    );
+        .expect("the ConfigMap's rcluster.toml")
+        .lines()
+        .take_while(|l| !l.starts_with("---"))
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect();
+    std::fs::write(&mounted, embedded.join("\n")).unwrap();
+    for file in [mounted.as_path(), &root.join("rcluster.toml")] {
+        let (code, out, err) = rcluster(&["config", "check", path_str(file)]);
+        assert_eq!(code, 0, "{}: {out}{err}", file.display());
+        // "25s file, line 9"
+        let value = shown(file, "stop-timeout");
+        assert!(value.contains(" file, line "), "{value}");
+        let stop_timeout: u64 = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.strip_suffix('s')?.parse().ok())
+            .expect("stop-timeout in seconds in the file");
+        let pre_stop: u64 = manifest
+            .split("command: [\"sleep\", \"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            pre_stop + stop_timeout < grace,
+            "{pre_stop}s + {stop_timeout}s must fit in {grace}s"
+        );
+        assert!(shown(file, "control").starts_with("/run/rcluster/control.sock file"));
+    }
     assert!(
         manifest.contains(
             r#"command: ["rcluster", "status", "--control", "/run/rcluster/control.sock"]"#
         )
     );
-    assert!(dockerfile.contains(r#""--control", "/run/rcluster/control.sock""#));
+    assert!(
+        dockerfile
+            .contains(r#"ENTRYPOINT ["rcluster", "--config", "/etc/rcluster/rcluster.toml"]"#)
+    );
+    assert!(manifest.contains("mountPath: /etc/rcluster\n"));
 }

@@ -247,3 +247,54 @@ fn every_quick_test_names_a_test() {
         );
     }
 }
+
+/// docs/options.md lists every setting a reload cannot change, with the
+/// reason the refusal gives, and no other.
+#[test]
+fn every_setting_a_reload_cannot_change_is_listed_with_its_reason() {
+    let options = std::fs::read_to_string(root().join("docs/options.md")).unwrap();
+    for (key, why) in rcluster::start::changes::NEEDS_RESTART {
+        let row = format!("| `{key}` | {why} |");
+        assert!(options.contains(&row), "docs/options.md lacks: {row}");
+    }
+    let table = options
+        .split("| setting | why |")
+        .nth(1)
+        .expect("the table of settings that need a restart");
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let key = row.split('`').nth(1).unwrap_or_default();
+        let known = rcluster::start::changes::NEEDS_RESTART
+            .iter()
+            .any(|(k, _)| *k == key);
+        assert!(
+            known || key == "listen",
+            "docs/options.md lists {key}, which a reload changes"
+        );
+    }
+    // Every option of the table at the top: how a reload applies it, or
+    // why it cannot.
+    let applied = options
+        .split("How each kind of setting takes effect:")
+        .nth(1)
+        .and_then(|rest| rest.split("These need a restart").next())
+        .expect("how each kind of setting takes effect");
+    let top = options.split("\n\n").find(|p| p.starts_with("| option |"));
+    let top = top.expect("the table of options");
+    let mut seen = 0;
+    for row in top.lines().skip(2) {
+        let cell = row.split(" | ").next().unwrap_or_default();
+        for option in cell.split("--").skip(1) {
+            let name: String = option
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                .collect();
+            let restart = table.contains(&format!("| `{name}` |"));
+            assert!(
+                restart || applied.contains(&format!("`--{name}`")),
+                "docs/options.md says neither how a reload applies --{name} nor why it cannot"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen > 30, "only {seen} options in the table");
+}
