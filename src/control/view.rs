@@ -277,21 +277,20 @@ fn release_lines(master: &Value) -> String {
         );
         if let Some(path) = release["config"]["path"].as_str() {
             let version = release["config"]["version"].as_str().unwrap_or_default();
-            let changed: Vec<&str> = release["changed"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            let changed = if changed.is_empty() {
-                String::new()
-            } else {
-                format!("; changed: {}", changed.join(", "))
+            let changed = match texts(&release["changed"]).join(", ") {
+                changed if changed.is_empty() => changed,
+                changed => format!("; changed: {changed}"),
             };
             let _ = writeln!(out, "         config {path} (version {version}){changed}");
         }
     }
     out
+}
+
+/// The strings of a JSON array (none for anything else).
+fn texts(array: &Value) -> Vec<&str> {
+    let items = array.as_array().into_iter().flatten();
+    items.filter_map(Value::as_str).collect()
 }
 
 /// A configuration (`Config::settings_json`): each setting, its value and
@@ -302,16 +301,9 @@ pub fn config_table(config: &Value) -> String {
         .into_iter()
         .flatten()
         .map(|s| {
-            let values: Vec<&str> = s["values"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            let value = if values.is_empty() {
-                "-".to_string()
-            } else {
-                values.join(" ")
+            let value = match texts(&s["values"]).join(" ") {
+                value if value.is_empty() => "-".to_string(),
+                value => value,
             };
             let key = s["key"].as_str().unwrap_or_default().to_string();
             (

@@ -30,7 +30,11 @@
 //!   `--balance reuseport` runs the other scenarios in that mode;
 //! - `probes` (not in the default run): the master's CPU time with
 //!   `--probe` every 100 ms against without, 4 and 16 workers, shared and
-//!   reuseport, under keep-alive load.
+//!   reuseport, under keep-alive load;
+//! - `config` (not in the default run): reloads of a 4-worker cluster
+//!   under keep-alive load from flags, from a `--config` file read again
+//!   unchanged, and from one each reload changes (arguments, a variable,
+//!   an address added and removed): failures, reload time, master CPU.
 //!
 //! Each runs in keep-alive and `Connection: close` modes where it applies.
 //! `--start-cmd`, `--reload-cmd` and `--addr` drive another process manager
@@ -40,6 +44,7 @@
 //! (they include this module); some items are used only by one of the two.
 #![allow(dead_code)]
 
+pub mod config;
 pub mod goals;
 pub mod memory;
 pub mod probes;
@@ -78,6 +83,7 @@ pub enum Scenario {
     Memory,
     Balance,
     Probes,
+    Config,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -288,6 +294,7 @@ pub fn run(opts: &Opts, server: &Server) -> Report {
             (Scenario::Stderr, Some(bins)) => report.stderr = scenarios::stderr(bins, opts.steady),
             (Scenario::Balance, Some(bins)) => report.balance = scenarios::balance(opts, bins),
             (Scenario::Probes, Some(bins)) => report.probes = probes::probes(opts, bins),
+            (Scenario::Config, Some(bins)) => report.config = config::config(opts, bins),
             (Scenario::Memory, Some(bins)) => report.memory = memory::memory(bins),
             (Scenario::Upgrade, Some(bins)) => {
                 for &workers in &opts.workers {
@@ -306,7 +313,8 @@ pub fn run(opts: &Opts, server: &Server) -> Report {
                 | Scenario::Upgrade
                 | Scenario::Memory
                 | Scenario::Balance
-                | Scenario::Probes,
+                | Scenario::Probes
+                | Scenario::Config,
                 None,
             ) => {
                 eprintln!("skipping {scenario:?}: it needs rcluster's own log");

@@ -8,6 +8,7 @@ use std::time::Duration;
 use plotters::prelude::*;
 use serde_json::Value;
 
+use super::config::ConfigRow;
 use super::load::{Outcome, Sample};
 use super::memory::MemoryRow;
 use super::probes::ProbeRow;
@@ -30,6 +31,7 @@ pub struct Report {
     pub upgrade: Vec<UpgradeRow>,
     pub memory: Option<MemoryRow>,
     pub probes: Vec<ProbeRow>,
+    pub config: Vec<ConfigRow>,
 }
 
 fn lat(l: &Latency) -> String {
@@ -312,6 +314,25 @@ impl Report {
         if !self.probes.is_empty() {
             self.probes_table(&mut t);
         }
+        if !self.config.is_empty() {
+            let _ = writeln!(
+                t,
+                "\nconfig (hello, 4 workers, keep-alive)  reloads  complete ms  drained ms  master CPU ms/reload     req  failed"
+            );
+            for r in &self.config {
+                let _ = writeln!(
+                    t,
+                    "  {:<37} {:>7} {:>12.1} {:>11.1} {:>19.2} {:>7} {:>7}",
+                    r.how,
+                    r.reloads,
+                    ms(r.median_complete()),
+                    ms(r.median_drained()),
+                    ms(r.cpu_per_reload()),
+                    r.served,
+                    r.failed
+                );
+            }
+        }
         if !self.stderr.is_empty() {
             let _ = writeln!(
                 t,
@@ -377,6 +398,7 @@ impl Report {
             "upgrade": self.upgrade.iter().map(UpgradeRow::json).collect::<Vec<_>>(),
             "memory": self.memory.as_ref().map(MemoryRow::json),
             "probes": self.probes.iter().map(ProbeRow::json).collect::<Vec<_>>(),
+            "config": self.config.iter().map(ConfigRow::json).collect::<Vec<_>>(),
         })
     }
 
