@@ -44,6 +44,10 @@ pub struct Releases {
     /// With `--config`: the run's arguments as typed, merged with the file
     /// again at each reload.
     given: Option<Vec<OsString>>,
+    /// Each kept generation's configuration as merged when it was made,
+    /// so a reload merges only the new file (after a live upgrade, the
+    /// older ones are merged again when asked for).
+    configs: BTreeMap<Generation, Config>,
 }
 
 impl Releases {
@@ -55,6 +59,7 @@ impl Releases {
             return;
         }
         self.given = Some(config.given.clone());
+        self.configs.insert(1, config.clone());
         if let Some(kept) = self.kept.get_mut(&1) {
             kept.release.env = worker_env(&config.file_env, &kept.release.env);
             kept.release.config.clone_from(&config.file);
@@ -101,6 +106,7 @@ impl Releases {
             reached_as,
             kept,
             given: None,
+            configs: BTreeMap::new(),
         })
     }
 
@@ -225,6 +231,9 @@ impl Releases {
 
     /// The configuration `generation` runs, with `--config`.
     pub fn config_of(&self, generation: Generation) -> Option<Config> {
+        if let Some(config) = self.configs.get(&generation) {
+            return Some(config.clone());
+        }
         let given = self.given.as_deref()?;
         let file = self.get(generation)?.config.clone()?;
         configure(given, Some(file), true).ok()
@@ -232,12 +241,12 @@ impl Releases {
 
     /// The configuration the newest generation runs (`--config` only).
     fn newest_config(&self) -> Result<Config, String> {
+        let newest = self.kept.keys().next_back().copied().unwrap_or(1);
+        if let Some(config) = self.configs.get(&newest) {
+            return Ok(config.clone());
+        }
         let given = self.given.as_deref().unwrap_or_default();
-        let file = self
-            .kept
-            .values()
-            .next_back()
-            .and_then(|k| k.release.config.clone());
+        let file = self.get(newest).and_then(|r| r.config.clone());
         configure(given, file, true).map_err(|e| one_line(&e))
     }
 
@@ -305,8 +314,18 @@ impl Releases {
         })
     }
 
-    /// Keeps `release` as `generation`'s, and logs what it runs.
-    pub fn add(&mut self, generation: Generation, release: Release, log: &Log) {
+    /// Keeps `release` as `generation`'s (with its configuration, from
+    /// `--config`), and logs what it runs.
+    pub fn add(
+        &mut self,
+        generation: Generation,
+        release: Release,
+        config: Option<Config>,
+        log: &Log,
+    ) {
+        if let Some(config) = config {
+            self.configs.insert(generation, config);
+        }
         let same_as = self
             .kept
             .iter()
@@ -355,6 +374,7 @@ impl Releases {
             .collect();
         for g in &gone {
             self.kept.remove(g);
+            self.configs.remove(g);
         }
         gone
     }
@@ -467,6 +487,7 @@ impl Releases {
             reached_as: snapshot.reached_as,
             kept: snapshot.kept,
             given: snapshot.given,
+            configs: BTreeMap::new(),
         }
     }
 }

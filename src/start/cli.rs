@@ -15,7 +15,7 @@ use crate::launch::shim::Mode as ShimMode;
 use crate::sockets::listen::{ListenSpec, UnixAccess};
 use crate::start::config::{self, Config, Control, LogFormat};
 use crate::start::file::ConfigFile;
-use crate::start::layers::{self, Failure};
+use crate::start::layers;
 use crate::supervisor::policy::{ReadyRule, RestartDelay};
 use crate::supervisor::probe::ProbePolicy;
 use crate::vocab::parse_duration;
@@ -484,7 +484,7 @@ pub fn configure(
     file: Option<ConfigFile>,
     need_command: bool,
 ) -> Result<Config, Error> {
-    let command = Args::augment_args(clap::Command::new("rcluster").no_binary_name(true));
+    let command = run_command();
     let cli = |e: clap::Error| Error::Cli(with_tips(e).render().to_string());
     let first = command.clone().try_get_matches_from(given).map_err(cli)?;
     let file = match (file, first.get_one::<PathBuf>("config")) {
@@ -497,20 +497,17 @@ pub fn configure(
     };
     let contents = file
         .as_ref()
-        .map(|f| f.contents(|key| layers::kind_of(&command, key)))
+        .map(|f| f.contents(|key| layers::kind_of(command, key)))
         .transpose()
         .map_err(|message| Error::Config {
             message,
             unreadable: false,
         })?
         .unwrap_or_default();
-    let (argv, origins) = layers::merge(&command, given, file.as_ref().map(|f| (f, &contents)))
-        .map_err(|failure| match failure {
-            Failure::Cli(e) => cli(e),
-            Failure::File(message) => Error::Config {
-                message,
-                unreadable: false,
-            },
+    let (argv, origins) = layers::merge(command, &first, file.as_ref().map(|f| (f, &contents)))
+        .map_err(|message| Error::Config {
+            message,
+            unreadable: false,
         })?;
     let matches = command.clone().try_get_matches_from(&argv).map_err(cli)?;
     let args = Args::from_arg_matches(&matches).map_err(cli)?;
@@ -522,11 +519,23 @@ pub fn configure(
         ));
     }
     let mut config = config_of(args);
-    config.settings = layers::settings(&command, &matches, origins);
+    config.settings = layers::settings(command, &matches, origins);
     config.given = given.to_vec();
     config.file_env = contents.env;
     config.file = file;
     Ok(config)
+}
+
+/// The master's options as clap sees them, built once: every reload
+/// merges the file with the flags through it, and building it is most of
+/// what a merge costs.
+fn run_command() -> &'static clap::Command {
+    static COMMAND: std::sync::OnceLock<clap::Command> = std::sync::OnceLock::new();
+    COMMAND.get_or_init(|| {
+        let mut command = Args::augment_args(clap::Command::new("rcluster").no_binary_name(true));
+        command.build();
+        command
+    })
 }
 
 /// `rcluster config check FILE`.

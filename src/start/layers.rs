@@ -65,35 +65,15 @@ pub type Merged = (Vec<OsString>, Vec<(String, Origin)>);
 
 /// The arguments that stand for every layer merged: each option from the
 /// command line (flag or variable) if given there, else from the file.
-/// `command` must take no binary name. `Err`: clap's whole message for a
-/// bad command line, or `FILE:LINE: KEY = VALUE: what is wrong`.
+/// `matches`: the command line's, by `command` (which takes no binary
+/// name). `Err`: `FILE:LINE: KEY = VALUE: what is wrong`.
 pub fn merge(
     command: &clap::Command,
-    given: &[OsString],
+    matches: &clap::ArgMatches,
     file: Option<(&ConfigFile, &Contents)>,
-) -> Result<Merged, Failure> {
-    let matches = command
-        .clone()
-        .try_get_matches_from(given)
-        .map_err(Failure::Cli)?;
+) -> Result<Merged, String> {
     if let Some((file, contents)) = file {
-        for entry in &contents.entries {
-            let args = flag_args(&entry.key, &entry.values);
-            if let Err(e) = command.clone().try_get_matches_from(&args) {
-                let shown: Vec<String> = entry
-                    .values
-                    .iter()
-                    .map(|v| v.to_string_lossy().into_owned())
-                    .collect();
-                return Err(Failure::File(format!(
-                    "{}: {} = {}: {}",
-                    file.at(entry.line),
-                    entry.key,
-                    shown.join(", "),
-                    first_line(&e)
-                )));
-            }
-        }
+        check_values(command, file, contents)?;
     }
     let mut argv = Vec::new();
     let mut origins = Vec::new();
@@ -154,6 +134,47 @@ pub fn merge(
     Ok((argv, origins))
 }
 
+/// Every value of the file parsed as its flag would be: all at once, and
+/// only if that fails one by one, to name the line at fault.
+fn check_values(
+    command: &clap::Command,
+    file: &ConfigFile,
+    contents: &Contents,
+) -> Result<(), String> {
+    let all: Vec<OsString> = contents
+        .entries
+        .iter()
+        .flat_map(|e| flag_args(&e.key, &e.values))
+        .collect();
+    if command.clone().try_get_matches_from(&all).is_ok() {
+        return Ok(());
+    }
+    for entry in &contents.entries {
+        let args = flag_args(&entry.key, &entry.values);
+        if let Err(e) = command.clone().try_get_matches_from(&args) {
+            let shown: Vec<String> = entry
+                .values
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            return Err(format!(
+                "{}: {} = {}: {}",
+                file.at(entry.line),
+                entry.key,
+                shown.join(", "),
+                first_line(&e)
+            ));
+        }
+    }
+    // Each alone is good, together they are not (two that conflict).
+    let e = command.clone().try_get_matches_from(&all).err();
+    Err(format!(
+        "{}: {}",
+        file.path.display(),
+        e.as_ref().map(first_line).unwrap_or_default()
+    ))
+}
+
 /// Every setting in force, as text, from the merged arguments' matches.
 pub fn settings(
     command: &clap::Command,
@@ -200,13 +221,4 @@ fn first_line(e: &clap::Error) -> String {
     let text = e.render().to_string();
     let line = text.lines().next().unwrap_or_default();
     line.strip_prefix("error: ").unwrap_or(line).to_string()
-}
-
-/// Why the layers do not merge.
-#[derive(Debug)]
-pub enum Failure {
-    /// The command line: clap's error, whole.
-    Cli(clap::Error),
-    /// The file: one line, `FILE:LINE: ...`.
-    File(String),
 }

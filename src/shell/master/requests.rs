@@ -173,7 +173,8 @@ impl<L: Launch> Master<'_, L> {
             }
             self.launcher.prepare(generation, &next.release);
             if let Some(releases) = &mut self.releases {
-                releases.add(generation, next.release, self.log);
+                let config = next.config.map(|config| *config);
+                releases.add(generation, next.release, config, self.log);
             }
         } else if rollback.is_some() {
             return Err(
