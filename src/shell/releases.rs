@@ -124,7 +124,9 @@ impl Releases {
     /// refuses the reload); the env file read again (its changes logged),
     /// `--chdir` and the command resolved now. `Err`: why the reload
     /// cannot start (nothing has changed).
-    pub fn next(&mut self, log: &Log) -> Result<Next, String> {
+    /// `serving`: the generation that serves (the worker count changes
+    /// when the file's differs from the one it ran with).
+    pub fn next(&mut self, serving: Generation, log: &Log) -> Result<Next, String> {
         let reconfigured = match &self.given {
             Some(given) => {
                 let (old, new) = (self.newest_config()?, configure(given, None, true));
@@ -136,13 +138,14 @@ impl Releases {
                     .map_err(|e| format!("reading the working directory: {e}"))?;
                 self.chdir = new.chdir.as_ref().map(|dir| cwd.join(dir));
                 self.command.clone_from(&new.command);
-                if new.env_file != old.env_file {
+                // A path read once (a pipe) stays as it was read at start.
+                if self.env.as_ref().map(|(source, _)| &source.path) != new.env_file.as_ref() {
                     self.env = new.env_file.clone().map(|path| {
                         let source = EnvSource { path, once: None };
                         (source, Vec::new())
                     });
                 }
-                let workers = (new.workers != old.workers).then_some(new.workers);
+                let workers = self.workers_change(serving, &new);
                 let listen = self.listen_change(&old, &new)?;
                 Some((changes::describe(&old, &new), workers, listen, new))
             }
@@ -204,13 +207,23 @@ impl Releases {
         self.kept.values().next_back()?.release.listeners.clone()
     }
 
-    /// What a new configuration does to the listeners, if anything: `Err`
-    /// when it cannot be done by a reload.
+    /// The worker count `new` brings: its own if it differs from the one
+    /// the serving generation ran with (a count changed at run time, by
+    /// `rcluster scale`, stays until the file's changes).
+    fn workers_change(&self, serving: Generation, new: &Config) -> Option<usize> {
+        let before = self.config_of(serving).map(|c| c.workers);
+        (before != Some(new.workers)).then_some(new.workers)
+    }
+
+    /// The listeners a new configuration gives its generation, to be found
+    /// among those open or bound (`shell/master/listeners.rs`); none under
+    /// `--balance reuseport`, whose sockets are made at start: `Err` if it
+    /// changes them there.
     fn listen_change(&self, old: &Config, new: &Config) -> Result<Option<ListenChange>, String> {
-        if old.listen == new.listen {
-            return Ok(None);
-        }
         if new.reuseport {
+            if old.listen == new.listen {
+                return Ok(None);
+            }
             return Err(
                 "listen changed, which a reload cannot apply with --balance reuseport \
                         (each slot's sockets are made at start): restart rcluster to apply it, \
@@ -297,7 +310,7 @@ impl Releases {
                     return Err(line);
                 }
                 release.changed = changes::describe(&old, &config);
-                workers = (config.workers != old.workers).then_some(config.workers);
+                workers = self.workers_change(serving, &config);
                 listen = self.listen_change(&old, &config)?;
                 if listen.is_none() {
                     release.listeners = self.newest_listeners();
@@ -390,7 +403,7 @@ pub struct Next {
     pub listen: Option<ListenChange>,
 }
 
-/// A reload's new addresses: the generation before's listeners and the
+/// A new generation's addresses: the newest generation's listeners and the
 /// specs they were bound from, the specs now.
 #[derive(Debug)]
 pub struct ListenChange {

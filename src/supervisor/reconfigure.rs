@@ -3,7 +3,10 @@
 //! start (the canary's `--ready-timeout`, the `--stop-timeout` of the
 //! workers it replaces, `--reload-batch`), and its worker count once the
 //! reload completes, so that a release not yet proven never runs on more
-//! slots than the one before it. An aborted reload puts the policy back.
+//! slots than the one before it. A reload to fewer workers replaces only
+//! the slots that stay; the others' old workers serve until it completes,
+//! then drain (never a new worker started to be drained at once). An
+//! aborted reload puts the policy back.
 
 use std::time::Instant;
 
@@ -51,6 +54,13 @@ impl Supervisor {
             }
             _ => false,
         }
+    }
+
+    /// The slot count a reload under way brings, if fewer than now: the
+    /// slots it replaces.
+    pub(super) fn fewer_workers(&self) -> Option<usize> {
+        let workers = self.reconfiguring.as_ref()?.workers?;
+        (workers < self.slots.len()).then_some(workers.max(1))
     }
 
     /// The reload aborted: the policy before it governs again.

@@ -57,19 +57,34 @@ pub struct Progress {
     replacing: BTreeSet<SlotId>,
     /// How many slots serve with one ready worker at the target or above.
     settled: usize,
+    /// Slots from this one on are left out: a reload to fewer workers
+    /// does not replace those it will drain once complete (their old
+    /// workers serve until then).
+    limit: Option<SlotId>,
 }
 
 impl Progress {
     /// Moves `slot` from where `old` put it to where `new` puts it.
     pub fn update(&mut self, slot: SlotId, old: SlotView, new: SlotView, target: Generation) {
+        if self.limit.is_some_and(|limit| slot >= limit) {
+            return;
+        }
         self.remove(slot, old, target);
         self.add(slot, new, target);
     }
 
-    /// Sorts every slot anew: the target changed.
-    pub fn rebuild(&mut self, views: impl Iterator<Item = SlotView>, target: Generation) {
-        *self = Progress::default();
-        for (slot, view) in views.enumerate() {
+    /// Sorts every slot below `limit` anew: the target changed.
+    pub fn rebuild(
+        &mut self,
+        views: impl Iterator<Item = SlotView>,
+        target: Generation,
+        limit: Option<SlotId>,
+    ) {
+        *self = Progress {
+            limit,
+            ..Progress::default()
+        };
+        for (slot, view) in views.take(limit.unwrap_or(usize::MAX)).enumerate() {
             self.add(slot, view, target);
         }
     }
@@ -100,9 +115,9 @@ impl Progress {
         }
     }
 
-    /// Every one of `slots` serves at the target.
+    /// Every one of `slots` (below the limit) serves at the target.
     pub fn is_complete(&self, slots: usize) -> bool {
-        self.settled == slots
+        self.settled == slots.min(self.limit.unwrap_or(usize::MAX))
     }
 
     /// The next slot to replace, lowest first, if the batch has room.
@@ -138,8 +153,9 @@ impl Supervisor {
                 });
             }
         }
+        let limit = self.fewer_workers();
         self.progress
-            .rebuild(self.slots.iter().map(|s| s.view), generation);
+            .rebuild(self.slots.iter().map(|s| s.view), generation, limit);
         match &mut self.reload {
             Some(plan) => {
                 plan.target = generation;
@@ -164,7 +180,7 @@ impl Supervisor {
                 });
                 self.log(Record::ReloadStarted {
                     generation,
-                    workers: self.slots.len(),
+                    workers: limit.unwrap_or(self.slots.len()),
                 });
                 self.actions
                     .push(Action::NotifyManager(ManagerState::Reloading));
@@ -376,6 +392,7 @@ mod tests {
         p.rebuild(
             [view(1, Some(1)), view(1, Some(1)), view(2, Some(1))].into_iter(),
             2,
+            None,
         );
         assert_eq!(p.next_to_replace(2), Some(0));
         assert_eq!(p.next_to_replace(1), None, "the batch is full");

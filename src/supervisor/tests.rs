@@ -2363,3 +2363,22 @@ fn an_aborted_reload_puts_the_policy_back_and_keeps_the_count() {
     assert_eq!(sim.sup.policy.stop_timeout, ms(30_000), "the policy before");
     assert_eq!(sim.sup.slot_count(), 2, "the count before");
 }
+
+#[test]
+fn a_reload_to_fewer_workers_replaces_only_the_slots_that_stay() {
+    let (mut sim, pids) = Sim::started(policy(3));
+    sim.sup.stage_policy(policy(1), Some(1));
+    let acts = sim.at(1000).signal(MasterSignal::Reload);
+    assert_eq!(spawns(&acts), [(0, 2)]);
+    let acts = sim.exec_ok(spawned(&acts)[0]);
+    assert_eq!(records(&acts, "reload complete").len(), 1, "{acts:?}");
+    assert!(spawns(&acts).is_empty(), "no new worker only to drain it");
+    let mut stopped: Vec<Pid> = signalled(&acts).into_iter().map(|(pid, _)| pid).collect();
+    stopped.sort();
+    assert_eq!(
+        stopped, pids,
+        "the replaced one, and the two old ones scaled away"
+    );
+    assert_eq!(sim.sup.slot_count(), 1);
+    sim.sup.check_index();
+}

@@ -19,7 +19,8 @@ use crate::support::{
     status, wait_until,
 };
 
-/// The file, as an operator would write it.
+/// The file, as an operator would write it: gunicorn as docs/servers.md's
+/// recipe runs it (`--preload`: ready only once the app is imported).
 struct File {
     workers: usize,
     ports: Vec<u16>,
@@ -45,7 +46,7 @@ impl File {
              min-ready = \"1s\"\n\
              stop-timeout = \"{}\"\n\
              command = [\"gunicorn\", \"--workers\", \"1\", \"--threads\", \"4\",\n  \
-             \"--no-control-socket\", \"--chdir\", \"{}\", \"--timeout\", \"{}\", \"health_app:app\"]\n\
+             \"--preload\", \"--no-control-socket\", \"--chdir\", \"{}\", \"--timeout\", \"{}\", \"health_app:app\"]\n\
              \n[env]\nAPP_STATUS = \"200\"\nMARK = \"{}\"\n",
             self.workers,
             listen.join(", "),
@@ -471,5 +472,34 @@ fn a_live_upgrade_runs_the_file_in_force_not_the_one_being_edited() {
             "env MARK changed"
         ]
     );
+    master.stop_cleanly();
+}
+
+#[test]
+fn after_an_aborted_reload_the_same_file_fixed_applies_whole() {
+    let dir = TempDir::new("config-aborted");
+    let path = dir.path("app.toml");
+    let (p1, p2) = (free_port(), free_port());
+    let (a1, a2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
+    let (mut master, control) = hello_master(&dir, &path, &hello_file(2, &[&a1], "one", "a"), &[]);
+    // Three workers on two addresses, of a release that dies at start.
+    let broken =
+        hello_file(3, &[&a1, &a2], "two", "a").replace(&example("hello"), &example("test_worker"));
+    let broken = broken.replace("\"two\"]", "\"--exit\", \"1\"]");
+    std::fs::write(&path, &broken).unwrap();
+    let (code, out, err) = rcluster(&["reload", "--wait", "--control", &control]);
+    assert_eq!(code, 1, "{out}{err}");
+    let closed = master.expect_msg("listener closed");
+    assert_eq!(closed["addr"], a2);
+    assert!(refused(addr(p2)));
+    assert_eq!(pids(&control).len(), 2, "the count before");
+    // The same addresses and count, with a release that runs.
+    let release = reload_to(&control, &path, &hello_file(3, &[&a1, &a2], "two", "a"), 3);
+    assert!(
+        changed(&release).contains(&"command changed".to_string()),
+        "{release}"
+    );
+    let answer = get_once(addr(p2), WAIT).expect("the second address answers");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     master.stop_cleanly();
 }

@@ -55,16 +55,16 @@ impl<L: Launch> Master<'_, L> {
         })
     }
 
-    /// The listeners of a new generation: those it keeps, as they are, and
-    /// those it adds, bound now. `Err`: an address that cannot be bound,
-    /// one line; nothing is kept bound then.
+    /// The listeners of a new generation: each address it has that is
+    /// open already, as it is (an address of an aborted generation not
+    /// closed yet too), the others bound now. `Err`: an address that
+    /// cannot be bound, one line; nothing is kept bound then.
     pub(super) fn relisten(
         &mut self,
         change: &ListenChange,
         generation: Generation,
     ) -> Result<Vec<Named>, String> {
         let mut names: Vec<Named> = change.before.iter().take(change.given).cloned().collect();
-        let mut kept = BTreeSet::new();
         let mut bound: Vec<Listener> = Vec::new();
         for (i, spec) in change.new.iter().enumerate() {
             let any_port = matches!(spec.addr, ListenAddr::Tcp(a) if a.port() == 0);
@@ -74,12 +74,8 @@ impl<L: Launch> Master<'_, L> {
                     spec.addr
                 ));
             }
-            let same = (0..change.old.len())
-                .find(|j| !kept.contains(j) && change.old[*j].addr == spec.addr)
-                .and_then(|j| Some((j, change.before.get(change.given + j)?)));
-            if let Some((j, named)) = same {
-                kept.insert(j);
-                names.push(named.clone());
+            if let Some(open) = self.open_for(change, i, &names) {
+                names.push(open);
                 continue;
             }
             let taken = |name: &str| {
@@ -119,6 +115,31 @@ impl<L: Launch> Master<'_, L> {
         }
         self.listeners_changed();
         Ok(names)
+    }
+
+    /// The open listener for `change.new[i]`: the one bound at its address,
+    /// or for a port 0 the one the same spec got before; none taken yet.
+    fn open_for(&self, change: &ListenChange, i: usize, taken: &[Named]) -> Option<Named> {
+        let spec = &change.new[i];
+        let free = |named: &Named| !taken.iter().any(|t| t.name == named.name);
+        let open = |named: &Named| self.listeners.iter().any(|l| l.name == named.name);
+        if matches!(spec.addr, ListenAddr::Tcp(a) if a.port() == 0) {
+            // The n-th port 0 of that address is the n-th before.
+            let nth = change.new[..i]
+                .iter()
+                .filter(|s| s.addr == spec.addr)
+                .count();
+            let j = (0..change.old.len())
+                .filter(|&j| change.old[j].addr == spec.addr)
+                .nth(nth)?;
+            let named = change.before.get(change.given + j)?;
+            return (free(named) && open(named)).then(|| named.clone());
+        }
+        let address = spec.addr.to_string();
+        self.listeners
+            .iter()
+            .map(Listener::named)
+            .find(|named| named.local == address && free(named))
     }
 
     /// Closes the listeners no generation that runs or may start again

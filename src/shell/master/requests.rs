@@ -195,7 +195,7 @@ impl<L: Launch> Master<'_, L> {
     ) -> Option<Result<Next, String>> {
         let releases = self.releases.as_mut()?;
         let next = match rollback {
-            None => releases.next(self.log),
+            None => releases.next(self.supervisor.serving_generation(), self.log),
             Some(to) => releases.rollback(self.supervisor.serving_generation(), to),
         };
         Some(next.and_then(|mut next| {
