@@ -18,7 +18,9 @@ use crate::launch::shim::Shim;
 use crate::launch::spawn::CallFailed;
 use crate::launch::spawn::child::{self, ChildPlan, PID_DIGITS};
 use crate::launch::spawn::command::{Command, Identity};
-use crate::launch::spawn::env::{Value, WorkerEnv, is_listen_var, listen_vars, slot_vars};
+use crate::launch::spawn::env::{
+    Value, WorkerEnv, is_listen_var, listen_vars, slot_vars, watchdog_vars,
+};
 use crate::launch::spawn::fds;
 use crate::sockets::listen::Named;
 use crate::vocab::{Generation, SlotId};
@@ -72,6 +74,11 @@ impl Prepared {
         let listeners = release.listeners.as_ref().unwrap_or(&launcher.listeners);
         let mut vars = launcher.vars.clone();
         vars.extend(listen_vars(listeners));
+        // A generation of a configuration file has its own watchdog.
+        if release.config.is_some() {
+            vars.retain(|(key, _)| key != "WATCHDOG_USEC" && key != "WATCHDOG_PID");
+            vars.extend(watchdog_vars(release.watchdog));
+        }
         if let Some((shim, stop_signal)) = &launcher.shim {
             let fd = (3 + listeners.len()) as RawFd;
             let shim_vars = shim.vars(fd, *stop_signal);

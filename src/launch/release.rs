@@ -84,6 +84,10 @@ pub struct Release {
     /// says (`--config`); otherwise every listener the master started with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listeners: Option<Vec<Named>>,
+    /// `--watchdog` as its configuration says (`--config`): its workers
+    /// are told it in `WATCHDOG_USEC`. Without a file, the master's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<std::time::Duration>,
 }
 
 impl Release {
@@ -133,6 +137,7 @@ impl Release {
             config: None,
             changed: Vec::new(),
             listeners: None,
+            watchdog: None,
         })
     }
 

@@ -64,6 +64,7 @@ impl Releases {
             kept.release.env = worker_env(&config.file_env, &kept.release.env);
             kept.release.config.clone_from(&config.file);
             kept.release.listeners = Some(listeners);
+            kept.release.watchdog = config.watchdog;
         }
     }
 
@@ -194,6 +195,7 @@ impl Releases {
         release.config.clone_from(&config.file);
         release.changed = changed;
         release.listeners = self.newest_listeners();
+        release.watchdog = config.watchdog;
         Ok(Next {
             release,
             config: Some(Box::new(config)),

@@ -8,7 +8,7 @@ use crate::launch::Capture;
 use crate::launch::shim::Mode as ShimMode;
 use crate::sockets::listen::ListenSpec;
 use crate::start::file::ConfigFile;
-use crate::start::layers::Setting;
+use crate::start::layers::{Origin, Setting};
 use crate::supervisor::policy::{Balance, Policy, ReadyRule, RestartDelay};
 use crate::supervisor::probe::ProbePolicy;
 use crate::supervisor::recycle::RecyclePolicy;
@@ -164,6 +164,12 @@ impl Config {
             file_env: Vec::new(),
             settings: Vec::new(),
         }
+    }
+
+    /// Where `key`'s value came from.
+    pub fn origin(&self, key: &str) -> Option<Origin> {
+        let setting = self.settings.iter().find(|s| s.key == key)?;
+        Some(setting.origin.clone())
     }
 
     /// Every setting in force and where it came from, and the file's

@@ -263,7 +263,7 @@ fn a_broken_file_aborts_the_reload_with_its_line_and_changes_nothing() {
         ),
         (
             good.replace("\"127.0.0.1:0\"", &format!("\"127.0.0.1:0\", \"{taken}\"")),
-            format!("cannot listen on {taken}: address already in use"),
+            format!("{file}:2: listen: cannot listen on {taken}: address already in use"),
             // `config check` binds nothing.
             false,
         ),
@@ -381,18 +381,26 @@ fn a_rollback_restores_the_whole_configuration_before() {
     let (a1, a2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
     let first = hello_file(2, &[&a1], "one", "a");
     let (mut master, control) = hello_master(&dir, &path, &first, &[]);
-    let second = hello_file(3, &[&a1, &a2], "two", "b");
+    let second = format!(
+        "watchdog = \"1h\"\n{}",
+        hello_file(3, &[&a1, &a2], "two", "b")
+    );
     let release = reload_to(&control, &path, &second, 3);
     assert_eq!(
         changed(&release),
         [
             "workers 2 → 3",
             format!("listen {a1} → {a1},{a2}").as_str(),
+            "watchdog none → 1h",
             "command arguments changed",
             "env MARK changed"
         ]
     );
     assert!(get_once(addr(p2), WAIT).is_ok());
+    for pid in pids(&control) {
+        let usec = environ(pid as i32, "WATCHDOG_USEC");
+        assert_eq!(usec.as_deref(), Some("3600000000"));
+    }
 
     let (code, out, err) = rcluster(&["rollback", "--wait", "--control", &control]);
     assert_eq!(code, 0, "{out}{err}");
@@ -406,6 +414,7 @@ fn a_rollback_restores_the_whole_configuration_before() {
         assert!(cmdline(pid).ends_with(" one "), "{}", cmdline(pid));
         assert_eq!(environ(pid as i32, "MARK").as_deref(), Some("a"));
         assert_eq!(environ(pid as i32, "LISTEN_FDS").as_deref(), Some("1"));
+        assert_eq!(environ(pid as i32, "WATCHDOG_USEC"), None);
     }
     let closed = master.expect_msg("listener closed");
     assert_eq!(closed["addr"], a2);

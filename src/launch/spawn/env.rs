@@ -79,14 +79,22 @@ pub fn is_listen_var(key: &str) -> bool {
 /// Where to say `READY=1`, and the watchdog if one is set.
 pub fn notify_vars(socket: String, watchdog: Option<Duration>) -> Vec<(String, Value)> {
     let mut vars = vec![("NOTIFY_SOCKET".to_string(), Value::Text(socket))];
-    if let Some(watchdog) = watchdog {
-        vars.push((
+    vars.extend(watchdog_vars(watchdog));
+    vars
+}
+
+/// The watchdog's variables (none without one).
+pub fn watchdog_vars(watchdog: Option<Duration>) -> Vec<(String, Value)> {
+    let Some(watchdog) = watchdog else {
+        return Vec::new();
+    };
+    vec![
+        (
             "WATCHDOG_USEC".to_string(),
             Value::Text(watchdog.as_micros().to_string()),
-        ));
-        vars.push(("WATCHDOG_PID".to_string(), Value::OwnPid));
-    }
-    vars
+        ),
+        ("WATCHDOG_PID".to_string(), Value::OwnPid),
+    ]
 }
 
 /// What differs between workers: the slot (also as PM2's

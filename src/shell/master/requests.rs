@@ -11,6 +11,7 @@ use crate::control::server::{self as control, Request};
 use crate::control::status;
 use crate::launch::Launch;
 use crate::shell::releases::{Kept, Next};
+use crate::start::layers::Origin;
 use crate::supervisor::event::{Event, MasterSignal};
 use crate::supervisor::reload::ReloadOutcome;
 
@@ -206,7 +207,16 @@ impl<L: Launch> Master<'_, L> {
                 return Err(probes::NEEDS_TCP.to_string());
             }
             if let Some(change) = &next.listen {
-                next.release.listeners = Some(self.relisten(change, generation)?);
+                let names = self.relisten(change, generation).map_err(|e| {
+                    // The file's line, when the address came from the file.
+                    match (&config.file, config.origin("listen")) {
+                        (Some(file), Some(Origin::File(line))) => {
+                            format!("{}: listen: {e}", file.at(line))
+                        }
+                        _ => e,
+                    }
+                })?;
+                next.release.listeners = Some(names);
             }
             Ok(next)
         }))
