@@ -457,10 +457,15 @@ pub fn during_stop(checked: &mut Checked, protocol: Protocol) -> Answer {
                 Ask::Served => served += 1,
                 Ask::Hung => hung += 1,
             },
+            // The probe sends nothing: a reset is the kernel's, for a
+            // connection still in the queue as the last listening socket
+            // closed (an accepted one is closed with a FIN). No process
+            // had it: refused, as a client sees it, and a race no server
+            // can close (a SYN may land the instant before the close).
             Protocol::Tcp => match tcp_probe(addr, &workers) {
-                Outcome::Refused => refused += 1,
+                Outcome::Refused | Outcome::Reset => refused += 1,
                 Outcome::Ok => served += 1,
-                Outcome::Closed | Outcome::Reset => closed += 1,
+                Outcome::Closed => closed += 1,
                 _ => hung += 1,
             },
         }
