@@ -327,6 +327,11 @@ impl Supervisor {
         self.workers.get(&pid).map(|w| w.slot)
     }
 
+    /// A worker the supervisor has not seen exit.
+    pub fn worker(&self, pid: Pid) -> Option<&Worker> {
+        self.workers.get(&pid)
+    }
+
     /// Whether this pid is one of our workers (the shell uses it to resolve
     /// notify senders).
     pub fn is_worker(&self, pid: Pid) -> bool {

@@ -149,18 +149,28 @@ impl<L: Launch> Master<'_, L> {
         let Some(releases) = &self.releases else {
             return;
         };
-        let mut generations: BTreeSet<Generation> =
-            self.supervisor.workers().map(|w| w.generation).collect();
-        generations.insert(self.supervisor.serving_generation());
-        if let Some(plan) = self.supervisor.reload_in_progress() {
-            generations.insert(plan.target);
-        }
+        let names_of = |generation| releases.get(generation).and_then(|r| r.listeners.as_ref());
+        // The generations that may start again first: it runs at every
+        // exit, and most of the time they have every open listener, which
+        // spares a look at each worker.
+        let mut generations = vec![self.supervisor.serving_generation()];
+        generations.extend(self.supervisor.reload_in_progress().map(|plan| plan.target));
         let mut used = BTreeSet::new();
-        for generation in generations {
-            match releases.get(generation).and_then(|r| r.listeners.as_ref()) {
+        for &generation in &generations {
+            match names_of(generation) {
                 Some(names) => used.extend(names.iter().map(|n| n.name.clone())),
                 // A generation with every listener of the start: nothing
                 // is ever closed.
+                None => return,
+            }
+        }
+        if self.listeners.iter().all(|l| used.contains(&l.name)) {
+            return;
+        }
+        let live: BTreeSet<Generation> = self.supervisor.workers().map(|w| w.generation).collect();
+        for generation in live {
+            match names_of(generation) {
+                Some(names) => used.extend(names.iter().map(|n| n.name.clone())),
                 None => return,
             }
         }
