@@ -89,11 +89,7 @@ impl<L: Launch> Master<'_, L> {
         }
         let (path, timeout) = (policy.path.clone(), policy.timeout);
         let start_addr = probes.listener;
-        let generation = self
-            .supervisor
-            .workers()
-            .find(|w| w.pid == pid)
-            .map(|w| w.generation);
+        let generation = self.supervisor.worker(pid).map(|w| w.generation);
         // A generation whose listeners a reload changed is probed on its own.
         let addr = generation
             .and_then(|g| self.probe_addr(g))
