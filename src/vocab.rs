@@ -212,6 +212,15 @@ mod tests {
     }
 }
 
+/// Which version of a file's text this is, as 16 hex digits: what
+/// `status` shows of an env file and of a configuration file.
+pub fn digest(text: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 /// `--config`: a configuration file as read for a generation (what a
 /// rollback to it restores, and what `status` names). What it means is
 /// the start-up's business (`start/file.rs`).
@@ -226,14 +235,8 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     pub fn of(path: std::path::PathBuf, text: String) -> ConfigFile {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        text.hash(&mut hasher);
-        ConfigFile {
-            path,
-            text,
-            digest: format!("{:016x}", hasher.finish()),
-        }
+        let digest = digest(&text);
+        ConfigFile { path, text, digest }
     }
 
     /// `FILE:LINE`, for a message about what is on `line`.

@@ -432,9 +432,7 @@ fn worker_env(table: &[(String, String)], env_file: &[(String, String)]) -> Vec<
 
 /// An error's first line: a reload's refusal is one line.
 fn one_line(e: &Error) -> String {
-    let text = e.to_string();
-    let line = text.lines().next().unwrap_or_default();
-    line.strip_prefix("error: ").unwrap_or(line).to_string()
+    crate::start::layers::first_line(&e.to_string())
 }
 
 /// `--env-file` written down: its path; what it held at start, if it is

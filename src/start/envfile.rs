@@ -10,8 +10,6 @@
 //! blocking, and one that is no longer a regular file, is over
 //! [`MAX_BYTES`], cannot be read or parsed stops the reload.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -179,11 +177,9 @@ fn parse(path: &Path, text: &str) -> Result<EnvFile, EnvFileError> {
         vars.retain(|(k, _)| *k != key);
         vars.push((key, value));
     }
-    let mut hasher = DefaultHasher::new();
-    text.hash(&mut hasher);
     Ok(EnvFile {
         vars,
-        version: format!("{:016x}", hasher.finish()),
+        version: crate::vocab::digest(text),
     })
 }
 

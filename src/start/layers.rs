@@ -162,7 +162,7 @@ fn check_values(
                 file.at(entry.line),
                 entry.key,
                 shown.join(", "),
-                first_line(&e)
+                first_line_of(&e)
             ));
         }
     }
@@ -171,7 +171,7 @@ fn check_values(
     Err(format!(
         "{}: {}",
         file.path.display(),
-        e.as_ref().map(first_line).unwrap_or_default()
+        e.as_ref().map(first_line_of).unwrap_or_default()
     ))
 }
 
@@ -217,8 +217,12 @@ fn flag_args(key: &str, values: &[OsString]) -> Vec<OsString> {
 }
 
 /// clap's message without its `error: ` and its tips.
-fn first_line(e: &clap::Error) -> String {
-    let text = e.render().to_string();
+fn first_line_of(e: &clap::Error) -> String {
+    first_line(&e.render().to_string())
+}
+
+/// A message's first line, without clap's `error: `: a refusal is one line.
+pub fn first_line(text: &str) -> String {
     let line = text.lines().next().unwrap_or_default();
     line.strip_prefix("error: ").unwrap_or(line).to_string()
 }
