@@ -36,9 +36,12 @@ fn releases(flag: &Path) -> String {
     )
 }
 
-/// `rcluster status --json`, and its exit code.
+/// `rcluster status --json`, and its exit code; waiting as long as
+/// `reload_wait` does: the master was seen in one `waitpid(WNOHANG)` of an
+/// exited node worker for 10.6 s (`master turn slow`), and answered after.
 fn status(control: &str) -> (i32, Value) {
-    let (code, out, err) = rcluster(&["status", "--json", "--control", control]);
+    let args = ["status", "--json", "--timeout", "18s", "--control", control];
+    let (code, out, err) = rcluster(&args);
     assert!(code == 0 || code == 3, "status: {code} {err}");
     (code, serde_json::from_str(&out).expect("status JSON"))
 }
